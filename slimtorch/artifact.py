@@ -1,0 +1,193 @@
+"""Portable model artifacts: safetensors weights plus a JSON spec, reloadable without the recipe.
+
+A directory holds ``slimtorch.json`` (format, how to rebuild the architecture, task facts) and the
+weights of that format: ``model.safetensors`` for torch modules, ``hf/`` for Hugging Face models,
+``model.onnx`` for onnxruntime. Formats are pluggable (``FORMATS``), so the quantize engine adds its own.
+Loading never unpickles: weights come from safetensors, ONNX or ``from_pretrained(use_safetensors)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+from torch import nn
+
+from slimtorch.errors import ArtifactError
+from slimtorch.io import atomic_dir, atomic_write_json
+from slimtorch.registry import Registry
+from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
+
+SPEC_FILE = "slimtorch.json"
+
+
+@dataclass(frozen=True)
+class ArtifactFormat:
+    """How to write and read one kind of model. ``save(model, dir)``; ``load(dir, spec) -> model``."""
+
+    save: Callable[[nn.Module, Path], None]
+    load: Callable[[Path, dict[str, Any]], nn.Module]
+
+
+FORMATS: Registry[ArtifactFormat] = Registry("artifact format")
+
+
+def format_of(model: nn.Module) -> str:
+    """The artifact format a model is saved in (stages that change representation set it)."""
+    from slimtorch.models.hf import HFModel
+
+    explicit = getattr(model, "slimtorch_format", None)
+    if explicit:
+        return explicit
+    return "hf" if isinstance(model, HFModel) else "torch"
+
+
+def save(model: nn.Module, directory: str | Path, **meta: Any) -> Path:
+    """Write ``model`` to ``directory`` atomically (a half-written artifact never appears).
+
+    ``meta`` is stored in the spec (e.g. ``task``, ``num_classes``, ``input_shape``).
+    """
+    directory = Path(directory)
+    fmt = format_of(model)
+    spec = {
+        "slimtorch_version": __version__,
+        "artifact_version": ARTIFACT_FORMAT_VERSION,
+        "format": fmt,
+        "model": getattr(model, "slimtorch_spec", None),
+        **meta,
+    }
+    with atomic_dir(directory) as tmp:
+        FORMATS.get(fmt).save(model, tmp)
+        atomic_write_json(tmp / SPEC_FILE, spec)
+    return directory
+
+
+def read_spec(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / SPEC_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{directory} is not a slimtorch model directory: {SPEC_FILE} is missing.")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is corrupted ({exc.msg} at line {exc.lineno}); re-run the stage that wrote it.") from exc
+    version = spec.get("artifact_version")
+    if version != ARTIFACT_FORMAT_VERSION:
+        raise ArtifactError(
+            f"{directory} was written by slimtorch {spec.get('slimtorch_version', '?')} with artifact format "
+            f"{version}; this slimtorch ({__version__}) reads format {ARTIFACT_FORMAT_VERSION}. Re-create it with this version."
+        )
+    return spec
+
+
+def load(directory: str | Path) -> nn.Module:
+    """Load a model saved by slimtorch, in eval mode.
+
+    Example:
+        >>> model = slimtorch.load("runs/digits/models/final")  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    spec = read_spec(directory)
+    model = FORMATS.get(spec["format"]).load(directory, spec)
+    model.slimtorch_spec = spec.get("model")
+    return model.eval()
+
+
+def fit_shapes_(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Resize parameters/buffers whose shape differs in ``state`` (a structurally pruned model).
+
+    Rebuilding from the original constructor gives the unpruned widths; the saved tensors say the
+    real ones. Standard layers also get their size attributes updated so ``repr`` and export agree.
+    """
+    for fqn, module in model.named_modules():
+        prefix = f"{fqn}." if fqn else ""
+        for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            saved = state.get(prefix + name)
+            if saved is None or saved.shape == tensor.shape:
+                continue
+            new = torch.empty(saved.shape, dtype=saved.dtype)
+            if isinstance(tensor, nn.Parameter):
+                setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
+            else:
+                module.register_buffer(name, new)
+        _update_size_attrs(module)
+    return model
+
+
+def _update_size_attrs(module: nn.Module) -> None:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = weight.shape
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        module.out_channels = weight.shape[0]
+        module.in_channels = weight.shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        module.num_features = weight.shape[0]
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(weight.shape)
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = weight.shape
+
+
+def _rebuild(spec: dict[str, Any], directory: Path) -> nn.Module:
+    from slimtorch.models.refs import build_model
+
+    model_spec = spec.get("model")
+    if not model_spec or not model_spec.get("ref"):
+        raise ArtifactError(
+            f"{directory} records no architecture (the model was not built from a reference); "
+            "build it with slimtorch.build_model or a 'module:function' factory so it can be reloaded."
+        )
+    return build_model(model_spec["ref"], model_spec.get("args"))
+
+
+def _save_torch(model: nn.Module, directory: Path) -> None:
+    save_model(model, str(directory / "model.safetensors"))
+
+
+def _load_torch(directory: Path, spec: dict[str, Any]) -> nn.Module:
+    model = _rebuild(spec, directory)
+    try:
+        state = load_file(str(directory / "model.safetensors"))
+    except (SafetensorError, FileNotFoundError, OSError) as exc:
+        raise ArtifactError(f"{directory}/model.safetensors is missing or corrupted ({exc}); re-run the stage that wrote it.") from exc
+    fit_shapes_(model, state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied weights are stored once; anything else missing means the file does not match the spec.
+    really_missing = [k for k in missing if not _is_tied(model, k, state)]
+    if really_missing or unexpected:
+        raise ArtifactError(
+            f"{directory}: weights do not match the architecture (missing {really_missing[:5]}, unexpected {unexpected[:5]})."
+        )
+    return model
+
+
+def _is_tied(model: nn.Module, key: str, state: dict[str, torch.Tensor]) -> bool:
+    tensors = dict(model.state_dict(keep_vars=True))
+    target = tensors.get(key)
+    return any(tensors.get(k) is target for k in state if k != key)
+
+
+def _save_hf(model: nn.Module, directory: Path) -> None:
+    model.hf.save_pretrained(directory / "hf", safe_serialization=True)
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(directory / "hf")
+    atomic_write_json(directory / "hf_kind.json", {"kind": model.kind})
+
+
+def _load_hf(directory: Path, spec: dict[str, Any]) -> nn.Module:
+    from slimtorch.models.hf import load_hf
+
+    kind = json.loads((directory / "hf_kind.json").read_text())["kind"]
+    return load_hf(str(directory / "hf"), kind=kind)
+
+
+FORMATS.register("torch")(ArtifactFormat(_save_torch, _load_torch))
+FORMATS.register("hf")(ArtifactFormat(_save_hf, _load_hf))

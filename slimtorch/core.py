@@ -1,0 +1,126 @@
+"""Objects every stage shares: the run context, the stage record, the stage registry.
+
+A stage has one public verb, ``apply(model, ctx) -> (model, StageRecord)``. Stages never read YAML,
+never print and never call each other; what they share travels in :class:`RunContext`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from slimtorch.registry import Registry
+
+if TYPE_CHECKING:
+    from slimtorch.data.bundle import DataBundle
+
+log = logging.getLogger(__name__)
+
+Batch = Tensor | dict[str, Tensor]
+
+
+def forward(model: nn.Module, x: Batch) -> Tensor:
+    """Call ``model`` on one input batch, a tensor or a dict of tensors (tokenized text)."""
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def batch_len(x: Batch) -> int:
+    """Number of examples in a batch."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch so a run with the same seed gives the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Progress(Protocol):
+    """What a stage may call to report progress; the CLI passes a rich-backed one."""
+
+    def __call__(self, description: str, total: int) -> Any: ...
+
+
+@contextmanager
+def _silent_task(description: str, total: int) -> Iterator[Callable[..., None]]:
+    yield lambda advance=1, **fields: None
+
+
+@dataclass
+class RunContext:
+    """Everything a stage may read besides the model it is given.
+
+    Attributes:
+        data: train/val/test (and optional transfer) datasets of the run.
+        teacher: the trained reference model (the original), or ``None`` when there is none.
+        seed: the recipe's seed; stages call ``seed_everything(ctx.seed + offset)``.
+        work_dir: where a stage may keep checkpoints (``work_dir/<stage_dir>``) for ``--resume``.
+        task: ``"classification"`` (logits) or ``"embedding"`` (vectors compared by cosine).
+        progress: ``progress(description, total)`` is a context manager yielding ``advance(n=1, **fields)``.
+        extras: per-run objects stages hand over (e.g. ``"teachers"`` for multi-teacher distillation).
+    """
+
+    data: DataBundle
+    teacher: nn.Module | None = None
+    seed: int = 0
+    work_dir: Path = field(default_factory=lambda: Path("runs/tmp"))
+    task: str = "classification"
+    progress: Callable[[str, int], Any] = _silent_task
+    extras: dict[str, Any] = field(default_factory=dict)
+    stage_index: int = 0
+
+    def stage_dir(self, name: str) -> Path:
+        """A per-stage directory for checkpoints, created on demand."""
+        path = self.work_dir / f"{self.stage_index:02d}_{name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass
+class StageRecord:
+    """What one stage did: its config, cost, notes for the report, and models worth reporting.
+
+    ``extra_models`` are intermediate models (e.g. the teaching assistant) to measure and save
+    alongside the stage's output; ``details`` holds stage-specific facts (removed channels, the
+    sensitivity scan, the lottery-ticket control) that the report renders as-is.
+    """
+
+    name: str
+    config: dict[str, Any]
+    seconds: float = 0.0
+    status: str = "done"
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    extra_models: list[tuple[str, nn.Module]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "config": self.config,
+            "seconds": round(self.seconds, 3),
+            "status": self.status,
+            "notes": list(self.notes),
+            "details": self.details,
+        }
+
+
+class Stage(Protocol):
+    """A compression step. ``config_cls`` is the pydantic model its recipe entry validates into."""
+
+    name: str
+
+    def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]: ...
+
+
+# name -> Stage class; each class has ``config_cls`` and ``__init__(self, config)``.
+STAGES: Registry[type] = Registry("stage")

@@ -1,0 +1,166 @@
+"""Built-in data sources and ``module:function`` sources; ``labeled_fraction`` splits off transfer data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from slimtorch.data.bundle import UNLABELED, DataBundle
+from slimtorch.errors import DataError, ModelRefError
+from slimtorch.registry import Registry
+
+DATA_SOURCES: Registry[Callable[..., dict[str, Any]]] = Registry("data source")
+
+
+def _split(x: np.ndarray, y: np.ndarray, fractions: tuple[float, float], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffle then cut into train / val / test with the given val and test fractions."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val, n_test = int(len(x) * fractions[0]), int(len(x) * fractions[1])
+    cuts = [order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]]
+    return [(x[idx], y[idx]) for idx in cuts]
+
+
+def _tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
+
+
+@DATA_SOURCES.register("digits")
+def digits(seed: int = 0) -> dict[str, Any]:
+    """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), scaled to [0, 1], shape (1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
+    train, val, test = _split(x, bunch.target, (0.1, 0.2), seed)
+    return {"train": _tensors(*train), "val": _tensors(*val), "test": _tensors(*test), "num_classes": 10}
+
+
+@DATA_SOURCES.register("mnist1d")
+def mnist1d(seed: int = 0, num_samples: int = 5000) -> dict[str, Any]:
+    """MNIST-1D (Greydanus 2020), generated offline: 40-sample 1-D signals of 10 classes, shape (1, 40)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = 42 + seed
+    data = make_dataset(args)
+    x = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)[:, None, :]
+    y = np.concatenate([data["y"], data["y_test"]])
+    train, val, test = _split(x, y, (0.1, 0.2), seed)
+    return {"train": _tensors(*train), "val": _tensors(*val), "test": _tensors(*test), "num_classes": 10}
+
+
+class Unlabeled(Dataset):
+    """Wrap a dataset so every label reads ``UNLABELED``: the labels are hidden, not just ignored."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        item = self.dataset[i]
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        return x, UNLABELED
+
+
+def _labels(dataset: Dataset) -> np.ndarray:
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    return np.array([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
+def split_labeled(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Keep a stratified ``fraction`` of ``train`` labeled; the rest becomes an unlabeled transfer set."""
+    labels = _labels(train)
+    rng = np.random.default_rng(seed + 1)
+    keep: list[int] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        keep.extend(idx[: max(1, round(fraction * len(idx)))].tolist())
+    keep_set = set(keep)
+    rest = [i for i in range(len(labels)) if i not in keep_set]
+    return Subset(train, sorted(keep)), Unlabeled(Subset(train, rest))
+
+
+def _call_user_source(ref: str, args: dict[str, Any]) -> dict[str, Any]:
+    from slimtorch.models.refs import import_object
+
+    try:
+        factory = import_object(ref, "data")
+    except ModelRefError as exc:
+        raise DataError(str(exc)) from exc
+    out = factory(**args)
+    if not isinstance(out, dict) or not {"train", "val", "test"} <= set(out):
+        got = sorted(out) if isinstance(out, dict) else type(out).__name__
+        raise DataError(f"data source {ref!r} must return a dict with keys 'train', 'val', 'test' (and optionally 'transfer'); got {got}.")
+    return out
+
+
+def infer_num_classes(*datasets: Dataset) -> int:
+    labels = np.concatenate([_labels(d) for d in datasets if len(d)])  # type: ignore[arg-type]
+    labels = labels[labels != UNLABELED]
+    if labels.min() < 0:
+        raise DataError(f"labels must be class indices 0..C-1 (or {UNLABELED} for unlabeled); found {labels.min()}.")
+    return int(labels.max()) + 1
+
+
+def build_data(
+    source: str,
+    *,
+    args: dict[str, Any] | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    labeled_fraction: float = 1.0,
+    transfer: str | None = None,
+    num_classes: int | None = None,
+) -> DataBundle:
+    """Build the run's :class:`DataBundle` from a source name or ``module:function``."""
+    args = dict(args or {})
+    if ":" in source:
+        raw = _call_user_source(source, args)
+    else:
+        factory = DATA_SOURCES.get(source)
+        if "seed" in factory.__code__.co_varnames:
+            args.setdefault("seed", seed)
+        raw = factory(**args)
+    for split in ("train", "val", "test"):
+        if len(raw[split]) == 0:
+            raise DataError(f"data source {source!r} returned an empty {split!r} split; every split needs examples.")
+    task = raw.get("task", "classification")
+    train, transfer_set = raw["train"], raw.get("transfer")
+    if labeled_fraction < 1.0:
+        train, hidden = split_labeled(train, labeled_fraction, seed)
+        transfer_set = hidden if transfer_set is None else torch.utils.data.ConcatDataset([hidden, Unlabeled(transfer_set)])
+    elif transfer_set is not None:
+        transfer_set = Unlabeled(transfer_set)
+    if transfer is not None:
+        extra = build_data(transfer, seed=seed).train
+        transfer_set = Unlabeled(extra) if transfer_set is None else torch.utils.data.ConcatDataset([transfer_set, Unlabeled(extra)])
+    if task == "classification":
+        found = infer_num_classes(raw["train"], raw["val"], raw["test"])
+        num_classes = num_classes or raw.get("num_classes") or found
+        if found > num_classes:
+            raise DataError(f"labels go up to {found - 1} but num_classes is {num_classes}; labels must be 0..{num_classes - 1}.")
+    first = raw["test"][0]
+    x0 = first[0] if isinstance(first, (tuple, list)) else first
+    return DataBundle(
+        name=source,
+        train=train,
+        val=raw["val"],
+        test=raw["test"],
+        transfer=transfer_set,
+        task=task,
+        num_classes=num_classes if task == "classification" else None,
+        input_shape=tuple(x0.shape) if isinstance(x0, torch.Tensor) else None,
+        collate_fn=raw.get("collate_fn"),
+        batch_size=batch_size,
+        info={"labeled_fraction": labeled_fraction, "train_labeled": len(train),
+              "transfer": 0 if transfer_set is None else len(transfer_set)},
+    )

