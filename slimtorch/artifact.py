@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from slimtorch.errors import ArtifactError
@@ -56,6 +56,7 @@ def save(model: nn.Module, directory: str | Path, **meta: Any) -> Path:
     directory = Path(directory)
     fmt = format_of(model)
     spec = {
+        "masked_modules": masked_modules(model),
         "slimtorch_version": __version__,
         "artifact_version": ARTIFACT_FORMAT_VERSION,
         "format": fmt,
@@ -148,8 +149,44 @@ def _rebuild(spec: dict[str, Any], directory: Path) -> nn.Module:
     return build_model(model_spec["ref"], model_spec.get("args"))
 
 
+def masked_modules(model: nn.Module) -> list[str]:
+    """Fully-qualified names of modules whose ``weight`` is a parametrization (a pruning mask)."""
+    from torch.nn.utils import parametrize
+
+    return [fqn for fqn, m in model.named_modules() if parametrize.is_parametrized(m, "weight")]
+
+
+def baked_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with every parametrization folded in (masked weights stored as plain zeros).
+
+    Computed without copying the model: deep-copied parametrized modules share their injected class
+    with the original, so removing parametrizations from a copy would break the original.
+    """
+    from torch.nn.utils import parametrize
+
+    state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in f".{k}"}
+    for fqn, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for name in module.parametrizations:
+                state[f"{fqn}.{name}" if fqn else name] = getattr(module, name).detach()
+    return state
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage: keep one copy of tied tensors (reload re-ties them)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for key, tensor in state.items():
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if tensor.numel() and ident in seen:
+            continue
+        seen.add(ident)
+        out[key] = tensor.contiguous()
+    return out
+
+
 def _save_torch(model: nn.Module, directory: Path) -> None:
-    save_model(model, str(directory / "model.safetensors"))
+    save_file(_dedupe(baked_state_dict(model)), str(directory / "model.safetensors"))
 
 
 def _load_torch(directory: Path, spec: dict[str, Any]) -> nn.Module:
@@ -176,7 +213,7 @@ def _is_tied(model: nn.Module, key: str, state: dict[str, torch.Tensor]) -> bool
 
 
 def _save_hf(model: nn.Module, directory: Path) -> None:
-    model.hf.save_pretrained(directory / "hf", safe_serialization=True)
+    model.hf.save_pretrained(directory / "hf", state_dict=baked_state_dict(model.hf))
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(directory / "hf")
     atomic_write_json(directory / "hf_kind.json", {"kind": model.kind})

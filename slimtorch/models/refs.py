@@ -60,6 +60,7 @@ def build_model(
         model = _torchvision(ref.split(":", 1)[1], args, num_classes)
     elif ":" in ref and not Path(ref).exists():
         factory = import_object(ref, "model")
+        _check_args(factory, args, ref)
         model = factory(**args)
         if not isinstance(model, nn.Module):
             raise ModelRefError(f"model factory {ref!r} returned {type(model).__name__}, not a torch.nn.Module.")
@@ -85,6 +86,17 @@ def build_model(
         )
     model.slimtorch_spec = {"ref": ref, "args": copy.deepcopy(args)}
     return model
+
+
+def _check_args(factory: Callable[..., Any], args: dict[str, Any], ref: str) -> None:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    try:
+        signature.bind(**args)
+    except TypeError as exc:
+        raise ModelRefError(f"model factory {ref!r} cannot take args {sorted(args)}: {exc}. Its parameters: {signature}.") from exc
 
 
 def _torchvision(name: str, args: dict[str, Any], num_classes: int | None) -> nn.Module:

@@ -153,7 +153,10 @@ def fit(
         for epoch in range(start_epoch, config.epochs):
             if config.max_steps and result.steps >= config.max_steps:
                 break
-            torch.manual_seed(ctx.seed * 1000 + epoch)  # same shuffles whether or not we resumed
+            # Same shuffles and dropout whether or not we resumed: reseed per epoch, loader generator too.
+            torch.manual_seed(ctx.seed * 1000 + epoch)
+            if getattr(loader, "generator", None) is not None:
+                loader.generator.manual_seed(ctx.seed * 1000 + epoch)
             model.train()
             total, count = 0.0, 0
             for x, y in loader:

@@ -1,0 +1,212 @@
+"""The ``slimtorch`` command line: parsing and printing only; the work happens in the library.
+
+Every slimtorch error becomes one red line and exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from slimtorch.errors import SlimtorchError
+from slimtorch.version import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make a trained PyTorch model smaller and faster, and prove it.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn expected failures into one actionable line and exit code 2."""
+    try:
+        yield
+    except SlimtorchError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; run the same command with --resume to continue where it stopped.", 130)
+
+
+class _RichProgress:
+    """``progress(description, total)`` → context manager yielding ``advance(n=1, **fields)``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    @contextmanager
+    def __call__(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        if self.quiet:
+            yield lambda n=1, **fields: None
+            return
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(description, total=total, info="")
+
+            def advance(n: int = 1, **fields: Any) -> None:
+                info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+                bar.update(task, advance=n, info=info)
+
+            yield advance
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def print_models_table(report: dict[str, Any]) -> None:
+    """The report card as a rich table: one row per model, metrics and measured latency."""
+    table = Table(title=f"slimtorch report: {report['recipe'].get('name', '')}", show_lines=False)
+    batches = sorted({b for m in report["models"] for b in m["latency_ms"]}, key=int)
+    for col in ["model", "stage", "params", "nonzero", "size", "MACs", "runtime", *[f"p50 ms b{b}" for b in batches], "metric", "agree"]:
+        table.add_column(col, justify="left" if col in ("model", "stage", "runtime") else "right")
+    for m in report["models"]:
+        metrics = m.get("metrics", {})
+        metric = metrics.get("accuracy", metrics.get("cosine"))
+        metric_s = "-" if metric is None else (f"{100 * metric:.2f}%" if "accuracy" in metrics else f"cos {metric:.4f}")
+        lat = [f"{m['latency_ms'][b]['p50']:.3f}" if b in m["latency_ms"] else "-" for b in batches]
+        agree = m.get("agreement")
+        table.add_row(m["name"], m["stage"], _fmt_count(m["params"]), _fmt_count(m["nonzero_params"]), _fmt_bytes(m.get("size_bytes")),
+                      _fmt_count(m.get("macs")), m["runtime"], *lat, metric_s, "-" if agree is None else f"{100 * agree:.1f}%")
+    console.print(table)
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def _run(recipe: Any, out: Optional[Path], resume: bool, force: bool, quiet: bool) -> None:
+    from slimtorch.pipeline import compress as run_compress
+
+    events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
+    with _user_errors():
+        result = run_compress(recipe, out, resume=resume, force=force, progress=_RichProgress(quiet), events=events)
+    print_models_table(result.report)
+    console.print(f"report: {result.out / 'report.md'}  {result.out / 'report.json'}  {result.out / 'pareto.png'}", highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"slimtorch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log library messages.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default runs/<recipe name>).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out, skipping finished steps.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing run in --out.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+
+
+@app.command()
+def demo(out: OutOpt = Path("runs/demo"), resume: ResumeOpt = False, force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+    """Train a digits teacher, distill a small student, prune, fine-tune, quantize, and print the report card."""
+    text = resources.files("slimtorch.recipes").joinpath("demo.yaml").read_text()
+    _run(text, out, resume, force, quiet)
+
+
+@app.command()
+def compress(recipe: Path, out: OutOpt = None, resume: ResumeOpt = False, force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+    """Run RECIPE (a YAML file) end to end and write the report card."""
+    _run(recipe, out, resume, force, quiet)
+
+
+@app.command()
+def validate(recipe: Path) -> None:
+    """Check RECIPE without running it: every key, value and stage name."""
+    from slimtorch.pipeline import load_recipe
+
+    with _user_errors():
+        r = load_recipe(recipe)
+    stages = " → ".join(s.kind for s in r.stages) or "(no stages)"
+    console.print(f"[green]ok[/] {recipe}: {r.name}, data {r.data.source}, {len(r.teachers)} teacher(s), stages: {stages}", highlight=False)
+
+
+@app.command()
+def measure(
+    model_ref: str,
+    data: Annotated[str, typer.Option(help="Data source to measure on (digits, mnist1d, module:function).")] = "digits",
+    args: Annotated[str, typer.Option(help="Model constructor args as JSON, e.g. '{\"hidden\": [64]}'.")] = "{}",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,64",
+    out: OutOpt = None,
+) -> None:
+    """Measure one model (a saved slimtorch directory or any model reference) and print its report row."""
+    from slimtorch import artifact
+    from slimtorch.data import build_data
+    from slimtorch.errors import RecipeError
+    from slimtorch.measure import measure as run_measure
+    from slimtorch.measure.config import EvaluateConfig, LatencyConfig
+    from slimtorch.models import build_model
+    from slimtorch.report import build_report, write_report
+
+    with _user_errors():
+        try:
+            kwargs = json.loads(args)
+            sizes = [int(b) for b in batch_sizes.split(",")]
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise RecipeError(f"--args must be a JSON object and --batch-sizes integers like 1,64 ({exc}).") from exc
+        bundle = build_data(data)
+        model = build_model(model_ref, kwargs, input_shape=bundle.input_shape, num_classes=bundle.num_classes)
+        config = EvaluateConfig(latency=LatencyConfig(batch_sizes=sizes))
+        model_dir = Path(model_ref) if Path(model_ref).is_dir() else None
+        if out is not None and model_dir is None:
+            model_dir = out / "models" / "model"
+            artifact.save(model, model_dir)
+        m = run_measure(model, name=Path(model_ref).name or model_ref, stage="measure", data=bundle, config=config, artifact_dir=model_dir)
+        report = build_report(recipe={"name": f"measure {model_ref}"}, baseline=m.name, final=m.name, models=[m], stages=[])
+        if out is not None:
+            write_report(out, report)
+    print_models_table(report)
+
+
+@app.command()
+def report(run_dir: Path) -> None:
+    """Re-render report.md, pareto.png and report.html from RUN_DIR/report.json."""
+    from slimtorch.report import load_report, write_report
+
+    with _user_errors():
+        data = load_report(run_dir / "report.json")
+        write_report(run_dir, data)
+    print_models_table(data)
+    console.print(f"rewrote {run_dir / 'report.md'}", highlight=False)
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

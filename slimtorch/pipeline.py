@@ -1,0 +1,275 @@
+"""Run a recipe: data → teacher(s) → initial model → each stage → measure and save → report card.
+
+Every model (teachers, each stage's output, intermediate models a stage reports) is saved under
+``OUT/models/<name>/`` and measured by the same code. ``state.json`` records each finished step with a
+fingerprint of the recipe parts it depends on, so ``resume=True`` skips finished, unchanged steps
+and continues a half-finished stage from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+import slimtorch.stages  # noqa: F401  (registers every stage)
+from slimtorch import artifact
+from slimtorch.core import STAGES, RunContext, StageRecord, _silent_task, seed_everything
+from slimtorch.data import DataBundle, build_data
+from slimtorch.errors import OutputDirError, RecipeError
+from slimtorch.io import atomic_write_json, atomic_write_text
+from slimtorch.measure import Measurement, measure, outputs_on
+from slimtorch.measure.accuracy import task_metric
+from slimtorch.models import build_model
+from slimtorch.recipe import Recipe, dump_recipe, load_recipe
+from slimtorch.recipe.schema import ModelSpec
+from slimtorch.report import build_report, write_report
+from slimtorch.resources import check_model_fits
+from slimtorch.train import cross_entropy, fit
+from slimtorch.version import __version__
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+RUN_MARKERS = (STATE_FILE, "report.json", "recipe.yaml")
+
+
+@dataclass
+class RunResult:
+    """What :func:`compress` returns: where it wrote, the report dict, the final model, the records."""
+
+    out: Path
+    report: dict[str, Any]
+    model: nn.Module
+    records: list[StageRecord] = field(default_factory=list)
+
+
+def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to clobber an existing run unless asked; make sure the directory is writable."""
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"output path {out} is a file; give a directory path with --out.")
+    if out.exists() and any(out.iterdir()) and not resume:
+        if not force:
+            raise OutputDirError(f"output directory {out} already exists; pass --resume to continue that run or --force to replace it.")
+        if not any((out / m).exists() for m in RUN_MARKERS):
+            raise OutputDirError(f"--force refuses to delete {out}: it does not look like a slimtorch run (no {STATE_FILE}/report.json). Choose another --out.")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputDirError(f"cannot write to output directory {out} ({exc.strerror}); choose a writable --out.") from exc
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _State:
+    """``state.json``: finished steps keyed by name, each with the fingerprint it was computed for."""
+
+    def __init__(self, out: Path, resume: bool) -> None:
+        self.path = out / STATE_FILE
+        self.steps: dict[str, dict[str, Any]] = {}
+        if resume and self.path.exists():
+            try:
+                self.steps = json.loads(self.path.read_text())["steps"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise OutputDirError(f"{self.path} is corrupted ({exc}); use --force to start the run again.") from exc
+
+    def done(self, name: str, fingerprint: str) -> dict[str, Any] | None:
+        step = self.steps.get(name)
+        return step if step and step.get("fingerprint") == fingerprint else None
+
+    def invalidate_after(self, name: str) -> None:
+        """A changed step makes every later step stale."""
+        names = list(self.steps)
+        if name in names:
+            for later in names[names.index(name):]:
+                self.steps.pop(later)
+
+    def save(self, name: str, entry: dict[str, Any]) -> None:
+        self.steps[name] = entry
+        atomic_write_json(self.path, {"slimtorch_version": __version__, "steps": self.steps})
+
+
+class _Run:
+    """One run of a recipe; holds what the steps share so each method stays short."""
+
+    def __init__(self, recipe: Recipe, out: Path, resume: bool, progress: Callable[..., Any], events: Callable[[str], None]) -> None:
+        self.recipe, self.out, self.events = recipe, out, events
+        self.state = _State(out, resume)
+        self.progress = progress
+        self.measurements: list[Measurement] = []
+        self.stage_rows: list[dict[str, Any]] = []
+        self.records: list[StageRecord] = []
+        self.baseline_outputs: Tensor | None = None
+        self.data: DataBundle
+
+    # -- models -------------------------------------------------------------------------------
+    def _meta(self) -> dict[str, Any]:
+        return {"task": self.data.task, "num_classes": self.data.num_classes,
+                "input_shape": list(self.data.input_shape) if self.data.input_shape else None}
+
+    def _save_and_measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
+        model_dir = self.out / "models" / name
+        artifact.save(model, model_dir, **self._meta())
+        m = measure(model, name=name, stage=stage, data=self.data, config=self.recipe.evaluate,
+                    artifact_dir=model_dir, baseline_outputs=self.baseline_outputs)
+        self.measurements.append(m)
+        return m
+
+    def _build(self, spec: ModelSpec) -> nn.Module:
+        model = build_model(str(spec.model), spec.args, input_shape=self.data.input_shape, num_classes=self.data.num_classes)
+        check_model_fits(model, self.recipe.resources, spec.model)
+        return model
+
+    def teachers(self, ctx: RunContext) -> list[nn.Module]:
+        teachers = []
+        for i, spec in enumerate(self.recipe.teachers):
+            name = spec.name or ("teacher" if i == 0 else f"teacher_{i + 1}")
+            fp = _fingerprint(self.recipe.seed, self.recipe.data.model_dump(), spec.model_dump())
+            done = self.state.done(name, fp)
+            if done:
+                self.events(f"{name}: reusing finished model")
+                model = artifact.load(self.out / "models" / name)
+                self.measurements.append(Measurement.from_json(done["measurement"]))
+            else:
+                self.state.invalidate_after(name)
+                model = self._teacher(spec, name, i, ctx)
+            if i == 0:
+                self.baseline_outputs = outputs_on(model, self.data, self.recipe.evaluate)
+            if not done:
+                m = self._save_and_measure(model, name, "teacher")
+                self.state.save(name, {"fingerprint": fp, "measurement": m.to_json(), "seconds": m.seconds})
+            teachers.append(model)
+        return teachers
+
+    def _teacher(self, spec: ModelSpec, name: str, i: int, ctx: RunContext) -> nn.Module:
+        model = self._build(spec)
+        if spec.train is None:
+            return model.eval()
+        if self.data.task != "classification":
+            raise RecipeError(f"teacher {name!r}: `train` needs a labeled classification dataset; give a trained model instead (omit `train`).")
+        self.events(f"{name}: training {spec.train.epochs} epochs")
+        seed_everything(self.recipe.seed + 1000 * i)
+        start = time.perf_counter()
+        loader = self.data.loader("train", spec.train.batch_size, shuffle=True, seed=self.recipe.seed)
+        fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
+            checkpoint_dir=self.out / "work" / name, description=f"train {name}")
+        self.stage_rows.append({"name": f"train_{name}", "seconds": round(time.perf_counter() - start, 3), "status": "done"})
+        return model
+
+    def initial_model(self, teacher: nn.Module) -> nn.Module:
+        spec = self.recipe.student
+        if spec is None:
+            return copy.deepcopy(teacher)
+        if spec.auto is not None:
+            from slimtorch.distill.auto_student import derive_student
+
+            return derive_student(teacher, width=spec.auto.width, depth=spec.auto.depth)
+        return self._build(spec)
+
+    # -- stages -------------------------------------------------------------------------------
+    def stages(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, str]:
+        final = "teacher"
+        prefix = [self.recipe.seed, self.recipe.data.model_dump(), [t.model_dump() for t in self.recipe.teachers],
+                  self.recipe.student.model_dump() if self.recipe.student else None]
+        for i, spec in enumerate(self.recipe.stages):
+            name = f"{i + 1}_{spec.kind}"
+            prefix.append([spec.kind, spec.config.model_dump()])
+            fp = _fingerprint(*prefix)
+            done = self.state.done(name, fp)
+            if done:
+                self.events(f"stage {i + 1}/{len(self.recipe.stages)} {spec.kind}: reusing finished result")
+                model = self._reload_stage_model(name)
+                self.measurements.extend(Measurement.from_json(m) for m in done["measurements"])
+                self.stage_rows.append(done["row"])
+                final = name
+                continue
+            self.state.invalidate_after(name)
+            self.events(f"stage {i + 1}/{len(self.recipe.stages)} {spec.kind}")
+            ctx.stage_index = i + 1
+            seed_everything(self.recipe.seed + i + 1)
+            stage = STAGES.get(spec.kind)(spec.config)
+            start = time.perf_counter()
+            model, record = stage.apply(model, ctx)
+            record.seconds = time.perf_counter() - start
+            self.records.append(record)
+            measured = [self._save_and_measure(model, name, spec.kind)]
+            for extra_name, extra in record.extra_models:
+                measured.append(self._save_and_measure(extra, f"{name}_{extra_name}", spec.kind))
+            row = {"model": name, **record.to_json()}
+            self.stage_rows.append(row)
+            self.state.save(name, {"fingerprint": fp, "row": row, "measurements": [m.to_json() for m in measured]})
+            final = name
+        return model, final
+
+    def _reload_stage_model(self, name: str) -> nn.Module:
+        """Reload a finished stage's model, re-arming pruning masks so later training keeps them."""
+        model_dir = self.out / "models" / name
+        model = artifact.load(model_dir)
+        masked = artifact.read_spec(model_dir).get("masked_modules") or []
+        if masked:
+            from slimtorch.prune.masks import rearm_masks_
+
+            rearm_masks_(model, masked)
+        return model
+
+
+def compress(
+    recipe: str | Path | dict[str, Any] | Recipe,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: Callable[..., Any] | None = None,
+    events: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run a recipe end to end and write the report card to ``out``.
+
+    Args:
+        recipe: a YAML path, YAML text, a dict, or a :class:`Recipe`.
+        out: output directory (default ``runs/<recipe name>``).
+        resume: continue a previous run in ``out``, skipping finished, unchanged steps.
+        force: replace an existing run in ``out``.
+        progress: ``progress(description, total)`` context manager for progress bars (the CLI's).
+        events: called with one-line status messages (the CLI prints them).
+
+    Example:
+        >>> result = slimtorch.compress("examples/digits.yaml", out="runs/digits")  # doctest: +SKIP
+        >>> result.report["models"][-1]["metrics"]["accuracy"]  # doctest: +SKIP
+    """
+    recipe = load_recipe(recipe)
+    out = Path(out or Path("runs") / recipe.name)
+    prepare_out_dir(out, resume=resume, force=force)
+    events = events or (lambda msg: log.info(msg))
+    atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+    seed_everything(recipe.seed)
+    d = recipe.data
+    run = _Run(recipe, out, resume, progress or _silent_task, events)
+    run.data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size,
+                          labeled_fraction=d.labeled_fraction, transfer=d.transfer, num_classes=d.num_classes)
+    ctx = RunContext(data=run.data, seed=recipe.seed, work_dir=out / "work", task=run.data.task, progress=run.progress)
+    teachers = run.teachers(ctx)
+    ctx.teacher, ctx.extras["teachers"] = teachers[0], teachers
+    model = run.initial_model(teachers[0])
+    model, final = run.stages(model, ctx)
+    names = [m.name for m in run.measurements]
+    report = build_report(
+        recipe=recipe.to_dict(), baseline=names[0], final=final, models=run.measurements, stages=run.stage_rows,
+        extra={"data": {"source": d.source, **run.data.info}},
+    )
+    write_report(out, report)
+    return RunResult(out=out, report=report, model=model, records=run.records)

@@ -1,0 +1,168 @@
+"""Read a recipe strictly: YAML errors and invalid values become one RecipeError naming the line.
+
+An unknown key is reported with its line and the closest valid key, e.g.
+``recipe.yaml line 7: unknown key 'temprature' in stages[0].distill. Did you mean 'temperature'?``
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from slimtorch.core import STAGES
+from slimtorch.errors import RecipeError
+from slimtorch.recipe.schema import Recipe, StageSpec
+
+
+def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
+    """Load a recipe from a YAML path, a YAML string, a dict, or pass a Recipe through.
+
+    Example:
+        >>> recipe = load_recipe("examples/digits.yaml")  # doctest: +SKIP
+    """
+    if isinstance(source, Recipe):
+        return source
+    if isinstance(source, dict):
+        return validate(source)
+    text, where = _read(source)
+    try:
+        raw = yaml.safe_load(text)
+        nodes = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{where}{line}: invalid YAML ({problem}). Check indentation and that `key: value` pairs use a space after ':'.") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: a recipe must be a mapping of keys (name, data, teacher, stages, ...); got {type(raw).__name__}.")
+    return validate(raw, nodes=nodes, where=where)
+
+
+def _read(source: str | Path) -> tuple[str, str]:
+    path = Path(source)
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
+        if not path.is_file():
+            raise RecipeError(f"recipe file {str(path)!r} does not exist. Check the path (examples/ has ready-made recipes).")
+        return path.read_text(), path.name
+    return str(source), "recipe"
+
+
+def validate(raw: dict[str, Any], nodes: yaml.Node | None = None, where: str = "recipe") -> Recipe:
+    """Validate a recipe mapping; every problem is raised as a RecipeError with location and fix."""
+    body = dict(raw)
+    stages_raw = body.pop("stages", None) or []
+    if not isinstance(stages_raw, list):
+        raise RecipeError(_locate(where, nodes, ("stages",)) + ": `stages` must be a list like `- prune: {sparsity: 0.5}`.")
+    stages = [_stage(i, entry, nodes, where) for i, entry in enumerate(stages_raw)]
+    try:
+        return Recipe.model_validate({**body, "stages": stages})
+    except ValidationError as exc:
+        raise RecipeError(_explain(exc, (), Recipe, nodes, where)) from None
+
+
+def _stage(i: int, entry: Any, nodes: yaml.Node | None, where: str) -> StageSpec:
+    loc = ("stages", i)
+    if isinstance(entry, str):
+        entry = {entry: {}}
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise RecipeError(f"{_locate(where, nodes, loc)}: each stage is one `kind: {{settings}}` entry, e.g. `- prune: {{sparsity: 0.5}}`; got {entry!r}.")
+    kind, settings = next(iter(entry.items()))
+    if kind not in STAGES:
+        raise RecipeError(f"{_locate(where, nodes, (*loc, kind), key=True)}: {STAGES.unknown_message(str(kind))}")
+    config_cls = STAGES.get(kind).config_cls
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise RecipeError(f"{_locate(where, nodes, (*loc, kind))}: settings of stage {kind!r} must be a mapping; got {settings!r}.")
+    try:
+        return StageSpec(kind=kind, config=config_cls.model_validate(settings))
+    except ValidationError as exc:
+        raise RecipeError(_explain(exc, (*loc, kind), config_cls, nodes, where)) from None
+
+
+def _explain(exc: ValidationError, prefix: tuple[Any, ...], model_cls: type[BaseModel], nodes: yaml.Node | None, where: str) -> str:
+    messages = []
+    errors = exc.errors()
+    # A `X | list[X]` field reports one error per branch; the list branch is noise when a mapping was given.
+    errors = [e for e in errors if not any(str(p).startswith("list[") for p in e["loc"])] or errors
+    for err in errors[:3]:
+        loc = tuple(err["loc"])
+        full = (*prefix, *loc)
+        dotted = _dotted(full)
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(model_cls, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            parent = _dotted(full[:-1]) or "the recipe"
+            messages.append(f"{_locate(where, nodes, full, key=True)}: unknown key {loc[-1]!r} in {parent}.{hint} Valid keys: {', '.join(valid)}.")
+        elif err["type"] == "missing":
+            messages.append(f"{_locate(where, nodes, full[:-1])}: missing required key {dotted!r}.")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f"; got {got!r}"
+            messages.append(f"{_locate(where, nodes, full)}: {dotted or 'recipe'}: {msg}{shown}.")
+    return " ".join(messages)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith(("function-", "list[", "union[")) and "ModelSpec" not in str(part):
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _locate(where: str, nodes: yaml.Node | None, loc: tuple[Any, ...], key: bool = False) -> str:
+    """``where line N`` for the deepest YAML node the location reaches."""
+    node, line = nodes, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                continue
+            line = (match[0] if key and part == loc[-1] else match[1]).start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+    return f"{where} line {line}" if line else where
+
+
+def _fields_at(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Names of the fields valid at ``loc`` inside ``model_cls`` (for 'did you mean')."""
+    current: Any = model_cls
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            continue
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) in (typing.Union, list):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML text that :func:`load_recipe` reads back to an equal recipe."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
