@@ -1,1 +1,29 @@
+"""Measurement core: every number on the report card is measured on the model itself.
 
+``measure(model, name=..., stage=..., data=..., config=...)`` returns a :class:`Measurement`; the parts
+are usable alone: :func:`count_params`, :func:`count_nonzero`, :func:`count_macs`, :func:`time_latency`.
+"""
+
+from slimtorch.measure.config import EvaluateConfig, LatencyConfig
+from slimtorch.measure.evaluate import outputs_on
+from slimtorch.measure.latency import time_latency
+from slimtorch.measure.macs import count_macs, count_macs_noted
+from slimtorch.measure.measurement import Measurement
+from slimtorch.measure.params import count_nonzero, count_params
+from slimtorch.measure.runner import measure
+from slimtorch.measure.size import compressed_bytes, dir_size_bytes
+
+__all__ = [
+    "EvaluateConfig",
+    "LatencyConfig",
+    "Measurement",
+    "compressed_bytes",
+    "count_macs",
+    "count_macs_noted",
+    "count_nonzero",
+    "count_params",
+    "dir_size_bytes",
+    "measure",
+    "outputs_on",
+    "time_latency",
+]

@@ -1,0 +1,95 @@
+"""Task metrics on the eval split, clean and under Gaussian input noise (robustness)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from slimtorch.core import Batch, batch_len, forward
+from slimtorch.measure.accuracy import accuracy_of, agreement, mean_cosine, per_class_accuracy
+from slimtorch.measure.config import EvaluateConfig
+
+if TYPE_CHECKING:
+    from slimtorch.data.bundle import DataBundle
+
+NOISE_SEED = 1234  # the same noise for every model, so robustness numbers compare
+
+
+def eval_batches(data: DataBundle, config: EvaluateConfig) -> list[tuple[Batch, Tensor]]:
+    """The eval split's ``(x, y)`` batches, truncated to ``config.max_eval_examples``."""
+    batches, seen = [], 0
+    cap = config.max_eval_examples
+    for x, y in data.loader(config.split):
+        n = batch_len(x)
+        if cap is not None and seen + n > cap:
+            keep = cap - seen
+            x = {k: v[:keep] for k, v in x.items()} if isinstance(x, dict) else x[:keep]
+            y, n = y[:keep], keep
+        if n > 0:
+            batches.append((x, torch.as_tensor(y)))
+        seen += n
+        if cap is not None and seen >= cap:
+            break
+    return batches
+
+
+def run_batches(model: nn.Module, batches: list[tuple[Batch, Tensor]], noise: float = 0.0,
+                input_std: float = 1.0, seed: int = NOISE_SEED) -> tuple[Tensor, Tensor]:
+    """Outputs ``(N, ...)`` and labels ``(N,)``; float inputs get ``noise × input_std`` Gaussian noise."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    outputs, labels = [], []
+    try:
+        with torch.inference_mode():
+            for x, y in batches:
+                if noise > 0 and isinstance(x, Tensor):
+                    x = x + noise * input_std * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+                outputs.append(forward(model, x).float())
+                labels.append(y)
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def outputs_on(model: nn.Module, data: DataBundle, config: EvaluateConfig) -> Tensor:
+    """The model's outputs on the eval split (capped); compute the baseline's once and pass it to ``measure``."""
+    return run_batches(model, eval_batches(data, config))[0]
+
+
+def input_std(batches: list[tuple[Batch, Tensor]]) -> float | None:
+    """Std of all float inputs of the eval split; None for non-float inputs (token ids)."""
+    xs = [x for x, _ in batches if isinstance(x, Tensor) and x.is_floating_point()]
+    if len(xs) != len(batches) or not xs:
+        return None
+    return torch.cat([x.flatten() for x in xs]).float().std().item()
+
+
+def task_metrics(outputs: Tensor, labels: Tensor, task: str, baseline: Tensor | None) -> tuple[dict[str, Any], float | None]:
+    """``(metrics, agreement)`` for a classification or embedding task."""
+    if task == "classification":
+        metrics: dict[str, Any] = {"accuracy": accuracy_of(outputs, labels),
+                                   "per_class_accuracy": per_class_accuracy(outputs, labels)}
+        return metrics, (agreement(outputs, baseline) if baseline is not None else None)
+    cosine = mean_cosine(outputs, baseline) if baseline is not None else None
+    return {"cosine": cosine}, cosine
+
+
+def robustness(model: nn.Module, batches: list[tuple[Batch, Tensor]], levels: list[float], task: str,
+               reference: Tensor | None) -> tuple[dict[str, float], list[str]]:
+    """``{"noise_<level>": metric}``: accuracy (classification) or cosine to ``reference`` (embedding)."""
+    std = input_std(batches)
+    if std is None:
+        return {}, ["robustness not measured: inputs are not float tensors (e.g. token ids), so Gaussian input noise does not apply."]
+    out: dict[str, float] = {}
+    for level in levels:
+        noisy, labels = run_batches(model, batches, noise=level, input_std=std)
+        if task == "classification":
+            out[f"noise_{level:g}"] = accuracy_of(noisy, labels)
+        elif reference is not None:
+            out[f"noise_{level:g}"] = mean_cosine(noisy, reference)
+    if task != "classification" and reference is None:
+        return {}, ["robustness not measured: an embedding model needs baseline outputs to compare against."]
+    return out, []

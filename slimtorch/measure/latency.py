@@ -1,0 +1,101 @@
+"""Wall-clock latency of a forward pass on the model's own runtime, timed honestly.
+
+Each call pins the intra-op thread count (torch's, or the onnxruntime wrapper's), runs ``warmup``
+untimed passes, then ``repeats`` timed ones with :func:`time.perf_counter`, and reports the median
+(p50), p90, mean, std and min in milliseconds. The thread count is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from slimtorch.core import Batch, forward
+from slimtorch.measure.onnx_graph import is_onnxruntime
+
+log = logging.getLogger(__name__)
+
+# Attribute names an onnxruntime wrapper may use for its intra-op thread count.
+ORT_THREAD_ATTRS = ("threads", "intra_op_num_threads", "num_threads")
+
+
+def time_latency(
+    model: nn.Module,
+    example_input: Batch,
+    *,
+    warmup: int,
+    repeats: int,
+    threads: int,
+    max_seconds: float | None = None,
+) -> dict[str, float]:
+    """Time ``forward(model, example_input)``; returns ``{"p50", "p90", "mean", "std", "min", "repeats"}`` (ms).
+
+    Args:
+        warmup: untimed passes first (allocator, caches, lazy init; ≥ 20 advised for batch 1 eager).
+        repeats: timed passes (at least 3 are always run).
+        threads: intra-op threads for the run; the previous setting is restored afterwards.
+        max_seconds: optional time budget for the timed passes; timing stops early once spent
+            (the number actually run is in ``"repeats"``).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with _threads(model, threads), torch.inference_mode():
+            for _ in range(warmup):
+                forward(model, example_input)
+            samples = _timed(model, example_input, max(repeats, 3), max_seconds)
+    finally:
+        model.train(was_training)
+    return summarize(samples)
+
+
+def _timed(model: nn.Module, example_input: Batch, repeats: int, max_seconds: float | None) -> list[float]:
+    samples: list[float] = []
+    start = time.perf_counter()
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        forward(model, example_input)
+        samples.append((time.perf_counter() - t0) * 1e3)
+        if max_seconds is not None and i >= 2 and time.perf_counter() - start > max_seconds:
+            break
+    return samples
+
+
+def summarize(samples_ms: list[float]) -> dict[str, float]:
+    """p50/p90 (nearest-rank on the sorted samples), mean, std, min and count of timings in ms."""
+    s = sorted(samples_ms)
+    n = len(s)
+    return {
+        "p50": round(statistics.median(s), 4),
+        "p90": round(s[max(0, math.ceil(0.9 * n) - 1)], 4),
+        "mean": round(statistics.fmean(s), 4),
+        "std": round(statistics.pstdev(s), 4),
+        "min": round(s[0], 4),
+        "repeats": n,
+    }
+
+
+@contextmanager
+def _threads(model: nn.Module, threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    ort_attr = next((a for a in ORT_THREAD_ATTRS if hasattr(model, a)), None) if is_onnxruntime(model) else None
+    ort_previous = getattr(model, ort_attr) if ort_attr else None
+    if ort_attr:
+        setattr(model, ort_attr, threads)
+    elif is_onnxruntime(model):
+        log.warning("onnxruntime wrapper %s has no thread-count attribute (%s); timing with its own setting",
+                    type(model).__name__, ", ".join(ORT_THREAD_ATTRS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+        if ort_attr:
+            setattr(model, ort_attr, ort_previous)

@@ -1,0 +1,84 @@
+"""Multiply-accumulate counts from a real forward pass.
+
+Torch models run once under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts every
+matmul, convolution (groups, stride and padding included, through the output shape) and attention
+kernel that actually executes; MACs = FLOPs / 2. Packed quantized torch modules (``torch.ao``
+dynamic/static int8 Linear and Conv), invisible to that counter, are counted with forward hooks.
+Models that run in onnxruntime are counted from their ONNX graph. Element-wise ops (ReLU, norms,
+softmax) are not counted: they are small next to the matmuls and the convention in the field ignores them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from slimtorch.core import Batch, batch_len, forward
+from slimtorch.measure.onnx_graph import is_onnxruntime, onnx_macs, onnx_model_of
+
+
+def count_macs(model: nn.Module, example_input: Batch) -> int | None:
+    """MACs of one forward pass **per example**: the count on ``example_input`` divided by its batch size.
+
+    ``measure`` passes a batch of 1, so for text the count is at that example's token length.
+    Returns None when the model cannot be counted (see :func:`count_macs_noted` for the reason).
+
+    Example:
+        >>> count_macs(nn.Linear(64, 10), torch.zeros(1, 64))
+        640
+    """
+    return count_macs_noted(model, example_input)[0]
+
+
+def count_macs_noted(model: nn.Module, example_input: Batch) -> tuple[int | None, list[str]]:
+    """Like :func:`count_macs`, also returning notes on what could not be counted."""
+    n = max(batch_len(example_input), 1)
+    if is_onnxruntime(model):
+        graph = onnx_model_of(model)
+        if graph is None:
+            return None, ["MACs not counted: the onnxruntime wrapper exposes no ONNX graph."]
+        macs, notes = onnx_macs(graph, example_input)
+        return (None if macs is None else macs // n), notes
+    hooked: list[int] = []
+    handles = [m.register_forward_hook(_quantized_hook(hooked)) for m in model.modules() if _is_packed_quantized(m)]
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+    try:
+        with torch.no_grad(), counter:
+            forward(model, example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    total = counter.get_total_flops() // 2 + sum(hooked)
+    return total // n, []
+
+
+def _cpu_sdpa_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's counter knows the CUDA attention kernels; the CPU flash kernel needs the same formula.
+_CPU_ATTENTION = {op: _cpu_sdpa_flop for op in [getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)] if op}
+
+
+def _is_packed_quantized(module: nn.Module) -> bool:
+    """torch.ao quantized Linear/Conv modules (their packed kernels are invisible to FlopCounterMode)."""
+    is_layer = hasattr(module, "in_features") or hasattr(module, "in_channels")
+    return "quantized" in type(module).__module__ and is_layer
+
+
+def _quantized_hook(acc: list[int]) -> Any:
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
+        if hasattr(module, "in_features"):  # Linear: every input row times the (out, in) weight
+            acc.append(inputs[0].numel() // module.in_features * module.in_features * module.out_features)
+        elif hasattr(module, "kernel_size"):  # Conv: every output element sums (C_in / groups) × kernel
+            per_out = module.in_channels // module.groups * math.prod(module.kernel_size)
+            acc.append(output.numel() * per_out)
+
+    return hook

@@ -1,0 +1,75 @@
+"""The :class:`Measurement` of one model: what the report card shows, all measured, none estimated."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimtorch.errors import ArtifactError
+
+
+@dataclass
+class Measurement:
+    """Everything measured about one model.
+
+    Attributes:
+        name, stage: model name in the report and the stage that produced it.
+        params: parameter count; nonzero_params: parameters that are not zero (masks count as zeros).
+        size_bytes: bytes on disk of the saved artifact directory (None when not saved).
+        compressed_bytes: bytes of the artifact's weight files after zlib — where unstructured
+            sparsity shows up, since dense formats store zeros at full width.
+        macs: multiply-accumulates of one forward pass on ONE example (batch 1); None if not countable.
+        runtime, threads: what ran the timed forward passes (``torch`` or ``onnxruntime``) and on how
+            many intra-op threads.
+        latency_ms: ``{"<batch>": {"p50", "p90", "mean", "std", "min", "repeats"}}`` in milliseconds.
+        metrics: ``accuracy`` and ``per_class_accuracy`` (classification) or ``cosine`` (embedding).
+        agreement: argmax agreement with the baseline (classification) or mean cosine (embedding).
+        robustness: ``{"noise_<level>": metric}`` under Gaussian input noise of std ``level × input std``.
+        notes: honest caveats found while measuring; seconds: how long the measurement took.
+        cost_s: seconds per part of the measurement (params, size, macs, latency, accuracy, robustness).
+    """
+
+    name: str
+    stage: str
+    params: int
+    nonzero_params: int
+    size_bytes: int | None
+    compressed_bytes: int | None
+    macs: int | None
+    runtime: str
+    threads: int
+    latency_ms: dict[str, dict[str, float]]
+    metrics: dict[str, Any]
+    agreement: float | None
+    robustness: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    cost_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def primary_metric(self) -> tuple[str, float | None]:
+        """``("accuracy", value)`` for classifiers, ``("cosine", value)`` for encoders."""
+        for key in ("accuracy", "cosine"):
+            if self.metrics.get(key) is not None:
+                return key, float(self.metrics[key])
+        return "accuracy", None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Measurement:
+        """Rebuild from :meth:`to_json` output; unknown keys are ignored, missing required ones raise."""
+        if not isinstance(d, dict):
+            raise ArtifactError(f"a model entry in the report must be an object; got {type(d).__name__}.")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - d.keys())
+        if missing:
+            raise ArtifactError(
+                f"model entry {d.get('name', '?')!r} in the report lacks {', '.join(missing)}; "
+                "the report is corrupted or from another tool. Re-run the measurement to rebuild it."
+            )
+        return cls(**{k: v for k, v in d.items() if k in names})

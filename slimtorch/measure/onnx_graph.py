@@ -1,0 +1,142 @@
+"""Facts about models that run in onnxruntime, read from their ONNX graph (weights and MACs).
+
+The runtime wrapper (:class:`slimtorch.runtime.OrtModule`) is an ``nn.Module`` with
+``slimtorch_runtime == "onnxruntime"``; its ONNX model is read from its ``onnx_bytes``, or else from an
+``onnx_path``/``model_path`` attribute, an ``onnx.ModelProto`` attribute, or the
+``onnxruntime.InferenceSession`` it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+_PATH_ATTRS = ("onnx_path", "model_path", "path")
+# op type -> (index of input A, index of input B / weight)
+_MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3), "FusedMatMul": (0, 1),
+               "MatMulIntegerToFloat": (0, 1), "DynamicQuantizeMatMul": (0, 1), "MatMulNBits": (0, None)}
+_CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1, "NhwcConv": 1}
+
+
+def is_onnxruntime(model: nn.Module) -> bool:
+    return getattr(model, "slimtorch_runtime", "torch") == "onnxruntime"
+
+
+def onnx_model_of(model: nn.Module) -> Any | None:
+    """The ``onnx.ModelProto`` behind an onnxruntime wrapper, or None for a torch model."""
+    if not is_onnxruntime(model):
+        return None
+    import onnx
+
+    candidates: list[Any] = [getattr(model, a, None) for a in ("onnx_bytes", *_PATH_ATTRS, "onnx_model")]
+    candidates += list(vars(model).values())
+    for value in candidates:
+        if isinstance(value, onnx.ModelProto):
+            return value
+        if isinstance(value, bytes) and value:
+            return onnx.load_from_string(value)
+        if isinstance(value, (str, Path)) and str(value).endswith(".onnx") and Path(value).is_file():
+            return onnx.load(str(value))
+        path = getattr(value, "_model_path", None)  # onnxruntime.InferenceSession
+        if path and Path(path).is_file():
+            return onnx.load(str(path))
+        raw = getattr(value, "_model_bytes", None)
+        if raw:
+            return onnx.load_from_string(raw)
+    log.warning("onnxruntime model %s exposes no ONNX graph; counts will be empty", type(model).__name__)
+    return None
+
+
+def onnx_initializers(graph_model: Any) -> list[np.ndarray]:
+    """The weight arrays stored in the ONNX graph."""
+    from onnx import numpy_helper
+
+    return [numpy_helper.to_array(t) for t in graph_model.graph.initializer]
+
+
+def onnx_macs(graph_model: Any, example_input: Tensor | dict[str, Tensor]) -> tuple[int | None, list[str]]:
+    """MACs of one run of the graph on ``example_input``; returns ``(macs, notes)``.
+
+    Graph inputs are fixed to the example's shapes and shapes are inferred; MatMul/Gemm/Conv nodes
+    (plain, integer and QLinear variants) are counted. Nodes whose shapes stay unknown are skipped
+    and named in the notes.
+    """
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(graph_model)
+    _fix_input_shapes(model, example_input)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several private error types
+        return None, [f"MACs not counted: ONNX shape inference failed ({exc})."]
+    shapes = _known_shapes(model)
+    total, skipped = 0, []
+    for node in model.graph.node:
+        macs = _node_macs(node, shapes)
+        if macs is None:
+            skipped.append(node.op_type)
+        else:
+            total += macs
+    notes = []
+    if skipped:
+        notes.append(f"MACs from the ONNX graph skip {len(skipped)} node(s) of unknown shape ({', '.join(sorted(set(skipped)))}).")
+    unsupported = sorted({n.op_type for n in model.graph.node if n.op_type in ("Attention", "MultiHeadAttention")})
+    if unsupported:
+        notes.append(f"MACs from the ONNX graph do not count fused {', '.join(unsupported)} nodes.")
+    return total, notes
+
+
+def _fix_input_shapes(model: Any, example_input: Tensor | dict[str, Tensor]) -> None:
+    initializer_names = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializer_names]
+    if isinstance(example_input, dict):
+        tensors = {i.name: example_input.get(i.name) for i in inputs}
+    else:
+        tensors = {inputs[0].name: example_input} if inputs else {}
+    for inp in inputs:
+        t = tensors.get(inp.name)
+        if t is None:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) != t.dim():
+            continue
+        for dim, size in zip(dims, t.shape):
+            dim.ClearField("dim_param")
+            dim.dim_value = int(size)
+
+
+def _known_shapes(model: Any) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    for t in model.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    return shapes
+
+
+def _node_macs(node: Any, shapes: dict[str, list[int]]) -> int | None:
+    out = shapes.get(node.output[0]) if node.output else None
+    if node.op_type in _MATMUL_OPS:
+        a_idx, _ = _MATMUL_OPS[node.op_type]
+        a = shapes.get(node.input[a_idx])
+        return None if out is None or a is None else math.prod(out) * a[-1]
+    if node.op_type == "Gemm":
+        a = shapes.get(node.input[0])
+        if out is None or a is None:
+            return None
+        trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+        return math.prod(out) * (a[0] if trans_a else a[1])
+    if node.op_type in _CONV_OPS:
+        w = shapes.get(node.input[_CONV_OPS[node.op_type]])
+        return None if out is None or w is None else math.prod(out) * math.prod(w[1:])
+    return 0

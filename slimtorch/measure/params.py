@@ -1,0 +1,80 @@
+"""Parameter and nonzero counts, seeing through masks, quantized packing and ONNX wrappers.
+
+A weight pruned with a mask — a ``torch.nn.utils.parametrize`` parametrization or a
+``torch.nn.utils.prune`` ``weight_orig``/``weight_mask`` pair — is counted through the *effective*
+(masked) tensor, so masked entries count as zeros. Dynamically quantized torch modules keep their weights
+in packed params (not ``nn.Parameter``); those are unpacked and counted too. For a model that runs in
+onnxruntime the counts come from the ONNX graph's initializers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from slimtorch.measure.onnx_graph import onnx_initializers, onnx_model_of
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of weights the model holds (each shared tensor once)."""
+    return sum(t.numel() for t in _effective_tensors(model))
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Number of weights that are not exactly zero; masked entries count as zeros."""
+    return sum(int(torch.count_nonzero(t)) for t in _effective_tensors(model))
+
+
+def _effective_tensors(model: nn.Module) -> Iterator[Tensor]:
+    graph = onnx_model_of(model)
+    if graph is not None:
+        for array in onnx_initializers(graph):
+            yield torch.from_numpy(array.reshape(-1).copy()) if array.dtype != object else torch.zeros(0)
+        return
+    replaced: set[int] = set()  # ids of raw tensors standing behind an effective one
+    effective: list[Tensor] = []
+    with torch.no_grad():
+        for module in model.modules():
+            effective.extend(_masked_weights(module, replaced))
+            effective.extend(_quantized_weights(module))
+    seen: set[int] = set()
+    for p in model.parameters():
+        if id(p) in replaced or id(p) in seen:
+            continue
+        seen.add(id(p))
+        yield p.detach()
+    yield from effective
+
+
+def _masked_weights(module: nn.Module, replaced: set[int]) -> list[Tensor]:
+    out: list[Tensor] = []
+    if parametrize.is_parametrized(module):
+        for name, plist in module.parametrizations.items():  # type: ignore[union-attr]
+            replaced.add(id(plist.original))
+            out.append(getattr(module, name).detach())
+    for name, p in list(module.named_parameters(recurse=False)):
+        if name.endswith("_orig") and hasattr(module, name[: -len("_orig")] + "_mask"):  # torch.nn.utils.prune
+            replaced.add(id(p))
+            out.append(getattr(module, name[: -len("_orig")]).detach())
+    return out
+
+
+def _quantized_weights(module: nn.Module) -> list[Tensor]:
+    """Weights of torch.ao quantized modules, which are packed and not ``nn.Parameter``s."""
+    if not hasattr(module, "_packed_params") and "quantized" not in type(module).__module__:
+        return []
+    out: list[Tensor] = []
+    for attr in ("weight", "bias"):
+        getter = getattr(module, attr, None)
+        if not callable(getter) or isinstance(getter, nn.Module):
+            continue
+        try:
+            t = getter()
+        except (RuntimeError, TypeError, AttributeError):
+            continue
+        if isinstance(t, Tensor):
+            out.append(t.dequantize() if t.is_quantized else t.detach())
+    return out

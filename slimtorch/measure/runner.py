@@ -1,0 +1,109 @@
+"""``measure(model, ...)``: one call that fills a :class:`Measurement` for the report card."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from slimtorch.errors import ShapeMismatchError
+from slimtorch.measure.config import EvaluateConfig
+from slimtorch.measure.evaluate import eval_batches, robustness, run_batches, task_metrics
+from slimtorch.measure.latency import time_latency
+from slimtorch.measure.macs import count_macs_noted
+from slimtorch.measure.measurement import Measurement
+from slimtorch.measure.params import count_nonzero, count_params
+from slimtorch.measure.size import compressed_bytes, dir_size_bytes
+
+if TYPE_CHECKING:
+    from slimtorch.data.bundle import DataBundle
+
+log = logging.getLogger(__name__)
+
+NOISY_SPREAD = 1.5  # p90 / p50 above this is flagged as a noisy timing
+
+
+def measure(
+    model: nn.Module,
+    *,
+    name: str,
+    stage: str,
+    data: DataBundle,
+    config: EvaluateConfig,
+    artifact_dir: Path | None = None,
+    baseline_outputs: Tensor | None = None,
+    latency_budget_s: float | None = None,
+) -> Measurement:
+    """Measure ``model``: counts, bytes, MACs, latency per batch size, task metric, agreement, robustness.
+
+    Args:
+        name, stage: how the model is named in the report and which stage produced it.
+        data, config: eval inputs come from ``data.loader(config.split)`` (capped by
+            ``config.max_eval_examples``); latency inputs from ``data.example_batch(b)``.
+        artifact_dir: the saved artifact; ``size_bytes`` is the total of its files. None → no size.
+        baseline_outputs: the baseline's eval outputs (:func:`outputs_on`) for agreement / cosine.
+        latency_budget_s: optional cap on timed seconds per batch size (fewer repeats for slow models).
+
+    Raises:
+        ShapeMismatchError: ``baseline_outputs`` do not match this model's outputs.
+    """
+    start = time.perf_counter()
+    cost: dict[str, float] = {}
+    notes: list[str] = []
+
+    def timed(part: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        cost[part] = round(time.perf_counter() - t0, 4)
+        return result
+
+    params, nonzero = timed("params", lambda: (count_params(model), count_nonzero(model)))
+    size, packed = timed("size", lambda: _sizes(artifact_dir))
+    macs, mac_notes = timed("macs", lambda: count_macs_noted(model, data.example_batch(1, split=config.split)))
+    notes += mac_notes
+    lat = config.latency
+    latency = timed("latency", lambda: {
+        str(b): time_latency(model, data.example_batch(b, split=config.split), warmup=lat.warmup,
+                             repeats=lat.repeats, threads=lat.threads, max_seconds=latency_budget_s)
+        for b in lat.batch_sizes})
+    notes += _latency_notes(latency)
+
+    batches = eval_batches(data, config)
+    outputs, labels = timed("accuracy", lambda: run_batches(model, batches))
+    if baseline_outputs is not None and tuple(baseline_outputs.shape) != tuple(outputs.shape):
+        raise ShapeMismatchError(
+            f"{name}: outputs have shape {tuple(outputs.shape)} but the baseline's have {tuple(baseline_outputs.shape)}; "
+            "compute baseline_outputs with outputs_on(baseline, data, config) using the same evaluate config."
+        )
+    metrics, agree = task_metrics(outputs, labels, data.task, baseline_outputs)
+    if data.task != "classification" and baseline_outputs is None:
+        notes.append("cosine not measured: no baseline outputs were given to compare against.")
+    reference = baseline_outputs if baseline_outputs is not None else outputs
+    robust, robust_notes = timed("robustness", lambda: robustness(model, batches, list(config.noise_levels), data.task, reference))
+    notes += robust_notes
+
+    return Measurement(
+        name=name, stage=stage, params=params, nonzero_params=nonzero, size_bytes=size,
+        compressed_bytes=packed, macs=macs, runtime=getattr(model, "slimtorch_runtime", "torch"),
+        threads=lat.threads, latency_ms=latency, metrics=metrics, agreement=agree, robustness=robust,
+        notes=notes, seconds=round(time.perf_counter() - start, 3), cost_s=cost,
+    )
+
+
+def _sizes(artifact_dir: Path | None) -> tuple[int | None, int | None]:
+    if artifact_dir is None:
+        return None, None
+    return dir_size_bytes(artifact_dir), compressed_bytes(artifact_dir)
+
+
+def _latency_notes(latency: dict[str, dict[str, float]]) -> list[str]:
+    notes = []
+    for batch, t in latency.items():
+        if t["p50"] > 0 and t["p90"] / t["p50"] > NOISY_SPREAD:
+            notes.append(f"batch-{batch} latency is noisy: p90 is {t['p90'] / t['p50']:.1f}× p50 "
+                         "(shared CPU or per-op overhead); compare p50s with care.")
+    return notes

@@ -1,0 +1,60 @@
+"""Latency timing: statistics, thread pinning and restoration, onnxruntime threads."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from slimtorch.measure import time_latency
+from slimtorch.measure.latency import summarize
+
+KEYS = {"p50", "p90", "mean", "std", "min", "repeats"}
+
+
+def test_latency_statistics_are_ordered_and_threads_restored():
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).train()
+    before = torch.get_num_threads()
+    t = time_latency(model, torch.randn(8, 32), warmup=2, repeats=20, threads=2)
+    assert set(t) == KEYS
+    assert 0 < t["min"] <= t["p50"] <= t["p90"]
+    assert t["repeats"] == 20
+    assert torch.get_num_threads() == before
+    assert model.training  # restored
+
+
+def test_time_budget_stops_early():
+    model = nn.Linear(4, 4)
+    t = time_latency(model, torch.randn(1, 4), warmup=0, repeats=100_000, threads=1, max_seconds=0.01)
+    assert 3 <= t["repeats"] < 100_000
+
+
+@given(st.lists(st.floats(0.01, 1000.0), min_size=1, max_size=60))
+def test_summary_percentiles_lie_within_samples(samples):
+    s = summarize(samples)
+    assert min(samples) == pytest.approx(s["min"], abs=1e-4)
+    assert s["min"] <= s["p50"] + 1e-4 and s["p50"] <= s["p90"] + 1e-4 and s["p90"] <= max(samples) + 1e-4
+
+
+def test_summary_known_answer():
+    s = summarize([float(i) for i in range(1, 11)])
+    assert s["p50"] == 5.5 and s["p90"] == 9.0 and s["mean"] == 5.5 and s["repeats"] == 10
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_onnxruntime_wrapper_runs_on_the_requested_threads():
+    from slimtorch.runtime import OrtModule
+
+    model = nn.Linear(8, 3).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(model, torch.zeros(1, 8), buf, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "b"}})
+    ort_model = OrtModule(buf.getvalue(), threads=1)
+    seen = []
+    ort_model.register_forward_pre_hook(lambda m, args: seen.append(m.threads))
+    time_latency(ort_model, torch.zeros(4, 8), warmup=1, repeats=3, threads=2)
+    assert set(seen) == {2}
+    assert ort_model.threads == 1

@@ -1,0 +1,72 @@
+"""MAC counts with known answers (per example, batch 1)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from slimtorch.measure import count_macs, count_macs_noted
+from slimtorch.models import build_model
+
+
+def test_linear_macs_are_in_times_out_per_example():
+    layer = nn.Linear(64, 10)
+    assert count_macs(layer, torch.zeros(1, 64)) == 640
+    assert count_macs(layer, torch.zeros(7, 64)) == 640  # per example, whatever the batch
+
+
+def test_conv2d_macs_with_groups_stride_padding():
+    conv = nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2)
+    # output (8, 5, 5); each output sums (4 / 2) channels × 3 × 3 taps
+    assert count_macs(conv, torch.zeros(1, 4, 9, 9)) == 8 * 5 * 5 * 2 * 9
+
+
+def test_conv1d_macs():
+    conv = nn.Conv1d(3, 5, 4, stride=1, padding=0)
+    assert count_macs(conv, torch.zeros(1, 3, 10)) == 5 * 7 * 3 * 4
+
+
+def test_mlp_macs_sum_its_layers():
+    model = build_model("mlp", {"hidden": [32]}, input_shape=(1, 8, 8), num_classes=10)
+    assert count_macs(model, torch.zeros(1, 1, 8, 8)) == 64 * 32 + 32 * 10
+
+
+def test_dynamic_int8_linear_has_the_same_macs():
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    q = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    x = torch.zeros(2, 16)
+    assert count_macs(q, x) == count_macs(model, x) == 16 * 8 + 8 * 4
+
+
+def test_attention_matmuls_are_counted_for_hf_models():
+    model = build_model("hf:tiny", {"kind": "encoder", "config": {
+        "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 64, "vocab_size": 100}})
+    seq = 8
+    x = {"input_ids": torch.ones(1, seq, dtype=torch.long), "attention_mask": torch.ones(1, seq, dtype=torch.long)}
+    linear_macs = seq * (4 * 32 * 32 + 2 * 32 * 64)  # q, k, v, out projections + FFN
+    attention_macs = 2 * seq * seq * 32  # QK^T and AV
+    pooler_macs = 32 * 32  # BertModel's pooler on the first token
+    assert count_macs(model, x) == linear_macs + attention_macs + pooler_macs
+
+
+def _ort_module(model: nn.Module, x: torch.Tensor):
+    from slimtorch.runtime import OrtModule
+
+    buf = io.BytesIO()
+    torch.onnx.export(model.eval(), x, buf, dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return OrtModule(buf.getvalue())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_onnxruntime_macs_come_from_the_graph():
+    model = build_model("cnn", {"channels": [4, 8], "hidden": 16}, input_shape=(1, 8, 8), num_classes=10)
+    x = torch.zeros(1, 1, 8, 8)
+    ort_model = _ort_module(model, x)
+    macs, notes = count_macs_noted(ort_model, torch.zeros(3, 1, 8, 8))
+    assert macs == count_macs(model, x)
+    assert notes == []
