@@ -145,6 +145,25 @@ def compress(recipe: Path, out: OutOpt = None, resume: ResumeOpt = False, force:
 
 
 @app.command()
+def sweep(
+    recipe: Path,
+    grid: Annotated[list[str], typer.Option("--grid", "-g", help="An axis like distill.temperature=1,2,4 (repeatable).")],
+    out: OutOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run RECIPE once per grid point (resumable) and compare the final models in one report with a Pareto plot."""
+    from slimtorch.recipe import load_recipe
+    from slimtorch.sweep import sweep as run_sweep
+
+    events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
+    with _user_errors():
+        out = out or Path("runs") / f"{load_recipe(recipe).name}-sweep"
+        result = run_sweep(recipe, grid, out, progress=_RichProgress(quiet), events=events)
+    print_models_table(result)
+    console.print(f"sweep report: {out / 'report.md'}  {out / 'pareto.png'}", highlight=False)
+
+
+@app.command()
 def validate(recipe: Path) -> None:
     """Check RECIPE without running it: every key, value and stage name."""
     from slimtorch.pipeline import load_recipe

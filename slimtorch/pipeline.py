@@ -222,9 +222,12 @@ class _Run:
         model = artifact.load(model_dir)
         masked = artifact.read_spec(model_dir).get("masked_modules") or []
         if masked:
-            from slimtorch.prune.masks import rearm_masks_
+            from slimtorch.prune.masks import set_mask_
 
-            rearm_masks_(model, masked)
+            # A weight that is exactly zero in a masked layer was masked: restore the mask from it.
+            modules = dict(model.named_modules())
+            for fqn in masked:
+                set_mask_(modules[fqn], (modules[fqn].weight != 0).float())
         return model
 
 

@@ -1,0 +1,130 @@
+"""Sweeps: run variants of one recipe over a grid of settings and compare their final models.
+
+``--grid distill.temperature=1,2,4 --grid prune.sparsity=0.3,0.5`` runs the 3 × 2 variants, each in
+``OUT/variants/<slug>/`` (resumable: finished variants are reused), then writes one comparison
+report whose models are the variants' final models, with the Pareto plot marking the frontier.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slimtorch.errors import RecipeError
+from slimtorch.recipe import load_recipe
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """One ``path=v1,v2,...`` axis. ``path`` is ``<stage kind>.<field>``, ``stages[i].<field>`` or a top-level dotted key."""
+
+    path: str
+    values: tuple[Any, ...]
+
+
+def parse_grid(spec: str) -> GridAxis:
+    """Parse ``distill.temperature=1,2,4`` (values are read as YAML scalars)."""
+    path, sep, raw = spec.partition("=")
+    if not sep or not path or not raw:
+        raise RecipeError(f"--grid {spec!r} must look like 'stage.field=v1,v2' (e.g. distill.temperature=1,2,4).")
+    values = tuple(yaml.safe_load(v) for v in raw.split(","))
+    return GridAxis(path.strip(), values)
+
+
+def _set(recipe: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``path`` in a recipe dict; a first part naming a stage kind addresses the first such stage."""
+    parts = path.split(".")
+    head = parts[0]
+    match = re.fullmatch(r"stages\[(\d+)\]", head)
+    stages = recipe.get("stages") or []
+    if match:
+        index = int(match.group(1))
+        if index >= len(stages):
+            raise RecipeError(f"--grid {path!r}: the recipe has {len(stages)} stages; index {index} does not exist.")
+        target = next(iter(stages[index].values()))
+    elif any(head in s for s in stages):
+        entry = next(s for s in stages if head in s)
+        if entry[head] is None:
+            entry[head] = {}
+        target = entry[head]
+    elif head in recipe or head in ("seed", "evaluate", "student"):
+        target = recipe
+    else:
+        kinds = sorted({k for s in stages for k in s})
+        raise RecipeError(f"--grid {path!r}: {head!r} is neither a stage of this recipe ({', '.join(kinds) or 'none'}) nor a top-level key.")
+    keys = parts[1:] if target is not recipe else parts
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+    target[keys[-1]] = value
+
+
+def _slug(assignment: dict[str, Any]) -> str:
+    text = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in assignment.items())
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
+def variants(recipe: dict[str, Any], axes: list[GridAxis]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """All ``(slug, assignment, recipe dict)`` variants of the grid, validated before any runs."""
+    out = []
+    for combo in itertools.product(*(a.values for a in axes)):
+        assignment = {a.path: v for a, v in zip(axes, combo)}
+        variant = copy.deepcopy(recipe)
+        for path, value in assignment.items():
+            _set(variant, path, value)
+        slug = _slug(assignment)
+        variant["name"] = f"{recipe.get('name', 'run')}-{slug}"
+        load_recipe(variant)  # fail early, before hours of runs, if a value is invalid
+        out.append((slug, assignment, variant))
+    return out
+
+
+def sweep(
+    recipe: str | Path | dict[str, Any],
+    grid: list[str],
+    out: str | Path,
+    *,
+    resume: bool = True,
+    progress: Callable[..., Any] | None = None,
+    events: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every variant (reusing finished ones) and write ``OUT/report.*`` comparing their final models."""
+    from slimtorch.measure import Measurement
+    from slimtorch.pipeline import compress
+    from slimtorch.report import build_report, load_report, write_report
+
+    if not grid:
+        raise RecipeError("a sweep needs at least one --grid axis, e.g. --grid prune.sparsity=0.3,0.5,0.7.")
+    base = load_recipe(recipe).to_dict()
+    axes = [parse_grid(g) for g in grid]
+    runs = variants(base, axes)
+    out = Path(out)
+    events = events or (lambda msg: None)
+    finals: list[Measurement] = []
+    rows = []
+    for i, (slug, assignment, variant) in enumerate(runs):
+        run_dir = out / "variants" / slug
+        if resume and (run_dir / "report.json").exists():
+            events(f"variant {i + 1}/{len(runs)} {slug}: finished earlier, reusing")
+            report = load_report(run_dir / "report.json")
+        else:
+            events(f"variant {i + 1}/{len(runs)} {slug}")
+            report = compress(variant, run_dir, resume=resume, progress=progress, events=events).report
+        final = next(m for m in report["models"] if m["name"] == report["final"])
+        measurement = Measurement.from_json({**final, "name": slug, "stage": "sweep"})
+        finals.append(measurement)
+        rows.append({"name": slug, "seconds": sum(s.get("seconds", 0) for s in report["stages"]), "status": "done", "assignment": assignment})
+    baseline_report = load_report(out / "variants" / runs[0][0] / "report.json")
+    teacher = next(m for m in baseline_report["models"] if m["name"] == baseline_report["baseline"])
+    models = [Measurement.from_json(teacher), *finals]
+    best = max(finals, key=lambda m: (m.metrics.get("accuracy", m.metrics.get("cosine", 0)), -(m.size_bytes or 0)))
+    report = build_report(recipe=base, baseline=teacher["name"], final=best.name, models=models, stages=rows,
+                          extra={"sweep": {"grid": {a.path: list(a.values) for a in axes}, "variants": [r["name"] for r in rows]}})
+    write_report(out, report)
+    return report
