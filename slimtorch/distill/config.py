@@ -1,0 +1,105 @@
+"""The ``distill`` stage's recipe entry: loss, temperature, λ, teachers, assistant, feature taps, DDP."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from slimtorch.train import TrainConfig
+
+
+class FeatureSpec(BaseModel):
+    """One hint pair: match the student's module ``student`` to the teacher's module ``teacher``.
+
+    Both are fully-qualified module names (``fqn``, as in ``model.named_modules()``), e.g. ``net.1``.
+    When widths differ a learned linear (last dim) or 1×1 conv (channel dim) adapter maps the
+    student's feature to the teacher's width (FitNets, https://arxiv.org/abs/1412.6550).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    student: str = Field(min_length=1)
+    teacher: str = Field(min_length=1)
+    weight: float = Field(1.0, ge=0, description="weight of this pair's MSE in the total loss")
+
+
+class AssistantSpec(BaseModel):
+    """A teaching assistant: ``{model: mlp, args: {hidden: [256]}}`` (the same shape as ``student:``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1)
+    args: dict[str, Any] = Field(default_factory=dict)
+    epochs: int | None = Field(None, ge=0, description="epochs for the teacher→assistant hop (default: the stage's)")
+
+
+class DDPSpec(BaseModel):
+    """Train on ``world_size`` local processes with torch.distributed (gloo works on CPU)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    world_size: int = Field(2, ge=1)
+    backend: Literal["gloo", "nccl"] = "gloo"
+    port: int | None = Field(None, ge=1024, le=65535, description="rendezvous port (default: a free one)")
+
+
+class DistillConfig(BaseModel):
+    """Knowledge distillation (Hinton et al. 2015, https://arxiv.org/abs/1503.02531).
+
+    ``L = alpha·CE(y, q_S(T=1)) + (1 − alpha)·T²·KL(p_T(T) ‖ q_S(T))`` per example, averaged over the
+    batch; unlabeled examples (label ``-1``, scenario 2) contribute only the soft-target term.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(2.0, description="softmax temperature T of the soft targets (T > 0)")
+    alpha: float = Field(0.5, description="λ: weight of the hard-label cross-entropy, in [0, 1]")
+    loss: Literal["kd", "mse", "cosine"] = Field(
+        "kd", description="kd: Hinton KD on logits; mse: MSE on logits/embeddings; cosine: 1 − cos on embeddings")
+    epochs: int = Field(20, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int | None = Field(None, gt=0, description="defaults to data.batch_size")
+    patience: int | None = Field(None, ge=1, description="early stop after this many epochs without a better val metric")
+    max_steps: int | None = Field(None, ge=1)
+    use_transfer: bool = Field(True, description="also train on the unlabeled transfer set (scenario 2) when there is one")
+    teacher_weights: list[float] | None = Field(None, description="weights of the teachers' soft targets (default: equal)")
+    assistant: AssistantSpec | None = None
+    features: list[FeatureSpec] = Field(default_factory=list)
+    cache_teacher: bool = Field(True, description="compute teacher outputs once per run (skipped if the data is random)")
+    ddp: DDPSpec | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _check_temperature(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(
+                f"distill.temperature must be > 0; got {value}. T divides the logits before the softmax: "
+                "T = 1 is the plain softmax, T = 2-5 softens it (2 is a good start)."
+            )
+        return value
+
+    @field_validator("alpha")
+    @classmethod
+    def _check_alpha(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"distill.alpha must be in [0, 1]; got {value}. alpha is λ, the weight of the hard-label loss: "
+                "0 = soft targets only, 1 = labels only; 0.5 weighs them equally."
+            )
+        return value
+
+    @field_validator("teacher_weights")
+    @classmethod
+    def _check_weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(w < 0 for w in value) or sum(value) <= 0):
+            raise ValueError(
+                f"distill.teacher_weights must be non-negative with a positive sum, one per teacher; got {value}."
+            )
+        return value
+
+    def train_config(self, epochs: int | None = None) -> TrainConfig:
+        """The optimiser settings for :func:`slimtorch.train.fit`."""
+        return TrainConfig(epochs=self.epochs if epochs is None else epochs, lr=self.lr, weight_decay=self.weight_decay,
+                           batch_size=self.batch_size, patience=self.patience, max_steps=self.max_steps)

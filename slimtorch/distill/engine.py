@@ -1,0 +1,284 @@
+"""One distillation hop: teachers → student, trained with :func:`slimtorch.train.fit`.
+
+The student and its feature adapters travel as one module (:class:`DistillWrapper`) so checkpoints
+and DDP see both. Teacher outputs come from :class:`TeacherPanel`, which can cache them per example
+index once per run; batches carry ``(x, (labels, index))`` for that.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from slimtorch.core import Batch, RunContext, forward
+from slimtorch.data.bundle import DataBundle
+from slimtorch.distill.config import DistillConfig, FeatureSpec
+from slimtorch.distill.hooks import FeatureTaps, make_adapter
+from slimtorch.distill.losses import LOSSES, feature_mse, teacher_target
+from slimtorch.errors import DataError, ShapeMismatchError
+from slimtorch.measure.accuracy import accuracy_of, mean_cosine, predict
+from slimtorch.train import FitResult, fit
+
+log = logging.getLogger(__name__)
+
+
+class IndexedDataset(Dataset):
+    """``dataset[i] -> (x, y, i)``: the index lets cached teacher outputs be looked up."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        x, y = self.dataset[i][:2]
+        return x, y, i
+
+
+class IndexedCollate:
+    """Collate ``(x, y, i)`` items into ``(x, (labels, index))`` with the data's own collate for ``(x, y)``."""
+
+    def __init__(self, base: Any = None) -> None:
+        self.base = base
+
+    def __call__(self, items: list[tuple[Any, Any, int]]) -> tuple[Batch, tuple[Tensor, Tensor]]:
+        x, y = (self.base or default_collate)([(x, torch.as_tensor(y)) for x, y, _ in items])
+        return x, (torch.as_tensor(y), torch.tensor([i for _, _, i in items]))
+
+
+class DistillWrapper(nn.Module):
+    """The student plus its feature adapters. ``forward(x) -> (output, {pair: adapted feature})``."""
+
+    def __init__(self, student: nn.Module, pairs: Sequence[FeatureSpec] = (), adapters: dict[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        self.student = student
+        self.pairs = list(pairs)
+        self.adapters = nn.ModuleDict(adapters or {})
+        self.taps = FeatureTaps(student, [p.student for p in self.pairs], "student") if self.pairs else None
+
+    def forward(self, x: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        out = forward(self.student, x)
+        if self.taps is None:
+            return out, {}
+        feats = self.taps.pop()
+        return out, {key: self.adapters[key](feats[p.student]) for key, p in zip(self.adapters, self.pairs)}
+
+    def release(self) -> nn.Module:
+        """Remove the hooks and hand back the bare student."""
+        if self.taps is not None:
+            self.taps.remove()
+        return self.student
+
+
+def _pair_key(i: int) -> str:
+    return f"pair{i}"
+
+
+class TeacherPanel:
+    """The teachers of one hop: their mixed target for a batch, plus the first teacher's tapped features."""
+
+    def __init__(self, teachers: Sequence[nn.Module], weights: Sequence[float], config: DistillConfig, pairs: Sequence[FeatureSpec] = ()) -> None:
+        self.teachers, self.weights, self.config = list(teachers), list(weights), config
+        self.pairs = list(pairs)
+        self.taps = FeatureTaps(self.teachers[0], [p.teacher for p in self.pairs], "teacher") if self.pairs else None
+        self.cache: tuple[Tensor, dict[str, Tensor]] | None = None
+
+    @torch.no_grad()
+    def compute(self, x: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        outs = []
+        for teacher in self.teachers:
+            teacher.eval()
+            outs.append(forward(teacher, x).float())
+        feats = self.taps.pop() if self.taps is not None else {}
+        return teacher_target(outs, self.weights, self.config), feats
+
+    @torch.no_grad()
+    def build_cache(self, loader: DataLoader, n: int) -> None:
+        """Run every teacher once over ``loader`` (unshuffled, yields ``(x, (y, index))``)."""
+        target: Tensor | None = None
+        feats: dict[str, Tensor] = {}
+        for x, (_, idx) in loader:
+            t, f = self.compute(x)
+            if target is None:
+                target = t.new_empty((n, *t.shape[1:]))
+                feats = {k: v.new_empty((n, *v.shape[1:])) for k, v in f.items()}
+            target[idx] = t
+            for k, v in f.items():
+                feats[k][idx] = v
+        if target is None:
+            raise DataError("distill: the distillation set is empty; there is nothing to learn from.")
+        self.cache = (target, feats)
+
+    def __call__(self, x: Batch, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.cache is None:
+            return self.compute(x)
+        target, feats = self.cache
+        return target[idx], {k: v[idx] for k, v in feats.items()}
+
+    def close(self) -> None:
+        if self.taps is not None:
+            self.taps.remove()
+
+
+def is_deterministic(dataset: Dataset) -> bool:
+    """True when reading an example twice gives the same input (no random augmentation)."""
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        return True
+    a, b = dataset[0][0], dataset[0][0]
+    if isinstance(a, Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+def check_output_shapes(student: nn.Module, teachers: Sequence[nn.Module], data: DataBundle) -> tuple[int, ...]:
+    """Run every model on two examples; their output shapes must match the student's.
+
+    Raises:
+        ShapeMismatchError: with both shapes and what to change.
+    """
+    x = data.example_batch(2, split="val")
+    with torch.no_grad():
+        was = student.training
+        student.eval()
+        s_shape = tuple(forward(student, x).shape)
+        student.train(was)
+        for i, teacher in enumerate(teachers):
+            teacher.eval()
+            t_shape = tuple(forward(teacher, x).shape)
+            if t_shape != s_shape:
+                raise ShapeMismatchError(
+                    f"distill: teacher {i} outputs shape {t_shape} but the student outputs {s_shape} (batch of 2). "
+                    "Both must produce the same output (same num_classes, or the same embedding width for loss "
+                    "'cosine'/'mse'); give the student the teacher's num_classes / hidden size."
+                )
+    return s_shape
+
+
+def build_adapters(student: nn.Module, teacher: nn.Module, pairs: Sequence[FeatureSpec], data: DataBundle) -> dict[str, nn.Module]:
+    """One adapter per feature pair, sized from a forward pass of both models."""
+    if not pairs:
+        return {}
+    x = data.example_batch(2, split="val")
+    s_taps = FeatureTaps(student, [p.student for p in pairs], "student")
+    t_taps = FeatureTaps(teacher, [p.teacher for p in pairs], "teacher")
+    try:
+        with torch.no_grad():
+            was = student.training
+            student.eval()
+            forward(student, x)
+            student.train(was)
+            forward(teacher.eval(), x)
+        s_feats, t_feats = s_taps.pop(), t_taps.pop()
+    finally:
+        s_taps.remove()
+        t_taps.remove()
+    return {
+        _pair_key(i): make_adapter(s_feats[p.student].shape[1:], t_feats[p.teacher].shape[1:], f"{p.student!r}→{p.teacher!r}")
+        for i, p in enumerate(pairs)
+    }
+
+
+@dataclass
+class HopResult:
+    fit: FitResult
+    cached: bool
+    world_size: int
+    adapter_params: int
+
+
+class _EpochSampler(torch.utils.data.distributed.DistributedSampler):
+    """A DistributedSampler that moves to the next epoch's shuffle by itself on every pass."""
+
+    def __iter__(self):  # noqa: ANN204
+        it = super().__iter__()
+        self.set_epoch(self.epoch + 1)
+        return it
+
+
+def _loader(dataset: Dataset, data: DataBundle, batch_size: int, shuffle: bool, seed: int, distributed: bool) -> DataLoader:
+    indexed, collate = IndexedDataset(dataset), IndexedCollate(data.collate_fn)
+    if distributed and shuffle:
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+        sampler = _EpochSampler(indexed, num_replicas=world, rank=dist.get_rank(), shuffle=True, seed=seed)
+        return DataLoader(indexed, batch_size=max(1, math.ceil(batch_size / world)), sampler=sampler, collate_fn=collate)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(indexed, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+
+
+def make_evaluate(data: DataBundle, teachers: Sequence[nn.Module], weights: Sequence[float]) -> Any:
+    """Validation metric of the student: accuracy, or mean cosine to the teachers' mean embedding."""
+    val = data.loader("val")
+    if data.task == "classification":
+        return lambda student: accuracy_of(*predict(student, val))
+    from slimtorch.distill.losses import mix_outputs
+
+    reference = mix_outputs([predict(t, val)[0] for t in teachers], weights)
+    return lambda student: mean_cosine(predict(student, val)[0], reference)
+
+
+def train_hop(
+    student: nn.Module,
+    teachers: Sequence[nn.Module],
+    weights: Sequence[float],
+    data: DataBundle,
+    config: DistillConfig,
+    ctx: RunContext,
+    *,
+    epochs: int | None = None,
+    pairs: Sequence[FeatureSpec] = (),
+    description: str = "distill",
+    checkpoint_dir: Path | None = None,
+    distributed: bool = False,
+) -> HopResult:
+    """Distill ``teachers`` into ``student`` in place (best val weights kept) and say how it went."""
+    check_output_shapes(student, teachers, data)
+    dataset = data.distill_set() if config.use_transfer else data.train
+    batch_size = config.batch_size or data.batch_size
+    wrapper = DistillWrapper(student, pairs, build_adapters(student, teachers[0], pairs, data))
+    panel = TeacherPanel(teachers, weights, config, pairs)
+    cached = config.cache_teacher and is_deterministic(dataset)
+    if cached:
+        panel.build_cache(_loader(dataset, data, 256, False, ctx.seed, False), len(dataset))  # type: ignore[arg-type]
+    loss = LOSSES.get(config.loss)
+    keys = list(wrapper.adapters)
+
+    def loss_fn(model: nn.Module, x: Batch, y: tuple[Tensor, Tensor]) -> Tensor:
+        labels, idx = y
+        out, adapted = model(x)
+        target, t_feats = panel(x, idx)
+        per_example = loss(out, target, labels, config)  # (B,)
+        for key, pair in zip(keys, pairs):
+            per_example = per_example + pair.weight * feature_mse(adapted[key], t_feats[pair.teacher])
+        return per_example.mean()
+
+    student_eval = make_evaluate(data, teachers, weights)
+    model: nn.Module = wrapper
+    world = 1
+    if distributed:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        world = dist.get_world_size()
+        model = DistributedDataParallel(wrapper)
+        if checkpoint_dir is not None:
+            checkpoint_dir = checkpoint_dir / f"rank{dist.get_rank()}"
+    loader = _loader(dataset, data, batch_size, True, ctx.seed, distributed)
+    try:
+        result = fit(model, loss_fn, loader, config.train_config(epochs), ctx, evaluate=lambda m: student_eval(wrapper.student),
+                     checkpoint_dir=checkpoint_dir, description=description)
+    finally:
+        panel.close()
+        wrapper.release()
+    n_adapter = sum(p.numel() for p in wrapper.adapters.parameters())
+    return HopResult(fit=result, cached=cached, world_size=world, adapter_params=n_adapter)

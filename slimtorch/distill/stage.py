@@ -1,0 +1,150 @@
+"""The ``distill`` stage: teachers (optionally through a teaching assistant) → the current model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from slimtorch.core import STAGES, RunContext, StageRecord
+from slimtorch.distill.config import DistillConfig, FeatureSpec
+from slimtorch.distill.ddp import is_distributed, job_for, single_process, spawn_hop
+from slimtorch.distill.engine import train_hop
+from slimtorch.errors import RecipeError
+
+log = logging.getLogger(__name__)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def teachers_of(ctx: RunContext) -> list[nn.Module]:
+    """``ctx.extras["teachers"]`` (first = ``ctx.teacher``) or ``[ctx.teacher]``."""
+    teachers = list(ctx.extras.get("teachers") or ([] if ctx.teacher is None else [ctx.teacher]))
+    if not teachers:
+        raise RecipeError(
+            "distill needs a trained teacher: give the recipe a `teacher:` entry (or set RunContext.teacher). "
+            "With no teacher, use `finetune` to train on labels instead."
+        )
+    return teachers
+
+
+def _weights(config: DistillConfig, n: int) -> list[float]:
+    if config.teacher_weights is None:
+        return [1.0] * n
+    if len(config.teacher_weights) != n:
+        raise RecipeError(
+            f"distill.teacher_weights has {len(config.teacher_weights)} entries but the run has {n} teacher(s); "
+            "give one weight per teacher, in the order of the recipe's `teacher:` list."
+        )
+    return list(config.teacher_weights)
+
+
+def _check_task(config: DistillConfig, task: str) -> None:
+    if task == "embedding" and config.loss == "kd":
+        raise RecipeError(
+            "distill.loss 'kd' needs class logits, but this data's task is 'embedding'. "
+            "Use loss: cosine (or mse) to match the teacher's embeddings."
+        )
+
+
+@STAGES.register("distill")
+class DistillStage:
+    """Knowledge distillation into the current model; see :class:`DistillConfig` for the loss.
+
+    Example:
+        >>> stage = DistillStage(DistillConfig(temperature=2.0, alpha=0.5, epochs=20))  # doctest: +SKIP
+        >>> student, record = stage.apply(student, RunContext(data=data, teacher=teacher))  # doctest: +SKIP
+    """
+
+    name = "distill"
+    config_cls = DistillConfig
+
+    def __init__(self, config: DistillConfig) -> None:
+        self.config = config
+
+    def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
+        start = time.perf_counter()
+        config, data = self.config, ctx.data
+        _check_task(config, data.task)
+        teachers = teachers_of(ctx)
+        weights = _weights(config, len(teachers))
+        record = StageRecord(name=self.name, config=config.model_dump())
+        stage_dir = ctx.stage_dir(self.name)
+        hops: list[dict[str, Any]] = []
+        source, source_name = teachers, "teacher" if len(teachers) == 1 else f"{len(teachers)} teachers"
+        if config.assistant is not None:
+            from slimtorch.models import build_model
+
+            spec = config.assistant
+            assistant = build_model(spec.model, spec.args, input_shape=data.input_shape, num_classes=data.num_classes)
+            hops.append(self._hop(assistant, teachers, weights, ctx, epochs=spec.epochs, pairs=(), names=(source_name, "assistant"),
+                                  checkpoint_dir=stage_dir / "assistant"))
+            record.extra_models.append(("assistant", assistant))
+            source, weights, source_name = [assistant], [1.0], "assistant"
+        hops.append(self._hop(model, source, weights, ctx, epochs=None, pairs=config.features, names=(source_name, "student"),
+                              checkpoint_dir=stage_dir / "student"))
+        record.details = self._details(ctx, teachers, hops)
+        record.notes = self._notes(ctx, hops)
+        record.seconds = time.perf_counter() - start
+        return model, record
+
+    def _hop(self, student: nn.Module, teachers: Sequence[nn.Module], weights: list[float], ctx: RunContext, *, epochs: int | None,
+             pairs: Sequence[FeatureSpec], names: tuple[str, str], checkpoint_dir: Path) -> dict[str, Any]:
+        start = time.perf_counter()
+        description = f"distill {names[0]}→{names[1]}"
+        ddp = self.config.ddp
+        if ddp is not None and ddp.world_size > 1 and not is_distributed():
+            job = job_for(ctx, student=student, teachers=list(teachers), weights=weights, data=ctx.data,
+                          config=single_process(self.config), epochs=epochs, pairs=list(pairs), description=description,
+                          checkpoint_dir=checkpoint_dir)
+            summary = spawn_hop(job, ddp)
+        else:
+            hop = train_hop(student, teachers, weights, ctx.data, self.config, ctx, epochs=epochs, pairs=pairs,
+                            description=description, checkpoint_dir=checkpoint_dir, distributed=is_distributed())
+            summary = {"best_metric": hop.fit.best_metric, "best_epoch": hop.fit.best_epoch, "epochs_run": hop.fit.epochs_run,
+                       "steps": hop.fit.steps, "history": hop.fit.history, "cached": hop.cached, "world_size": hop.world_size,
+                       "adapter_params": hop.adapter_params, "resumed_from_epoch": hop.fit.resumed_from_epoch}
+        metric = "val_accuracy" if ctx.data.task == "classification" else "val_cosine_to_teacher"
+        return {
+            "from": names[0], "to": names[1], "teacher_params": sum(_count(t) for t in teachers),
+            "student_params": _count(student), metric: round(summary["best_metric"], 6), "best_epoch": summary["best_epoch"],
+            "epochs_run": summary["epochs_run"], "steps": summary["steps"], "cached_teacher": summary["cached"],
+            "world_size": summary["world_size"], "adapter_params": summary["adapter_params"],
+            "resumed_from_epoch": summary.get("resumed_from_epoch", 0), "seconds": round(time.perf_counter() - start, 3),
+            "history": [{k: round(v, 6) for k, v in h.items()} for h in summary["history"]],
+        }
+
+    def _details(self, ctx: RunContext, teachers: Sequence[nn.Module], hops: list[dict[str, Any]]) -> dict[str, Any]:
+        data, config = ctx.data, self.config
+        has_transfer = data.transfer is not None and config.use_transfer
+        return {
+            "scenario": 2 if has_transfer else 1,
+            "train_labeled": len(data.train),  # type: ignore[arg-type]
+            "transfer_unlabeled": len(data.transfer) if has_transfer else 0,  # type: ignore[arg-type]
+            "teachers": len(teachers),
+            "teacher_weights": _weights(config, len(teachers)),
+            "loss": config.loss,
+            "temperature": config.temperature,
+            "alpha": config.alpha,
+            "features": [p.model_dump() for p in config.features],
+            "hops": hops,
+        }
+
+    def _notes(self, ctx: RunContext, hops: list[dict[str, Any]]) -> list[str]:
+        config, notes = self.config, []
+        if ctx.data.task == "classification" and config.loss == "kd" and config.alpha == 1.0:
+            notes.append("distill.alpha is 1: the student trained on labels only; the teacher's soft targets were not used.")
+        if ctx.data.task == "embedding" and config.alpha != 0.5:
+            notes.append("distill.alpha has no effect on an embedding task: there are no labels, only the teacher's embeddings.")
+        if config.cache_teacher and not all(h["cached_teacher"] for h in hops):
+            notes.append("teacher outputs were not cached: the data gives a different input each time it is read (augmentation).")
+        for hop in hops:
+            if hop["epochs_run"] and hop["best_epoch"] == hop["epochs_run"] - 1 and not config.patience and hop["epochs_run"] > 1:
+                notes.append(f"{hop['from']}→{hop['to']}: the best epoch was the last one; more epochs may help.")
+        return notes
