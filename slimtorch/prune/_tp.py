@@ -1,0 +1,88 @@
+"""Thin adapter over Torch-Pruning (https://github.com/VainF/Torch-Pruning): dependency graph and pruner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slimtorch.core import Batch, forward
+from slimtorch.errors import MissingExtraError
+
+
+def tp() -> Any:
+    try:
+        import torch_pruning
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise MissingExtraError("structured pruning needs torch-pruning: pip install torch-pruning") from exc
+    return torch_pruning
+
+
+class OutputActivationImportance:
+    """Torch-Pruning importance from mean ``|y_c|`` of each output channel on calibration data.
+
+    Channels of a coupled group are scored by the mean over the group's Linear/Conv outputs;
+    groups with no recorded activation fall back to L2 magnitude.
+    """
+
+    def __init__(self, out_abs: dict[nn.Module, Tensor]) -> None:
+        self.out_abs = out_abs
+        self.fallback = tp().importance.GroupMagnitudeImportance(p=2)
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> Tensor:
+        fn = tp().pruner.function
+        total, count = None, 0
+        for i, (dep, idxs) in enumerate(group):
+            layer = dep.layer
+            if dep.pruning_fn not in (fn.prune_conv_out_channels, fn.prune_linear_out_channels) or layer not in self.out_abs:
+                continue
+            root = torch.tensor(group[i].root_idxs)
+            scores = self.out_abs[layer][torch.tensor(idxs)].float()
+            if total is None:
+                total = torch.zeros(len(group[0].idxs))
+            total.scatter_add_(0, root, scores)
+            count += 1
+        return self.fallback(group) if total is None else total / count
+
+
+def build_pruner(
+    model: nn.Module,
+    example: Batch,
+    importance: Any,
+    targets: dict[str, nn.Module],
+    ignored: list[nn.Module],
+    *,
+    ratio: float,
+    ratio_dict: dict[str, float] | None = None,
+    round_to: int | None = None,
+    global_pruning: bool = False,
+) -> Any:
+    """A Torch-Pruning ``BasePruner`` over ``targets``; ``ignored`` layers keep their output channels."""
+    per_layer = {targets[f]: r for f, r in (ratio_dict or {}).items() if f in targets}
+    return tp().pruner.BasePruner(
+        model,
+        example,
+        importance=importance,
+        pruning_ratio=ratio,
+        pruning_ratio_dict=per_layer or None,
+        ignored_layers=ignored,
+        round_to=round_to,
+        global_pruning=global_pruning,
+        forward_fn=lambda m, x: forward(m, x),
+    )
+
+
+def describe_group(model: nn.Module, group: Any) -> list[dict[str, Any]]:
+    """A group as plain data: ``[{"fqn", "is_out", "idxs"}]`` for every coupled Linear/Conv/norm layer."""
+    names = {m: f for f, m in model.named_modules()}
+    dg = group._DG
+    out = []
+    for dep, idxs in group:
+        module = dep.target.module
+        if module not in names:
+            continue
+        plain = [int(i) for i in tp()._helpers.to_plain_idxs(idxs)] if idxs and not isinstance(idxs[0], int) else [int(i) for i in idxs]
+        out.append({"fqn": names[module], "is_out": bool(dg.is_out_channel_pruning_fn(dep.handler)), "idxs": plain})
+    return out
