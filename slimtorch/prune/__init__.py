@@ -1,5 +1,6 @@
 """Pruning: masks at every granularity, structural removal, transformer surgery, lottery tickets."""
 
+from slimtorch.prune import hf_format as _hf_format  # noqa: F401  (registers the hf_pruned artifact format)
 from slimtorch.prune.config import PruneConfig
 from slimtorch.prune.importance import IMPORTANCE, Importance
 from slimtorch.prune.masks import bake_masks_

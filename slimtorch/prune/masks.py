@@ -68,7 +68,16 @@ def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
 def bake_masks_(model: nn.Module) -> nn.Module:
     """Fold every mask into a plain ``weight`` (zeros stay); later training may then revive them."""
     for module in masked_modules(model).values():
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        if list(module.parametrizations.keys()) != ["weight"] or len(module.parametrizations.weight) != 1:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            continue
+        # By hand rather than remove_parametrizations, which edits the parametrized class that a
+        # deepcopy shares with its original (and so breaks the original).
+        raw = module.parametrizations.weight.original
+        weight = nn.Parameter(module.weight.detach().clone(), requires_grad=raw.requires_grad)
+        del module._modules["parametrizations"]
+        module.__class__ = module.__class__.__bases__[0]
+        module.weight = weight
     return model
 
 

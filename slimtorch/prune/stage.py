@@ -74,7 +74,7 @@ class PruneStage:
                                "nonzero_macs_after": after["nonzero_macs"]})
         self._honesty(model, ctx, record, before, after, latency_before)
         record.seconds = time.perf_counter() - t0
-        return model, record
+        return model.eval(), record
 
     # -- helpers ---------------------------------------------------------------------------------
 

@@ -1,0 +1,301 @@
+"""Hugging Face transformer surgery: attention heads, FFN neurons and whole layers, config kept in sync.
+
+Supported families: BERT-like encoders (``bert``, ``roberta``...: ``encoder.layer``), GPT-2 (``h``) and
+LLaMA-like decoders (``layers`` with ``q/k/v/o_proj`` and ``gate/up/down_proj``). Every layer keeps
+the same number of heads / FFN neurons (chosen per layer by importance), because HF configs hold one
+number for all layers. FFN and layer pruning and LLaMA heads round-trip through plain
+``save_pretrained``/``from_pretrained``; BERT/GPT-2 configs derive the head size from
+``hidden_size / num_heads``, so pruned heads are saved in the ``hf_pruned`` artifact format, which
+re-applies the head count on load.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slimtorch.core import RunContext, StageRecord
+from slimtorch.errors import UnsupportedModuleError
+from slimtorch.prune.importance import Importance
+
+log = logging.getLogger(__name__)
+
+
+# -- low-level surgery on Linear / transformers Conv1D ----------------------------------------------
+
+def _is_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D"
+
+
+@torch.no_grad()
+def keep_outputs_(m: nn.Module, idx: Tensor) -> None:
+    """Keep only output features ``idx`` of a Linear/Conv1D."""
+    if _is_conv1d(m):
+        m.weight = nn.Parameter(m.weight[:, idx].clone())
+        m.nf = len(idx)
+    else:
+        m.weight = nn.Parameter(m.weight[idx].clone())
+        m.out_features = len(idx)
+    if m.bias is not None:
+        m.bias = nn.Parameter(m.bias[idx].clone())
+
+
+@torch.no_grad()
+def keep_inputs_(m: nn.Module, idx: Tensor) -> None:
+    """Keep only input features ``idx`` of a Linear/Conv1D."""
+    if _is_conv1d(m):
+        m.weight = nn.Parameter(m.weight[idx].clone())
+    else:
+        m.weight = nn.Parameter(m.weight[:, idx].clone())
+        m.in_features = len(idx)
+
+
+# -- architecture adapters ---------------------------------------------------------------------------
+
+def family(hf: nn.Module) -> str:
+    mt = getattr(hf.config, "model_type", "")
+    if mt == "gpt2":
+        return "gpt2"
+    base = hf.base_model
+    if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):
+        return "bert"
+    if hasattr(base, "layers") and hasattr(base.layers[0], "self_attn") and hasattr(base.layers[0], "mlp"):
+        return "llama"
+    raise UnsupportedModuleError(
+        f"head/ffn/layer pruning supports BERT-like, GPT-2 and LLaMA-like models; {type(hf).__name__} (model_type {mt!r}) is none of them. "
+        "Use a mask granularity (weight, '2:4') instead."
+    )
+
+
+def blocks(hf: nn.Module) -> nn.ModuleList:
+    base = hf.base_model
+    return {"bert": lambda: base.encoder.layer, "gpt2": lambda: base.h, "llama": lambda: base.layers}[family(hf)]()
+
+
+def head_info(hf: nn.Module) -> tuple[int, int, int]:
+    """(heads, kv heads, head dim) of every layer."""
+    c = hf.config
+    if family(hf) == "gpt2":
+        return c.n_head, c.n_head, c.n_embd // c.n_head
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return heads, kv, dim
+
+
+def ffn_modules(fam: str, block: nn.Module) -> tuple[list[nn.Module], nn.Module]:
+    """(modules whose outputs are FFN neurons, the module whose inputs are)."""
+    if fam == "bert":
+        return [block.intermediate.dense], block.output.dense
+    if fam == "gpt2":
+        return [block.mlp.c_fc], block.mlp.c_proj
+    return [block.mlp.gate_proj, block.mlp.up_proj], block.mlp.down_proj
+
+
+def attn_modules(fam: str, block: nn.Module) -> tuple[list[nn.Module], nn.Module]:
+    """(q, k, v projections (GPT-2: the fused c_attn), output projection)."""
+    if fam == "bert":
+        s = block.attention.self
+        return [s.query, s.key, s.value], block.attention.output.dense
+    if fam == "gpt2":
+        return [block.attn.c_attn], block.attn.c_proj
+    a = block.self_attn
+    return [a.q_proj, a.k_proj, a.v_proj], a.o_proj
+
+
+def _w(m: nn.Module, scores: dict[nn.Module, Tensor]) -> Tensor:
+    s = scores[m]
+    return s.t() if _is_conv1d(m) else s  # (O, I)
+
+
+# -- heads ---------------------------------------------------------------------------------------
+
+def _head_scores(fam: str, block: nn.Module, scores: dict[nn.Module, Tensor], heads: int, kv: int, dim: int) -> Tensor:
+    """Score of each prunable unit: a head (MHA) or a KV group (GQA). -> (units,)"""
+    qkv, out = attn_modules(fam, block)
+    per_q = _w(out, scores).sum(0).view(heads, dim).sum(1)  # (H,) from o-proj columns
+    if fam == "gpt2":
+        rows = _w(qkv[0], scores).sum(1).view(3, heads, dim).sum((0, 2))  # (H,)
+        return per_q + rows
+    per_q = per_q + _w(qkv[0], scores).sum(1).view(heads, dim).sum(1)
+    per_kv = sum(_w(m, scores).sum(1).view(kv, dim).sum(1) for m in qkv[1:])  # (KV,)
+    return per_q.view(kv, heads // kv).sum(1) + per_kv  # (KV,) one unit per KV group
+
+
+def _unit_rows(units: Tensor, per_unit: int, dim: int) -> Tensor:
+    return torch.cat([torch.arange(u * per_unit * dim, (u + 1) * per_unit * dim) for u in units.tolist()])
+
+
+def prune_heads_(hf: nn.Module, keep_units: int, scores: dict[nn.Module, Tensor]) -> dict[str, Any]:
+    """Keep ``keep_units`` heads (KV groups for GQA) in every layer. Returns kept units per layer."""
+    fam = family(hf)
+    heads, kv, dim = head_info(hf)
+    rep = heads // kv
+    kept = {}
+    for i, block in enumerate(blocks(hf)):
+        keep = _head_scores(fam, block, scores, heads, kv, dim).topk(keep_units).indices.sort().values
+        kept[i] = keep.tolist()
+        qkv, out = attn_modules(fam, block)
+        q_rows = _unit_rows(keep, rep, dim)
+        if fam == "gpt2":
+            width = heads * dim
+            keep_outputs_(qkv[0], torch.cat([q_rows + j * width for j in range(3)]))
+            a = block.attn
+            a.num_heads, a.split_size = keep_units, keep_units * dim
+        else:
+            keep_outputs_(qkv[0], q_rows)
+            for m in qkv[1:]:
+                keep_outputs_(m, _unit_rows(keep, 1, dim))
+            if fam == "bert":
+                s = block.attention.self
+                s.num_attention_heads, s.all_head_size = keep_units, keep_units * dim
+        keep_inputs_(out, q_rows)
+    c = hf.config
+    if fam == "llama":
+        c.num_attention_heads, c.num_key_value_heads, c.head_dim = keep_units * rep, keep_units, dim
+    return {"heads_per_layer": keep_units * rep, "kept": kept, "needs_hf_pruned_format": fam != "llama"}
+
+
+# -- FFN -----------------------------------------------------------------------------------------
+
+def prune_ffn_(hf: nn.Module, keep: int, scores: dict[nn.Module, Tensor]) -> dict[str, Any]:
+    """Keep ``keep`` FFN neurons in every layer; updates the config's intermediate size."""
+    fam = family(hf)
+    for block in blocks(hf):
+        ups, down = ffn_modules(fam, block)
+        s = sum(_w(m, scores).sum(1) for m in ups) + _w(down, scores).sum(0)  # (I,)
+        idx = s.topk(keep).indices.sort().values
+        for m in ups:
+            keep_outputs_(m, idx)
+        keep_inputs_(down, idx)
+    if fam == "gpt2":
+        hf.config.n_inner = keep
+    else:
+        hf.config.intermediate_size = keep
+    return {"ffn_per_layer": keep}
+
+
+# -- layers --------------------------------------------------------------------------------------
+
+def drop_layers_(hf: nn.Module, drop: list[int]) -> dict[str, Any]:
+    """Remove whole blocks ``drop``; renumbers ``layer_idx`` (KV cache) and updates the config."""
+    fam = family(hf)
+    old = blocks(hf)
+    kept = [b for i, b in enumerate(old) if i not in set(drop)]
+    new = nn.ModuleList(kept)
+    base = hf.base_model
+    if fam == "bert":
+        base.encoder.layer = new
+    elif fam == "gpt2":
+        base.h = new
+    else:
+        base.layers = new
+    for i, block in enumerate(new):
+        for m in block.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = i
+    c = hf.config
+    if getattr(c, "layer_types", None):
+        c.layer_types = [t for i, t in enumerate(c.layer_types) if i not in set(drop)]
+    if fam == "gpt2":
+        c.n_layer = len(new)
+    else:
+        c.num_hidden_layers = len(new)
+    return {"dropped_layers": sorted(drop), "layers_after": len(new)}
+
+
+@torch.no_grad()
+def block_influence(model: nn.Module, hf: nn.Module, batches: list[Any]) -> Tensor:
+    """``1 - cos(h_in, h_out)`` of each block on calibration data (ShortGPT, https://arxiv.org/abs/2403.03853)."""
+    from slimtorch.core import forward
+
+    bl = blocks(hf)
+    sums = torch.zeros(len(bl))
+    ins: dict[int, Tensor] = {}
+
+    def pre(i: int) -> Any:
+        def run(_: nn.Module, args: tuple, kwargs: dict) -> None:
+            ins[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+        return run
+
+    def post(i: int) -> Any:
+        def run(_: nn.Module, __: Any, out: Any) -> None:
+            h = out[0] if isinstance(out, tuple) else out
+            sums[i] += (1 - torch.nn.functional.cosine_similarity(ins[i], h.detach(), dim=-1)).mean()
+        return run
+
+    handles = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, b in enumerate(bl)]
+    handles += [b.register_forward_hook(post(i)) for i, b in enumerate(bl)]
+    try:
+        for x, _ in batches:
+            forward(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sums / max(len(batches), 1)
+
+
+# -- stage entry ---------------------------------------------------------------------------------
+
+def _linear_targets(hf: nn.Module) -> dict[str, nn.Module]:
+    root = blocks(hf)
+    return {f"{i}.{n}": m for i, b in enumerate(root) for n, m in b.named_modules()
+            if isinstance(m, nn.Linear) or _is_conv1d(m)}
+
+
+def prune_transformer_stage(model: nn.Module, cfg: Any, ctx: RunContext, record: StageRecord, crit: Importance) -> None:
+    """Dispatch head / ffn / layer pruning on an ``HFModel``; fills ``record.details``."""
+    import itertools
+
+    from slimtorch.prune.importance import calibration_loss
+
+    hf = getattr(model, "hf", None)
+    if hf is None:
+        raise UnsupportedModuleError(
+            f"granularity {cfg.granularity!r} needs a Hugging Face transformer (hf:...); this is a {type(model).__name__}. "
+            "Use filter/neuron for CNNs and MLPs."
+        )
+    fam = family(hf)
+    targets = _linear_targets(hf)
+    batches = list(itertools.islice(ctx.data.loader("train", shuffle=True, seed=ctx.seed), cfg.calibration_batches))
+    if crit.needs_data:
+        crit.prepare(model, targets, batches, calibration_loss(ctx.task, getattr(model, "kind", None)))
+    scores = {m: crit.scores(f, m).float() for f, m in targets.items()}
+    record.details["family"] = fam
+    record.details["skipped"] = [{"fqn": "embeddings / lm_head", "reason": "not pruned by head/ffn/layer granularity"}]
+    if cfg.granularity == "head":
+        heads, kv, dim = head_info(hf)
+        units = kv
+        keep = max(1, round((1 - cfg.sparsity) * units))
+        info = prune_heads_(hf, keep, scores)
+        if info["needs_hf_pruned_format"]:
+            model.slimtorch_format = "hf_pruned"
+            record.notes.append(
+                f"{fam} configs derive the head size from hidden_size / num_heads, so plain from_pretrained cannot rebuild "
+                "fewer heads; the model is saved in slimtorch's hf_pruned format, which restores them on load."
+            )
+        if kv != heads:
+            record.notes.append(f"grouped-query attention: pruned whole KV groups ({heads // kv} query heads each).")
+    elif cfg.granularity == "ffn":
+        inter = _w(ffn_modules(fam, blocks(hf)[0])[1], scores).shape[1]
+        keep = max(1, round((1 - cfg.sparsity) * inter))
+        if cfg.round_to:
+            keep = max(cfg.round_to, int(round(keep / cfg.round_to)) * cfg.round_to)
+        info = prune_ffn_(hf, keep, scores)
+        record.details["ffn_before"] = inter
+    else:
+        n = len(blocks(hf))
+        n_drop = min(n - 1, round(cfg.sparsity * n))
+        if cfg.criterion == "activation":
+            per_layer = block_influence(model, hf, batches)
+            record.details["block_influence"] = [round(float(v), 5) for v in per_layer]
+        else:
+            per_layer = torch.tensor([sum(float(scores[m].mean()) for m in b.modules() if m in scores) for b in blocks(hf)])
+        info = drop_layers_(hf, per_layer.argsort()[:n_drop].tolist())
+    record.details.update({k: v for k, v in info.items() if k != "needs_hf_pruned_format"})
+    record.notes.append(
+        "removed transformer structure usually needs recovery: distil from the original (add a distill stage or recover: distill)."
+    )
