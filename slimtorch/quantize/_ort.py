@@ -1,0 +1,170 @@
+"""Thin adapter over onnxruntime's quantizer: dynamic int8, static int8 (QDQ) and fp16 conversion.
+
+All functions take and return serialized ONNX bytes; onnxruntime's tools want file paths, so they
+run in a private temporary directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimtorch.errors import MissingExtraError, NotCalibratedError
+
+log = logging.getLogger(__name__)
+
+
+def _quantization() -> Any:
+    try:
+        from onnxruntime import quantization
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+        raise MissingExtraError("onnxruntime quantization needs onnxruntime: pip install onnxruntime.") from exc
+    return quantization
+
+
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _preprocess(src: Path, dst: Path) -> Path:
+    """Shape inference + graph optimisation recommended before quantizing; falls back to the input."""
+    quantization = _quantization()
+    try:
+        quantization.shape_inference.quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here only loses an optimisation; logged
+        log.warning("onnxruntime quant_pre_process failed (%s); quantizing the unoptimised graph", exc)
+        return src
+    return dst
+
+
+def quantize_dynamic(
+    onnx_bytes: bytes,
+    *,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    op_types: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] = (),
+    preprocess: bool = True,
+) -> bytes:
+    """Int8 weights, activations quantized on the fly (MatMul/Gemm/Gather...). Returns ONNX bytes."""
+    quantization = _quantization()
+    with tempfile.TemporaryDirectory(prefix="slimtorch-ort-") as tmp:
+        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(onnx_bytes)
+        if preprocess:
+            src = _preprocess(src, Path(tmp) / "pre.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantization.quantize_dynamic(
+                str(src), str(out), per_channel=per_channel, reduce_range=reduce_range,
+                weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(op_types) if op_types else None,
+                nodes_to_exclude=list(nodes_to_exclude), extra_options={"DefaultTensorType": 1},  # FLOAT
+            )
+        return out.read_bytes()
+
+
+class _BatchReader:
+    """onnxruntime ``CalibrationDataReader`` over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self._iter: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self._feeds)
+
+
+def quantize_static(
+    onnx_bytes: bytes,
+    feeds: Iterable[dict[str, np.ndarray]],
+    *,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    calibrate_method: str = "minmax",
+    activation_symmetric: bool = False,
+    op_types: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] = (),
+    preprocess: bool = True,
+) -> bytes:
+    """QDQ int8 with activation ranges calibrated on ``feeds`` (dicts of input name -> array)."""
+    quantization = _quantization()
+    feeds = list(feeds)
+    if not feeds:
+        raise NotCalibratedError(
+            "static int8 needs calibration batches and got none: the calibration split is empty. "
+            "Set quantize.calibration_batches >= 1 with a non-empty train split, or use mode: dynamic_int8."
+        )
+    method = {"minmax": quantization.CalibrationMethod.MinMax, "entropy": quantization.CalibrationMethod.Entropy,
+              "percentile": quantization.CalibrationMethod.Percentile}[calibrate_method]
+    with tempfile.TemporaryDirectory(prefix="slimtorch-ort-") as tmp:
+        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
+        src.write_bytes(onnx_bytes)
+        if preprocess:
+            src = _preprocess(src, Path(tmp) / "pre.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantization.quantize_static(
+                str(src), str(out), _BatchReader(feeds), quant_format=quantization.QuantFormat.QDQ,
+                per_channel=per_channel, reduce_range=reduce_range, calibrate_method=method,
+                activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+                op_types_to_quantize=list(op_types) if op_types else None, nodes_to_exclude=list(nodes_to_exclude),
+                calibration_providers=["CPUExecutionProvider"],
+                extra_options={"ActivationSymmetric": activation_symmetric, "WeightSymmetric": True},
+            )
+        return out.read_bytes()
+
+
+def convert_fp16(onnx_bytes: bytes, op_block_list: Sequence[str] | None = None) -> bytes:
+    """Float16 weights and compute, float32 inputs/outputs (``keep_io_types``)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load_from_string(onnx_bytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp16 = convert_float_to_float16(proto, keep_io_types=True, op_block_list=list(op_block_list) if op_block_list else None)
+    return fp16.SerializeToString()
+
+
+def embedding_gathers(onnx_bytes: bytes, min_rows: int = 1024) -> list[str]:
+    """Names of Gather nodes that look up a 2-D float initializer with at least ``min_rows`` rows."""
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    tables = {i.name: list(i.dims) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+    return [n.name for n in proto.graph.node
+            if n.op_type == "Gather" and n.input[0] in tables and tables[n.input[0]][0] >= min_rows]
+
+
+def block_quantize_embeddings(onnx_bytes: bytes, block_size: int = 32) -> tuple[bytes, list[str]]:
+    """4-bit block quantization (``GatherBlockQuantized``) of large embedding tables; other nodes untouched."""
+    import onnx
+
+    _quantization()  # MissingExtraError when onnxruntime is absent
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    targets = embedding_gathers(onnx_bytes)
+    if not targets:
+        return onnx_bytes, []
+    proto = onnx.load_from_string(onnx_bytes)
+    others = [n.name for n in proto.graph.node if n.name not in targets]
+    previous = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").level
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    try:
+        quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=block_size, is_symmetric=False, nodes_to_exclude=others,
+                                         op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
+        quantizer.process()
+    finally:
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(previous)
+    return quantizer.model.model.SerializeToString(), targets

@@ -1,0 +1,186 @@
+"""Torch-side quantization: torch.ao dynamic int8, weight-only int8/int4 on torch's CPU kernels, bf16.
+
+- ``dynamic_int8``: ``torch.ao.quantization.quantize_dynamic`` swaps ``nn.Linear`` for
+  ``torch.ao.nn.quantized.dynamic.Linear`` (int8 weights, activations quantized per batch).
+- ``int8_weight_only`` / ``int4_weight_only``: :class:`WeightOnlyLinear` keeps int8 (per output
+  channel) or grouped asymmetric int4 weights and multiplies with torch's packed CPU kernels
+  ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` (the kernels torchao uses on CPU).
+- ``bf16``: :class:`BFloat16Module` holds the model in bfloat16 and casts float inputs/outputs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from slimtorch.errors import UnsupportedModuleError
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def select_linears(model: nn.Module, exclude: Sequence[str] = (), multiple_of: int = 1) -> tuple[list[str], list[str]]:
+    """Fully qualified names of the ``nn.Linear`` modules to quantize, and those skipped (by fqn pattern or shape)."""
+    chosen, skipped = [], []
+    for fqn, module in model.named_modules():
+        if type(module) is not nn.Linear:
+            continue
+        if any(fnmatch.fnmatch(fqn, pattern) or fqn.startswith(pattern + ".") or fqn == pattern for pattern in exclude):
+            skipped.append(fqn)
+        elif module.in_features % multiple_of:
+            skipped.append(fqn)
+        else:
+            chosen.append(fqn)
+    return chosen, skipped
+
+
+def require_linears(model: nn.Module, chosen: list[str], mode: str, hint: str = "") -> None:
+    if chosen:
+        return
+    kinds = sorted({type(m).__name__ for m in model.modules() if not list(m.children())})
+    raise UnsupportedModuleError(
+        f"quantize mode {mode!r} quantizes nn.Linear weights, and {type(model).__name__} has no Linear layer it can "
+        f"quantize (its layers: {', '.join(kinds[:12])}).{hint} For convolutional models use runtime: onnxruntime "
+        "with mode: static_int8 or dynamic_int8."
+    )
+
+
+def set_submodule(model: nn.Module, fqn: str, module: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+# --- torch.ao dynamic int8 ---------------------------------------------------------------------
+
+
+def dynamic_int8_(model: nn.Module, fqns: list[str], per_channel: bool = True) -> nn.Module:
+    """Swap the Linear layers named in ``fqns`` for torch.ao dynamic int8 Linear, in place."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantize_dynamic is deprecated in favour of torchao, still maintained
+        quantize_dynamic(model, {fqn: qconfig for fqn in fqns}, dtype=torch.qint8, inplace=True)
+    return model
+
+
+def empty_dynamic_linear(in_features: int, out_features: int, has_bias: bool) -> nn.Module:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return DynamicLinear(in_features, out_features, bias_=has_bias, dtype=torch.qint8)
+
+
+# --- weight-only int8 / int4 ---------------------------------------------------------------------
+
+
+class WeightOnlyLinear(nn.Module):
+    """``y = x @ dequant(W).T + b`` with int8 (per output channel) or grouped int4 weights.
+
+    int8: ``qweight`` (N, K) int8, ``scale`` (N,) — symmetric, ``W ≈ q · scale``.
+    int4: ``qweight`` (N, K/2) uint8, two 4-bit codes per byte (low nibble = even column);
+    ``scale``/``minimum`` (N, K/group_size) bf16 — asymmetric, ``W ≈ q · scale + minimum``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int = 8, group_size: int = 32, has_bias: bool = True) -> None:
+        super().__init__()
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8; got {bits}.")
+        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
+        if bits == 8:
+            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+            self.register_buffer("scale", torch.ones(out_features))
+        else:
+            groups = in_features // group_size
+            self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+            self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.bfloat16))
+            self.register_buffer("minimum", torch.zeros(out_features, groups, dtype=torch.bfloat16))
+        self.register_buffer("bias", torch.zeros(out_features) if has_bias else None)
+        self._kernel_cache: tuple[int, Tensor, Tensor] | None = None
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int = 32) -> WeightOnlyLinear:
+        w = linear.weight.detach().float()  # (N, K)
+        out = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias.detach().float())
+        if bits == 8:
+            scale = (w.abs().amax(1) / 127).clamp(min=1e-12)  # (N,)
+            out.qweight.copy_(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+            out.scale.copy_(scale)
+            return out
+        wg = w.reshape(w.shape[0], -1, group_size)  # (N, K/gs, gs)
+        lo, hi = wg.amin(-1), wg.amax(-1)
+        scale = ((hi - lo) / 15).clamp(min=1e-8).to(torch.bfloat16)
+        lo = lo.to(torch.bfloat16)
+        q = torch.round((wg - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 15).to(torch.uint8)
+        q = q.reshape(w.shape)  # (N, K)
+        out.qweight.copy_(q[:, 0::2] | (q[:, 1::2] << 4))
+        out.scale.copy_(scale)
+        out.minimum.copy_(lo)
+        return out
+
+    def codes(self) -> Tensor:
+        """Unpacked int4 codes (N, K) in [0, 15]."""
+        low, high = self.qweight & 0x0F, self.qweight >> 4
+        return torch.stack([low, high], -1).reshape(self.out_features, self.in_features)
+
+    def dequantized_weight(self) -> Tensor:
+        """The float weight (N, K) the kernels compute with."""
+        if self.bits == 8:
+            return self.qweight.float() * self.scale[:, None]
+        q = self.codes().float().reshape(self.out_features, -1, self.group_size)
+        return (q * self.scale.float()[..., None] + self.minimum.float()[..., None]).reshape(self.out_features, self.in_features)
+
+    def _int4_kernel_args(self) -> tuple[Tensor, Tensor]:
+        key = self.qweight.data_ptr()
+        if self._kernel_cache is None or self._kernel_cache[0] != key:
+            packed = torch._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
+            scale = self.scale.float().t()  # (K/gs, N)
+            zero = self.minimum.float().t() + 8 * scale  # kernel computes (q - 8) · scale + zero
+            self._kernel_cache = (key, packed, torch.stack([scale, zero], -1).contiguous())  # (K/gs, N, 2)
+        return self._kernel_cache[1], self._kernel_cache[2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).float().contiguous()  # (B·T, K)
+        if self.bits == 8:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
+        elif self.out_features % 16:  # the packed int4 kernel needs N divisible by 16
+            y = x2 @ self.dequantized_weight().t()
+        else:
+            packed, scales_zeros = self._int4_kernel_args()
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales_zeros)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)  # (..., N)
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}"
+
+
+def weight_only_(model: nn.Module, fqns: list[str], bits: int, group_size: int = 32) -> nn.Module:
+    """Replace the Linear layers named in ``fqns`` by :class:`WeightOnlyLinear`, in place."""
+    for fqn in fqns:
+        set_submodule(model, fqn, WeightOnlyLinear.from_linear(model.get_submodule(fqn), bits, group_size))
+    return model
+
+
+# --- bf16 ----------------------------------------------------------------------------------------
+
+
+class BFloat16Module(nn.Module):
+    """Run ``inner`` in bfloat16: float inputs are cast to bf16 and the output back to float32."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner.to(torch.bfloat16)
+
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:
+        cast = lambda t: t.to(torch.bfloat16) if isinstance(t, Tensor) and t.is_floating_point() else t  # noqa: E731
+        out = self.inner(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+        return out.float()

@@ -1,0 +1,75 @@
+"""``QuantizeConfig``: which precision, on which runtime, with which calibration."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Mode = Literal["dynamic_int8", "static_int8", "fp16", "bf16", "int8_weight_only", "int4_weight_only"]
+Runtime = Literal["torch", "onnxruntime"]
+
+# Which modes each runtime implements (and the backend that runs them).
+RUNTIME_MODES: dict[str, dict[str, str]] = {
+    "onnxruntime": {
+        "dynamic_int8": "onnxruntime {version} dynamic int8 (MatMulInteger)",
+        "static_int8": "onnxruntime {version} QDQ static int8",
+        "fp16": "onnxruntime {version} fp16 (keep_io_types)",
+    },
+    "torch": {
+        "dynamic_int8": "torch.ao dynamic int8 (quantize_dynamic)",
+        "int8_weight_only": "torch aten._weight_int8pack_mm weight-only int8",
+        "int4_weight_only": "torch aten._weight_int4pack_mm_for_cpu weight-only int4",
+        "bf16": "torch bfloat16",
+    },
+}
+
+
+class QuantizeConfig(BaseModel):
+    """Recipe entry ``- quantize: {mode: dynamic_int8, runtime: onnxruntime}``.
+
+    Example:
+        >>> QuantizeConfig(mode="static_int8", runtime="onnxruntime", calibration_batches=8).mode
+        'static_int8'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Mode = Field("dynamic_int8", description="target precision")
+    runtime: Runtime = Field("onnxruntime", description="what runs the quantized model")
+    per_channel: bool = Field(True, description="one weight scale per output channel (else per tensor)")
+    reduce_range: bool = Field(False, description="7-bit weights (onnxruntime; helps on CPUs without VNNI)")
+    calibration_batches: int = Field(8, ge=1, description="static_int8: batches of the calibration split")
+    calibration_split: Literal["train", "val", "transfer"] = Field("train", description="static_int8 calibration data")
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="static_int8 range method")
+    group_size: int = Field(32, description="int4_weight_only: weights per scale along the input axis")
+    exclude: list[str] = Field(default_factory=list, description="modules (fqn/glob, torch) or ONNX node-name substrings kept in float")
+    embedding_bits: Literal[4, 8] = Field(8, description="onnxruntime dynamic_int8: 4 = block-quantize word-embedding tables to 4 bit")
+    embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables")
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export")
+    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads of the returned model")
+
+    @model_validator(mode="after")
+    def _check(self) -> QuantizeConfig:
+        valid = RUNTIME_MODES[self.runtime]
+        if self.mode not in valid:
+            other = next(r for r, modes in RUNTIME_MODES.items() if self.mode in modes)
+            raise ValueError(
+                f"quantize.mode {self.mode!r} is not available for runtime {self.runtime!r}; valid modes for "
+                f"{self.runtime}: {', '.join(sorted(valid))}. ({self.mode} runs on runtime: {other}.)"
+            )
+        if self.mode == "int4_weight_only" and self.group_size not in (32, 64, 128, 256):
+            raise ValueError(f"quantize.group_size must be one of 32, 64, 128, 256 for int4; got {self.group_size}.")
+        if self.embedding_bits == 4 and (self.mode, self.runtime) != ("dynamic_int8", "onnxruntime"):
+            raise ValueError(
+                "quantize.embedding_bits: 4 applies only to mode: dynamic_int8 with runtime: onnxruntime; "
+                f"got mode {self.mode!r}, runtime {self.runtime!r}. Remove embedding_bits or change the mode."
+            )
+        return self
+
+    def backend(self) -> str:
+        """Human-readable name of the library path that runs this config."""
+        from slimtorch.quantize._ort import ort_version
+
+        text = RUNTIME_MODES[self.runtime][self.mode]
+        return text.format(version=ort_version()) if "{version}" in text else text

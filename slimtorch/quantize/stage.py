@@ -1,0 +1,134 @@
+"""The ``quantize`` stage: a torch model in, a quantized model (torch or onnxruntime) out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
+from slimtorch.errors import NotCalibratedError
+from slimtorch.export.onnx import export_onnx, input_names_of, plain_copy
+from slimtorch.quantize import _ort, _torch
+from slimtorch.quantize.config import QuantizeConfig
+from slimtorch.runtime import OrtModule
+
+log = logging.getLogger(__name__)
+
+
+def calibration_feeds(ctx: RunContext, cfg: QuantizeConfig) -> list[dict[str, np.ndarray]]:
+    """Up to ``cfg.calibration_batches`` input batches of the calibration split, as ORT feed dicts."""
+    dataset = getattr(ctx.data, cfg.calibration_split, None)
+    if dataset is None or len(dataset) == 0:
+        raise NotCalibratedError(
+            f"static int8 needs calibration inputs, but the {cfg.calibration_split!r} split is empty or missing. "
+            "Set quantize.calibration_split to a non-empty split (train, val or transfer), or use mode: dynamic_int8."
+        )
+    feeds = []
+    for i, (x, _) in enumerate(ctx.data.loader(dataset, shuffle=True, seed=ctx.seed)):
+        if i >= cfg.calibration_batches:
+            break
+        named = x if isinstance(x, dict) else {"input": x}
+        feeds.append({k: v.numpy() for k, v in named.items()})
+    return feeds
+
+
+def _ort_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, example: Batch) -> tuple[nn.Module, dict[str, Any]]:
+    fp32 = export_onnx(model, example, cfg.opset)
+    details: dict[str, Any] = {"onnx_fp32_bytes": len(fp32)}
+    excluded = _ort_nodes_matching(fp32, cfg.exclude)
+    if cfg.mode == "dynamic_int8":
+        graph = fp32
+        if cfg.embedding_bits == 4:
+            graph, tables = _ort.block_quantize_embeddings(fp32, cfg.embedding_block_size)
+            details["embedding_4bit_nodes"] = tables
+        quantized = _ort.quantize_dynamic(graph, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                                          nodes_to_exclude=excluded)
+    elif cfg.mode == "static_int8":
+        feeds = calibration_feeds(ctx, cfg)
+        quantized = _ort.quantize_static(fp32, feeds, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                                         calibrate_method=cfg.calibrate_method, nodes_to_exclude=excluded)
+        details["calibration_examples"] = int(sum(len(next(iter(f.values()))) for f in feeds))
+        details["calibration_batches"] = len(feeds)
+    else:
+        quantized = _ort.convert_fp16(fp32)
+    details.update({"onnx_bytes": len(quantized), "bytes_ratio_vs_onnx_fp32": round(len(quantized) / len(fp32), 4),
+                    "excluded_nodes": excluded})
+    meta = {"mode": cfg.mode, "opset": cfg.opset, "backend": cfg.backend()}
+    return OrtModule(quantized, threads=cfg.threads, meta=meta), details
+
+
+def _ort_nodes_matching(onnx_bytes: bytes, patterns: list[str]) -> list[str]:
+    if not patterns:
+        return []
+    import onnx
+
+    names = [n.name for n in onnx.load_from_string(onnx_bytes).graph.node]
+    return [n for n in names if any(p in n for p in patterns)]
+
+
+def _torch_quantize(model: nn.Module, cfg: QuantizeConfig) -> tuple[nn.Module, dict[str, Any]]:
+    if cfg.mode == "bf16":
+        return _torch.BFloat16Module(model), {"dtype": "bfloat16"}
+    multiple = cfg.group_size if cfg.mode == "int4_weight_only" else 1
+    chosen, skipped = _torch.select_linears(model, cfg.exclude, multiple)
+    hint = f" (int4 needs in_features divisible by group_size={cfg.group_size}; skipped {skipped})" if skipped else ""
+    _torch.require_linears(model, chosen, cfg.mode, hint)
+    if cfg.mode == "dynamic_int8":
+        _torch.dynamic_int8_(model, chosen, cfg.per_channel)
+    else:
+        bits = 4 if cfg.mode == "int4_weight_only" else 8
+        _torch.weight_only_(model, chosen, bits, cfg.group_size)
+    return model, {"quantized_linears": len(chosen), "skipped_linears": skipped}
+
+
+@torch.no_grad()
+def fidelity(reference: nn.Module, candidate: nn.Module, example: Batch) -> dict[str, float]:
+    """How close the quantized outputs are to the float ones on one test batch."""
+    ref, got = forward(reference, example).float(), forward(candidate, example).float()
+    return {"output_max_abs_diff": (got - ref).abs().max().item(),
+            "output_cosine": F.cosine_similarity(got.flatten(1), ref.flatten(1), dim=-1).mean().item(),
+            "argmax_agreement": (got.argmax(-1) == ref.argmax(-1)).float().mean().item()}
+
+
+@STAGES.register("quantize")
+class QuantizeStage:
+    """Quantize with onnxruntime (dynamic/static int8, fp16) or torch (dynamic int8, weight-only int8/int4, bf16).
+
+    Pruning masks are baked into a copy first; the input model is not modified.
+    """
+
+    name = "quantize"
+    config_cls = QuantizeConfig
+
+    def __init__(self, config: QuantizeConfig) -> None:
+        self.config = config
+
+    def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
+        start = time.perf_counter()
+        cfg = self.config
+        reference = plain_copy(model)
+        example = ctx.data.example_batch(4)
+        if cfg.runtime == "onnxruntime":
+            out, details = _ort_quantize(reference, ctx, cfg, example)
+        else:
+            out, details = _torch_quantize(plain_copy(model), cfg)
+            out.slimtorch_format = "torch_quantized"
+            out.slimtorch_quantization = cfg.model_dump()
+        out.slimtorch_spec = getattr(model, "slimtorch_spec", None)
+        out.eval()
+        check = ctx.data.example_batch(32)
+        details = {"backend": cfg.backend(), "inputs": input_names_of(example), **details, **fidelity(reference, out, check)}
+        record = StageRecord(self.name, cfg.model_dump(), details=details)
+        if cfg.mode == "dynamic_int8" and cfg.runtime == "onnxruntime" and cfg.embedding_bits == 4:
+            record.notes.append(f"word-embedding tables were block-quantized to 4 bit (block {cfg.embedding_block_size}); "
+                                "the MatMul weights are int8.")
+        if details.get("skipped_linears"):
+            record.notes.append(f"kept in float: {', '.join(details['skipped_linears'][:8])}")
+        record.seconds = time.perf_counter() - start
+        return out, record
