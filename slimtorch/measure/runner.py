@@ -62,6 +62,8 @@ def measure(
         return result
 
     params, nonzero = timed("params", lambda: (count_params(model), count_nonzero(model)))
+    if getattr(model, "slimtorch_runtime", "torch") == "onnxruntime":
+        notes.append("params and nonzeros are counted from the ONNX graph's initializers (quantization scales and zero points included).")
     size, packed = timed("size", lambda: _sizes(artifact_dir))
     macs, mac_notes = timed("macs", lambda: count_macs_noted(model, data.example_batch(1, split=config.split)))
     notes += mac_notes

@@ -1,0 +1,118 @@
+"""report.md: one row per model with ratios against the baseline, the stages, and every warning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slimtorch.report.hardware import hardware_warnings
+from slimtorch.report.table import (
+    batches,
+    compare,
+    fmt_bytes,
+    fmt_count,
+    fmt_delta,
+    fmt_metric,
+    fmt_ms,
+    fmt_pct,
+    fmt_ratio,
+    with_ratio,
+)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [_row(header), _row([":--" if h in TEXT_COLUMNS else "--:" for h in header]), *map(_row, rows)]
+
+
+TEXT_COLUMNS = {"model", "stage", "runtime", "status", "notes"}
+
+
+def summary_header(report: dict[str, Any]) -> list[str]:
+    rows = compare(report)
+    metric = rows[0]["metric_name"] if rows else "accuracy"
+    noise = sorted({k for m in report["models"] for k in m.get("robustness", {})}, key=_noise_level)
+    return ["model", "stage", "runtime", "params", "nonzero", "size", "zlib size", "MACs/example",
+            *[f"p50 ms b{b}" for b in batches(report)], metric, "Δ pts", "agreement", *[k.replace("_", " ") for k in noise]]
+
+
+def summary_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The cells of the summary table (shared with the HTML card)."""
+    noise = sorted({k for m in report["models"] for k in m.get("robustness", {})}, key=_noise_level)
+    out = []
+    for r in compare(report):
+        m, is_base = r["model"], r["is_baseline"]
+        tag = " (baseline)" if is_base else " (final)" if r["is_final"] else ""
+        out.append([
+            f"{m['name']}{tag}", m.get("stage", ""), m.get("runtime", "torch"),
+            with_ratio(fmt_count(m["params"]), r["params_x"], is_base),
+            f"{fmt_count(m['nonzero_params'])} ({fmt_pct(m['nonzero_params'] / m['params'] if m['params'] else None)})",
+            with_ratio(fmt_bytes(m.get("size_bytes")), r["size_x"], is_base),
+            with_ratio(fmt_bytes(m.get("compressed_bytes")), r["compressed_x"], is_base),
+            with_ratio(fmt_count(m.get("macs")), r["macs_x"], is_base),
+            *[with_ratio(fmt_ms((m["latency_ms"].get(b) or {}).get("p50")), r["speedup"][b], is_base) for b in batches(report)],
+            fmt_metric(r["metric_name"], r["metric"]),
+            "—" if is_base else fmt_delta(r["delta_points"]),
+            fmt_pct(m.get("agreement")) if r["metric_name"] == "accuracy" else (f"{m['agreement']:.4f}" if m.get("agreement") is not None else "—"),
+            *[fmt_metric(r["metric_name"], m.get("robustness", {}).get(k)) for k in noise],
+        ])
+    return out
+
+
+def latency_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Per model and batch: p50, p90, spread, mean ± std, repeats, threads."""
+    out = []
+    for m in report["models"]:
+        for b in batches(report):
+            t = m["latency_ms"].get(b)
+            if not t:
+                continue
+            spread = t["p90"] / t["p50"] if t.get("p50") else None
+            out.append([m["name"], m.get("runtime", "torch"), str(m.get("threads", "")), b, fmt_ms(t["p50"]), fmt_ms(t["p90"]),
+                        fmt_ratio(spread), f"{fmt_ms(t.get('mean'))} ± {fmt_ms(t.get('std'))}", str(t.get("repeats", ""))])
+    return out
+
+
+LATENCY_HEADER = ["model", "runtime", "threads", "batch", "p50 ms", "p90 ms", "p90/p50", "mean ± std ms", "repeats"]
+STAGE_HEADER = ["stage", "model", "status", "seconds", "notes"]
+
+
+def stage_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[s.get("name", ""), s.get("model", ""), s.get("status", ""), f"{float(s.get('seconds', 0)):.1f}",
+             "; ".join(s.get("notes", []))] for s in report["stages"]]
+
+
+def all_warnings(report: dict[str, Any]) -> list[str]:
+    hw = report.get("hardware_warnings")
+    return [*report.get("warnings", []), *(hw if hw is not None else hardware_warnings(report))]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report card as Markdown: summary with ratios, latency detail, stages, warnings and notes."""
+    name = report["recipe"].get("name", "") if isinstance(report.get("recipe"), dict) else ""
+    lines = [f"# slimtorch report{': ' + name if name else ''}", "",
+             f"Baseline **{report['baseline']}**, final **{report['final']}**; slimtorch {report.get('slimtorch_version', '?')}"
+             f"{', ' + report['created'] if report.get('created') else ''}.", "", "## Models", ""]
+    lines += _table(summary_header(report), summary_rows(report))
+    lines += ["", "Ratios in brackets are against the baseline: params, size and MACs are *times fewer*, latency is "
+              "*speedup* (baseline p50 ÷ model p50). Δ pts is the metric change in percentage points. MACs are per "
+              "example (batch 1). Robustness columns are the metric under Gaussian input noise of std level × input std.", ""]
+    lines += ["## Latency", ""] + _table(LATENCY_HEADER, latency_rows(report))
+    if report["stages"]:
+        lines += ["", "## Stages", ""] + _table(STAGE_HEADER, stage_rows(report))
+    warnings = all_warnings(report)
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+    notes = [(m["name"], n) for m in report["models"] for n in m.get("notes", [])]
+    if notes:
+        lines += ["", "## Measurement notes", ""] + [f"- **{who}**: {n}" for who, n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _noise_level(key: str) -> float:
+    try:
+        return float(key.rsplit("_", 1)[-1])
+    except ValueError:
+        return float("inf")

@@ -1,0 +1,107 @@
+"""report.json: building it, reading it back, and checking it is one we can render."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from slimtorch.errors import ArtifactError
+from slimtorch.measure.measurement import Measurement
+from slimtorch.version import __version__
+
+REPORT_SCHEMA_VERSION = 1
+STAGE_DEFAULTS = {"seconds": 0.0, "status": "done"}
+
+
+def build_report(
+    *,
+    recipe: dict[str, Any],
+    baseline: str,
+    final: str,
+    models: list[Measurement],
+    stages: list[dict[str, Any]],
+    warnings: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report card as a JSON-ready dict (see docs/REPORT.md for every field).
+
+    Args:
+        recipe: the recipe as a dict (rendered back as YAML in the HTML card).
+        baseline, final: names of the reference model and of the run's output; both must be in ``models``.
+        models: one :class:`Measurement` (or its ``to_json()`` dict) per model, in run order.
+        stages: one row per stage: ``name``, ``seconds``, ``status`` and optionally ``model``, ``config``,
+            ``notes``, ``details`` (``details["sensitivity"]`` is plotted).
+        warnings: run-level warnings; hardware warnings are derived and stored under ``hardware_warnings``.
+        extra: more top-level keys (e.g. ``data``); they cannot replace the keys above.
+
+    Raises:
+        ArtifactError: ``baseline`` or ``final`` names no model in ``models``.
+    """
+    entries = [m.to_json() if isinstance(m, Measurement) else Measurement.from_json(m).to_json() for m in models]
+    names = [m["name"] for m in entries]
+    for role, name in (("baseline", baseline), ("final", final)):
+        if name not in names:
+            raise ArtifactError(f"report {role} {name!r} is not among the measured models {names}; pass one of those names.")
+    report: dict[str, Any] = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "slimtorch_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": recipe,
+        "baseline": baseline,
+        "final": final,
+        "models": entries,
+        "stages": [{**STAGE_DEFAULTS, **row} for row in stages],
+        "warnings": list(warnings or []),
+    }
+    for key, value in (extra or {}).items():
+        if key in report:
+            raise ArtifactError(f"extra report key {key!r} would replace a standard field; rename it.")
+        report[key] = value
+    from slimtorch.report.hardware import hardware_warnings
+
+    report["hardware_warnings"] = hardware_warnings(report)
+    return report
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read and validate a report.json (a file, or a run directory holding one).
+
+    Raises:
+        ArtifactError: the file is missing, not valid JSON, from an incompatible schema, or lacks fields.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise ArtifactError(f"no report at {path}; run `slimtorch compress RECIPE --out DIR` to create one.")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is corrupted (not valid JSON: {exc}); re-run the recipe with --resume to rewrite it.") from exc
+    validate_report(report, str(path))
+    return report
+
+
+def validate_report(report: Any, where: str = "report") -> None:
+    """Raise :class:`ArtifactError` unless ``report`` is a report card this version can render."""
+    if not isinstance(report, dict):
+        raise ArtifactError(f"{where} must hold a JSON object; got {type(report).__name__}.")
+    version = report.get("schema_version")
+    if not isinstance(version, int):
+        raise ArtifactError(f"{where} has no integer schema_version; it is not a slimtorch report (or is corrupted).")
+    if version > REPORT_SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{where} has schema_version {version}, newer than this slimtorch supports ({REPORT_SCHEMA_VERSION}); "
+            "upgrade slimtorch (pip install -U slimtorch) to read it."
+        )
+    missing = [k for k in ("recipe", "baseline", "final", "models", "stages") if k not in report]
+    if missing:
+        raise ArtifactError(f"{where} lacks {', '.join(missing)}; it is corrupted. Re-run the recipe with --resume to rewrite it.")
+    if not isinstance(report["models"], list) or not report["models"]:
+        raise ArtifactError(f"{where} has no measured models; re-run the recipe with --resume to rewrite it.")
+    names = [Measurement.from_json(m).name for m in report["models"]]
+    for role in ("baseline", "final"):
+        if report[role] not in names:
+            raise ArtifactError(f"{where}: {role} {report[role]!r} is not among its models {names}; the report is corrupted.")

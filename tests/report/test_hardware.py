@@ -1,0 +1,38 @@
+"""Hardware honesty warnings with known answers."""
+
+from __future__ import annotations
+
+from slimtorch.report import build_report, hardware_warnings
+
+
+def _report(models):
+    return build_report(recipe={}, baseline=models[0].name, final=models[-1].name, models=models, stages=[])
+
+
+def test_mac_cut_without_speedup_is_flagged(make_measurement):
+    slow = _report([make_measurement("base", "t", 100, 100, 400, 1000, 1.0, 1.0, 0.9),
+                    make_measurement("small", "p", 10, 10, 40, 100, 0.8, 0.9, 0.9)])
+    (w,) = slow["hardware_warnings"]
+    assert w.startswith("small: MACs fell 10.0×") and "efficiency 0.12" in w
+
+
+def test_proportional_speedup_is_not_flagged(make_measurement):
+    fast = _report([make_measurement("base", "t", 100, 100, 400, 1000, 1.0, 1.0, 0.9),
+                    make_measurement("small", "p", 10, 10, 40, 100, 0.15, 0.15, 0.9)])
+    assert fast["hardware_warnings"] == []
+
+
+def test_sparsity_stored_dense_is_flagged_once(make_measurement):
+    models = [make_measurement("base", "t", 100, 100, 400, 100, 1.0, 1.0, 0.9),
+              make_measurement("pruned", "p", 100, 30, 400, 100, 1.0, 1.0, 0.9, compressed=200),
+              make_measurement("tuned", "f", 100, 30, 400, 100, 1.0, 1.0, 0.9, compressed=200)]
+    (w,) = hardware_warnings(_report(models))
+    assert w.startswith("pruned: 70% of its weights are zero")
+    assert "saves space only after compression" in w and "no speed on dense kernels" in w
+    assert "(2.00× smaller)" in w
+
+
+def test_structured_pruning_is_not_flagged_as_dense(make_measurement):
+    models = [make_measurement("base", "t", 100, 100, 400, 100, 1.0, 1.0, 0.9),
+              make_measurement("slim", "p", 50, 50, 200, 50, 0.5, 0.5, 0.9)]
+    assert hardware_warnings(_report(models)) == []

@@ -1,0 +1,73 @@
+"""report.html: self-contained content, sensitivity parsing, and a real render in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from slimtorch.report import render_html, write_report
+from slimtorch.report.sensitivity import parse_curves, sensitivity_curves
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None)
+
+
+def test_html_is_self_contained_with_tables_and_images(report):
+    html = render_html(report)
+    assert html.startswith("<!DOCTYPE html>")
+    assert "<table>" in html and html.count("<tr") >= 4 + 1
+    for name in ("teacher (baseline)", "1_distill", "2_prune", "3_quantize (final)"):
+        assert name in html
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) >= 4  # pareto, per-class, robustness, sensitivity
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert "http://" not in html and "https://" not in html  # nothing fetched from the network
+    assert "sparsity: 0.5" in html  # the recipe as YAML
+    assert "a run-level warning" in html
+
+
+def test_html_escapes_names(report):
+    report["models"][1]["name"] = "<script>x</script>"
+    report["stages"][0]["model"] = report["models"][1]["name"]
+    html = render_html(report)
+    assert "<script>x</script>" not in html and "&lt;script&gt;" in html
+
+
+@pytest.mark.parametrize("raw", [
+    {"fc1": {"0.5": 0.9, "0.9": 0.7}},
+    {"fc1": [[0.5, 0.9], [0.9, 0.7]]},
+    {"fc1": [{"sparsity": 0.9, "accuracy": 0.7}, {"sparsity": 0.5, "accuracy": 0.9}]},
+    [{"layer": "fc1", "sparsity": 0.5, "metric": 0.9}, {"layer": "fc1", "sparsity": 0.9, "metric": 0.7}],
+    {"sparsities": [0.5, 0.9], "layers": {"fc1": [0.9, 0.7]}},
+])
+def test_sensitivity_shapes_are_understood(raw):
+    assert parse_curves(raw) == {"fc1": [(0.5, 0.9), (0.9, 0.7)]}
+
+
+def test_unreadable_sensitivity_is_skipped(report):
+    report["stages"][1]["details"]["sensitivity"] = "not a scan"
+    assert sensitivity_curves(report) == []
+    assert "<img" in render_html(report)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from PIL import Image, ImageStat
+
+    write_report(tmp_path, report)
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
+           "--window-size=1280,2400", f"--screenshot={shot}", (tmp_path / "report.html").as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=90, check=False)
+    assert shot.exists(), "chromium wrote no screenshot"
+    with Image.open(shot) as img:
+        gray = img.convert("L")
+        assert gray.size == (1280, 2400)
+        assert ImageStat.Stat(gray).stddev[0] > 20  # not a blank page
+        colors = img.convert("RGB").resize((128, 240)).getcolors(maxcolors=100_000)
+        assert colors is not None and len(colors) > 200  # text, tables and plots, not a flat fill
