@@ -44,9 +44,9 @@ def _efficiency(base: dict[str, Any], m: dict[str, Any], sizes: list[str]) -> li
     if not slow:
         return []
     return [
-        f"{m['name']}: MACs fell {mac_cut:.1f}× but latency did not follow ({'; '.join(slow)}). "
+        (f"{m['name']}: MACs fell {mac_cut:.1f}× but latency did not follow ({'; '.join(slow)}). "
         f"Fewer MACs are not fewer milliseconds on this runtime ({m.get('runtime', 'torch')}, {m.get('threads', '?')} thread(s)): "
-        "per-operator overhead, memory traffic or kernels that do not exploit the change dominate."
+        "per-operator overhead, memory traffic or kernels that do not exploit the change dominate.")
     ]
 
 
@@ -64,7 +64,7 @@ def _dense_sparsity(m: dict[str, Any], earlier: list[dict[str, Any]]) -> tuple[l
         packed = (f" After zlib compression it is {fmt_bytes(m['compressed_bytes'])} against "
                   f"{fmt_bytes(dense['compressed_bytes'])} ({dense['compressed_bytes'] / m['compressed_bytes']:.2f}× smaller).")
     return [
-        f"{m['name']}: {100 * (1 - nonzero / params):.0f}% of its weights are zero, yet its artifact is "
+        (f"{m['name']}: {100 * (1 - nonzero / params):.0f}% of its weights are zero, yet its artifact is "
         f"{fmt_bytes(m['size_bytes'])} against {fmt_bytes(dense['size_bytes'])} for {dense['name']}: zeros are stored "
-        f"at full width. Unstructured sparsity saves space only after compression and gives no speed on dense kernels.{packed}"
+        f"at full width. Unstructured sparsity saves space only after compression and gives no speed on dense kernels.{packed}")
     ], dense["name"]

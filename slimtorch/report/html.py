@@ -85,11 +85,11 @@ def render_html(report: dict[str, Any]) -> str:
     title = f"slimtorch report{': ' + str(recipe.get('name')) if isinstance(recipe, dict) and recipe.get('name') else ''}"
     classes = ["baseline" if r["is_baseline"] else "final" if r["is_final"] else "" for r in compare(report)]
     parts = [
-        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
-        f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body><main>",
-        f"<h1>{escape(title)}</h1><div class=sub>baseline <b>{escape(report['baseline'])}</b> · final "
+        (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body><main>"),
+        (f"<h1>{escape(title)}</h1><div class=sub>baseline <b>{escape(report['baseline'])}</b> · final "
         f"<b>{escape(report['final'])}</b> · slimtorch {escape(str(report.get('slimtorch_version', '?')))} · "
-        f"{escape(str(report.get('created', '')))}</div>",
+        f"{escape(str(report.get('created', '')))}</div>"),
         _cards(report),
     ]
     warnings = all_warnings(report)
@@ -97,8 +97,8 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append("<h2>Warnings</h2>" + "".join(f'<div class="warn">{escape(w)}</div>' for w in warnings))
     parts += [
         "<h2 id=models>Models</h2>", _table(summary_header(report), summary_rows(report), classes),
-        "<p class=sub>Brackets: params, size and MACs are <i>times fewer</i> than the baseline; latency is the "
-        "<i>speedup</i> (baseline p50 ÷ model p50). Δ pts = metric change in percentage points. MACs per example.</p>",
+        ("<p class=sub>Brackets: params, size and MACs are <i>times fewer</i> than the baseline; latency is the "
+        "<i>speedup</i> (baseline p50 ÷ model p50). Δ pts = metric change in percentage points. MACs per example.</p>"),
         "<h2 id=pareto>Pareto</h2>", _img(pareto_png(report), "Pareto plot of size and latency against quality"),
         "<h2 id=latency>Latency</h2>", _table(LATENCY_HEADER, latency_rows(report)),
     ]

@@ -93,12 +93,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The report card as Markdown: summary with ratios, latency detail, stages, warnings and notes."""
     name = report["recipe"].get("name", "") if isinstance(report.get("recipe"), dict) else ""
     lines = [f"# slimtorch report{': ' + name if name else ''}", "",
-             f"Baseline **{report['baseline']}**, final **{report['final']}**; slimtorch {report.get('slimtorch_version', '?')}"
-             f"{', ' + report['created'] if report.get('created') else ''}.", "", "## Models", ""]
+             (f"Baseline **{report['baseline']}**, final **{report['final']}**; slimtorch {report.get('slimtorch_version', '?')}"
+             f"{', ' + report['created'] if report.get('created') else ''}."), "", "## Models", ""]
     lines += _table(summary_header(report), summary_rows(report))
-    lines += ["", "Ratios in brackets are against the baseline: params, size and MACs are *times fewer*, latency is "
+    lines += ["", ("Ratios in brackets are against the baseline: params, size and MACs are *times fewer*, latency is "
               "*speedup* (baseline p50 ÷ model p50). Δ pts is the metric change in percentage points. MACs are per "
-              "example (batch 1). Robustness columns are the metric under Gaussian input noise of std level × input std.", ""]
+              "example (batch 1). Robustness columns are the metric under Gaussian input noise of std level × input std."), ""]
     lines += ["## Latency", ""] + _table(LATENCY_HEADER, latency_rows(report))
     if report["stages"]:
         lines += ["", "## Stages", ""] + _table(STAGE_HEADER, stage_rows(report))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def _label(ax: Any, points: list[tuple[float, float, str]]) -> None:
     placed: list[tuple[float, float]] = []
     for x, y, name in sorted(points, key=lambda p: -p[1]):
         px, py = ax.transData.transform((x, y)) * 72 / ax.figure.dpi
-        def clearance(o: tuple[int, int]) -> float:
+        def clearance(o: tuple[int, int], px: float = px, py: float = py) -> float:
             return min((max(abs(px + o[0] - qx) / 4, abs(py + o[1] - qy)) for qx, qy in placed), default=1e9)
 
         best = next((o for o in _OFFSETS if clearance(o) >= 11), max(_OFFSETS, key=clearance))
@@ -125,14 +126,14 @@ def per_class_png(report: dict[str, Any]) -> bytes | None:
     grid = [[m["metrics"]["per_class_accuracy"].get(c, float("nan")) * 100 for c in classes] for m in models]
     fig = Figure(figsize=(max(6.0, 0.62 * len(classes) + 2.5), 0.5 * len(models) + 1.4))
     ax = fig.subplots()
-    flat = [v for row in grid for v in row if v == v]
+    flat = [v for row in grid for v in row if not math.isnan(v)]
     image = ax.imshow(grid, cmap="RdYlGn", vmin=max(0.0, min(flat) - 5) if flat else 0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(classes)), classes)
     ax.set_yticks(range(len(models)), [m["name"] for m in models])
     ax.set_xlabel("class")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
-            if v == v:
+            if not math.isnan(v):
                 ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8, color="#111")
     fig.colorbar(image, ax=ax, label="accuracy (%)", fraction=0.04)
     ax.set_title("Per-class accuracy", fontsize=10)
