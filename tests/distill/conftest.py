@@ -44,11 +44,13 @@ def digits() -> DataBundle:
 
 @pytest.fixture(scope="session")
 def digits_teacher(digits: DataBundle, tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    torch.manual_seed(0)
     teacher = build_model("mlp", {"hidden": [256]}, input_shape=digits.input_shape, num_classes=10)
     return train_classifier(teacher, digits, 12, tmp_path_factory.mktemp("teacher"))
 
 
 @pytest.fixture(scope="session")
 def digits_cnn_teacher(digits: DataBundle, tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    torch.manual_seed(0)
     teacher = build_model("cnn", {"channels": [8, 16]}, input_shape=digits.input_shape, num_classes=10)
     return train_classifier(teacher, digits, 6, tmp_path_factory.mktemp("cnn_teacher"))

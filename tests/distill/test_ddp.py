@@ -1,0 +1,48 @@
+"""Distillation on 2 gloo processes (CPU) reaches the quality of one process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import test_accuracy
+from slimtorch.core import RunContext
+from slimtorch.data import DataBundle
+from slimtorch.distill import DistillConfig, DistillStage
+from slimtorch.errors import TrainingError
+from slimtorch.models import build_model
+
+
+def _student(data: DataBundle) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("mlp", {"hidden": [32]}, input_shape=data.input_shape, num_classes=10)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one(digits: DataBundle, digits_teacher: torch.nn.Module, tmp_path: Path) -> None:
+    cfg = DistillConfig(temperature=2.0, alpha=0.5, epochs=8, lr=1e-2)
+    one, _ = DistillStage(cfg).apply(_student(digits), RunContext(data=digits, teacher=digits_teacher, work_dir=tmp_path / "one"))
+    start = time.perf_counter()
+    ddp_cfg = DistillConfig.model_validate({**cfg.model_dump(), "ddp": {"world_size": 2}})
+    two, record = DistillStage(ddp_cfg).apply(_student(digits), RunContext(data=digits, teacher=digits_teacher, work_dir=tmp_path / "two"))
+    seconds = time.perf_counter() - start
+    (hop,) = record.details["hops"]
+    assert hop["world_size"] == 2 and hop["epochs_run"] == 8
+    assert hop["steps"] == 8 * 20  # each rank: 630 of 1259 examples in batches of 32 = the global batch of 64 split in two
+    acc_one, acc_two = test_accuracy(one, digits), test_accuracy(two, digits)
+    assert acc_two > 0.85
+    print(f"one process {acc_one:.4f}, two gloo processes {acc_two:.4f}, {seconds:.1f} s")
+    assert abs(acc_two - acc_one) < 0.03, (acc_one, acc_two)
+    assert seconds < 60
+
+
+@pytest.mark.slow
+def test_worker_failure_is_reported(digits: DataBundle, digits_teacher: torch.nn.Module, tmp_path: Path) -> None:
+    cfg = DistillConfig(epochs=1, ddp={"world_size": 2, "backend": "nccl"})  # no GPUs here: nccl fails in the workers
+    if torch.cuda.is_available():
+        pytest.skip("nccl works on this machine")
+    with pytest.raises(TrainingError, match="distill.ddp: a worker failed"):
+        DistillStage(cfg).apply(_student(digits), RunContext(data=digits, teacher=digits_teacher, work_dir=tmp_path))
