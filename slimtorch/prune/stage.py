@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import time
@@ -30,6 +29,13 @@ MASK_NOTE = (
 
 def _hf_kind(model: nn.Module) -> str | None:
     return getattr(model, "kind", None) if hasattr(model, "hf") else None
+
+
+def calibrate(crit: Importance, model: nn.Module, targets: dict[str, nn.Module], ctx: RunContext, n_batches: int) -> None:
+    """Feed calibration batches to a data-driven criterion (activation, taylor)."""
+    if crit.needs_data:
+        batches = list(itertools.islice(ctx.data.loader("train", shuffle=True, seed=ctx.seed), n_batches))
+        crit.prepare(model, targets, batches, calibration_loss(ctx.task, _hf_kind(model)))
 
 
 @STAGES.register("prune")
@@ -73,6 +79,8 @@ class PruneStage:
                                "macs_before": before["macs"], "macs_after": after["macs"],
                                "nonzero_macs_after": after["nonzero_macs"]})
         self._honesty(model, ctx, record, before, after, latency_before)
+        if cfg.target is not None:
+            self._target_note(record, before, after)
         record.seconds = time.perf_counter() - t0
         return model.eval(), record
 
@@ -82,9 +90,7 @@ class PruneStage:
         return IMPORTANCE.get(self.config.criterion)(p=self.config.p, seed=ctx.seed)
 
     def _calibrate(self, crit: Importance, model: nn.Module, targets: dict[str, nn.Module], ctx: RunContext) -> None:
-        if crit.needs_data:
-            batches = list(itertools.islice(ctx.data.loader("train", shuffle=True, seed=ctx.seed), self.config.calibration_batches))
-            crit.prepare(model, targets, batches, calibration_loss(ctx.task, _hf_kind(model)))
+        calibrate(crit, model, targets, ctx, self.config.calibration_batches)
 
     def _prune(self, model: nn.Module, ctx: RunContext, record: StageRecord, example: Any) -> None:
         cfg = self.config
@@ -164,6 +170,20 @@ class PruneStage:
         masks = compute_masks(scores, targets, cfg.granularity, sparsity, cfg.scope, cfg.vector_size)
         for f, mask in masks.items():
             set_mask_(targets[f], mask)
+
+    def _target_note(self, record: StageRecord, before: dict, after: dict) -> None:
+        target = self.config.target
+        if target.kind == "latency_ms":
+            got, goal = record.details.get("latency_ms_after_b1"), target.value
+        else:
+            key = "nonzero_params" if target.kind == "params" else "macs"
+            got, goal = after[key] / max(before[key], 1), target.value
+        record.details["target_achieved"] = None if got is None else round(got, 4)
+        if got is not None and got > goal * 1.05:
+            record.notes.append(
+                f"target {target.kind}={goal:g} was not fully reached ({got:.3g}): the scanned sparsities or channel coupling "
+                "limit how far the chosen layers can go; add higher sensitivity.sparsities or loosen layers.exclude."
+            )
 
     def _honesty(self, model: nn.Module, ctx: RunContext, record: StageRecord, before: dict, after: dict,
                  latency_before: float | None) -> None:

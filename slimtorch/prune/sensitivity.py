@@ -1,0 +1,176 @@
+"""Per-layer sensitivity scans and automatic per-layer ratios for a global budget.
+
+The scan prunes one layer at a time to each sparsity (weights by the stage's granularity, or whole
+output channels for structured granularities) and records the validation metric. The automatic
+ratios spend a budget (parameters, MACs, or measured latency) greedily where the scan predicts the
+smallest loss per unit saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimtorch.core import RunContext, StageRecord
+from slimtorch.io import atomic_write_bytes
+from slimtorch.measure.accuracy import accuracy_of, mean_cosine, predict
+from slimtorch.prune.importance import Importance
+from slimtorch.prune.macs import count_macs, count_params, layer_macs, quick_latency_ms
+from slimtorch.prune.masks import compute_masks, raw_weight, weight_2d
+
+log = logging.getLogger(__name__)
+
+
+def _metric(model: nn.Module, batches: list, reference: torch.Tensor | None, task: str) -> float:
+    out, labels = predict(model, batches)
+    return accuracy_of(out, labels) if task == "classification" else mean_cosine(out, reference)
+
+
+@torch.no_grad()
+def _trial_mask(module: nn.Module, score: torch.Tensor, granularity: str, s: float, structured: bool, vector_size: int) -> torch.Tensor:
+    if structured:
+        rows = weight_2d(module, score).flatten(1).sum(1)  # (O,)
+        keep = torch.ones_like(rows)
+        keep[rows.argsort()[: int(round(s * len(rows)))]] = 0
+        shape = [-1] + [1] * (score.dim() - 1)
+        mask = keep.view(shape).expand_as(weight_2d(module, score))
+        return mask.t() if type(module).__name__ == "Conv1D" else mask
+    return compute_masks({"x": score}, {"x": module}, granularity, s, "layer", vector_size)["x"]
+
+
+def scan(model: nn.Module, targets: dict[str, nn.Module], crit: Importance, ctx: RunContext, granularity: str,
+         sparsities: list[float], max_batches: int, structured: bool, vector_size: int = 4) -> dict[str, Any]:
+    """``{"baseline": m, "layers": {fqn: [[s, metric], ...]}}`` pruning one layer at a time."""
+    batches = list(itertools.islice(ctx.data.loader("val"), max_batches))
+    reference = predict(model, batches)[0] if ctx.task != "classification" else None
+    baseline = _metric(model, batches, reference, ctx.task)
+    layers: dict[str, list[list[float]]] = {}
+    for fqn, module in targets.items():
+        score = crit.masked_scores(fqn, module)
+        raw = raw_weight(module)
+        saved = raw.detach().clone()
+        layers[fqn] = []
+        for s in sparsities:
+            with torch.no_grad():
+                raw.mul_(_trial_mask(module, score, granularity, s, structured, vector_size).to(raw.dtype))
+            layers[fqn].append([s, round(_metric(model, batches, reference, ctx.task), 5)])
+            with torch.no_grad():
+                raw.copy_(saved)
+    return {"baseline": round(baseline, 5), "layers": layers}
+
+
+def plot(result: dict[str, Any], path: Any, metric_name: str) -> None:
+    """Metric against sparsity, one line per layer, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for fqn, points in result["layers"].items():
+        ax.plot([0.0] + [p[0] for p in points], [result["baseline"]] + [p[1] for p in points], marker="o", label=fqn)
+    ax.set_xlabel("sparsity of this layer alone")
+    ax.set_ylabel(metric_name)
+    ax.set_title("pruning sensitivity per layer")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def auto_ratios(result: dict[str, Any], costs: dict[str, float], remove: float) -> dict[str, float]:
+    """Greedy per-layer sparsities removing at least ``remove`` cost with the least predicted loss.
+
+    Each move raises one layer to its next scanned sparsity, choosing the smallest
+    ``metric drop / cost saved``; ``costs[fqn]`` is the layer's cost at sparsity 0.
+    """
+    levels = {f: [[0.0, result["baseline"]]] + pts for f, pts in result["layers"].items()}
+    at = {f: 0 for f in levels}
+    removed = 0.0
+    while removed < remove:
+        best, best_rate = None, float("inf")
+        for f, pts in levels.items():
+            if at[f] + 1 >= len(pts) or costs.get(f, 0) <= 0:
+                continue
+            (s0, m0), (s1, m1) = pts[at[f]], pts[at[f] + 1]
+            rate = max(m0 - m1, 0.0) + 1e-6
+            rate /= costs[f] * (s1 - s0)
+            if rate < best_rate:
+                best, best_rate = f, rate
+        if best is None:
+            break
+        s0, s1 = levels[best][at[best]][0], levels[best][at[best] + 1][0]
+        removed += costs[best] * (s1 - s0)
+        at[best] += 1
+    return {f: levels[f][at[f]][0] for f in levels}
+
+
+def plan_ratios(model: nn.Module, cfg: Any, ctx: RunContext, targets: dict[str, nn.Module], crit: Importance,
+                record: StageRecord) -> dict[str, float] | None:
+    """Scan (always), plot, and turn ``cfg.target`` into per-layer ratios (``None`` without a target)."""
+    from slimtorch.prune.stage import calibrate
+
+    from slimtorch.prune.config import SensitivityConfig
+
+    sens = cfg.sensitivity or SensitivityConfig()
+    structured = cfg.kind == "structured"
+    calibrate(crit, model, targets, ctx, cfg.calibration_batches)
+    result = scan(model, targets, crit, ctx, cfg.granularity, sens.sparsities, sens.max_batches, structured, cfg.vector_size)
+    record.details["sensitivity"] = result
+    metric_name = "accuracy" if ctx.task == "classification" else "cosine to the unpruned model"
+    if sens.plot:
+        path = ctx.stage_dir("prune") / "sensitivity.png"
+        plot(result, path, metric_name)
+        record.details["sensitivity_plot"] = str(path)
+    if cfg.target is None:
+        return None
+    example = ctx.data.example_batch(2, split="val")
+    kind, value = cfg.target.kind, cfg.target.value
+    if kind == "params":
+        costs = {f: float(m.weight.numel()) for f, m in targets.items()}
+        total = float(count_params(model)["nonzero_params" if not structured else "params"])
+    else:
+        costs = {f: v["macs"] for f, v in layer_macs(model, example).items() if f in targets}
+        total = count_macs(model, example)["macs"]
+    fraction = value
+    if kind == "latency_ms":
+        base = quick_latency_ms(model, ctx.data.example_batch(1, split="val"))
+        fraction = min(1.0, value / base)
+        record.details["latency_ms_dense_b1"] = round(base, 4)
+    if structured:  # removing a layer's outputs also removes the next layer's inputs: count both halves
+        costs = {f: 2 * c for f, c in costs.items()}
+    ratios = auto_ratios(result, costs, total * (1 - fraction))
+    if structured:
+        ratios = _calibrate_structured(model, cfg, ctx, targets, crit, result, costs, total, fraction, ratios, kind)
+    record.details["auto_ratios"] = {f: round(r, 4) for f, r in ratios.items()}
+    record.details["target"] = {"kind": kind, "value": value, "fraction_kept_goal": round(fraction, 4)}
+    return ratios
+
+
+def _calibrate_structured(model, cfg, ctx, targets, crit, result, costs, total, fraction, ratios, kind):  # noqa: ANN001, ANN202
+    """Re-plan until a trial removal on a copy reaches the budget (dependency coupling changes the cost)."""
+    from slimtorch.prune.structured import prune_structured_
+
+    example = ctx.data.example_batch(2, split="val")
+    goal = total * (1 - fraction)
+    remove = goal
+    for _ in range(4):
+        trial = copy.deepcopy(model)
+        names = dict(trial.named_modules())
+        prune_structured_(trial, example, crit.tp_importance(), {f: names[f] for f in targets}, 0.0, ratio_dict=ratios,
+                          round_to=cfg.round_to)
+        achieved = total - (count_params(trial)["params"] if kind == "params" else count_macs(trial, example)["macs"])
+        if achieved >= goal * 0.98 or achieved <= 0:
+            break
+        remove *= goal / achieved
+        ratios = auto_ratios(result, costs, remove)
+    return ratios
