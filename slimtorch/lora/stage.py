@@ -1,0 +1,147 @@
+"""The ``lora`` stage: attach LoRA → train (distilling from the teacher when there is one) → merge.
+
+Records the trained-parameter count and the metric recovered, next to a full fine-tune with the same
+step budget (``record.details["full_finetune"]``; that model is reported as an extra model).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
+from slimtorch.data.bundle import UNLABELED
+from slimtorch.errors import DataError
+from slimtorch.export.onnx import bake_parametrizations_
+from slimtorch.lora import _peft
+from slimtorch.lora.config import LoraConfig
+from slimtorch.measure.accuracy import task_metric
+from slimtorch.train.loop import TrainConfig, fit
+
+
+def make_loss(cfg: LoraConfig, ctx: RunContext) -> tuple[Any, str]:
+    """``loss_fn(model, x, y)`` and a short description of what it optimises."""
+    teacher = ctx.teacher if cfg.use_teacher else None
+    if teacher is None:
+        if ctx.data.task != "classification":
+            raise DataError("lora on an embedding task needs a teacher to match (no labels to train on); "
+                            "give the recipe a teacher or set lora.use_teacher: true.")
+
+        def ce(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
+            return F.cross_entropy(forward(model, x), y, ignore_index=UNLABELED)
+
+        return ce, "cross-entropy on labels"
+    teacher.eval()
+    T = cfg.temperature
+
+    def kd(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = forward(teacher, x)
+        out = forward(model, x)
+        if ctx.data.task != "classification":
+            return 1 - F.cosine_similarity(out, target, dim=-1).mean()
+        soft = F.kl_div(F.log_softmax(out / T, -1), F.softmax(target / T, -1), reduction="batchmean") * T * T
+        if cfg.label_weight == 0 or bool((y == UNLABELED).all()):
+            return soft
+        return cfg.label_weight * F.cross_entropy(out, y, ignore_index=UNLABELED) + (1 - cfg.label_weight) * soft
+
+    kind = "1 − cosine to the teacher" if ctx.data.task != "classification" else f"distillation from the teacher (T={T})"
+    return kd, kind
+
+
+def _masks(model: nn.Module) -> dict[str, Tensor]:
+    """0/1 masks of weights held as parametrizations (pruned layers), by module fqn."""
+    from torch.nn.utils import parametrize
+
+    out = {}
+    for fqn, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            out[fqn] = (module.weight.detach() != 0).to(module.weight.dtype)
+    return out
+
+
+def _reapply_masks_(model: nn.Module, masks: dict[str, Tensor]) -> None:
+    from slimtorch.prune.masks import set_mask_
+
+    for fqn, mask in masks.items():
+        set_mask_(model.get_submodule(fqn), mask)
+
+
+@STAGES.register("lora")
+class LoraStage:
+    """LoRA recovery with peft; returns the merged plain model."""
+
+    name = "lora"
+    config_cls = LoraConfig
+
+    def __init__(self, config: LoraConfig) -> None:
+        self.config = config
+
+    def _metric(self, model: nn.Module, ctx: RunContext) -> float:
+        return task_metric(model, ctx.data, "val", reference=ctx.teacher)
+
+    def _train(self, model: nn.Module, ctx: RunContext, lr: float, tag: str, loss_fn: Any) -> dict[str, Any]:
+        cfg = self.config
+        dataset = ctx.data.distill_set() if (ctx.teacher is not None and cfg.use_teacher) else ctx.data.train
+        loader = ctx.data.loader(dataset, batch_size=cfg.batch_size, shuffle=True, seed=ctx.seed)
+        train_cfg = TrainConfig(epochs=cfg.epochs, lr=lr, max_steps=cfg.max_steps, weight_decay=0.0)
+        start = time.perf_counter()
+        result = fit(model, loss_fn, loader, train_cfg, ctx, evaluate=lambda m: self._metric(m, ctx),
+                     checkpoint_dir=ctx.stage_dir(self.name) / tag, description=f"lora: {tag}")
+        return {"steps": result.steps, "epochs_run": result.epochs_run, "train_s": round(time.perf_counter() - start, 2)}
+
+    def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
+        start = time.perf_counter()
+        cfg = self.config
+        loss_fn, objective = make_loss(cfg, ctx)
+        before = self._metric(model, ctx)
+        masks = _masks(model)
+        work = bake_parametrizations_(copy.deepcopy(model))
+        targets = _peft.resolve_targets(work, cfg.target_modules)
+        total = sum(p.numel() for p in work.parameters())
+        adapted = _peft.attach_lora(work, targets, cfg.rank, cfg.lora_alpha, cfg.dropout)
+        n_trainable = _peft.trainable_params(adapted)
+        lora_run = self._train(adapted, ctx, cfg.lr, "adapters", loss_fn)
+        adapted.eval()
+        check = ctx.data.example_batch(16)
+        with torch.no_grad():
+            adapter_out = forward(adapted, check)
+        merged = _peft.merge_lora(adapted)
+        with torch.no_grad():
+            merge_diff = (forward(merged, check) - adapter_out).abs().max().item()
+        notes = []
+        dense_after = self._metric(merged, ctx) if masks else None
+        if masks and cfg.keep_sparsity:
+            _reapply_masks_(merged, masks)
+            notes.append(f"pruning masks of {len(masks)} layers were re-applied to the merged weights "
+                         "(the LoRA update is dense); the metric below is after re-masking.")
+        elif masks:
+            notes.append("lora.keep_sparsity is false: the merged model is dense again.")
+        merged.slimtorch_spec = getattr(model, "slimtorch_spec", None)
+        after = self._metric(merged, ctx)
+        teacher_metric = self._metric(ctx.teacher, ctx) if ctx.teacher is not None else None
+        details: dict[str, Any] = {
+            "backend": f"peft {_peft._peft().__version__} LoRA", "objective": objective, "target_modules": targets,
+            "trainable_params": n_trainable, "total_params": total, "trainable_fraction": round(n_trainable / total, 5),
+            "metric_before": before, "metric_after": after, "metric_recovered": after - before,
+            "metric_after_before_remasking": dense_after, "teacher_metric": teacher_metric, "merge_max_abs_diff": merge_diff, **lora_run,
+        }
+        if teacher_metric is not None and teacher_metric > before:
+            details["fraction_of_gap_recovered"] = (after - before) / (teacher_metric - before)
+        record = StageRecord(self.name, cfg.model_dump(), notes=notes, details=details)
+        if cfg.compare_full_finetune:
+            full = copy.deepcopy(model)
+            for p in full.parameters():
+                p.requires_grad_(True)
+            full_run = self._train(full, ctx, cfg.full_finetune_lr, "full_finetune", loss_fn)
+            full_after = self._metric(full, ctx)
+            record.details["full_finetune"] = {"trainable_params": _peft.trainable_params(full), "lr": cfg.full_finetune_lr,
+                                               "metric_after": full_after, "metric_recovered": full_after - before, **full_run}
+            record.extra_models.append(("full_finetune", full))
+        record.seconds = time.perf_counter() - start
+        return merged, record
