@@ -47,7 +47,7 @@ def count_macs_noted(model: nn.Module, example_input: Batch) -> tuple[int | None
     handles = [m.register_forward_hook(_quantized_hook(hooked)) for m in model.modules() if _is_packed_quantized(m)]
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     try:
         with torch.no_grad(), counter:
             forward(model, example_input)
@@ -63,8 +63,21 @@ def _cpu_sdpa_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: An
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-# torch's counter knows the CUDA attention kernels; the CPU flash kernel needs the same formula.
-_CPU_ATTENTION = {op: _cpu_sdpa_flop for op in [getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)] if op}
+def _weight_only_mm_flop(x_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """x (M, K) times a packed (N, K) weight-only int8/int4 matrix -> (M, N): 2·M·N·K FLOPs."""
+    return 2 * math.prod(out_shape) * x_shape[-1]
+
+
+def _extra_formulas() -> dict[Any, Any]:
+    # torch's counter knows the CUDA attention kernels and plain matmuls; the CPU flash-attention
+    # kernel and the weight-only int8/int4 CPU matmuls need formulas of their own.
+    aten = torch.ops.aten
+    table = {"_scaled_dot_product_flash_attention_for_cpu": _cpu_sdpa_flop, "_weight_int8pack_mm": _weight_only_mm_flop,
+             "_weight_int4pack_mm_for_cpu": _weight_only_mm_flop, "_weight_int4pack_mm": _weight_only_mm_flop}
+    return {getattr(aten, name): fn for name, fn in table.items() if hasattr(aten, name)}
+
+
+_EXTRA_FORMULAS = _extra_formulas()
 
 
 def _is_packed_quantized(module: nn.Module) -> bool:

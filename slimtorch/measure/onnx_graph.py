@@ -73,6 +73,7 @@ def onnx_macs(graph_model: Any, example_input: Tensor | dict[str, Tensor]) -> tu
     model = onnx.ModelProto()
     model.CopyFrom(graph_model)
     _fix_input_shapes(model, example_input)
+    _sort_nodes(model)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises several private error types
@@ -111,6 +112,25 @@ def _fix_input_shapes(model: Any, example_input: Tensor | dict[str, Tensor]) -> 
         for dim, size in zip(dims, t.shape):
             dim.ClearField("dim_param")
             dim.dim_value = int(size)
+
+
+def _sort_nodes(model: Any) -> None:
+    """Topologically sort the graph's nodes (some tools append casts at the end; inference needs order)."""
+    ready = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        runnable = [n for n in pending if all(i in ready for i in n.input)]
+        if not runnable:
+            return  # a cycle or an outer-scope input: leave the graph as it is
+        for n in runnable:
+            ordered.append(n)
+            ready.update(n.output)
+        pending = [n for n in pending if n not in runnable]
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del model.graph.node[:]
+    model.graph.node.extend(copies)
 
 
 def _known_shapes(model: Any) -> dict[str, list[int]]:

@@ -3,7 +3,8 @@
 A weight pruned with a mask — a ``torch.nn.utils.parametrize`` parametrization or a
 ``torch.nn.utils.prune`` ``weight_orig``/``weight_mask`` pair — is counted through the *effective*
 (masked) tensor, so masked entries count as zeros. Dynamically quantized torch modules keep their weights
-in packed params (not ``nn.Parameter``); those are unpacked and counted too. For a model that runs in
+in packed params (not ``nn.Parameter``) and weight-only layers in buffers (exposed through a
+``dequantized_weight()`` method); those are unpacked and counted too. For a model that runs in
 onnxruntime the counts come from the ONNX graph's initializers.
 """
 
@@ -40,6 +41,7 @@ def _effective_tensors(model: nn.Module) -> Iterator[Tensor]:
         for module in model.modules():
             effective.extend(_masked_weights(module, replaced))
             effective.extend(_quantized_weights(module))
+            effective.extend(_buffer_weights(module))
     seen: set[int] = set()
     for p in model.parameters():
         if id(p) in replaced or id(p) in seen:
@@ -59,6 +61,18 @@ def _masked_weights(module: nn.Module, replaced: set[int]) -> list[Tensor]:
         if name.endswith("_orig") and hasattr(module, name[: -len("_orig")] + "_mask"):  # torch.nn.utils.prune
             replaced.add(id(p))
             out.append(getattr(module, name[: -len("_orig")]).detach())
+    return out
+
+
+def _buffer_weights(module: nn.Module) -> list[Tensor]:
+    """Weights a module keeps in buffers (weight-only int8/int4 layers) and exposes via ``dequantized_weight()``."""
+    getter = getattr(module, "dequantized_weight", None)
+    if not callable(getter):
+        return []
+    out = [getter().detach()]
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, Tensor) and not isinstance(bias, nn.Parameter):
+        out.append(bias.detach())
     return out
 
 

@@ -70,3 +70,47 @@ def test_onnxruntime_macs_come_from_the_graph():
     macs, notes = count_macs_noted(ort_model, torch.zeros(3, 1, 8, 8))
     assert macs == count_macs(model, x)
     assert notes == []
+
+
+class _Int8WeightOnly(nn.Module):
+    """A weight-only int8 Linear: int8 weight in a buffer, the CPU weight-only kernel in forward."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach()
+        scale = w.abs().amax(1) / 127
+        self.register_buffer("qweight", torch.round(w / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x, self.qweight, self.scale)
+
+
+def test_weight_only_int8_kernel_is_counted():
+    from slimtorch.measure import count_params
+
+    layer = _Int8WeightOnly(nn.Linear(32, 16, bias=False))
+    assert count_macs(layer, torch.zeros(4, 32)) == 32 * 16
+    assert count_params(layer) == 32 * 16  # weights held in a buffer are still weights
+
+
+def test_unsorted_onnx_graph_is_counted():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slimtorch.measure.onnx_graph import onnx_macs
+
+    w = numpy_helper.from_array(torch.zeros(6, 5).numpy().astype("float16"), "w")
+    nodes = [  # Gemm listed before the Cast that feeds it, as some converters write
+        helper.make_node("Gemm", ["xh", "w"], ["yh"], transB=1),
+        helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
+        helper.make_node("Cast", ["yh"], ["y"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert onnx_macs(model, torch.zeros(2, 5)) == (2 * 5 * 6, [])
+    assert isinstance(model, onnx.ModelProto)
