@@ -47,7 +47,7 @@ def time_latency(
     was_training = model.training
     model.eval()
     try:
-        with _threads(model, threads), torch.inference_mode():
+        with pinned_threads(model, threads), torch.inference_mode():
             for _ in range(warmup):
                 forward(model, example_input)
             samples = _timed(model, example_input, max(repeats, 3), max_seconds)
@@ -83,7 +83,8 @@ def summarize(samples_ms: list[float]) -> dict[str, float]:
 
 
 @contextmanager
-def _threads(model: nn.Module, threads: int) -> Iterator[None]:
+def pinned_threads(model: nn.Module, threads: int) -> Iterator[None]:
+    """Run torch (and an onnxruntime wrapper) on ``threads`` intra-op threads; restore both afterwards."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     ort_attr = next((a for a in ORT_THREAD_ATTRS if hasattr(model, a)), None) if is_onnxruntime(model) else None
