@@ -5,7 +5,8 @@ Accepted shapes (metric after pruning one layer alone to each sparsity):
 - ``{layer: {sparsity: metric}}`` or ``{layer: [[sparsity, metric], ...]}``;
 - ``{layer: [{"sparsity": s, "metric"|"accuracy"|"value": v}, ...]}``;
 - ``[{"layer": name, "sparsity": s, "metric"|"accuracy"|"value": v}, ...]``;
-- ``{"sparsities": [s, ...], "layers"|"curves"|"metrics": {layer: [v, ...]}}``.
+- ``{"sparsities": [s, ...], "layers"|"curves"|"metrics": {layer: [v, ...]}}``;
+- ``{"baseline": m, "layers": <any of the first three>}`` (what the prune stage records).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def parse_curves(raw: Any) -> Curves:
         table = next((raw[k] for k in ("layers", "curves", "metrics") if isinstance(raw.get(k), dict)), {})
         for layer, values in table.items():
             curves[str(layer)] = [(float(s), float(v)) for s, v in zip(raw["sparsities"], values) if _num(v)]
+    elif isinstance(raw, dict) and isinstance(raw.get("layers"), (dict, list)):
+        return parse_curves(raw["layers"])
     elif isinstance(raw, dict):
         for layer, points in raw.items():
             parsed = _points(points)

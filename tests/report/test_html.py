@@ -43,6 +43,7 @@ def test_html_escapes_names(report):
     {"fc1": [{"sparsity": 0.9, "accuracy": 0.7}, {"sparsity": 0.5, "accuracy": 0.9}]},
     [{"layer": "fc1", "sparsity": 0.5, "metric": 0.9}, {"layer": "fc1", "sparsity": 0.9, "metric": 0.7}],
     {"sparsities": [0.5, 0.9], "layers": {"fc1": [0.9, 0.7]}},
+    {"baseline": 0.95, "layers": {"fc1": [[0.5, 0.9], [0.9, 0.7]]}},
 ])
 def test_sensitivity_shapes_are_understood(raw):
     assert parse_curves(raw) == {"fc1": [(0.5, 0.9), (0.9, 0.7)]}
