@@ -1,5 +1,49 @@
-"""slimtorch: make a trained PyTorch model smaller and faster, and prove it."""
+"""slimtorch: make a trained PyTorch model smaller and faster, and prove it.
+
+Example:
+    >>> import slimtorch
+    >>> result = slimtorch.compress("examples/digits.yaml", out="runs/digits")  # doctest: +SKIP
+    >>> model = slimtorch.load("runs/digits/models/4_quantize")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from slimtorch.version import __version__
 
-__all__ = ["__version__"]
+# Public name -> module that defines it. Imported on first use (PEP 562) so `slimtorch --version`
+# and error paths of the CLI do not pay for transformers/onnxruntime imports.
+_EXPORTS = {
+    "compress": "slimtorch.pipeline", "run_recipe": "slimtorch.pipeline", "RunResult": "slimtorch.pipeline",
+    "load": "slimtorch.artifact", "save": "slimtorch.artifact",
+    "load_recipe": "slimtorch.recipe", "Recipe": "slimtorch.recipe",
+    "sweep": "slimtorch.sweep",
+    "measure": "slimtorch.measure", "Measurement": "slimtorch.measure",
+    "build_model": "slimtorch.models", "build_data": "slimtorch.data",
+    "STAGES": "slimtorch.core", "RunContext": "slimtorch.core", "StageRecord": "slimtorch.core",
+    "DistillConfig": "slimtorch.distill", "DistillStage": "slimtorch.distill", "derive_student": "slimtorch.distill",
+    "PruneConfig": "slimtorch.prune", "PruneStage": "slimtorch.prune",
+    "QuantizeConfig": "slimtorch.quantize", "QuantizeStage": "slimtorch.quantize",
+    "ExportConfig": "slimtorch.export", "ExportStage": "slimtorch.export",
+    "FinetuneConfig": "slimtorch.train", "FinetuneStage": "slimtorch.train", "TrainConfig": "slimtorch.train",
+    **{name: "slimtorch.errors" for name in (
+        "SlimtorchError", "RecipeError", "DataError", "ModelRefError", "ArtifactError", "UnsupportedModuleError",
+        "ShapeMismatchError", "NotCalibratedError", "TrainingError", "OutputDirError", "MissingExtraError")},
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name])
+        value = getattr(module, "compress" if name == "run_recipe" else name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'slimtorch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -23,8 +23,9 @@ from slimtorch.errors import SlimtorchError
 from slimtorch.version import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make a trained PyTorch model smaller and faster, and prove it.")
-console = Console()
-err_console = Console(stderr=True)
+# Piped output has no terminal width; keep tables readable in logs and CI rather than 80 columns.
+console = Console() if Console().is_terminal else Console(width=160)
+err_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 200)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -13,7 +13,7 @@ class LatencyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
-    warmup: int = Field(10, ge=0)
+    warmup: int = Field(20, ge=0, description="untimed runs first (batch-1 eager timings need at least 20)")
     repeats: int = Field(50, ge=3)
     threads: int = Field(1, ge=1, description="intra-op threads for torch and onnxruntime while timing")
 
