@@ -154,7 +154,7 @@ def _load_onnx(directory: Any, spec: dict[str, Any]) -> nn.Module:
     model = OrtModule(path.read_bytes(), threads=info.get("threads", 1), meta=info.get("meta"))
     try:
         model.session  # noqa: B018 - parse now so a corrupted file fails at load, not at first call
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+    except Exception as exc:
         raise ArtifactError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0]}); re-run the stage that wrote it.") from exc
     return model
 

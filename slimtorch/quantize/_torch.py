@@ -4,7 +4,8 @@
   ``torch.ao.nn.quantized.dynamic.Linear`` (int8 weights, activations quantized per batch).
 - ``int8_weight_only`` / ``int4_weight_only``: :class:`WeightOnlyLinear` keeps int8 (per output
   channel) or grouped asymmetric int4 weights and multiplies with torch's packed CPU kernels
-  ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` (the kernels torchao uses on CPU).
+  ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` (the kernels torchao uses on CPU),
+  with bf16 activations (their fast path; fp32 activations take a reference path ~30x slower).
 - ``bf16``: :class:`BFloat16Module` holds the model in bfloat16 and casts float inputs/outputs.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from slimtorch.errors import UnsupportedModuleError
 
@@ -28,9 +30,7 @@ def select_linears(model: nn.Module, exclude: Sequence[str] = (), multiple_of: i
     for fqn, module in model.named_modules():
         if type(module) is not nn.Linear:
             continue
-        if any(fnmatch.fnmatch(fqn, pattern) or fqn.startswith(pattern + ".") or fqn == pattern for pattern in exclude):
-            skipped.append(fqn)
-        elif module.in_features % multiple_of:
+        if any(fnmatch.fnmatch(fqn, pattern) or fqn.startswith(pattern + ".") or fqn == pattern for pattern in exclude) or module.in_features % multiple_of:
             skipped.append(fqn)
         else:
             chosen.append(fqn)
@@ -138,22 +138,25 @@ class WeightOnlyLinear(nn.Module):
     def _int4_kernel_args(self) -> tuple[Tensor, Tensor]:
         key = self.qweight.data_ptr()
         if self._kernel_cache is None or self._kernel_cache[0] != key:
-            packed = torch._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
-            scale = self.scale.float().t()  # (K/gs, N)
-            zero = self.minimum.float().t() + 8 * scale  # kernel computes (q - 8) · scale + zero
-            self._kernel_cache = (key, packed, torch.stack([scale, zero], -1).contiguous())  # (K/gs, N, 2)
+            pad = -self.out_features % 16  # the packed kernel needs N divisible by 16: pad rows, slice outputs
+            codes = F.pad(self.codes().to(torch.int32), (0, 0, 0, pad))  # (N + pad, K)
+            packed = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
+            scale = F.pad(self.scale.float(), (0, 0, 0, pad)).t()  # (K/gs, N + pad)
+            zero = F.pad(self.minimum.float(), (0, 0, 0, pad)).t() + 8 * scale  # kernel: (q - 8) · scale + zero
+            scales_zeros = torch.stack([scale, zero], -1).to(torch.bfloat16).contiguous()  # (K/gs, N + pad, 2)
+            self._kernel_cache = (key, packed, scales_zeros)
         return self._kernel_cache[1], self._kernel_cache[2]
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).float().contiguous()  # (B·T, K)
+        # bf16 activations: torch's fast CPU path for these kernels (fp32 activations hit a slow reference path)
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (B·T, K)
         if self.bits == 8:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
-        elif self.out_features % 16:  # the packed int4 kernel needs N divisible by 16
-            y = x2 @ self.dequantized_weight().t()
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale.to(torch.bfloat16))
         else:
             packed, scales_zeros = self._int4_kernel_args()
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales_zeros)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales_zeros)[:, : self.out_features]
+        y = y.float()
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)  # (..., N)
@@ -181,6 +184,6 @@ class BFloat16Module(nn.Module):
         self.inner = inner.to(torch.bfloat16)
 
     def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:
-        cast = lambda t: t.to(torch.bfloat16) if isinstance(t, Tensor) and t.is_floating_point() else t  # noqa: E731
+        cast = lambda t: t.to(torch.bfloat16) if isinstance(t, Tensor) and t.is_floating_point() else t
         out = self.inner(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
         return out.float()

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import slimtorch.artifact as artifact
+from slimtorch import artifact
 from slimtorch.errors import ArtifactError
 from slimtorch.export import to_ort
 from slimtorch.models import build_model

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+
 @pytest.fixture(scope="session")
 def teacher(digits, tmp_path_factory):
     from slimtorch.core import RunContext

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-import slimtorch.artifact as artifact
+from slimtorch import artifact
 from slimtorch.core import RunContext
 from slimtorch.errors import DataError
 from slimtorch.lora import LoraConfig, LoraStage

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
-import slimtorch.artifact as artifact
+from slimtorch import artifact
 from slimtorch.core import RunContext
 from slimtorch.errors import NotCalibratedError, UnsupportedModuleError
 from slimtorch.measure.accuracy import task_metric
@@ -105,7 +105,7 @@ def test_conv_net_static_int8(digits, ctx):
 
     torch.manual_seed(0)
     cnn = build_model("cnn", {"channels": [8, 16]}, input_shape=digits.input_shape, num_classes=10).eval()
-    q, record = QuantizeStage(QuantizeConfig(mode="static_int8")).apply(cnn, ctx)
+    _q, record = QuantizeStage(QuantizeConfig(mode="static_int8")).apply(cnn, ctx)
     assert record.details["output_cosine"] > 0.98
 
 
@@ -116,7 +116,7 @@ def test_hf_encoder_quantizes_on_both_runtimes(tiny_bert, token_batch, digits, t
     x = token_batch(4, 9, pad_from=5)
     ref = tiny_bert(**x)
     for runtime, mode in [("onnxruntime", "dynamic_int8"), ("torch", "dynamic_int8"), ("torch", "int8_weight_only")]:
-        q, record = QuantizeStage(QuantizeConfig(mode=mode, runtime=runtime)).apply(tiny_bert, ctx)
+        q, _record = QuantizeStage(QuantizeConfig(mode=mode, runtime=runtime)).apply(tiny_bert, ctx)
         assert torch.nn.functional.cosine_similarity(q(**x), ref).min() > 0.98, (runtime, mode)
         artifact.save(q, tmp_path / f"{runtime}-{mode}")
         torch.testing.assert_close(artifact.load(tmp_path / f"{runtime}-{mode}")(**x), q(**x), atol=1e-6, rtol=0)

@@ -10,7 +10,7 @@ from slimtorch.errors import UnsupportedModuleError
 from slimtorch.quantize._torch import BFloat16Module, WeightOnlyLinear, require_linears, select_linears
 
 
-@pytest.mark.parametrize(("bits", "out_features"), [(8, 48), (8, 10), (4, 48), (4, 10)])  # N=10: int4 fallback path
+@pytest.mark.parametrize(("bits", "out_features"), [(8, 48), (8, 10), (4, 48), (4, 10)])  # N=10: rows padded to 16 for the int4 kernel
 def test_weight_only_linear_matches_dequantized_weight(bits, out_features):
     torch.manual_seed(0)
     linear = nn.Linear(64, out_features)
@@ -19,7 +19,7 @@ def test_weight_only_linear_matches_dequantized_weight(bits, out_features):
     expected = x @ q.dequantized_weight().t() + linear.bias
     got = q(x)
     assert got.shape == (2, 5, out_features)
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, expected, atol=3e-2, rtol=2e-2)  # activations run in bf16
     err = (q.dequantized_weight() - linear.weight).abs().max().item()
     step = linear.weight.abs().max().item() / (127 if bits == 8 else 7.5)
     assert err <= step  # rounding error is at most one quantization step
