@@ -31,7 +31,7 @@ from slimtorch.measure import Measurement, measure, outputs_on
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.models import build_model
 from slimtorch.recipe import Recipe, dump_recipe, load_recipe
-from slimtorch.recipe.schema import ModelSpec
+from slimtorch.recipe.schema import ModelSpec, StageSpec
 from slimtorch.report import build_report, write_report
 from slimtorch.resources import check_model_fits
 from slimtorch.train import cross_entropy, fit
@@ -216,6 +216,32 @@ class _Run:
             final = name
         return model, final
 
+    def plan(self, model: nn.Module, ctx: RunContext, target: Any) -> dict[str, Any]:
+        """Choose stages for ``target`` by measuring candidates; the plan replaces the recipe's stages."""
+        from slimtorch.plan import Plan, plan
+
+        fp = _fingerprint(self.recipe.seed, self.recipe.data.model_dump(), [t.model_dump() for t in self.recipe.teachers],
+                          self.recipe.student.model_dump() if self.recipe.student else None, target.model_dump())
+        done = self.state.done("plan", fp)
+        if done:
+            self.events("plan: reusing the finished search")
+            chosen = Plan(**done["plan"])
+        else:
+            self.events(f"plan: measuring {len(target.sparsities) * len(target.quantize)} candidates for {target.kind}")
+            self.state.invalidate_after("plan")
+            chosen = plan(model, ctx, target, threads=self.recipe.evaluate.latency.threads)
+            self.state.save("plan", {"fingerprint": fp, "plan": chosen.to_json()})
+        self.events(chosen.message)
+        recovery = list(self.recipe.stages)
+        if not recovery and self.data.task == "classification" and target.recover_epochs > 0:
+            from slimtorch.train import FinetuneConfig
+
+            recovery = [StageSpec(kind="finetune", config=FinetuneConfig(epochs=target.recover_epochs))]
+        batches = sorted({*self.recipe.evaluate.latency.batch_sizes, target.batch})
+        evaluate = self.recipe.evaluate.model_copy(update={"latency": self.recipe.evaluate.latency.model_copy(update={"batch_sizes": batches})})
+        self.recipe = self.recipe.model_copy(update={"stages": chosen.stages(recovery), "evaluate": evaluate})
+        return chosen.to_json()
+
     def _reload_stage_model(self, name: str) -> nn.Module:
         """Reload a finished stage's model, re-arming pruning masks so later training keeps them."""
         model_dir = self.out / "models" / name
@@ -229,6 +255,26 @@ class _Run:
             for fqn in masked:
                 set_mask_(modules[fqn], (modules[fqn].weight != 0).float())
         return model
+
+
+def _check_target(target: Any, plan: dict[str, Any], final: Measurement) -> list[str]:
+    """Compare the final model with the budget and the accuracy floor; say plainly what was missed."""
+    warnings = []
+    latency = final.latency_ms.get(str(target.batch), {}).get("p50")
+    if target.kind == "size_mb" and final.size_bytes is not None and final.size_bytes / 2**20 > target.size_mb:
+        warnings.append(f"target size_mb≤{target.size_mb} missed: the final artifact is {final.size_bytes / 2**20:.3f} MB.")
+    if target.kind == "latency_ms" and latency is not None and latency > target.latency_ms:
+        warnings.append(f"target latency_ms≤{target.latency_ms} at batch {target.batch} missed: the final model measured {latency:.4g} ms p50.")
+    if target.kind == "speedup" and latency is not None:
+        achieved = plan["baseline_latency_ms"] / latency
+        if achieved < target.speedup:
+            warnings.append(f"target speedup≥{target.speedup}× missed: measured {achieved:.2f}× at batch {target.batch}.")
+    accuracy = final.metrics.get("accuracy")
+    if target.min_accuracy is not None and accuracy is not None and accuracy < target.min_accuracy:
+        warnings.append(f"accuracy floor {target.min_accuracy:.4f} missed: the final model scores {accuracy:.4f}. Add recovery epochs or relax the budget.")
+    if not plan["is_feasible"]:
+        warnings.append(plan["message"])
+    return warnings
 
 
 def compress(
@@ -268,11 +314,17 @@ def compress(
     teachers = run.teachers(ctx)
     ctx.teacher, ctx.extras["teachers"] = teachers[0], teachers
     model = run.initial_model(teachers[0])
+    extra: dict[str, Any] = {"data": {"source": d.source, **run.data.info}}
+    if recipe.target is not None:
+        extra["plan"] = run.plan(model, ctx, recipe.target)
     model, final = run.stages(model, ctx)
     names = [m.name for m in run.measurements]
+    warnings = []
+    if recipe.target is not None:
+        warnings = _check_target(recipe.target, extra["plan"], next(m for m in run.measurements if m.name == final))
     report = build_report(
         recipe=recipe.to_dict(), baseline=names[0], final=final, models=run.measurements, stages=run.stage_rows,
-        extra={"data": {"source": d.source, **run.data.info}},
+        warnings=warnings, extra=extra,
     )
     write_report(out, report)
     return RunResult(out=out, report=report, model=model, records=run.records)

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slimtorch.measure.config import EvaluateConfig
+from slimtorch.plan.config import TargetConfig
 from slimtorch.train.loop import TrainConfig
 
 
@@ -80,7 +81,7 @@ class Recipe(_Strict):
     stages: list[StageSpec] = Field(default_factory=list)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
-    target: dict[str, Any] | None = Field(None, description="a budget for the planner (latency_ms/batch, size_mb, speedup, min_accuracy)")
+    target: TargetConfig | None = Field(None, description="a budget (latency_ms at batch, size_mb or speedup; min_accuracy): the planner chooses pruning and quantization")
 
     @field_validator("teacher")
     @classmethod

@@ -1,0 +1,45 @@
+"""The recipe's ``target:`` block: a budget the planner must meet, and where it may search."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TargetConfig(BaseModel):
+    """A budget: exactly one of ``latency_ms`` (at ``batch``), ``size_mb`` or ``speedup``; plus an accuracy floor.
+
+    Example:
+        >>> TargetConfig(latency_ms=0.5, batch=1, min_accuracy=0.9).kind
+        'latency_ms'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latency_ms: float | None = Field(None, gt=0, description="p50 latency budget at `batch` on `runtime`")
+    size_mb: float | None = Field(None, gt=0, description="bytes-on-disk budget of the final artifact, in MB (2^20 bytes)")
+    speedup: float | None = Field(None, gt=1, description="p50 latency at `batch` must be this many times lower than the original's")
+    batch: int = Field(1, ge=1)
+    min_accuracy: float | None = Field(None, gt=0, le=1, description="accuracy floor (fraction) of the final model")
+    runtime: Literal["torch", "onnxruntime"] = "onnxruntime"
+    sparsities: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.4, 0.5, 0.6, 0.7, 0.8], min_length=1)
+    quantize: list[Literal["none", "dynamic_int8", "static_int8"]] = Field(default_factory=lambda: ["none", "dynamic_int8"], min_length=1)
+    granularity: Literal["filter", "channel", "neuron"] = "filter"
+    round_to: int | None = Field(8, ge=1, description="keep channel counts a multiple of this (hardware-friendly)")
+    recover_epochs: int = Field(5, ge=0, description="fine-tune epochs after pruning when the recipe gives no recovery stage")
+    repeats: int = Field(30, ge=5, description="timed runs per candidate")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TargetConfig:
+        given = [k for k in ("latency_ms", "size_mb", "speedup") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"target needs exactly one of latency_ms, size_mb, speedup; got {given or 'none'}.")
+        bad = [s for s in self.sparsities if not 0 <= s < 1]
+        if bad:
+            raise ValueError(f"target.sparsities must be in [0, 1); got {bad}.")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("latency_ms", "size_mb", "speedup") if getattr(self, k) is not None)

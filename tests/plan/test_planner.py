@@ -1,0 +1,70 @@
+"""The planner measures real candidates on the mnist1d CNN and either meets a budget or says it cannot."""
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from slimtorch.core import RunContext
+from slimtorch.data import build_data
+from slimtorch.measure import time_latency
+from slimtorch.models import build_model
+from slimtorch.pipeline import compress
+from slimtorch.plan import TargetConfig, plan
+from slimtorch.train import TrainConfig, cross_entropy, fit
+
+CNN = {"channels": [32, 32, 64, 64], "hidden": 64}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = build_data("mnist1d", args={"num_samples": 1500}, batch_size=64)
+    model = build_model("cnn", CNN, input_shape=data.input_shape, num_classes=10)
+    ctx = RunContext(data=data, seed=0, work_dir=tmp_path_factory.mktemp("w"))
+    fit(model, cross_entropy, data.loader("train", shuffle=True), TrainConfig(epochs=3, lr=3e-3), ctx)
+    ctx.teacher = model
+    return model, ctx
+
+
+def test_planner_meets_a_latency_budget_that_needs_pruning(trained):
+    model, ctx = trained
+    example = ctx.data.example_batch(32)
+    baseline = time_latency(model, example, warmup=10, repeats=30, threads=1)["p50"]
+    target = TargetConfig(latency_ms=0.6 * baseline, batch=32, runtime="torch", sparsities=[0.0, 0.75], quantize=["none"], repeats=30)
+    chosen = plan(model, ctx, target)
+    assert chosen.is_feasible, chosen.message
+    assert chosen.prune is not None and chosen.prune["sparsity"] == 0.75  # unpruned cannot be 40 % faster
+    winner = next(c for c in chosen.candidates if c["chosen"])
+    assert winner["latency_ms"] <= target.latency_ms and winner["meets_budget"]
+    assert [c["sparsity"] for c in chosen.candidates] == [0.0, 0.75]
+    assert not chosen.candidates[0]["meets_budget"]
+    assert "met by sparsity 0.75" in chosen.message
+    assert [s.kind for s in chosen.stages([])] == ["prune"]
+
+
+def test_impossible_budget_is_reported_honestly_end_to_end(tmp_path):
+    recipe = {
+        "name": "impossible",
+        "data": {"source": "mnist1d", "args": {"num_samples": 1000}},
+        "teacher": {"model": "cnn", "args": CNN, "train": {"epochs": 1}},
+        "target": {"latency_ms": 1e-6, "batch": 1, "sparsities": [0.0, 0.5], "quantize": ["none"], "recover_epochs": 1, "repeats": 5},
+        "evaluate": {"latency": {"batch_sizes": [1], "repeats": 5, "warmup": 1}},
+    }
+    result = compress(recipe, tmp_path / "run")
+    report = result.report
+    assert report["plan"]["is_feasible"] is False
+    assert any("cannot be met by any candidate" in w for w in report["warnings"])
+    assert any("target latency_ms≤1e-06 at batch 1 missed" in w for w in report["warnings"])
+    # the closest point is still built and reported: pruned, fine-tuned, exported to onnxruntime
+    assert [s["name"] for s in report["stages"]] == ["train_teacher", "prune", "finetune", "export"]
+    assert report["models"][-1]["runtime"] == "onnxruntime"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({}, "exactly one of latency_ms, size_mb, speedup; got none"),
+     ({"latency_ms": 1, "size_mb": 2}, r"got \['latency_ms', 'size_mb'\]"),
+     ({"speedup": 2, "sparsities": [1.2]}, r"target.sparsities must be in \[0, 1\); got \[1.2\]")],
+)
+def test_bad_targets(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        TargetConfig(**kwargs)
