@@ -76,6 +76,15 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _claim_work_dir(path: Path, fingerprint: str) -> None:
+    """Epoch checkpoints in ``path`` may only resume the same computation: clear them if it changed."""
+    marker = path / "FINGERPRINT"
+    if path.exists() and (not marker.exists() or marker.read_text() != fingerprint):
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, fingerprint)
+
+
 class _State:
     """``state.json``: finished steps keyed by name, each with the fingerprint it was computed for."""
 
@@ -147,6 +156,7 @@ class _Run:
                 self.measurements.append(Measurement.from_json(done["measurement"]))
             else:
                 self.state.invalidate_after(name)
+                _claim_work_dir(self.out / "work" / name, fp)
                 model = self._teacher(spec, name, i, ctx)
             if i == 0:
                 self.baseline_outputs = outputs_on(model, self.data, self.recipe.evaluate)
@@ -201,6 +211,7 @@ class _Run:
             self.state.invalidate_after(name)
             self.events(f"stage {i + 1}/{len(self.recipe.stages)} {spec.kind}")
             ctx.stage_index = i + 1
+            _claim_work_dir(ctx.stage_dir(spec.kind), fp)
             seed_everything(self.recipe.seed + i + 1)
             stage = STAGES.get(spec.kind)(spec.config)
             start = time.perf_counter()
