@@ -66,3 +66,43 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_dir(path: Path) -> None:
+    """Settle an :func:`atomic_dir` swap that a killed process left half done.
+
+    Between its two renames only ``.<name>.old`` exists: put it back. If both exist, the swap
+    finished and the old copy is garbage.
+    """
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not old.is_dir():
+        return
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(old, path)
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete what killed writers left under ``root`` (``.<name>.<random>.tmp``) and settle dir swaps.
+
+    Only call this on a directory no other process is writing to (``--resume`` of a run).
+    Returns the paths that were removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    for old in sorted(root.rglob(".*.old"), key=lambda p: len(p.parts)):
+        if old.is_dir():
+            recover_dir(old.with_name(old.name[1:-len(".old")]))
+    removed = []
+    for tmp in sorted(root.rglob(".*.tmp"), key=lambda p: len(p.parts)):
+        if not tmp.exists() and not tmp.is_symlink():
+            continue  # inside a temporary directory removed just before
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
