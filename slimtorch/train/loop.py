@@ -1,14 +1,18 @@
 """The one small training loop that teacher training, fine-tuning, distillation and LoRA share.
 
 AdamW + cosine schedule, validation each epoch, early stopping with the best weights kept,
-per-epoch checkpoints for ``--resume`` (safetensors + a ``weights_only`` optimizer state), and a
-stop with a clear error on a non-finite loss that keeps the last good checkpoint.
+per-epoch checkpoints for ``--resume`` (safetensors + a ``weights_only`` optimizer state, written
+as one directory swap so a kill never leaves a mixed checkpoint), a stop with a clear error on a
+non-finite loss that keeps the last good checkpoint, and a stop when the step's time budget
+(``resources.max_stage_seconds``) runs out.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +25,17 @@ from torch.utils.data import DataLoader
 
 from slimtorch.core import Batch, RunContext, seed_everything
 from slimtorch.errors import ArtifactError, TrainingError
-from slimtorch.io import atomic_write_bytes, atomic_write_json
+from slimtorch.io import atomic_dir, atomic_write_bytes, atomic_write_json, recover_dir
+from slimtorch.resources import over_time_budget
+from slimtorch.version import __version__
 
 log = logging.getLogger(__name__)
 
 # loss_fn(model, x, y) -> scalar loss; ``y`` may contain UNLABELED (-1) entries.
 LossFn = Callable[[nn.Module, Batch, Tensor], Tensor]
+
+# Bump when the checkpoint layout changes; a checkpoint of another version is refused, not guessed at.
+CHECKPOINT_VERSION = 1
 
 
 class TrainConfig(BaseModel):
@@ -50,6 +59,7 @@ class FitResult:
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int = 0
+    stopped_by_time_budget: bool = False
 
 
 def _state_bytes(model: nn.Module) -> dict[str, Tensor]:
@@ -57,18 +67,22 @@ def _state_bytes(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, meta: dict[str, Any]) -> None:
-    """Write model (safetensors), optimizer/scheduler state and meta atomically, meta last."""
+    """Write model (safetensors), optimizer/scheduler state and meta as one unit.
+
+    The three files go into a temporary directory that replaces ``path`` by rename, so a process
+    killed at any moment leaves either the previous checkpoint or the new one, never a mix.
+    """
     import io
 
     from safetensors.torch import save
 
-    path.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path / "model.safetensors", save(_dedupe(state)))
     buf = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buf)
-    atomic_write_bytes(path / "optim.pt", buf.getvalue())
-    atomic_write_json(path / "meta.json", meta)
+    with atomic_dir(path) as tmp:
+        atomic_write_bytes(tmp / "model.safetensors", save(_dedupe(state)))
+        atomic_write_bytes(tmp / "optim.pt", buf.getvalue())
+        atomic_write_json(tmp / "meta.json", {**meta, "checkpoint_version": CHECKPOINT_VERSION, "slimtorch_version": __version__})
 
 
 def _dedupe(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -84,20 +98,42 @@ def _dedupe(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore a checkpoint written by :func:`save_checkpoint`; corrupted files raise ArtifactError."""
-    import json
+    """Restore a checkpoint written by :func:`save_checkpoint`.
 
+    The optimizer state is read with ``torch.load(weights_only=True)``: a pickle that would import
+    or call anything besides tensors and plain containers is refused, never executed.
+
+    Raises:
+        ArtifactError: the checkpoint is corrupted, truncated, unsafe, or from another checkpoint version.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         meta = json.loads((path / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"checkpoint {path} is corrupted or incomplete ({exc}); delete it to start the stage again.") from exc
+    version = meta.get("checkpoint_version") if isinstance(meta, dict) else None
+    if version != CHECKPOINT_VERSION:
+        raise ArtifactError(
+            f"checkpoint {path} was written by slimtorch {meta.get('slimtorch_version', '?') if isinstance(meta, dict) else '?'} "
+            f"(checkpoint format {version}); this slimtorch ({__version__}) reads format {CHECKPOINT_VERSION}. "
+            "Delete it (or run with --force) to start the stage again."
+        )
+    try:
         model.load_state_dict(load_file(str(path / "model.safetensors")))
         extra = torch.load(path / "optim.pt", weights_only=True)
-    except (OSError, json.JSONDecodeError, SafetensorError, RuntimeError, KeyError) as exc:
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        for key in ("epoch", "steps", "history", "best_metric", "best_epoch"):
+            meta[key]  # noqa: B018 - fail here, inside the handler, when the meta is incomplete
+    except pickle.UnpicklingError as exc:
+        raise ArtifactError(
+            f"checkpoint {path}/optim.pt holds objects other than tensors, so it was refused without running it "
+            f"({str(exc).splitlines()[0]}). slimtorch never unpickles code; delete the checkpoint to start the stage again."
+        ) from exc
+    except (OSError, SafetensorError, RuntimeError, KeyError, ValueError, TypeError, EOFError) as exc:
         raise ArtifactError(f"checkpoint {path} is corrupted or incomplete ({exc}); delete it to start the stage again.") from exc
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
     return meta
 
 
@@ -136,6 +172,9 @@ def fit(
     result = FitResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0)
     best_state = _state_bytes(model)
     start_epoch = 0
+    if checkpoint_dir is not None:
+        recover_dir(checkpoint_dir / "last")
+        recover_dir(checkpoint_dir / "best")
     if checkpoint_dir is not None and (checkpoint_dir / "last" / "meta.json").exists():
         meta = load_checkpoint(checkpoint_dir / "last", model, optimizer, scheduler)
         start_epoch = result.resumed_from_epoch = meta["epoch"] + 1
@@ -152,6 +191,8 @@ def fit(
         advance(start_epoch * len(loader))
         for epoch in range(start_epoch, config.epochs):
             if config.max_steps and result.steps >= config.max_steps:
+                break
+            if result.stopped_by_time_budget or _out_of_time(result, description, epoch):
                 break
             # Same shuffles and dropout whether or not we resumed: reseed per epoch, loader generator too.
             torch.manual_seed(ctx.seed * 1000 + epoch)
@@ -178,6 +219,8 @@ def fit(
                 advance(1, loss=total / count)
                 if config.max_steps and result.steps >= config.max_steps:
                     break
+                if _out_of_time(result, description, epoch):
+                    break
             model.eval()
             metric = evaluate(model) if evaluate is not None else -total / max(count, 1)
             result.history.append({"epoch": epoch, "loss": total / max(count, 1), "val": metric})
@@ -198,3 +241,16 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+def _out_of_time(result: FitResult, description: str, epoch: int) -> bool:
+    """True (once noted on the budget) when the step's ``resources.max_stage_seconds`` ran out."""
+    budget = over_time_budget()
+    if budget is None:
+        return False
+    result.stopped_by_time_budget = True
+    budget.notes.append(
+        f"{description}: stopped in epoch {epoch} after step {result.steps} because resources.max_stage_seconds="
+        f"{budget.seconds:g} s ran out; the best weights so far were kept. Raise the limit or lower the epochs."
+    )
+    return True
