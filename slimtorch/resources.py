@@ -1,23 +1,98 @@
-"""Resource limits from the recipe's ``resources:`` block, checked before work starts."""
+"""Resource limits from the recipe's ``resources:`` block.
+
+- ``max_params`` / ``max_memory_mb``: checked on every model the run builds (teachers, the student,
+  an auto-derived student) *before* any training, so a model that cannot fit fails in seconds.
+  The memory figure is an estimate of what training needs: fp32 weights + gradients + AdamW's two
+  moment buffers (4 × the weights); a model that is only measured needs its weights.
+- ``max_stage_seconds``: a wall-time budget per step (teacher training or one stage). Training loops
+  check it after every optimizer step; when it runs out they stop, keep the best weights so far and
+  the stage gets a note saying where it stopped (:func:`time_budget`, :func:`over_time_budget`).
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from slimtorch.errors import RecipeError
 
+if TYPE_CHECKING:
+    from slimtorch.recipe.schema import ResourceSpec
 
-def check_model_fits(model: nn.Module, limits: "ResourceSpec", ref: str) -> None:  # noqa: F821
-    """Raise before any training when a model is over the recipe's parameter or memory budget."""
+# fp32 weights + gradients + AdamW exp_avg + exp_avg_sq
+TRAINING_MEMORY_FACTOR = 4
+
+
+def model_memory_mb(model: nn.Module, training: bool) -> float:
+    """Estimated MB a model needs: its weights, or weights + grads + AdamW state when it is trained."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    factor = TRAINING_MEMORY_FACTOR if training else 1
+    return weights * factor / 2**20
+
+
+def check_model_fits(model: nn.Module, limits: ResourceSpec, ref: str, *, training: bool = False) -> None:
+    """Raise before any work when a model is over the recipe's parameter or memory budget.
+
+    Raises:
+        RecipeError: with the model's size, the limit, and what to change.
+    """
     params = sum(p.numel() for p in model.parameters())
-    weight_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     if limits.max_params is not None and params > limits.max_params:
         raise RecipeError(
             f"model {ref!r} has {params:,} parameters, over resources.max_params={limits.max_params:,}. "
             "Pick a smaller model or raise the limit."
         )
-    if limits.max_memory_mb is not None and weight_mb > limits.max_memory_mb:
-        raise RecipeError(
-            f"model {ref!r} needs {weight_mb:.1f} MB for its weights alone, over resources.max_memory_mb={limits.max_memory_mb}. "
-            "Pick a smaller model or raise the limit."
-        )
+    if limits.max_memory_mb is not None:
+        need = model_memory_mb(model, training)
+        if need > limits.max_memory_mb:
+            what = "to train (weights, gradients and AdamW state: 4× the fp32 weights)" if training else "for its weights alone"
+            raise RecipeError(
+                f"model {ref!r} needs about {need:.1f} MB {what}, over resources.max_memory_mb={limits.max_memory_mb:g}. "
+                "Pick a smaller model or raise the limit."
+            )
+
+
+@dataclass
+class TimeBudget:
+    """A wall-time budget in force for the current step; training loops add notes when they stop on it."""
+
+    seconds: float
+    deadline: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_exhausted(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+_BUDGET: ContextVar[TimeBudget | None] = ContextVar("slimtorch_time_budget", default=None)
+
+
+@contextmanager
+def time_budget(seconds: float | None) -> Iterator[TimeBudget | None]:
+    """Put a wall-time budget in force for the block (``None``: no budget); yields it (or None).
+
+    Example:
+        >>> with time_budget(60) as budget:  # doctest: +SKIP
+        ...     model, record = stage.apply(model, ctx)
+        >>> record.notes += budget.notes  # doctest: +SKIP
+    """
+    budget = None if seconds is None else TimeBudget(seconds, time.monotonic() + seconds)
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+def over_time_budget() -> TimeBudget | None:
+    """The budget in force if it has run out, else None (training loops call this after each step)."""
+    budget = _BUDGET.get()
+    return budget if budget is not None and budget.is_exhausted else None
