@@ -26,20 +26,22 @@ from slimtorch import artifact
 from slimtorch.core import STAGES, RunContext, StageRecord, _silent_task, seed_everything
 from slimtorch.data import DataBundle, build_data
 from slimtorch.errors import OutputDirError, RecipeError
-from slimtorch.io import atomic_write_json, atomic_write_text
+from slimtorch.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from slimtorch.measure import Measurement, measure, outputs_on
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.models import build_model
 from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import ModelSpec, StageSpec
 from slimtorch.report import build_report, write_report
-from slimtorch.resources import check_model_fits
+from slimtorch.resources import check_model_fits, time_budget
 from slimtorch.train import cross_entropy, fit
 from slimtorch.version import __version__
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+# Stages that may train the model they are given (their memory need is weights + grads + AdamW state).
+TRAINING_STAGES = frozenset({"distill", "finetune", "lora", "prune"})
 RUN_MARKERS = (STATE_FILE, "report.json", "recipe.yaml")
 
 
@@ -63,6 +65,10 @@ def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
         if not any((out / m).exists() for m in RUN_MARKERS):
             raise OutputDirError(f"--force refuses to delete {out}: it does not look like a slimtorch run (no {STATE_FILE}/report.json). Choose another --out.")
         shutil.rmtree(out)
+    if resume:
+        # A killed run may have left half-written temporaries; they are never part of a result.
+        for path in remove_stale_temporaries(out):
+            log.info("removed %s left by an interrupted run", path)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -139,10 +145,13 @@ class _Run:
         self.measurements.append(m)
         return m
 
-    def _build(self, spec: ModelSpec) -> nn.Module:
+    def _build(self, spec: ModelSpec, training: bool) -> nn.Module:
         model = build_model(str(spec.model), spec.args, input_shape=self.data.input_shape, num_classes=self.data.num_classes)
-        check_model_fits(model, self.recipe.resources, spec.model)
+        check_model_fits(model, self.recipe.resources, spec.model, training=training)
         return model
+
+    def _trains_student(self) -> bool:
+        return any(s.kind in TRAINING_STAGES for s in self.recipe.stages) or self.recipe.target is not None
 
     def teachers(self, ctx: RunContext) -> list[nn.Module]:
         teachers = []
@@ -154,42 +163,56 @@ class _Run:
                 self.events(f"{name}: reusing finished model")
                 model = artifact.load(self.out / "models" / name)
                 self.measurements.append(Measurement.from_json(done["measurement"]))
+                if done.get("row"):
+                    self.stage_rows.append(done["row"])
             else:
                 self.state.invalidate_after(name)
                 _claim_work_dir(self.out / "work" / name, fp)
-                model = self._teacher(spec, name, i, ctx)
+                model, row = self._teacher(spec, name, i, ctx)
             if i == 0:
                 self.baseline_outputs = outputs_on(model, self.data, self.recipe.evaluate)
             if not done:
                 m = self._save_and_measure(model, name, "teacher")
-                self.state.save(name, {"fingerprint": fp, "measurement": m.to_json(), "seconds": m.seconds})
+                self.state.save(name, {"fingerprint": fp, "measurement": m.to_json(), "seconds": m.seconds, "row": row})
             teachers.append(model)
         return teachers
 
-    def _teacher(self, spec: ModelSpec, name: str, i: int, ctx: RunContext) -> nn.Module:
-        model = self._build(spec)
+    def _teacher(self, spec: ModelSpec, name: str, i: int, ctx: RunContext) -> tuple[nn.Module, dict[str, Any] | None]:
+        # Seed before building: a resumed run must initialise exactly as an uninterrupted one.
+        seed_everything(self.recipe.seed + 1000 * i)
+        model = self._build(spec, training=spec.train is not None)
         if spec.train is None:
-            return model.eval()
+            return model.eval(), None
         if self.data.task != "classification":
             raise RecipeError(f"teacher {name!r}: `train` needs a labeled classification dataset; give a trained model instead (omit `train`).")
         self.events(f"{name}: training {spec.train.epochs} epochs")
-        seed_everything(self.recipe.seed + 1000 * i)
         start = time.perf_counter()
         loader = self.data.loader("train", spec.train.batch_size, shuffle=True, seed=self.recipe.seed)
-        fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
-            checkpoint_dir=self.out / "work" / name, description=f"train {name}")
-        self.stage_rows.append({"name": f"train_{name}", "seconds": round(time.perf_counter() - start, 3), "status": "done"})
-        return model
+        with time_budget(self.recipe.resources.max_stage_seconds) as budget:
+            fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
+                checkpoint_dir=self.out / "work" / name, description=f"train {name}")
+        row: dict[str, Any] = {"name": f"train_{name}", "seconds": round(time.perf_counter() - start, 3), "status": "done"}
+        if budget is not None and budget.notes:
+            row.update(status="stopped at time budget", notes=list(budget.notes))
+        self.stage_rows.append(row)
+        return model, row
 
     def initial_model(self, teacher: nn.Module) -> nn.Module:
         spec = self.recipe.student
+        # The student's initialisation must not depend on whether the teacher was trained or reloaded.
+        seed_everything(self.recipe.seed + 500)
         if spec is None:
-            return copy.deepcopy(teacher)
+            model = copy.deepcopy(teacher)
+            check_model_fits(model, self.recipe.resources, "student (a copy of the teacher)", training=self._trains_student())
+            return model
         if spec.auto is not None:
             from slimtorch.distill.auto_student import derive_student
 
-            return derive_student(teacher, width=spec.auto.width, depth=spec.auto.depth)
-        return self._build(spec)
+            model = derive_student(teacher, width=spec.auto.width, depth=spec.auto.depth)
+            check_model_fits(model, self.recipe.resources, f"student (auto: width {spec.auto.width:g}, depth {spec.auto.depth:g})",
+                             training=self._trains_student())
+            return model
+        return self._build(spec, training=self._trains_student())
 
     # -- stages -------------------------------------------------------------------------------
     def stages(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, str]:
@@ -215,8 +238,12 @@ class _Run:
             seed_everything(self.recipe.seed + i + 1)
             stage = STAGES.get(spec.kind)(spec.config)
             start = time.perf_counter()
-            model, record = stage.apply(model, ctx)
+            with time_budget(self.recipe.resources.max_stage_seconds) as budget:
+                model, record = stage.apply(model, ctx)
             record.seconds = time.perf_counter() - start
+            if budget is not None and budget.notes:
+                record.status = "stopped at time budget"
+                record.notes.extend(budget.notes)
             self.records.append(record)
             measured = [self._save_and_measure(model, name, spec.kind)]
             for extra_name, extra in record.extra_models:
