@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from slimtorch import artifact
 from slimtorch.core import RunContext, forward
 from slimtorch.data import build_data
+from slimtorch.data import text as _text_source  # noqa: F401  (registers the "text" data source)
 from slimtorch.export import to_ort
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.measure.latency import time_latency

@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from slimtorch.errors import MissingExtraError, UnsupportedModuleError
 
@@ -42,10 +43,51 @@ def resolve_targets(model: nn.Module, patterns: list[str] | None) -> list[str]:
     return chosen
 
 
-def attach_lora(model: nn.Module, targets: list[str], rank: int, lora_alpha: float, dropout: float) -> nn.Module:
-    """Wrap ``model`` in a peft model with LoRA on ``targets``; only the adapters require grad."""
+MASK_ATTR = "slimtorch_lora_mask"  # a 0/1 tensor set on a pruned Linear: its LoRA update is masked too
+
+
+def _masked_linear_class() -> type:
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    class MaskedLoraLinear(LoraLinear):
+        """peft's LoRA Linear whose update ``ΔW = s·B·A`` is multiplied by the layer's pruning mask.
+
+        Training and merging then agree with the sparsity pattern: ``W' = W + ΔW ⊙ M`` has the zeros of ``W``.
+        """
+
+        def _mask(self) -> Tensor | None:
+            return getattr(self.get_base_layer(), MASK_ATTR, None)
+
+        def get_delta_weight(self, adapter: str) -> Tensor:
+            delta = super().get_delta_weight(adapter)
+            mask = self._mask()
+            return delta if mask is None else delta * mask.to(delta.dtype)
+
+        def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            if self._mask() is None or self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
+                return super().forward(x, *args, **kwargs)
+            result = self.base_layer(x, *args, **kwargs)
+            for name in self.active_adapters:
+                if name in self.lora_A:
+                    result = result + F.linear(self.lora_dropout[name](x), self.get_delta_weight(name).to(x.dtype))
+            return result
+
+    return MaskedLoraLinear
+
+
+def attach_lora(model: nn.Module, targets: list[str], rank: int, lora_alpha: float, dropout: float,
+                masks: dict[str, Tensor] | None = None) -> nn.Module:
+    """Wrap ``model`` in a peft model with LoRA on ``targets``; only the adapters require grad.
+
+    ``masks`` (fqn -> 0/1 weight mask of a pruned Linear) restrict those layers' updates to kept weights.
+    """
     peft = _peft()
     config = peft.LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    masked = {fqn: m for fqn, m in (masks or {}).items() if fqn in targets and isinstance(model.get_submodule(fqn), nn.Linear)}
+    if masked:
+        config._register_custom_module({nn.Linear: _masked_linear_class()})
+        for fqn, mask in masked.items():
+            setattr(model.get_submodule(fqn), MASK_ATTR, mask)
     return peft.get_peft_model(model, config)
 
 
@@ -58,4 +100,7 @@ def merge_lora(peft_model: nn.Module) -> nn.Module:
     plain = peft_model.merge_and_unload(safe_merge=True)
     for p in plain.parameters():
         p.requires_grad_(True)
+    for module in plain.modules():
+        if hasattr(module, MASK_ATTR):
+            delattr(module, MASK_ATTR)
     return plain

@@ -22,7 +22,7 @@ class LoraConfig(BaseModel):
     )
     epochs: int = Field(2, ge=1, description="passes over the training data (same budget for the full fine-tune)")
     max_steps: int | None = Field(None, ge=1, description="cap on optimizer steps (both runs)")
-    lr: float = Field(2e-3, gt=0, description="AdamW learning rate of the adapters")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the adapters")
     batch_size: int | None = Field(None, gt=0, description="defaults to data.batch_size")
     use_teacher: bool = Field(True, description="distil from ctx.teacher when the recipe has one, else train on labels")
     temperature: float = Field(2.0, gt=0, description="softmax temperature of the distillation loss")

@@ -104,7 +104,7 @@ class LoraStage:
         work = bake_parametrizations_(copy.deepcopy(model))
         targets = _peft.resolve_targets(work, cfg.target_modules)
         total = sum(p.numel() for p in work.parameters())
-        adapted = _peft.attach_lora(work, targets, cfg.rank, cfg.lora_alpha, cfg.dropout)
+        adapted = _peft.attach_lora(work, targets, cfg.rank, cfg.lora_alpha, cfg.dropout, masks if cfg.keep_sparsity else None)
         n_trainable = _peft.trainable_params(adapted)
         lora_run = self._train(adapted, ctx, cfg.lr, "adapters", loss_fn)
         adapted.eval()
@@ -118,8 +118,8 @@ class LoraStage:
         dense_after = self._metric(merged, ctx) if masks else None
         if masks and cfg.keep_sparsity:
             _reapply_masks_(merged, masks)
-            notes.append(f"pruning masks of {len(masks)} layers were re-applied to the merged weights "
-                         "(the LoRA update is dense); the metric below is after re-masking.")
+            notes.append(f"the LoRA updates of {len(masks)} pruned layers were masked like their weights, so the merged "
+                         "model keeps its sparsity; the masks are re-applied as parametrizations.")
         elif masks:
             notes.append("lora.keep_sparsity is false: the merged model is dense again.")
         merged.slimtorch_spec = getattr(model, "slimtorch_spec", None)

@@ -67,3 +67,23 @@ def test_trainable_params_are_only_the_adapters(digits):
     adapted = _peft.attach_lora(model, ["net.1"], rank=2, lora_alpha=4, dropout=0.0)
     assert _peft.trainable_params(adapted) == 2 * (64 + 32)
     assert isinstance(adapted.base_model.model.net[2], nn.ReLU)
+
+
+def test_masked_update_keeps_the_zeros_and_merges_exactly(digits):
+    torch.manual_seed(0)
+    model = build_model("mlp", {"hidden": [32]}, input_shape=digits.input_shape, num_classes=10).eval()
+    mask = (torch.rand_like(model.net[1].weight) > 0.7).float()
+    with torch.no_grad():
+        model.net[1].weight.mul_(mask)
+    adapted = _peft.attach_lora(model, ["net.1"], rank=4, lora_alpha=8, dropout=0.0, masks={"net.1": mask})
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    x = digits.example_batch(8)
+    with torch.no_grad():
+        expected = adapted(x)
+        merged = _peft.merge_lora(adapted)
+        torch.testing.assert_close(merged(x), expected, atol=1e-5, rtol=0)
+    assert torch.equal(merged.net[1].weight == 0, mask == 0)
+    assert not hasattr(merged.net[1], _peft.MASK_ATTR)
