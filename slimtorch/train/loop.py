@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from slimtorch.core import Batch, RunContext, seed_everything
-from slimtorch.errors import ArtifactError, TrainingError
+from slimtorch.errors import ArtifactError, TrainingError, UnsupportedModuleError
 from slimtorch.io import atomic_dir, atomic_write_bytes, atomic_write_json, recover_dir
 from slimtorch.resources import over_time_budget
 from slimtorch.version import __version__
@@ -164,6 +164,11 @@ def fit(
     """
     seed_everything(ctx.seed)
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise UnsupportedModuleError(
+            f"{description}: {type(model).__name__} has no trainable parameters, so there is nothing to train. "
+            "Remove the training stage (or its epochs), or give a model with parameters."
+        )
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = max(1, config.epochs * len(loader))
     if config.max_steps:
