@@ -54,7 +54,7 @@ def check_model_fits(model: nn.Module, limits: ResourceSpec, ref: str, *, traini
         if need > limits.max_memory_mb:
             what = "to train (weights, gradients and AdamW state: 4× the fp32 weights)" if training else "for its weights alone"
             raise RecipeError(
-                f"model {ref!r} needs about {need:.1f} MB {what}, over resources.max_memory_mb={limits.max_memory_mb:g}. "
+                f"model {ref!r} needs about {need:.3g} MB {what}, over resources.max_memory_mb={limits.max_memory_mb:g}. "
                 "Pick a smaller model or raise the limit."
             )
 
