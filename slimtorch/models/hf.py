@@ -99,13 +99,15 @@ def load_hf(name: str, kind: HFKind = "encoder", config: dict[str, Any] | None =
         return HFModel(hf.eval(), None, kind)
     path = resolve_hf_path(name)
     try:
-        hf = auto.from_pretrained(path)
-    except OSError as exc:
+        # Weights from safetensors only and no repository code: loading a model never runs code from its files.
+        hf = auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
         raise ModelRefError(
             f"cannot load Hugging Face model {name!r}: {str(exc).splitlines()[0]} "
-            "Give a local directory with config.json (no hub access at run time), or 'minilm' for the packaged all-MiniLM-L6-v2."
+            "Give a local directory with config.json and model.safetensors (no hub access at run time; pickled .bin weights and "
+            "repository code are never loaded: re-save with save_pretrained(safe_serialization=True)), or 'minilm' for the packaged all-MiniLM-L6-v2."
         ) from exc
     tokenizer = None
     if Path(path).is_dir() and any((Path(path) / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-        tokenizer = tf.AutoTokenizer.from_pretrained(path)
+        tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     return HFModel(hf.eval(), tokenizer, kind)
