@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -46,3 +47,17 @@ def test_worker_failure_is_reported(digits: DataBundle, digits_teacher: torch.nn
         pytest.skip("nccl works on this machine")
     with pytest.raises(TrainingError, match="distill.ddp: a worker failed"):
         DistillStage(cfg).apply(_student(digits), RunContext(data=digits, teacher=digits_teacher, work_dir=tmp_path))
+
+
+@pytest.mark.slow
+def test_stage_under_torchrun_trains_with_ddp(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    worker = Path(__file__).with_name("torchrun_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker), str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["world_size"] == 2 and result["accuracy"] > 0.85
