@@ -167,4 +167,31 @@ def block_quantize_embeddings(onnx_bytes: bytes, block_size: int = 32) -> tuple[
         quantizer.process()
     finally:
         logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(previous)
-    return quantizer.model.model.SerializeToString(), targets
+    model = quantizer.model.model
+    _repack_uint4_as_uint8_(model)
+    return model.SerializeToString(), targets
+
+
+def _repack_uint4_as_uint8_(model: Any) -> None:
+    """Store ``GatherBlockQuantized`` 4-bit tables as uint8 (two codes a byte, ``bits=4``), not ONNX uint4.
+
+    Same bytes and same results in onnxruntime; tools that read initializers with numpy (size and
+    parameter counts) then see plain uint8 instead of the ml_dtypes ``uint4`` type.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "GatherBlockQuantized":
+            continue
+        for index in (0, 3):  # data, zero_points
+            init = inits.get(node.input[index]) if len(node.input) > index else None
+            if init is None or init.data_type != onnx.TensorProto.UINT4:
+                continue
+            codes = numpy_helper.to_array(init).astype(np.uint8)  # (..., D) values 0..15
+            packed = codes[..., 0::2] | (codes[..., 1::2] << 4)  # (..., D/2), low nibble first
+            model.graph.initializer.remove(init)
+            model.graph.initializer.append(numpy_helper.from_array(packed, init.name))
+        if not any(a.name == "bits" for a in node.attribute):
+            node.attribute.append(helper.make_attribute("bits", 4))
