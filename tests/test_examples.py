@@ -1,0 +1,45 @@
+"""Every example recipe validates, and runs end to end with its training cut to a minimum."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimtorch.pipeline import compress
+from slimtorch.recipe import load_recipe
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+# caps that keep each example to seconds: the recipe's shape is what is under test here
+CAPS = {"epochs": 1, "finetune_epochs": 1, "iterations": 2, "repeats": 3, "warmup": 0, "max_sentences": 48,
+        "num_samples": 600, "calibration_batches": 2, "max_eval_examples": 32, "max_batches": 1}
+
+
+def smoke(value, key=None):
+    if isinstance(value, dict):
+        return {k: smoke(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [smoke(v, key) for v in value]
+    if key in CAPS and isinstance(value, int) and not isinstance(value, bool):
+        return min(value, CAPS[key])
+    return value
+
+
+def test_there_are_examples():
+    assert len(EXAMPLES) >= 10
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_validates(path):
+    load_recipe(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs_end_to_end(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # module:function references resolve from the root
+    raw = smoke(yaml.safe_load(path.read_text()))
+    result = compress(raw, tmp_path / path.stem)
+    report = result.report
+    assert (tmp_path / path.stem / "report.md").exists()
+    assert report["final"] == report["models"][-1]["name"] or any(m["name"] == report["final"] for m in report["models"])
+    assert all(s["status"] == "done" for s in report["stages"])
