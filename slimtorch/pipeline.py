@@ -130,6 +130,7 @@ class _Run:
         self.stage_rows: list[dict[str, Any]] = []
         self.records: list[StageRecord] = []
         self.baseline_outputs: Tensor | None = None
+        self.student: nn.Module | None = None
         self.data: DataBundle
 
     # -- models -------------------------------------------------------------------------------
@@ -181,6 +182,8 @@ class _Run:
         # Seed before building: a resumed run must initialise exactly as an uninterrupted one.
         seed_everything(self.recipe.seed + 1000 * i)
         model = self._build(spec, training=spec.train is not None)
+        if i == 0:
+            self._check_student_early(model)  # before the teacher trains
         if spec.train is None:
             return model.eval(), None
         if self.data.task != "classification":
@@ -197,22 +200,38 @@ class _Run:
         self.stage_rows.append(row)
         return model, row
 
-    def initial_model(self, teacher: nn.Module) -> nn.Module:
-        spec = self.recipe.student
+    def _build_student(self, spec: ModelSpec) -> nn.Module:
         # The student's initialisation must not depend on whether the teacher was trained or reloaded.
         seed_everything(self.recipe.seed + 500)
+        return self._build(spec, training=self._trains_student())
+
+    def _check_student_early(self, teacher: nn.Module) -> None:
+        """Check the student against the resource limits as soon as the (untrained) teacher exists."""
+        spec = self.recipe.student
+        if spec is not None and spec.model is not None:
+            self.student = self._build_student(spec)
+        else:
+            self._derived_student(teacher, copy_teacher=False)
+
+    def _derived_student(self, teacher: nn.Module, *, copy_teacher: bool = True) -> nn.Module:
+        """The student made from the teacher (a copy, or ``auto``), checked against the resource limits."""
+        spec = self.recipe.student
         if spec is None:
-            model = copy.deepcopy(teacher)
-            check_model_fits(model, self.recipe.resources, "student (a copy of the teacher)", training=self._trains_student())
-            return model
-        if spec.auto is not None:
+            model, what = (copy.deepcopy(teacher) if copy_teacher else teacher), "student (a copy of the teacher)"
+        else:
             from slimtorch.distill.auto_student import derive_student
 
             model = derive_student(teacher, width=spec.auto.width, depth=spec.auto.depth)
-            check_model_fits(model, self.recipe.resources, f"student (auto: width {spec.auto.width:g}, depth {spec.auto.depth:g})",
-                             training=self._trains_student())
-            return model
-        return self._build(spec, training=self._trains_student())
+            what = f"student (auto: width {spec.auto.width:g}, depth {spec.auto.depth:g})"
+        check_model_fits(model, self.recipe.resources, what, training=self._trains_student())
+        return model
+
+    def initial_model(self, teacher: nn.Module) -> nn.Module:
+        spec = self.recipe.student
+        if spec is not None and spec.model is not None:
+            return self.student if self.student is not None else self._build_student(spec)
+        seed_everything(self.recipe.seed + 500)
+        return self._derived_student(teacher)
 
     # -- stages -------------------------------------------------------------------------------
     def stages(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, str]:
