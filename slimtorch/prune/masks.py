@@ -51,7 +51,8 @@ def raw_weight(module: nn.Module) -> nn.Parameter:
 
 def set_mask_(module: nn.Module, mask: Tensor) -> None:
     """Mask ``module.weight`` with ``mask`` (replacing any earlier mask) and zero the removed originals."""
-    mask = mask.to(dtype=module.weight.dtype, device=module.weight.device)
+    # contiguous: a broadcast (expanded) mask would share memory and break load_state_dict/copy_
+    mask = mask.to(dtype=module.weight.dtype, device=module.weight.device).contiguous()
     current = mask_of(module)
     if current is None:
         parametrize.register_parametrization(module, "weight", Mask(mask))
