@@ -36,6 +36,8 @@ def test_example_validates(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_end_to_end(path, tmp_path, monkeypatch):
+    if path.stem.startswith("torchvision"):
+        pytest.skip("torchvision examples run in tests/test_vision.py (make test-vision)")
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # module:function references resolve from the root
     raw = smoke(yaml.safe_load(path.read_text()))
     result = compress(raw, tmp_path / path.stem)

@@ -54,6 +54,23 @@ def mnist1d(seed: int = 0, num_samples: int = 5000) -> dict[str, Any]:
     return {"train": _tensors(*train), "val": _tensors(*val), "test": _tensors(*test), "num_classes": 10}
 
 
+@DATA_SOURCES.register("synthetic")
+def synthetic(
+    seed: int = 0, shape: tuple[int, ...] | list[int] = (3, 224, 224), num_classes: int = 1000, num_samples: int = 96
+) -> dict[str, Any]:
+    """Gaussian inputs with random labels: for measuring size and speed of a model without its data.
+
+    Accuracy on it is meaningless (chance); the report's latency, MACs and size are what count.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_samples, *shape, generator=generator)
+    y = torch.randint(0, num_classes, (num_samples,), generator=generator)
+    cut = [int(num_samples * 0.6), int(num_samples * 0.8)]
+    parts = [slice(0, cut[0]), slice(cut[0], cut[1]), slice(cut[1], None)]
+    train, val, test = (TensorDataset(x[p], y[p]) for p in parts)
+    return {"train": train, "val": val, "test": test, "num_classes": num_classes}
+
+
 class Unlabeled(Dataset):
     """Wrap a dataset so every label reads ``UNLABELED``: the labels are hidden, not just ignored."""
 
