@@ -197,7 +197,9 @@ def fit(
         for epoch in range(start_epoch, config.epochs):
             if config.max_steps and result.steps >= config.max_steps:
                 break
-            if result.stopped_by_time_budget or _out_of_time(result, description, epoch):
+            # A time budget stops training only after at least one optimizer step (one-time set-up costs
+            # such as the optimizer's first import must not leave a stage untrained).
+            if result.stopped_by_time_budget or (result.steps > 0 and _out_of_time(result, description, epoch)):
                 break
             # Same shuffles and dropout whether or not we resumed: reseed per epoch, loader generator too.
             torch.manual_seed(ctx.seed * 1000 + epoch)
