@@ -98,13 +98,14 @@ def test_fit_stops_mid_epoch_at_the_time_budget_with_a_note(digits, tmp_path):
     assert meta["steps"] == result.steps  # the partial epoch is evaluated and checkpointed
 
 
-def test_an_exhausted_budget_trains_nothing(digits, tmp_path):
+def test_an_exhausted_budget_still_takes_one_step(digits, tmp_path):
+    """Set-up can eat a small budget (the optimizer's first import takes seconds on a busy machine): train at least one step."""
     model = build_model("mlp", {"hidden": [8]}, input_shape=digits.input_shape, num_classes=10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with time_budget(0.0) as budget:
         result = fit(model, cross_entropy, digits.loader("train"), TrainConfig(epochs=5), RunContext(data=digits, work_dir=tmp_path))
-    assert result.steps == 0 and result.stopped_by_time_budget and "after step 0" in budget.notes[0]
-    assert all((before[k] == v).all() for k, v in model.state_dict().items())
+    assert result.steps == 1 and result.epochs_run == 1 and result.stopped_by_time_budget and "after step 1" in budget.notes[0]
+    assert any((before[k] != v).any() for k, v in model.state_dict().items())
 
 
 def test_no_budget_means_no_stop(digits, tmp_path):
