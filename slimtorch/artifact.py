@@ -8,6 +8,7 @@ Loading never unpickles: weights come from safetensors, ONNX or ``from_pretraine
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from slimtorch.registry import Registry
 from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
 
 SPEC_FILE = "slimtorch.json"
+# Formats registered by engine packages, imported on demand so `load` works in a fresh process.
+_FORMAT_MODULES = {"onnx": "slimtorch.runtime", "torch_quantized": "slimtorch.quantize", "hf_pruned": "slimtorch.prune"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,10 @@ def load(directory: str | Path) -> nn.Module:
     """
     directory = Path(directory)
     spec = read_spec(directory)
-    model = FORMATS.get(spec["format"]).load(directory, spec)
+    fmt = spec.get("format", "torch")
+    if fmt not in FORMATS and fmt in _FORMAT_MODULES:
+        importlib.import_module(_FORMAT_MODULES[fmt])
+    model = FORMATS.get(fmt).load(directory, spec)
     model.slimtorch_spec = spec.get("model")
     return model.eval()
 
