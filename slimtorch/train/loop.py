@@ -125,8 +125,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         extra = torch.load(path / "optim.pt", weights_only=True)
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
-        for key in ("epoch", "steps", "history", "best_metric", "best_epoch"):
-            meta[key]  # noqa: B018 - fail here, inside the handler, when the meta is incomplete
+        missing = [k for k in ("epoch", "steps", "history", "best_metric", "best_epoch") if k not in meta]
+        if missing:
+            raise KeyError(f"meta.json lacks {', '.join(missing)}")
     except pickle.UnpicklingError as exc:
         raise ArtifactError(
             f"checkpoint {path}/optim.pt holds objects other than tensors, so it was refused without running it "
