@@ -75,7 +75,7 @@ def _checkpoint(out: Path, *parts: str) -> Callable[[], bool]:
 
 
 def _finish(proc: subprocess.Popen) -> None:
-    stdout, stderr = proc.communicate(timeout=300)
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
 
 

@@ -15,7 +15,6 @@ import json
 
 import pytest
 import torch
-import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
@@ -50,7 +49,7 @@ def test_prune_stage_reaches_exact_sparsity_and_masked_weights_stay_zero_after_r
     torch.manual_seed(seed)
     model = build_model("mlp", {"hidden": hidden}, input_shape=digits.input_shape, num_classes=10)
     tmp = tmp_path_factory.mktemp("p")
-    out, record = PruneStage(PruneConfig(sparsity=sparsity, granularity="weight", scope="layer")).apply(model, RunContext(data=digits, work_dir=tmp))
+    out, _ = PruneStage(PruneConfig(sparsity=sparsity, granularity="weight", scope="layer")).apply(model, RunContext(data=digits, work_dir=tmp))
     for fqn, module in masked_modules(out).items():
         n = module.weight.numel()
         removed = (module.weight == 0).sum().item()

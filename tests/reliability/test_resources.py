@@ -13,8 +13,8 @@ from slimtorch.core import RunContext
 from slimtorch.errors import RecipeError
 from slimtorch.models import build_model
 from slimtorch.pipeline import compress
-from slimtorch.resources import check_model_fits, model_memory_mb, over_time_budget, time_budget
 from slimtorch.recipe.schema import ResourceSpec
+from slimtorch.resources import check_model_fits, model_memory_mb, over_time_budget, time_budget
 from slimtorch.train import TrainConfig, cross_entropy, fit
 
 HERE = Path(__file__).resolve().parent
@@ -92,8 +92,8 @@ def test_fit_stops_mid_epoch_at_the_time_budget_with_a_note(digits, tmp_path):
         assert over_time_budget() is budget
     assert over_time_budget() is None  # the budget ends with its block
     assert result.stopped_by_time_budget and 1 <= result.steps < len(loader) and result.epochs_run == 1
-    assert budget.notes == [f"train: stopped in epoch 0 after step {result.steps} because resources.max_stage_seconds=0.25 s ran out; "
-                            "the best weights so far were kept. Raise the limit or lower the epochs."]
+    assert budget.notes == [(f"train: stopped in epoch 0 after step {result.steps} because resources.max_stage_seconds=0.25 s ran out; "
+                             "the best weights so far were kept. Raise the limit or lower the epochs.")]
     meta = json.loads((tmp_path / "ck" / "last" / "meta.json").read_text())
     assert meta["steps"] == result.steps  # the partial epoch is evaluated and checkpointed
 
