@@ -100,7 +100,7 @@ class _State:
         if resume and self.path.exists():
             try:
                 self.steps = json.loads(self.path.read_text())["steps"]
-            except (json.JSONDecodeError, KeyError) as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
                 raise OutputDirError(f"{self.path} is corrupted ({exc}); use --force to start the run again.") from exc
 
     def done(self, name: str, fingerprint: str) -> dict[str, Any] | None:
