@@ -125,6 +125,12 @@ def _under_a_file(tmp: Path) -> Path:
     return tmp / "plain-file" / "out"  # mkdir fails with ENOTDIR, even for root
 
 
+def _state_not_an_object(tmp: Path) -> Path:
+    out = _existing_run(tmp)
+    (out / "state.json").write_text('["teacher"]')
+    return out
+
+
 def _corrupted_state(tmp: Path) -> Path:
     out = _existing_run(tmp)
     (out / "state.json").write_text('{"steps": {"teacher": ')
@@ -307,6 +313,8 @@ CASES = [
          r"choose a writable --out", how="compress", recipe=run(), out=lambda tmp: Path("/sys/slimtorch-out")),
     Case("resume-state-corrupted", OutputDirError, r"state\.json is corrupted", r"use --force to start the run again", how="compress",
          recipe=run(), out=_corrupted_state, flags=("--resume",)),
+    Case("resume-state-not-an-object", OutputDirError, r"state\.json is corrupted", r"use --force to start the run again", how="compress",
+         recipe=run(), out=_state_not_an_object, flags=("--resume",)),
     # --- checkpoints and saved models --------------------------------------------------------------
     Case("checkpoint-weights-truncated", ArtifactError, r"checkpoint .*last is corrupted or incomplete", r"delete it to start the stage again",
          api=lambda tmp: _resume_checkpoint(tmp, _truncate("model.safetensors"))),
