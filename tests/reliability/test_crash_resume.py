@@ -123,3 +123,23 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path
         got, want = artifact.load(crashed / "models" / name), artifact.load(straight_out / "models" / name)
         for (k, va), vb in zip(want.state_dict().items(), got.state_dict().values()):
             torch.testing.assert_close(vb, va, atol=1e-6, rtol=0, msg=f"{name}.{k}")
+
+
+def test_resume_cleanup_settles_what_a_killed_writer_left(tmp_path):
+    """The states a SIGKILL can leave inside atomic writes, and what `--resume` makes of them."""
+    from slimtorch.io import remove_stale_temporaries
+
+    run = tmp_path / "run"
+    (run / "models" / ".teacher.k3j.tmp").mkdir(parents=True)  # killed while writing a model directory
+    (run / "models" / ".teacher.k3j.tmp" / "model.safetensors").write_bytes(b"half")
+    (run / ".state.json.x1.tmp").write_text('{"steps": ')  # killed while writing a file
+    ck = run / "work" / "01_distill" / "student"
+    (ck / ".last.old").mkdir(parents=True)  # killed between the two renames of a checkpoint swap
+    (ck / ".last.old" / "meta.json").write_text("{}")
+    (ck / "best").mkdir()
+    (ck / ".best.old").mkdir()  # killed after the swap, before the old copy was removed
+    removed = remove_stale_temporaries(run)
+    assert sorted(p.name for p in removed) == [".state.json.x1.tmp", ".teacher.k3j.tmp"]
+    assert (ck / "last" / "meta.json").exists() and not (ck / ".last.old").exists()
+    assert (ck / "best").exists() and not (ck / ".best.old").exists()
+    assert [p for p in run.rglob("*") if p.name.endswith((".tmp", ".old"))] == []
