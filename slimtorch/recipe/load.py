@@ -49,7 +49,10 @@ def _read(source: str | Path) -> tuple[str, str]:
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
         if not path.is_file():
             raise RecipeError(f"recipe file {str(path)!r} does not exist. Check the path (examples/ has ready-made recipes).")
-        return path.read_text(), path.name
+        try:
+            return path.read_text(encoding="utf-8"), path.name
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"recipe file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from exc
     return str(source), "recipe"
 
 

@@ -405,8 +405,6 @@ def test_real_process_non_finite_loss_one_line_exit_2(tmp_path):
     assert "train teacher: loss became nan at epoch 0, step 0" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="recipe/load.py _read() calls path.read_text() without catching UnicodeDecodeError (fix proposed to the recipe owner)")
 def test_recipe_file_that_is_not_utf8(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("name: caf\xe9\nteacher: {model: mlp}\n".encode("latin-1"))
