@@ -54,24 +54,24 @@ class TextCollate:
     Picklable (the tokenizer is loaded lazily from ``tokenizer_dir``), so DDP workers can use it.
     """
 
-    def __init__(self, tokenizer_dir: str, max_length: int = 64) -> None:
-        self.tokenizer_dir, self.max_length = tokenizer_dir, max_length
+    def __init__(self, tokenizer_dir: str, max_length: int = 64, padding: str = "longest") -> None:
+        self.tokenizer_dir, self.max_length, self.padding = tokenizer_dir, max_length, padding
         self._tokenizer: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"tokenizer_dir": self.tokenizer_dir, "max_length": self.max_length, "_tokenizer": None}
+        return {"tokenizer_dir": self.tokenizer_dir, "max_length": self.max_length, "padding": self.padding, "_tokenizer": None}
 
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir, trust_remote_code=False)
         return self._tokenizer
 
     def __call__(self, items: list[tuple[str, int]]) -> tuple[dict[str, Tensor], Tensor]:
         texts = [t for t, _ in items]
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(texts, padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt")
         x = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}  # (B, T) each
         return x, torch.tensor([int(y) for _, y in items])
 
@@ -123,6 +123,7 @@ def text(
     max_sentences: int | None = 6000,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    padding: str = "longest",
 ) -> dict[str, Any]:
     """English sentences for sentence-encoder distillation; task ``"embedding"``, items ``(sentence, 0)``.
 
@@ -130,9 +131,13 @@ def text(
         corpus: ``fortune`` (packaged) or ``file`` (then ``path`` is required).
         tokenizer: a local Hugging Face model directory, or ``minilm``.
         max_sentences: keep at most this many (a seeded random subset); ``None`` keeps all.
+        padding: ``longest`` pads each batch to its longest sentence; ``max_length`` pads every batch to
+            ``max_length`` tokens (fixed-shape inputs, e.g. latency at 8×128 tokens; training costs more).
     """
     from slimtorch.models.hf import resolve_hf_path
 
+    if padding not in ("longest", "max_length"):
+        raise DataError(f"data.args.padding must be 'longest' or 'max_length'; got {padding!r}.")
     if corpus == "fortune":
         sentences = fortune_sentences()
     elif corpus == "file":
@@ -153,5 +158,5 @@ def text(
         "val": SentenceDataset(picked[:n_val]),
         "test": SentenceDataset(picked[n_val : n_val + n_test]),
         "task": "embedding",
-        "collate_fn": TextCollate(resolve_hf_path(tokenizer), max_length),
+        "collate_fn": TextCollate(resolve_hf_path(tokenizer), max_length, padding),
     }

@@ -98,6 +98,8 @@ def load_hf(name: str, kind: HFKind = "encoder", config: dict[str, Any] | None =
         hf = auto.from_config(tf.AutoConfig.for_model(model_type, **cfg))
         return HFModel(hf.eval(), None, kind)
     path = resolve_hf_path(name)
+    if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+        raise ModelRefError(f"Hugging Face model directory {path!r} does not exist; give a local directory with config.json.")
     try:
         # Weights from safetensors only and no repository code: loading a model never runs code from its files.
         hf = auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False)

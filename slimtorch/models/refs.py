@@ -68,6 +68,11 @@ def build_model(
         from slimtorch.artifact import load
 
         return load(ref)
+    elif Path(ref).suffix in {".pt", ".pth", ".bin", ".ckpt", ".pkl"}:
+        raise ModelRefError(
+            f"{ref!r} is a pickle file; slimtorch never unpickles models (unpickling can run code). Save it with "
+            "slimtorch.save (safetensors), or load it in your own 'package.module:function' factory if you trust it."
+        )
     elif ref in MODELS:
         factory = MODELS.get(ref)
         params = inspect.signature(factory).parameters

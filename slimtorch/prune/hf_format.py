@@ -49,7 +49,7 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
 
     try:
         shapes = json.loads((directory / SHAPES_FILE).read_text())
-        config = transformers.AutoConfig.from_pretrained(directory / "hf")
+        config = transformers.AutoConfig.from_pretrained(directory / "hf", trust_remote_code=False)
         state = load_file(str(directory / "hf" / "model.safetensors"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{directory} is not a complete hf_pruned artifact ({exc}); re-run the stage that wrote it.") from exc
@@ -67,7 +67,7 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
         hf.tie_weights()
     tokenizer = None
     if (directory / "hf" / "tokenizer_config.json").exists():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(directory / "hf")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory / "hf", trust_remote_code=False)
     model = HFModel(hf.eval(), tokenizer, shapes["kind"])
     model.slimtorch_format = "hf_pruned"
     return model

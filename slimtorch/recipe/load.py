@@ -109,7 +109,7 @@ def _explain(exc: ValidationError, prefix: tuple[Any, ...], model_cls: type[Base
         else:
             msg = err["msg"].removeprefix("Value error, ")
             got = err.get("input")
-            shown = "" if isinstance(got, dict) else f"; got {got!r}"
+            shown = "" if isinstance(got, dict) or "got" in msg else f"; got {got!r}"
             messages.append(f"{_locate(where, nodes, full)}: {dotted or 'recipe'}: {msg}{shown}.")
     return " ".join(messages)
 

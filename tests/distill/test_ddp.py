@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import test_accuracy
+from tests.distill.conftest import test_accuracy
 from slimtorch.core import RunContext
 from slimtorch.data import DataBundle
 from slimtorch.distill import DistillConfig, DistillStage

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from conftest import test_accuracy
+from tests.distill.conftest import test_accuracy
 from slimtorch.core import RunContext
 from slimtorch.data import DataBundle, build_data
 from slimtorch.data.sources import Unlabeled

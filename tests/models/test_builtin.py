@@ -51,8 +51,13 @@ def test_hf_tiny_random_encoder_wrapper():
 
 
 def test_hf_missing_dir_is_clear(tmp_path):
-    with pytest.raises(ModelRefError, match="cannot load Hugging Face model"):
+    with pytest.raises(ModelRefError, match="Hugging Face model directory .* does not exist"):
         build_model(f"hf:{tmp_path}/nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelRefError, match="cannot load Hugging Face model"):
+        build_model(f"hf:{tmp_path}/empty")
+    with pytest.raises(ModelRefError, match="is a pickle file; slimtorch never unpickles models"):
+        build_model(f"{tmp_path}/model.pt")
 
 
 def test_torchvision_without_extra_is_clear():

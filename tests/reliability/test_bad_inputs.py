@@ -264,7 +264,7 @@ CASES = [
          recipe=run(teacher="{model: 'user_code:not_a_module'}")),
     Case("model-factory-wrong-args", ModelRefError, r"cannot take args \['width'\]", r"Its parameters: \(classes", how="compress",
          recipe=run(teacher="{model: 'user_code:no_params', args: {width: 3}}")),
-    Case("model-file-missing-hf-dir", ModelRefError, r"cannot load Hugging Face model '/nonexistent/minilm'", r"Give a local directory with config\.json",
+    Case("model-file-missing-hf-dir", ModelRefError, r"Hugging Face model directory '/nonexistent/minilm' does not exist", r"give a local directory with config\.json",
          how="compress", recipe=run(teacher="{model: 'hf:/nonexistent/minilm'}")),
     Case("model-dir-not-an-artifact", ArtifactError, r"is not a slimtorch model directory: slimtorch\.json is missing", r"slimtorch\.json",
          how="compress", recipe=run(teacher="{model: '/proc/self'}")),
