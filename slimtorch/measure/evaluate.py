@@ -51,7 +51,19 @@ def run_batches(model: nn.Module, batches: list[tuple[Batch, Tensor]], noise: fl
                 labels.append(y)
     finally:
         model.train(was_training)
-    return torch.cat(outputs), torch.cat(labels)
+    return cat_padded(outputs), torch.cat(labels)
+
+
+def cat_padded(outputs: list[Tensor]) -> Tensor:
+    """Concatenate batch outputs; sequence outputs ``(B, T, ...)`` of different T are zero-padded to the longest.
+
+    Zero padding leaves cosine similarity and argmax agreement of the real positions unchanged, as long as
+    every model is padded the same way (they see the same batches).
+    """
+    if outputs and outputs[0].dim() >= 3 and len({o.shape[1] for o in outputs}) > 1:
+        longest = max(o.shape[1] for o in outputs)
+        outputs = [torch.nn.functional.pad(o, (0, 0) * (o.dim() - 2) + (0, longest - o.shape[1])) for o in outputs]
+    return torch.cat(outputs)
 
 
 def outputs_on(model: nn.Module, data: DataBundle, config: EvaluateConfig) -> Tensor:
