@@ -1,0 +1,177 @@
+"""all-MiniLM-L6-v2 through the whole pipeline: the hand-tuned recipe vs the planner, measured in one run.
+
+Runs ``examples/minilm.yaml`` (hand-tuned: structural pruning → cosine distillation from the original →
+int8 ONNX) and the same data/teacher/recovery with a planner ``target: {speedup: S, batch: 8}``
+instead of hand-picked pruning, then measures side by side, interleaved, on 1 thread:
+
+- p50 latency of a batch of 8 held-out sentences padded/truncated to 128 tokens, against torch fp32
+  of the original (the speedup);
+- fidelity: mean (and p10 / min) cosine of each model's sentence embeddings to the original's, on
+  held-out test sentences that no stage trained on.
+
+Run from the project root: ``.venv/bin/python benchmarks/pipeline_minilm.py`` (about 10 minutes on
+2 shared cores). ``--no-planner`` skips the planner run; ``--out DIR`` keeps both runs' report cards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+import slimtorch  # noqa: E402
+from slimtorch.data import build_data  # noqa: E402
+from slimtorch.measure.accuracy import predict  # noqa: E402
+from slimtorch.measure.latency import pinned_threads  # noqa: E402
+from slimtorch.models import build_model  # noqa: E402
+
+RECIPE = Path(__file__).resolve().parents[1] / "examples" / "minilm.yaml"
+GOAL_SPEEDUP, GOAL_COSINE = 3.0, 0.98
+
+
+def planner_recipe(hand: dict[str, Any], speedup: float) -> dict[str, Any]:
+    """The hand recipe's data, teacher and recovery, with a budget instead of hand-picked prune/quantize stages."""
+    recipe = copy.deepcopy(hand)
+    recipe["name"] = "minilm_planned"
+    # The planner times candidates on data.example_batch(8): pad those to 128 tokens like the benchmark batch.
+    recipe["data"]["args"] = {**recipe["data"]["args"], "max_length": 128, "padding": "max_length"}
+    recipe["stages"] = [s for s in recipe["stages"] if "distill" in s]  # recovery only; the plan adds prune/quantize
+    recipe["target"] = {"speedup": speedup, "batch": 8, "min_accuracy": GOAL_COSINE, "runtime": "onnxruntime",
+                        "granularity": "ffn", "sparsities": [0.0, 0.25], "quantize": ["dynamic_int8"], "repeats": 5}
+    return recipe
+
+
+@torch.no_grad()
+def interleaved_ms(models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Time models in turn (A, B, C, A, B, C, ...) on one thread so machine load hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        with pinned_threads(model, 1):
+            for _ in range(warmup):
+                model(**batch)
+    for _ in range(repeats):
+        for name, model in models.items():
+            with pinned_threads(model, 1):
+                start = time.perf_counter()
+                model(**batch)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def cosines(model: torch.nn.Module, reference: torch.Tensor, loader: Any) -> torch.Tensor:
+    with pinned_threads(model, 1):
+        out, _ = predict(model, loader)
+    return F.cosine_similarity(out.flatten(1), reference.flatten(1), dim=-1)
+
+
+def run(recipe: dict[str, Any], out: Path) -> tuple[slimtorch.RunResult, float]:
+    start = time.perf_counter()
+    result = slimtorch.compress(recipe, out=out, force=True)
+    return result, time.perf_counter() - start
+
+
+def stage_summary(result: slimtorch.RunResult) -> list[dict[str, Any]]:
+    """Per model of the run: name, cosine on the report's eval sentences, b8 p50 of the report card."""
+    rows = []
+    for m in result.report["models"]:
+        lat = m.get("latency_ms", {}).get("8", {})
+        rows.append({"model": m["name"], "cosine": m["metrics"].get("cosine"), "b8_p50_ms": lat.get("p50"),
+                     "params": m.get("params"), "size_bytes": m.get("size_bytes")})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--speedup", type=float, default=GOAL_SPEEDUP, help="the planner's budget")
+    parser.add_argument("--no-planner", action="store_true")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--held-out", type=int, default=200, help="test sentences for fidelity")
+    parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    hand = yaml.safe_load(args.recipe.read_text())
+    tmp = tempfile.TemporaryDirectory()
+    root = args.out or Path(tmp.name)
+
+    hand_result, hand_s = run(hand, root / "hand")
+    runs = {"hand-tuned": (hand_result, hand_s)}
+    plan = None
+    if not args.no_planner:
+        planned, planned_s = run(planner_recipe(hand, args.speedup), root / "planned")
+        runs["planner"] = (planned, planned_s)
+        plan = planned.report.get("plan")
+
+    # Held-out test sentences of the hand recipe's data (same seed/split as the runs: never trained on).
+    d = hand["data"]
+    data = build_data("text", args={**d.get("args", {}), "max_length": 128, "padding": "longest"}, seed=hand.get("seed", 0), batch_size=32)
+    original = build_model("hf:minilm", {}).eval()
+    test = torch.utils.data.Subset(data.test, range(min(args.held_out, len(data.test))))
+    loader = data.loader(test)
+    with pinned_threads(original, 1):
+        reference, _ = predict(original, loader)
+    tokenizer = data.collate_fn.tokenizer
+    sentences = [data.test[i][0] for i in range(8)]
+    enc = tokenizer(sentences, padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}  # (8, 128) each
+
+    models: dict[str, torch.nn.Module] = {"torch fp32 (original)": original}
+    models.update({name: r.model.eval() for name, (r, _) in runs.items()})
+    timings = interleaved_ms(models, batch, repeats=args.repeats, warmup=3)
+    p50 = {k: statistics.median(v) for k, v in timings.items()}
+    base = p50["torch fp32 (original)"]
+    rows = []
+    for name, model in models.items():
+        cos = cosines(model, reference, loader) if name != "torch fp32 (original)" else torch.ones(1)
+        r = runs.get(name)
+        rows.append({"variant": name, "p50_ms": round(p50[name], 2), "spread_ms": [round(min(timings[name]), 2), round(max(timings[name]), 2)],
+                     "speedup": round(base / p50[name], 3), "cosine_mean": round(cos.mean().item(), 4),
+                     "cosine_p10": round(cos.quantile(0.1).item(), 4), "cosine_min": round(cos.min().item(), 4),
+                     "size_bytes": r[0].report["models"][-1].get("size_bytes") if r else None,
+                     "stages": [s.get("name", s.get("model")) for s in r[0].report["stages"]] if r else [],
+                     "run_s": round(r[1], 1) if r else None,
+                     "meets_goal": base / p50[name] >= GOAL_SPEEDUP and cos.mean().item() >= GOAL_COSINE})
+
+    print(f"all-MiniLM-L6-v2, batch 8 x 128 tokens, 1 thread, {args.repeats} interleaved repeats; fidelity on {len(test)} held-out sentences")
+    print(f"{'variant':<24} {'p50 ms':>8} {'speedup':>8} {'cos mean':>9} {'cos p10':>8} {'cos min':>8} {'MB':>7} {'run s':>7}  goal")
+    for r in rows:
+        mb = f"{r['size_bytes'] / 2**20:.1f}" if r["size_bytes"] else "-"
+        print(f"{r['variant']:<24} {r['p50_ms']:>8.1f} {r['speedup']:>7.2f}x {r['cosine_mean']:>9.4f} {r['cosine_p10']:>8.4f} "
+              f"{r['cosine_min']:>8.4f} {mb:>7} {r['run_s'] or '-':>7}  {'yes' if r['meets_goal'] else 'no'}")
+    for name, (r, _) in runs.items():
+        print(f"\n{name} run, step by step (report card: cosine on its eval sentences, b8 p50 at the data's padding):")
+        for s in stage_summary(r):
+            print(f"  {s['model']:<28} cosine {s['cosine'] if s['cosine'] is None else round(s['cosine'], 4)!s:<8} "
+                  f"b8 p50 {s['b8_p50_ms'] if s['b8_p50_ms'] is None else round(s['b8_p50_ms'], 1)!s:>7} ms")
+        for w in r.report.get("warnings", []):
+            print(f"  warning: {w}")
+    if plan is not None:
+        print(f"\nplanner: {plan['message']}")
+        for c in plan["candidates"]:
+            print(f"  sparsity {c['sparsity']:<5} quantize {c['quantize']:<13} {c['latency_ms']:>8.1f} ms  "
+                  f"cosine before recovery {c['val_metric_before_recovery']:.4f}  meets budget {c['meets_budget']}  chosen {c['chosen']}")
+    summary = {
+        "benchmark": "pipeline_minilm", "batch": 8, "tokens": 128, "threads": 1, "held_out": len(test),
+        "goal": {"speedup": GOAL_SPEEDUP, "cosine": GOAL_COSINE}, "rows": rows,
+        "steps": {name: stage_summary(r) for name, (r, _) in runs.items()},
+        "plan": None if plan is None else {k: plan[k] for k in ("prune", "quantize", "is_feasible", "message", "baseline_latency_ms", "candidates")},
+    }
+    tmp.cleanup()
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
