@@ -65,3 +65,11 @@ def test_minilm_recipe_cut_down_runs_end_to_end(tmp_path):
     prune_row = next(r for r in report["stages"] if r.get("model") == "1_prune")
     assert prune_row["details"]["layers_after"] == 5 and len(prune_row["details"]["dropped_layers"]) == 1
     assert (tmp_path / "run" / "report.json").is_file() and (tmp_path / "run" / "models" / "3_quantize").is_dir()
+
+
+@pytest.mark.parametrize("granularity", ["head", "ffn", "layer"])
+def test_planner_target_accepts_transformer_granularities(granularity):
+    from slimtorch.plan import TargetConfig
+
+    target = TargetConfig(speedup=3, batch=8, granularity=granularity, sparsities=[0.0, 0.25], quantize=["dynamic_int8"])
+    assert target.granularity == granularity and target.kind == "speedup"

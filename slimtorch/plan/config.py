@@ -25,7 +25,7 @@ class TargetConfig(BaseModel):
     runtime: Literal["torch", "onnxruntime"] = "onnxruntime"
     sparsities: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.4, 0.5, 0.6, 0.7, 0.8], min_length=1)
     quantize: list[Literal["none", "dynamic_int8", "static_int8"]] = Field(default_factory=lambda: ["none", "dynamic_int8"], min_length=1)
-    granularity: Literal["filter", "channel", "neuron"] = "filter"
+    granularity: Literal["filter", "channel", "neuron", "head", "ffn", "layer"] = "filter"
     round_to: int | None = Field(8, ge=1, description="keep channel counts a multiple of this (hardware-friendly)")
     recover_epochs: int = Field(5, ge=0, description="fine-tune epochs after pruning when the recipe gives no recovery stage")
     repeats: int = Field(30, ge=5, description="timed runs per candidate")
