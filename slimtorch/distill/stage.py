@@ -140,7 +140,7 @@ class DistillStage:
         config, notes = self.config, []
         if ctx.data.task == "classification" and config.loss == "kd" and config.alpha == 1.0:
             notes.append("distill.alpha is 1: the student trained on labels only; the teacher's soft targets were not used.")
-        if ctx.data.task == "embedding" and config.alpha != 0.5:
+        if ctx.data.task == "embedding" and "alpha" in config.model_fields_set:
             notes.append("distill.alpha has no effect on an embedding task: there are no labels, only the teacher's embeddings.")
         if config.cache_teacher and not all(h["cached_teacher"] for h in hops):
             notes.append("teacher outputs were not cached: the data gives a different input each time it is read (augmentation).")
