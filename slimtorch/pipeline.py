@@ -190,7 +190,9 @@ class _Run:
             raise RecipeError(f"teacher {name!r}: `train` needs a labeled classification dataset; give a trained model instead (omit `train`).")
         self.events(f"{name}: training {spec.train.epochs} epochs")
         start = time.perf_counter()
-        loader = self.data.loader("train", spec.train.batch_size, shuffle=True, seed=self.recipe.seed)
+        # The teacher learns from the full labeled split even when the student's labels are reduced.
+        split = self.data.teacher_train if self.data.teacher_train is not None else self.data.train
+        loader = self.data.loader(split, spec.train.batch_size, shuffle=True, seed=self.recipe.seed)
         with time_budget(self.recipe.resources.max_stage_seconds) as budget:
             fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
                 checkpoint_dir=self.out / "work" / name, description=f"train {name}")

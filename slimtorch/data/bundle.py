@@ -33,6 +33,9 @@ class DataBundle:
     input_shape: tuple[int, ...] | None = None
     collate_fn: Callable[[list[Any]], tuple[Batch, torch.Tensor]] | None = None
     batch_size: int = 64
+    # The full labeled train split: what a teacher trained inside the recipe learns from. With
+    # labeled_fraction < 1 only the student's data is reduced (scenario 2: the teacher had its own data).
+    teacher_train: Dataset | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def loader(self, split: str | Dataset, batch_size: int | None = None, shuffle: bool = False, seed: int = 0) -> DataLoader:

@@ -173,6 +173,7 @@ def build_data(
         val=raw["val"],
         test=raw["test"],
         transfer=transfer_set,
+        teacher_train=raw["train"],
         task=task,
         num_classes=num_classes if task == "classification" else None,
         input_shape=tuple(x0.shape) if isinstance(x0, torch.Tensor) else None,

@@ -28,6 +28,8 @@ def test_labeled_fraction_hides_labels_stratified():
     assert set(labels.tolist()) == set(range(10))  # every class keeps some labels
     assert {int(data.transfer[i][1]) for i in range(len(data.transfer))} == {UNLABELED}
     assert len(data.distill_set()) == len(data.train) + len(data.transfer)
+    # a teacher trained in the recipe still learns from every label (scenario 2: it had its own data)
+    assert len(data.teacher_train) == len(data.train) + len(data.transfer)
 
 
 def _user_source(n_train=20, bad_label=False, empty_test=False):
