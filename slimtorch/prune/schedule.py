@@ -44,15 +44,14 @@ def step_ratios(cumulative: list[float]) -> list[float]:
 
 
 def kd_loss(student_out: Tensor, teacher_out: Tensor, y: Tensor, task: str, temperature: float, alpha: float) -> Tensor:
-    """Hinton et al. 2015 (https://arxiv.org/abs/1503.02531): ``α·CE + (1−α)·T²·KL(p_T || p_S)``;
-    embedding tasks use ``1 − cos`` to the teacher's vectors instead."""
-    if task != "classification" or student_out.shape != teacher_out.shape or student_out.dim() != 2:
-        return (1 - F.cosine_similarity(student_out.flatten(1), teacher_out.flatten(1), dim=-1)).mean()
-    t = temperature
-    soft = F.kl_div(F.log_softmax(student_out / t, -1), F.softmax(teacher_out / t, -1), reduction="batchmean") * t * t
-    labeled = y >= 0
-    hard = F.cross_entropy(student_out[labeled], y[labeled]) if labeled.any() else soft.new_zeros(())
-    return alpha * hard + (1 - alpha) * soft
+    """Recovery loss from the distillation engine: Hinton KD for class logits, ``1 − cos`` otherwise. -> scalar."""
+    from slimtorch.distill.config import DistillConfig
+    from slimtorch.distill.losses import LOSSES, teacher_target
+
+    is_logits = task == "classification" and student_out.shape == teacher_out.shape and student_out.dim() == 2
+    config = DistillConfig(temperature=temperature, alpha=alpha, loss="kd" if is_logits else "cosine")
+    target = teacher_target([teacher_out], [1.0], config)
+    return LOSSES.get(config.loss)(student_out, target, y, config).mean()
 
 
 def recover(

@@ -1,15 +1,15 @@
+import copy
+
 import pytest
-import torch
 from torch import nn
 from torch.nn import functional as F
 
 from slimtorch.core import STAGES, RunContext
 from slimtorch.errors import RecipeError, UnsupportedModuleError
+from slimtorch.measure.accuracy import task_metric
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.prune.masks import masked_modules
 from slimtorch.train.loop import TrainConfig, fit
-
-from slimtorch.measure.accuracy import task_metric
 
 
 def accuracy(model, data):
@@ -42,17 +42,20 @@ def test_masks_survive_later_training(mlp, digits, ctx):
 
 @pytest.mark.parametrize("schedule", ["iterative", "cubic"])
 def test_schedules_with_recovery(schedule, mlp, digits, ctx):
-    cfg = PruneConfig(sparsity=0.9, schedule=schedule, steps=3, finetune_epochs=1, scope="global")
+    unrecovered, _ = PruneStage(PruneConfig(sparsity=0.9, scope="global", recover="none")).apply(copy.deepcopy(mlp), ctx)
+    cfg = PruneConfig(sparsity=0.9, schedule=schedule, steps=3, finetune_epochs=2, lr=3e-3, scope="global")
     out, record = PruneStage(cfg).apply(mlp, ctx)
     assert [h["step"] for h in record.details["schedule"]] == [1, 2, 3]
     assert record.details["achieved_sparsity"] == pytest.approx(0.9, abs=0.01)
-    assert accuracy(out, digits) > 0.85
+    # 90 % of a 64-64-32 MLP's weights gone: recovery between steps must win back most of the accuracy
+    assert accuracy(out, digits) > max(0.8, accuracy(unrecovered, digits) + 0.1)
 
 
 def test_recover_by_distillation(mlp, trained_mlp, digits, tmp_path):
     ctx = RunContext(data=digits, teacher=trained_mlp, work_dir=tmp_path)
-    out, record = PruneStage(PruneConfig(sparsity=0.9, recover="distill", finetune_epochs=2, scope="global")).apply(mlp, ctx)
-    assert accuracy(out, digits) > 0.85
+    unrecovered, _ = PruneStage(PruneConfig(sparsity=0.9, scope="global", recover="none")).apply(copy.deepcopy(mlp), ctx)
+    out, _ = PruneStage(PruneConfig(sparsity=0.9, recover="distill", finetune_epochs=2, lr=3e-3, scope="global")).apply(mlp, ctx)
+    assert accuracy(out, digits) > max(0.8, accuracy(unrecovered, digits) + 0.1)
 
 
 def test_distill_without_teacher_says_so(mlp, ctx):
