@@ -20,7 +20,7 @@ _EXPORTS = {
     "load": "slimtorch.artifact", "save": "slimtorch.artifact",
     "load_recipe": "slimtorch.recipe", "Recipe": "slimtorch.recipe",
     "sweep": "slimtorch.sweep",
-    "measure": "slimtorch.measure", "Measurement": "slimtorch.measure",
+    "measure_model": "slimtorch.measure", "Measurement": "slimtorch.measure", "EvaluateConfig": "slimtorch.measure",
     "build_model": "slimtorch.models", "build_data": "slimtorch.data",
     "STAGES": "slimtorch.core", "RunContext": "slimtorch.core", "StageRecord": "slimtorch.core",
     "DistillConfig": "slimtorch.distill", "DistillStage": "slimtorch.distill", "derive_student": "slimtorch.distill",
@@ -39,7 +39,8 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         module = importlib.import_module(_EXPORTS[name])
-        value = getattr(module, "compress" if name == "run_recipe" else name)
+        # `slimtorch.measure` is the subpackage, so its function is exported as `measure_model`.
+        value = getattr(module, {"run_recipe": "compress", "measure_model": "measure"}.get(name, name))
         globals()[name] = value
         return value
     raise AttributeError(f"module 'slimtorch' has no attribute {name!r}")
