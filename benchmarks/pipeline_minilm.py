@@ -29,15 +29,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import torch
+import yaml
+from torch.nn import functional as F
 
-import slimtorch  # noqa: E402
-from slimtorch.data import build_data  # noqa: E402
-from slimtorch.measure.accuracy import predict  # noqa: E402
-from slimtorch.measure.latency import pinned_threads  # noqa: E402
-from slimtorch.models import build_model  # noqa: E402
+import slimtorch
+from slimtorch.data import build_data
+from slimtorch.measure.accuracy import predict
+from slimtorch.measure.latency import pinned_threads
+from slimtorch.models import build_model
 
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "minilm.yaml"
 GOAL_SPEEDUP, GOAL_COSINE = 3.0, 0.98
