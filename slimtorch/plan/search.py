@@ -128,7 +128,9 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
         message = (f"budget {target.kind}≤{budget:.4g} {unit} met by sparsity {best['sparsity']} + quantize {best['quantize']}: "
                    f"{achieved:.4g} {unit} measured, val {best['val_metric_before_recovery']:.4f} before recovery.")
     else:
-        best = min(rows, key=lambda r: _budget_value(target, r["latency_ms"], r["size_bytes"], baseline_ms)[0])
+        # Closest to the budget, among the candidates above the accuracy floor when there are any.
+        pool = [r for r in rows if target.min_accuracy is None or r["val_metric_before_recovery"] >= target.min_accuracy] or rows
+        best = min(pool, key=lambda r: _budget_value(target, r["latency_ms"], r["size_bytes"], baseline_ms)[0])
         achieved, budget = _budget_value(target, best["latency_ms"], best["size_bytes"], baseline_ms)
         message = (f"budget {target.kind}≤{budget:.4g} {unit} cannot be met by any candidate searched; the closest is sparsity "
                    f"{best['sparsity']} + quantize {best['quantize']} at {achieved:.4g} {unit}. Widen target.sparsities, add "
