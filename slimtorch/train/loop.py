@@ -80,12 +80,14 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     buf = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buf)
     with atomic_dir(path) as tmp:
-        atomic_write_bytes(tmp / "model.safetensors", save(_dedupe(state)))
+        atomic_write_bytes(tmp / "model.safetensors", save(_unshare(state)))
         atomic_write_bytes(tmp / "optim.pt", buf.getvalue())
         atomic_write_json(tmp / "meta.json", {**meta, "checkpoint_version": CHECKPOINT_VERSION, "slimtorch_version": __version__})
 
 
-def _dedupe(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def _unshare(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Copy tensors that share storage (tied weights): safetensors refuses shared storage, and a checkpoint
+    keeps every key so it reloads with ``strict=True`` (artifacts instead drop the duplicate, see artifact.py)."""
     seen: dict[int, str] = {}
     out = {}
     for k, v in state.items():
