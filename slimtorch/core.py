@@ -52,7 +52,8 @@ class Progress(Protocol):
 
 
 @contextmanager
-def _silent_task(description: str, total: int) -> Iterator[Callable[..., None]]:
+def silent_progress(description: str, total: int) -> Iterator[Callable[..., None]]:
+    """The progress reporter used when nobody watches: it ignores every update."""
     yield lambda advance=1, **fields: None
 
 
@@ -75,7 +76,7 @@ class RunContext:
     seed: int = 0
     work_dir: Path = field(default_factory=lambda: Path("runs/tmp"))
     task: str = "classification"
-    progress: Callable[[str, int], Any] = _silent_task
+    progress: Callable[[str, int], Any] = silent_progress
     extras: dict[str, Any] = field(default_factory=dict)
     stage_index: int = 0
 

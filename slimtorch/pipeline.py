@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch import artifact
-from slimtorch.core import STAGES, RunContext, StageRecord, _silent_task, seed_everything
+from slimtorch.core import STAGES, RunContext, StageRecord, silent_progress, seed_everything
 from slimtorch.data import DataBundle, build_data
 from slimtorch.errors import OutputDirError, RecipeError
 from slimtorch.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
@@ -367,7 +367,7 @@ def compress(
     atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
     seed_everything(recipe.seed)
     d = recipe.data
-    run = _Run(recipe, out, resume, progress or _silent_task, events)
+    run = _Run(recipe, out, resume, progress or silent_progress, events)
     run.data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size,
                           labeled_fraction=d.labeled_fraction, transfer=d.transfer, num_classes=d.num_classes)
     ctx = RunContext(data=run.data, seed=recipe.seed, work_dir=out / "work", task=run.data.task, progress=run.progress)
