@@ -44,3 +44,31 @@ def test_variants_are_the_cartesian_product_and_address_stages():
 def test_bad_axes_fail_before_running(axis, match):
     with pytest.raises(RecipeError, match=match):
         variants(BASE, [parse_grid(axis)])
+
+
+def test_sweep_runs_variants_writes_one_report_and_resumes(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from slimtorch.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: sw\nteacher: {model: mlp, args: {hidden: [32]}, train: {epochs: 2, lr: 0.01}}\n"
+        "stages:\n  - prune: {sparsity: 0.5}\n"
+        "evaluate: {latency: {batch_sizes: [1], repeats: 3, warmup: 0}}\n"
+    )
+    out = tmp_path / "sweep"
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", str(recipe), "--grid", "prune.sparsity=0.3,0.8", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["teacher", "sparsity-0.3", "sparsity-0.8"]
+    nonzero = {m["name"]: m["nonzero_params"] for m in report["models"]}
+    assert nonzero["sparsity-0.8"] < nonzero["sparsity-0.3"] < nonzero["teacher"]
+    assert (out / "pareto.png").exists() and (out / "report.md").exists()
+    assert report["sweep"]["grid"] == {"prune.sparsity": [0.3, 0.8]}
+    # a second call reuses the finished variants instead of running them again
+    again = runner.invoke(app, ["sweep", str(recipe), "--grid", "prune.sparsity=0.3,0.8", "--out", str(out)])
+    assert again.exit_code == 0 and again.output.count("finished earlier, reusing") == 2
