@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast test-examples test-vision bench lint clean
+.PHONY: demo test test-fast test-vision bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,6 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -x -p no:cacheprovider
-
-# Every example recipe end to end, transformer ones included (several minutes each on a CPU).
-test-examples: $(VENV)/.installed-dev
-	SLIMTORCH_ALL_EXAMPLES=1 $(BIN)/python -m pytest -q tests/test_examples.py
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m "not slow"

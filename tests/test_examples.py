@@ -1,6 +1,5 @@
 """Every example recipe validates, and runs end to end with its training cut to a minimum."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -25,17 +24,6 @@ def smoke(value, key=None):
     return value
 
 
-def _is_transformer(path: Path) -> bool:
-    teacher = yaml.safe_load(path.read_text()).get("teacher") or {}
-    teachers = teacher if isinstance(teacher, list) else [teacher]
-    return any(str(t.get("model", "")).startswith("hf:") for t in teachers)
-
-
-# Transformer examples take minutes each on a CPU even cut down; their engines have their own tests on
-# the same models (tests/prune, tests/quantize, tests/distill). `make test-examples` runs them all.
-RUN_ALL = os.environ.get("SLIMTORCH_ALL_EXAMPLES") == "1"
-
-
 def test_there_are_examples():
     assert len(EXAMPLES) >= 10
 
@@ -50,8 +38,6 @@ def test_example_validates(path):
 def test_example_runs_end_to_end(path, tmp_path, monkeypatch):
     if path.stem.startswith("torchvision"):
         pytest.skip("torchvision examples run in tests/test_vision.py (make test-vision)")
-    if _is_transformer(path) and not RUN_ALL:
-        pytest.skip("transformer example: run with `make test-examples` (SLIMTORCH_ALL_EXAMPLES=1)")
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # module:function references resolve from the root
     raw = smoke(yaml.safe_load(path.read_text()))
     result = compress(raw, tmp_path / path.stem)
