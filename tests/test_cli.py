@@ -84,3 +84,20 @@ def test_compress_quiet_then_report_rerenders(tmp_path):
     assert result.exit_code == 0 and (out / "report.md").exists()
     proc = cli("compress", str(recipe), "--out", str(out), "--quiet")
     assert proc.returncode == 2 and "already exists; pass --resume" in proc.stderr
+
+
+def test_demo_end_to_end(tmp_path):
+    """The embedded demo: teacher → distill → prune → int8, report files written, table printed."""
+    out = tmp_path / "demo"
+    proc = cli("demo", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("report.json", "report.md", "report.html", "pareto.png"):
+        assert (out / name).is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["train_teacher", "distill", "prune", "quantize"]
+    models = {m["name"]: m for m in report["models"]}
+    teacher, final = models["teacher"], models[report["final"]]
+    assert final["runtime"] == "onnxruntime"
+    assert teacher["size_bytes"] >= 20 * final["size_bytes"]  # the demo's size goal
+    assert final["metrics"]["accuracy"] >= teacher["metrics"]["accuracy"] - 0.02
+    assert "3_quantize" in proc.stdout and "onnxruntime" in proc.stdout  # the table is printed
