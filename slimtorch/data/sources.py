@@ -83,7 +83,8 @@ class Unlabeled(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int]:
         item = self.dataset[i]
         x = item[0] if isinstance(item, (tuple, list)) else item
-        return x, UNLABELED
+        # a tensor like the labeled splits' labels, so a mixed (labeled + transfer) batch collates
+        return x, torch.tensor(UNLABELED)
 
 
 def _labels(dataset: Dataset) -> np.ndarray:

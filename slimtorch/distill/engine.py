@@ -93,6 +93,7 @@ class TeacherPanel:
         self.cache: tuple[Tensor, dict[str, Tensor]] | None = None
 
     @torch.no_grad()
+    @torch.no_grad()  # teachers are targets: recording their autograd graph would only cost time and memory
     def compute(self, x: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         outs = []
         for teacher in self.teachers:

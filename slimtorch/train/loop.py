@@ -212,10 +212,11 @@ def fit(
             total, count = 0.0, 0
             for x, y in loader:
                 loss = loss_fn(model, x, y)
-                if not torch.isfinite(loss):
+                value = loss.item()  # one host sync per step, used for the check and the running mean
+                if not math.isfinite(value):
                     model.load_state_dict(best_state)
                     raise TrainingError(
-                        f"{description}: loss became {loss.item()} at epoch {epoch}, step {result.steps}; the model was "
+                        f"{description}: loss became {value} at epoch {epoch}, step {result.steps}; the model was "
                         "restored to its last good weights. Lower the learning rate or check the inputs for NaN/inf."
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -225,7 +226,7 @@ def fit(
                 if after_step is not None:
                     after_step(model)
                 result.steps += 1
-                total, count = total + loss.item(), count + 1
+                total, count = total + value, count + 1
                 advance(1, loss=total / count)
                 if config.max_steps and result.steps >= config.max_steps:
                     break

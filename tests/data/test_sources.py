@@ -87,3 +87,10 @@ def test_unknown_builtin_source_suggests():
 
     with pytest.raises(RecipeError, match="Did you mean 'digits'"):
         build_data("digit")
+
+
+def test_labeled_and_transfer_examples_collate_in_one_batch():
+    data = build_data("digits", labeled_fraction=0.1)
+    x, y = next(iter(data.loader(data.distill_set(), 512, shuffle=True)))
+    assert x.shape == (512, 1, 8, 8) and y.dtype == torch.long
+    assert (y == UNLABELED).any() and (y >= 0).any()
