@@ -19,8 +19,8 @@ from slimtorch.core import Batch, RunContext, StageRecord, forward, seed_everyth
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.prune.importance import IMPORTANCE
-from slimtorch.prune.masks import compute_masks, group_layout, mask_of, raw_weight, set_mask_
-from slimtorch.prune.targets import select_layers
+from slimtorch.prune.masks import compute_masks, mask_of, raw_weight, set_mask_
+from slimtorch.prune.targets import select_mask_targets
 from slimtorch.train.loop import TrainConfig, fit
 
 
@@ -81,12 +81,7 @@ def run_lottery(model: nn.Module, cfg: Any, ctx: RunContext, record: StageRecord
         raise UnsupportedModuleError("lottery tickets need a labelled classification task to retrain on.")
     example = ctx.data.example_batch(2, split="val")
     ticket = reinit_(copy.deepcopy(model), ctx.seed)
-    targets, skipped = select_layers(ticket, cfg.layers, example)
-    for fqn in list(targets):
-        reason = group_layout(targets[fqn], cfg.granularity, cfg.vector_size)
-        if reason:
-            skipped.append({"fqn": fqn, "reason": reason})
-            del targets[fqn]
+    targets, skipped = select_mask_targets(ticket, cfg.layers, example, cfg.granularity, cfg.vector_size)
     record.details["skipped"] = skipped
     if not targets:
         raise UnsupportedModuleError("nothing in this model can be pruned for a lottery ticket (no Linear/Conv layer besides the output).")

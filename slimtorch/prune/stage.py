@@ -17,7 +17,7 @@ from slimtorch.prune.macs import count_macs, count_params, quick_latency_ms
 from slimtorch.prune.masks import bake_masks_, compute_masks, masked_modules, set_mask_, sparsity_report
 from slimtorch.prune.schedule import recover, sparsity_schedule, step_ratios
 from slimtorch.prune.structured import prune_structured_
-from slimtorch.prune.targets import select_layers
+from slimtorch.prune.targets import select_layers, select_mask_targets
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +102,10 @@ class PruneStage:
         if cfg.kind == "structured" and masked_modules(model):
             bake_masks_(model)
             record.notes.append("earlier weight masks were baked before removing structure.")
-        targets, skipped = select_layers(model, cfg.layers, example)
         if cfg.kind == "mask":
-            from slimtorch.prune.masks import group_layout
-
-            for fqn in list(targets):
-                reason = group_layout(targets[fqn], cfg.granularity, cfg.vector_size)
-                if reason:
-                    skipped.append({"fqn": fqn, "reason": reason})
-                    del targets[fqn]
+            targets, skipped = select_mask_targets(model, cfg.layers, example, cfg.granularity, cfg.vector_size)
+        else:
+            targets, skipped = select_layers(model, cfg.layers, example)
         record.details["skipped"] = skipped
         if not targets:
             reasons = "; ".join(f"{s['fqn']}: {s['reason']}" for s in skipped) or "it has no Linear or Conv layer"

@@ -89,3 +89,18 @@ def select_layers(model: nn.Module, layers: LayersConfig, example: Batch | None)
         else:
             targets[fqn] = module
     return targets, skipped
+
+
+def select_mask_targets(
+    model: nn.Module, layers: LayersConfig, example: Batch | None, granularity: str, vector_size: int
+) -> tuple[dict[str, nn.Module], list[dict[str, str]]]:
+    """:func:`select_layers`, minus the layers a mask granularity does not fit (each skipped with its reason)."""
+    from slimtorch.prune.masks import group_layout
+
+    targets, skipped = select_layers(model, layers, example)
+    for fqn in list(targets):
+        reason = group_layout(targets[fqn], granularity, vector_size)
+        if reason:
+            skipped.append({"fqn": fqn, "reason": reason})
+            del targets[fqn]
+    return targets, skipped
