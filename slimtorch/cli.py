@@ -138,7 +138,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 
 @app.command()
 def demo(out: OutOpt = Path("runs/demo"), resume: ResumeOpt = False, force: ForceOpt = False, quiet: QuietOpt = False) -> None:
-    """Train a digits teacher, distill a small student, prune, fine-tune, quantize, and print the report card."""
+    """Train a digits teacher, distill a small student, prune it (recovered by distillation), quantize it, print the report card."""
     text = resources.files("slimtorch.recipes").joinpath("demo.yaml").read_text()
     _run(text, out, resume, force, quiet)
 
