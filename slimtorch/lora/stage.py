@@ -104,6 +104,8 @@ class LoraStage:
         work = bake_parametrizations_(copy.deepcopy(model))
         targets = _peft.resolve_targets(work, cfg.target_modules)
         total = sum(p.numel() for p in work.parameters())
+        # only pruned Linear targets get masked LoRA updates while training; other pruned layers train dense
+        in_training = [f for f in masks if f in targets and isinstance(work.get_submodule(f), nn.Linear)]
         adapted = _peft.attach_lora(work, targets, cfg.rank, cfg.lora_alpha, cfg.dropout, masks if cfg.keep_sparsity else None)
         n_trainable = _peft.trainable_params(adapted)
         lora_run = self._train(adapted, ctx, cfg.lr, "adapters", loss_fn)
@@ -118,8 +120,9 @@ class LoraStage:
         dense_after = self._metric(merged, ctx) if masks else None
         if masks and cfg.keep_sparsity:
             _reapply_masks_(merged, masks)
-            notes.append(f"the LoRA updates of {len(masks)} pruned layers were masked like their weights, so the merged "
-                         "model keeps its sparsity; the masks are re-applied as parametrizations.")
+            notes.append(f"the LoRA updates of {len(in_training)} pruned Linear layers were masked like their weights while "
+                         f"training; {len(masks) - len(in_training)} other pruned layers were re-masked after merging. The "
+                         "merged model keeps its sparsity; the masks are re-applied as parametrizations.")
         elif masks:
             notes.append("lora.keep_sparsity is false: the merged model is dense again.")
         merged.slimtorch_spec = getattr(model, "slimtorch_spec", None)
