@@ -1,7 +1,6 @@
 """The planner measures real candidates on the mnist1d CNN and either meets a budget or says it cannot."""
 
 import pytest
-import torch
 from pydantic import ValidationError
 
 from slimtorch.core import RunContext
