@@ -11,9 +11,7 @@ from torch import nn
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.lora import _peft
 from slimtorch.models import build_model
-
-TINY_BERT = {"kind": "encoder", "config": {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
-                                          "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 120}}
+from tests.conftest import TINY_BERT
 
 
 def test_default_targets_are_every_linear_for_builtins(digits):
