@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +56,23 @@ def quantize_dynamic(
 ) -> bytes:
     """Int8 weights, activations quantized on the fly (MatMul/Gemm/Gather...). Returns ONNX bytes."""
     quantization = _quantization()
+    return _quantize_file(onnx_bytes, preprocess, lambda src, out: quantization.quantize_dynamic(
+        str(src), str(out), per_channel=per_channel, reduce_range=reduce_range,
+        weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(op_types) if op_types else None,
+        nodes_to_exclude=list(nodes_to_exclude), extra_options={"DefaultTensorType": 1},  # FLOAT
+    ))
+
+
+def _quantize_file(onnx_bytes: bytes, preprocess: bool, quantize: Callable[[Path, Path], None]) -> bytes:
+    """onnxruntime's quantizers work on files: run ``quantize(src, out)`` in a private temporary directory."""
     with tempfile.TemporaryDirectory(prefix="slimtorch-ort-") as tmp:
-        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "quantized.onnx"
         src.write_bytes(onnx_bytes)
         if preprocess:
             src = _preprocess(src, Path(tmp) / "pre.onnx")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantization.quantize_dynamic(
-                str(src), str(out), per_channel=per_channel, reduce_range=reduce_range,
-                weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(op_types) if op_types else None,
-                nodes_to_exclude=list(nodes_to_exclude), extra_options={"DefaultTensorType": 1},  # FLOAT
-            )
+            quantize(src, out)
         return out.read_bytes()
 
 
@@ -107,22 +112,14 @@ def quantize_static(
         )
     method = {"minmax": quantization.CalibrationMethod.MinMax, "entropy": quantization.CalibrationMethod.Entropy,
               "percentile": quantization.CalibrationMethod.Percentile}[calibrate_method]
-    with tempfile.TemporaryDirectory(prefix="slimtorch-ort-") as tmp:
-        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
-        src.write_bytes(onnx_bytes)
-        if preprocess:
-            src = _preprocess(src, Path(tmp) / "pre.onnx")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantization.quantize_static(
-                str(src), str(out), _BatchReader(feeds), quant_format=quantization.QuantFormat.QDQ,
-                per_channel=per_channel, reduce_range=reduce_range, calibrate_method=method,
-                activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
-                op_types_to_quantize=list(op_types) if op_types else None, nodes_to_exclude=list(nodes_to_exclude),
-                calibration_providers=["CPUExecutionProvider"],
-                extra_options={"ActivationSymmetric": activation_symmetric, "WeightSymmetric": True},
-            )
-        return out.read_bytes()
+    return _quantize_file(onnx_bytes, preprocess, lambda src, out: quantization.quantize_static(
+        str(src), str(out), _BatchReader(feeds), quant_format=quantization.QuantFormat.QDQ,
+        per_channel=per_channel, reduce_range=reduce_range, calibrate_method=method,
+        activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+        op_types_to_quantize=list(op_types) if op_types else None, nodes_to_exclude=list(nodes_to_exclude),
+        calibration_providers=["CPUExecutionProvider"],
+        extra_options={"ActivationSymmetric": activation_symmetric, "WeightSymmetric": True},
+    ))
 
 
 def convert_fp16(onnx_bytes: bytes, op_block_list: Sequence[str] | None = None) -> bytes:
