@@ -4,13 +4,20 @@ A directory holds ``slimtorch.json`` (format, how to rebuild the architecture, t
 weights of that format: ``model.safetensors`` for torch modules, ``hf/`` for Hugging Face models,
 ``model.onnx`` for onnxruntime. Formats are pluggable (``FORMATS``), so the quantize engine adds its own.
 Loading never unpickles: weights come from safetensors, ONNX or ``from_pretrained(use_safetensors)``.
+
+Loading never runs code the directory names either. A spec may rebuild its architecture from
+slimtorch's built-in models, ``hf:`` (transformers configs, no remote code) or ``torchvision:``; a
+``module:function`` factory is imported and called only when the caller trusts it
+(``load(dir, trust_code=True)``, ``slimtorch measure DIR --trust-code``, or a recipe that names that
+factory itself). Anyone who can edit ``slimtorch.json`` could otherwise make ``load`` call
+``os:system``.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from slimtorch.errors import ArtifactError
+from slimtorch.errors import ArtifactError, SlimtorchError
 from slimtorch.io import atomic_dir, atomic_write_json
 from slimtorch.registry import Registry
 from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
@@ -36,6 +43,7 @@ class ArtifactFormat:
 
     save: Callable[[nn.Module, Path], None]
     load: Callable[[Path, dict[str, Any]], nn.Module]
+    rebuilds: bool = False  # True when ``load`` builds the architecture from the spec's model reference
 
 
 FORMATS: Registry[ArtifactFormat] = Registry("artifact format")
@@ -77,20 +85,41 @@ def read_spec(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{directory} is not a slimtorch model directory: {SPEC_FILE} is missing.")
     try:
-        spec = json.loads(path.read_text())
+        spec = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path} is corrupted ({exc.msg} at line {exc.lineno}); re-run the stage that wrote it.") from exc
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{path} is corrupted (not UTF-8 text at byte {exc.start}); re-run the stage that wrote it.") from exc
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path} ({exc.strerror}).") from exc
+    if not isinstance(spec, dict):
+        raise ArtifactError(f"{path} is corrupted: it must hold a JSON object, got {type(spec).__name__}; re-run the stage that wrote it.")
     version = spec.get("artifact_version")
     if version != ARTIFACT_FORMAT_VERSION:
         raise ArtifactError(
             f"{directory} was written by slimtorch {spec.get('slimtorch_version', '?')} with artifact format "
             f"{version}; this slimtorch ({__version__}) reads format {ARTIFACT_FORMAT_VERSION}. Re-create it with this version."
         )
+    if not isinstance(spec.get("format", "torch"), str):
+        raise ArtifactError(f"{path} is corrupted: 'format' must be a string; re-run the stage that wrote it.")
+    model = spec.get("model")
+    if model is not None and not (isinstance(model, dict) and isinstance(model.get("ref"), str)
+                                  and isinstance(model.get("args") or {}, dict)):
+        raise ArtifactError(f"{path} is corrupted: 'model' must be {{\"ref\": str, \"args\": {{...}}}}; re-run the stage that wrote it.")
     return spec
 
 
-def load(directory: str | Path) -> nn.Module:
+def load(directory: str | Path, *, trust_code: bool = False, trusted_refs: Collection[str] = ()) -> nn.Module:
     """Load a model saved by slimtorch, in eval mode.
+
+    Args:
+        trust_code: allow the spec to name any ``module:function`` factory. Only for directories you
+            wrote yourself: loading imports and calls that function.
+        trusted_refs: factories allowed even without ``trust_code`` (a recipe's own model references).
+
+    Raises:
+        ArtifactError: the directory is incomplete, corrupted, from another version, or names code
+            that is not trusted.
 
     Example:
         >>> model = slimtorch.load("runs/digits/models/final")  # doctest: +SKIP
@@ -100,9 +129,41 @@ def load(directory: str | Path) -> nn.Module:
     fmt = spec.get("format", "torch")
     if fmt not in FORMATS and fmt in _FORMAT_MODULES:
         importlib.import_module(_FORMAT_MODULES[fmt])
-    model = FORMATS.get(fmt).load(directory, spec)
+    if fmt not in FORMATS:
+        raise ArtifactError(f"{directory}/{SPEC_FILE} names an unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}.")
+    loader = FORMATS.get(fmt)
+    if loader.rebuilds:
+        _check_trusted(spec, directory, trust_code, trusted_refs)
+    try:
+        model = loader.load(directory, spec)
+    except SlimtorchError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, OSError) as exc:
+        # A hand-edited or truncated side file (quantization table, shapes) is damage, not a bug to trace.
+        raise ArtifactError(f"{directory} is corrupted or incomplete ({type(exc).__name__}: {exc}); re-run the stage that wrote it.") from exc
     model.slimtorch_spec = spec.get("model")
     return model.eval()
+
+
+def is_safe_ref(ref: str) -> bool:
+    """True for references that build an architecture without importing user code."""
+    from slimtorch.models.builtin import MODELS
+
+    return ref in MODELS or ref.startswith(("hf:", "torchvision:"))
+
+
+def _check_trusted(spec: dict[str, Any], directory: Path, trust_code: bool, trusted_refs: Collection[str]) -> None:
+    model_spec = spec.get("model") or {}
+    ref = model_spec.get("ref")
+    if not ref or is_safe_ref(ref) or ref in trusted_refs:
+        return
+    if trust_code and ":" in ref and not Path(ref).exists():
+        return
+    raise ArtifactError(
+        f"{directory}/{SPEC_FILE} asks to rebuild the model with {ref!r}, which is not one of slimtorch's architectures; "
+        "loading would import and call it, so it was refused. If you wrote this directory yourself, load it with "
+        "slimtorch.load(dir, trust_code=True) (CLI: --trust-code), or name that factory in your recipe."
+    )
 
 
 def fit_shapes_(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -232,5 +293,5 @@ def _load_hf(directory: Path, spec: dict[str, Any]) -> nn.Module:
     return load_hf(str(directory / "hf"), kind=kind)
 
 
-FORMATS.register("torch")(ArtifactFormat(_save_torch, _load_torch))
+FORMATS.register("torch")(ArtifactFormat(_save_torch, _load_torch, rebuilds=True))
 FORMATS.register("hf")(ArtifactFormat(_save_hf, _load_hf))

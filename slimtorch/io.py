@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+# What ``tempfile.mkstemp``/``mkdtemp`` put between our prefix and suffix: 8 characters of [a-z0-9_].
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; put it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: str | Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700 (private); a finished file gets the permissions open() would give."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -18,6 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _honour_umask(tmp, directory=False)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -54,6 +72,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        _honour_umask(tmp, directory=True)
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -84,20 +103,33 @@ def recover_dir(path: Path) -> None:
         os.replace(old, path)
 
 
-def remove_stale_temporaries(root: Path) -> list[Path]:
-    """Delete what killed writers left under ``root`` (``.<name>.<random>.tmp``) and settle dir swaps.
+def remove_stale_temporaries(root: Path, subdirs: Iterable[str] | None = None) -> list[Path]:
+    """Delete what killed writers left (``.<name>.<random>.tmp``) and settle interrupted dir swaps.
 
-    Only call this on a directory no other process is writing to (``--resume`` of a run).
+    With ``subdirs``, only ``root`` itself (not recursively) and those sub-folders (recursively) are
+    searched: the places slimtorch writes. Only call this on a directory that no other process is
+    writing to and that slimtorch owns (``--resume`` of a run, under its lock).
     Returns the paths that were removed.
     """
     root = Path(root)
     if not root.is_dir():
         return []
-    for old in sorted(root.rglob(".*.old"), key=lambda p: len(p.parts)):
-        if old.is_dir():
+    if subdirs is None:
+        top, nested = [], list(root.rglob(".*"))
+    else:
+        top, nested = list(root.glob(".*")), []
+        for sub in subdirs:
+            if (root / sub).is_dir() and not (root / sub).is_symlink():
+                nested.extend((root / sub).rglob(".*"))
+    candidates = top + nested
+    # Directory swaps happen only inside the owned sub-folders (models/<name>, checkpoints), never at the top.
+    olds = [p for p in nested if p.name.endswith(".old") and len(p.name) > len("..old")]
+    for old in sorted(olds, key=lambda p: len(p.parts)):
+        if old.is_dir() and not old.is_symlink():
             recover_dir(old.with_name(old.name[1:-len(".old")]))
     removed = []
-    for tmp in sorted(root.rglob(".*.tmp"), key=lambda p: len(p.parts)):
+    temps = [p for p in candidates if _TEMP_NAME.match(p.name)]
+    for tmp in sorted(temps, key=lambda p: len(p.parts)):
         if not tmp.exists() and not tmp.is_symlink():
             continue  # inside a temporary directory removed just before
         if tmp.is_dir() and not tmp.is_symlink():

@@ -25,11 +25,12 @@ import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch import artifact
 from slimtorch.core import STAGES, RunContext, StageRecord, silent_progress, seed_everything
 from slimtorch.data import DataBundle, build_data
-from slimtorch.errors import OutputDirError, RecipeError
-from slimtorch.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
+from slimtorch.errors import ArtifactError, OutputDirError, RecipeError
+from slimtorch.io import atomic_write_json, atomic_write_text
 from slimtorch.measure import Measurement, measure, outputs_on
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.models import build_model
+from slimtorch.outdir import claim_out_dir
 from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import ModelSpec, StageSpec
 from slimtorch.report import build_report, write_report
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 # Stages that may train the model they are given (their memory need is weights + grads + AdamW state).
 TRAINING_STAGES = frozenset({"distill", "finetune", "lora", "prune"})
-RUN_MARKERS = (STATE_FILE, "report.json", "recipe.yaml")
 
 
 @dataclass
@@ -53,29 +53,6 @@ class RunResult:
     report: dict[str, Any]
     model: nn.Module
     records: list[StageRecord] = field(default_factory=list)
-
-
-def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to clobber an existing run unless asked; make sure the directory is writable."""
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output path {out} is a file; give a directory path with --out.")
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not force:
-            raise OutputDirError(f"output directory {out} already exists; pass --resume to continue that run or --force to replace it.")
-        if not any((out / m).exists() for m in RUN_MARKERS):
-            raise OutputDirError(f"--force refuses to delete {out}: it does not look like a slimtorch run (no {STATE_FILE}/report.json). Choose another --out.")
-        shutil.rmtree(out)
-    if resume:
-        # A killed run may have left half-written temporaries; they are never part of a result.
-        for path in remove_stale_temporaries(out):
-            log.info("removed %s left by an interrupted run", path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputDirError(f"cannot write to output directory {out} ({exc.strerror}); choose a writable --out.") from exc
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -132,6 +109,10 @@ class _Run:
         self.baseline_outputs: Tensor | None = None
         self.student: nn.Module | None = None
         self.data: DataBundle
+        # Factories the recipe itself names may be rebuilt on resume; anything else a saved spec names is refused.
+        self.trusted_refs = _model_refs(recipe.to_dict())
+        # Measurements depend on `evaluate` only: when it alone changed, finished models are measured again.
+        self.evaluate_fp = _fingerprint(recipe.evaluate.model_dump())
 
     # -- models -------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -139,12 +120,36 @@ class _Run:
                 "input_shape": list(self.data.input_shape) if self.data.input_shape else None}
 
     def _save_and_measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
-        model_dir = self.out / "models" / name
-        artifact.save(model, model_dir, **self._meta())
+        artifact.save(model, self.out / "models" / name, **self._meta())
+        return self._measure(model, name, stage)
+
+    def _measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
         m = measure(model, name=name, stage=stage, data=self.data, config=self.recipe.evaluate,
-                    artifact_dir=model_dir, baseline_outputs=self.baseline_outputs)
+                    artifact_dir=self.out / "models" / name, baseline_outputs=self.baseline_outputs)
         self.measurements.append(m)
         return m
+
+    def _load_saved(self, name: str) -> nn.Module:
+        return artifact.load(self.out / "models" / name, trusted_refs=self.trusted_refs)
+
+    def _reuse(self, name: str, done: dict[str, Any] | None, load: Callable[[str], nn.Module]) -> nn.Module | None:
+        """The finished model of step ``name``, or None when it must run (again): not done, or damaged on disk."""
+        if not done:
+            return None
+        try:
+            model = load(name)
+            for m in done.get("measurements", [])[1:]:  # the extra models a stage reported
+                artifact.read_spec(self.out / "models" / m["name"])
+            return model
+        except ArtifactError as exc:
+            self.events(f"{name}: the finished model on disk is damaged ({exc}); running the step again")
+            return None
+
+    def _remeasure(self, done: dict[str, Any], first: nn.Module) -> list[Measurement]:
+        """Measure finished models again (the recipe's `evaluate` changed since they were measured)."""
+        old = [Measurement.from_json(m) for m in (done.get("measurements") or [done["measurement"]])]
+        self.events(f"{old[0].name}: evaluate settings changed; measuring the finished model again")
+        return [self._measure(first if i == 0 else self._load_saved(m.name), m.name, m.stage) for i, m in enumerate(old)]
 
     def _build(self, spec: ModelSpec, training: bool) -> nn.Module:
         model = build_model(str(spec.model), spec.args, input_shape=self.data.input_shape, num_classes=self.data.num_classes)
@@ -160,21 +165,28 @@ class _Run:
             name = spec.name or ("teacher" if i == 0 else f"teacher_{i + 1}")
             fp = _fingerprint(self.recipe.seed, self.recipe.data.model_dump(), spec.model_dump())
             done = self.state.done(name, fp)
-            if done:
+            reused = self._reuse(name, done, self._load_saved)
+            if reused is not None and done is not None:
                 self.events(f"{name}: reusing finished model")
-                model = artifact.load(self.out / "models" / name)
-                self.measurements.append(Measurement.from_json(done["measurement"]))
-                if done.get("row"):
-                    self.stage_rows.append(done["row"])
+                model, row = reused, done.get("row")
+                if row:
+                    self.stage_rows.append(row)
             else:
+                done = None
                 self.state.invalidate_after(name)
                 _claim_work_dir(self.out / "work" / name, fp)
                 model, row = self._teacher(spec, name, i, ctx)
             if i == 0:
                 self.baseline_outputs = outputs_on(model, self.data, self.recipe.evaluate)
-            if not done:
+            if done is None:
                 m = self._save_and_measure(model, name, "teacher")
-                self.state.save(name, {"fingerprint": fp, "measurement": m.to_json(), "seconds": m.seconds, "row": row})
+            elif done.get("evaluate") != self.evaluate_fp:
+                m = self._remeasure(done, model)[0]
+            else:
+                m = Measurement.from_json(done["measurement"])
+                self.measurements.append(m)
+            self.state.save(name, {"fingerprint": fp, "measurement": m.to_json(), "seconds": m.seconds, "row": row,
+                                   "evaluate": self.evaluate_fp})
             teachers.append(model)
         return teachers
 
@@ -245,10 +257,16 @@ class _Run:
             prefix.append([spec.kind, spec.config.model_dump()])
             fp = _fingerprint(*prefix)
             done = self.state.done(name, fp)
-            if done:
+            reused = self._reuse(name, done, self._reload_stage_model)
+            if reused is not None and done is not None:
                 self.events(f"stage {i + 1}/{len(self.recipe.stages)} {spec.kind}: reusing finished result")
-                model = self._reload_stage_model(name)
-                self.measurements.extend(Measurement.from_json(m) for m in done["measurements"])
+                model = reused
+                if done.get("evaluate") != self.evaluate_fp:
+                    done["measurements"] = [m.to_json() for m in self._remeasure(done, model)]
+                    done["evaluate"] = self.evaluate_fp
+                    self.state.save(name, done)
+                else:
+                    self.measurements.extend(Measurement.from_json(m) for m in done["measurements"])
                 self.stage_rows.append(done["row"])
                 final = name
                 continue
@@ -271,7 +289,8 @@ class _Run:
                 measured.append(self._save_and_measure(extra, f"{name}_{extra_name}", spec.kind))
             row = {"model": name, **record.to_json()}
             self.stage_rows.append(row)
-            self.state.save(name, {"fingerprint": fp, "row": row, "measurements": [m.to_json() for m in measured]})
+            self.state.save(name, {"fingerprint": fp, "row": row, "measurements": [m.to_json() for m in measured],
+                                   "evaluate": self.evaluate_fp})
             final = name
         return model, final
 
@@ -304,7 +323,7 @@ class _Run:
     def _reload_stage_model(self, name: str) -> nn.Module:
         """Reload a finished stage's model, re-arming pruning masks so later training keeps them."""
         model_dir = self.out / "models" / name
-        model = artifact.load(model_dir)
+        model = self._load_saved(name)
         masked = artifact.read_spec(model_dir).get("masked_modules") or []
         if masked:
             from slimtorch.prune.masks import set_mask_
@@ -314,6 +333,21 @@ class _Run:
             for fqn in masked:
                 set_mask_(modules[fqn], (modules[fqn].weight != 0).float())
         return model
+
+
+def _model_refs(tree: Any) -> frozenset[str]:
+    """Every string under a ``model:`` key of the recipe (teachers, student, assistants)."""
+    found: set[str] = set()
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "model" and isinstance(value, str):
+                found.add(value)
+            else:
+                found |= _model_refs(value)
+    elif isinstance(tree, list):
+        for item in tree:
+            found |= _model_refs(item)
+    return frozenset(found)
 
 
 def _check_target(target: Any, plan: dict[str, Any], final: Measurement) -> list[str]:
@@ -362,7 +396,12 @@ def compress(
     """
     recipe = load_recipe(recipe)
     out = Path(out or Path("runs") / recipe.name)
-    prepare_out_dir(out, resume=resume, force=force)
+    with claim_out_dir(out, resume=resume, force=force):
+        return _compress(recipe, out, resume, progress, events)
+
+
+def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., Any] | None,
+              events: Callable[[str], None] | None) -> RunResult:
     events = events or (lambda msg: log.info(msg))
     atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
     seed_everything(recipe.seed)

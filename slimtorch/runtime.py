@@ -150,7 +150,13 @@ def _load_onnx(directory: Any, spec: dict[str, Any]) -> nn.Module:
     path = directory / "model.onnx"
     if not path.is_file():
         raise ArtifactError(f"{directory}/model.onnx is missing; re-run the stage that wrote it.")
-    info = json.loads((directory / "onnx_meta.json").read_text()) if (directory / "onnx_meta.json").is_file() else {}
+    meta_path = directory / "onnx_meta.json"
+    try:
+        info = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{meta_path} is corrupted ({exc}); re-run the stage that wrote it.") from exc
+    if not isinstance(info, dict) or not isinstance(info.get("threads", 1), int) or not isinstance(info.get("meta") or {}, dict):
+        raise ArtifactError(f"{meta_path} is corrupted: expected {{\"threads\": int, \"meta\": {{...}}}}; re-run the stage that wrote it.")
     model = OrtModule(path.read_bytes(), threads=info.get("threads", 1), meta=info.get("meta"))
     try:
         model.session  # noqa: B018 - parse now so a corrupted file fails at load, not at first call

@@ -45,9 +45,11 @@ def build_model(
     *,
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
+    trust_code: bool = False,
 ) -> nn.Module:
     """Build the model a reference names. Built-ins get ``input_shape``/``num_classes`` from the data.
 
+    ``trust_code`` applies to a saved directory: see :func:`slimtorch.artifact.load`.
     The returned module carries ``slimtorch_spec`` (how to rebuild it) so ``slimtorch.save`` can write a
     portable artifact.
     """
@@ -67,7 +69,7 @@ def build_model(
     elif Path(ref).is_dir():
         from slimtorch.artifact import load
 
-        return load(ref)
+        return load(ref, trust_code=trust_code)
     elif Path(ref).suffix in {".pt", ".pth", ".bin", ".ckpt", ".pkl"}:
         raise ModelRefError(
             f"{ref!r} is a pickle file; slimtorch never unpickles models (unpickling can run code). Save it with "

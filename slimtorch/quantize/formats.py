@@ -111,4 +111,4 @@ def _make_qweight(state: dict[str, Tensor], fqn: str) -> Tensor:
 
 
 if "torch_quantized" not in FORMATS:
-    FORMATS.register("torch_quantized")(ArtifactFormat(_save, _load))
+    FORMATS.register("torch_quantized")(ArtifactFormat(_save, _load, rebuilds=True))

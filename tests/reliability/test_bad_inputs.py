@@ -105,6 +105,7 @@ def _existing_run(tmp: Path) -> Path:
     out = tmp / "out"
     out.mkdir()
     (out / "state.json").write_text('{"steps": {}}')
+    (out / ".slimtorch-run.json").write_text('{"created_by": "slimtorch"}')  # what every run directory holds
     return out
 
 

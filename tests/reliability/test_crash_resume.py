@@ -120,7 +120,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted_run(tmp_path
     assert leftovers == []
     monkeypatch.syspath_prepend(str(HERE))
     for name in ("teacher", "1_distill", "2_prune", "3_finetune"):
-        got, want = artifact.load(crashed / "models" / name), artifact.load(straight_out / "models" / name)
+        got, want = artifact.load(crashed / "models" / name, trust_code=True), artifact.load(straight_out / "models" / name, trust_code=True)
         for (k, va), vb in zip(want.state_dict().items(), got.state_dict().values()):
             torch.testing.assert_close(vb, va, atol=1e-6, rtol=0, msg=f"{name}.{k}")
 
@@ -130,16 +130,22 @@ def test_resume_cleanup_settles_what_a_killed_writer_left(tmp_path):
     from slimtorch.io import remove_stale_temporaries
 
     run = tmp_path / "run"
-    (run / "models" / ".teacher.k3j.tmp").mkdir(parents=True)  # killed while writing a model directory
-    (run / "models" / ".teacher.k3j.tmp" / "model.safetensors").write_bytes(b"half")
-    (run / ".state.json.x1.tmp").write_text('{"steps": ')  # killed while writing a file
+    # Names as tempfile.mkstemp/mkdtemp make them: `.<target>.<8 random characters>.tmp`.
+    (run / "models" / ".teacher.k3j_x9a2.tmp").mkdir(parents=True)  # killed while writing a model directory
+    (run / "models" / ".teacher.k3j_x9a2.tmp" / "model.safetensors").write_bytes(b"half")
+    (run / ".state.json.x1b2c3d4.tmp").write_text('{"steps": ')  # killed while writing a file
     ck = run / "work" / "01_distill" / "student"
     (ck / ".last.old").mkdir(parents=True)  # killed between the two renames of a checkpoint swap
     (ck / ".last.old" / "meta.json").write_text("{}")
     (ck / "best").mkdir()
     (ck / ".best.old").mkdir()  # killed after the swap, before the old copy was removed
-    removed = remove_stale_temporaries(run)
-    assert sorted(p.name for p in removed) == [".state.json.x1.tmp", ".teacher.k3j.tmp"]
+    user = run / "notes" / ".draft.abcdefgh.tmp"  # not a place slimtorch writes: left alone
+    user.parent.mkdir()
+    user.write_text("mine")
+    (run / ".my.old").mkdir()  # no `my` to restore it to... but it is the user's, not a swap of ours
+    removed = remove_stale_temporaries(run, subdirs=("models", "work"))
+    assert sorted(p.name for p in removed) == [".state.json.x1b2c3d4.tmp", ".teacher.k3j_x9a2.tmp"]
+    assert user.read_text() == "mine"
     assert (ck / "last" / "meta.json").exists() and not (ck / ".last.old").exists()
     assert (ck / "best").exists() and not (ck / ".best.old").exists()
-    assert [p for p in run.rglob("*") if p.name.endswith((".tmp", ".old"))] == []
+    assert sorted(p for p in run.rglob("*") if p.name.endswith((".tmp", ".old"))) == [run / ".my.old", user]
