@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from slimtorch.train import TrainConfig
+from slimtorch.train.loop import TrainConfig, train_fields
 
 
 class FeatureSpec(BaseModel):
@@ -44,25 +44,21 @@ class DDPSpec(BaseModel):
     port: int | None = Field(None, ge=1024, le=65535, description="rendezvous port (default: a free one)")
 
 
-class DistillConfig(BaseModel):
+class DistillConfig(TrainConfig):
     """Knowledge distillation (Hinton et al. 2015, https://arxiv.org/abs/1503.02531).
 
-    ``L = alpha·CE(y, q_S(T=1)) + (1 − alpha)·T²·KL(p_T(T) ‖ q_S(T))`` per example, averaged over the
-    batch; unlabeled examples (label ``-1``, scenario 2) contribute only the soft-target term.
+    ``L = alpha·CE(y, q_S(T=1)) + (1 − alpha)·T²·KL(p_T(T) ‖ q_S(T))``: the CE term is the mean over the
+    batch's *labeled* rows, the soft-target term the mean over all rows (unlabeled transfer-set rows,
+    label ``-1``, scenario 2, only have that term). So ``alpha`` weighs the two terms as written
+    whatever fraction of a batch is labeled. The training fields (``epochs`` as a ceiling, ``lr``,
+    ``schedule``, ``patience``, ...) are :class:`~slimtorch.train.TrainConfig`'s.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     temperature: float = Field(2.0, description="softmax temperature T of the soft targets (T > 0)")
     alpha: float = Field(0.5, description="λ: weight of the hard-label cross-entropy, in [0, 1]")
     loss: Literal["kd", "mse", "cosine"] = Field(
         "kd", description="kd: Hinton KD on logits; mse: MSE on logits/embeddings; cosine: 1 − cos on embeddings")
-    epochs: int = Field(20, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int | None = Field(None, gt=0, description="defaults to data.batch_size")
-    patience: int | None = Field(None, ge=1, description="early stop after this many epochs without a better val metric")
-    max_steps: int | None = Field(None, ge=1)
+    epochs: int = Field(20, ge=0, description="ceiling on passes over the distillation set; training stops earlier once converged")
     use_transfer: bool = Field(True, description="also train on the unlabeled transfer set (scenario 2) when there is one")
     teacher_weights: list[float] | None = Field(None, description="weights of the teachers' soft targets (default: equal)")
     assistant: AssistantSpec | None = None
@@ -101,5 +97,4 @@ class DistillConfig(BaseModel):
 
     def train_config(self, epochs: int | None = None) -> TrainConfig:
         """The optimiser settings for :func:`slimtorch.train.fit`."""
-        return TrainConfig(epochs=self.epochs if epochs is None else epochs, lr=self.lr, weight_decay=self.weight_decay,
-                           batch_size=self.batch_size, patience=self.patience, max_steps=self.max_steps)
+        return TrainConfig(**{**train_fields(self), "epochs": self.epochs if epochs is None else epochs})

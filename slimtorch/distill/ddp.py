@@ -30,6 +30,7 @@ from slimtorch.core import RunContext
 from slimtorch.data.bundle import DataBundle
 from slimtorch.distill.config import DDPSpec, DistillConfig, FeatureSpec
 from slimtorch.errors import TrainingError
+from slimtorch.train.loop import convergence_note
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,9 @@ def _worker(rank: int, world_size: int, backend: str, port: int, job: HopJob, ou
             save_file(state, os.path.join(out_dir, "student.safetensors"))
             fit = hop.fit
             atomic_write_json(Path(out_dir) / "result.json", {
-                "best_metric": fit.best_metric, "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
-                "steps": fit.steps, "history": fit.history, "cached": hop.cached, "world_size": hop.world_size,
-                "adapter_params": hop.adapter_params})
+                "best_metric": fit.best_metric, **fit.summary(), "history": fit.history, "cached": hop.cached,
+                "world_size": hop.world_size, "adapter_params": hop.adapter_params,
+                "convergence_note": convergence_note(fit, job.description, job.config.min_loss_improvement)})
         dist.barrier()
     finally:
         dist.destroy_process_group()

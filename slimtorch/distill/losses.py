@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from slimtorch.data.bundle import UNLABELED
 from slimtorch.distill.config import DistillConfig
 from slimtorch.registry import Registry
+from slimtorch.train.losses import labeled_cross_entropy_rows
 
 DistillLoss = Callable[[Tensor, Tensor, Tensor, DistillConfig], Tensor]
 LOSSES: Registry[DistillLoss] = Registry("distillation loss")
@@ -29,13 +29,6 @@ def soft_cross_entropy(p: Tensor, q: Tensor, eps: float = 0.0) -> Tensor:
 def kl_div(p: Tensor, log_q: Tensor) -> Tensor:
     """``KL(p ‖ q) = Σ_k p_k (log p_k − log q_k)``, with 0·log 0 = 0. p, log_q (..., K) -> (...)."""
     return (torch.xlogy(p, p) - p * log_q).sum(-1)
-
-
-def masked_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-example CE at T = 1; examples labeled ``UNLABELED`` get 0. logits (B, C), labels (B,) -> (B,)."""
-    mask = labels != UNLABELED
-    ce = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")  # (B,)
-    return ce * mask
 
 
 def mix_soft_targets(teacher_logits: Sequence[Tensor], weights: Sequence[float], temperature: float) -> Tensor:
@@ -59,16 +52,19 @@ def teacher_target(outputs: Sequence[Tensor], weights: Sequence[float], config: 
 
 @LOSSES.register("kd")
 def kd_loss(student_logits: Tensor, soft_targets: Tensor, labels: Tensor, config: DistillConfig) -> Tensor:
-    """Hinton KD: ``λ·CE(y, q_S(1)) + (1 − λ)·T²·KL(p_T(T) ‖ q_S(T))`` per example. -> (B,).
+    """Hinton KD: ``λ·CE(y, q_S(1)) + (1 − λ)·T²·KL(p_T(T) ‖ q_S(T))`` as per-example shares. -> (B,).
 
-    The T² factor keeps the soft-target gradients the same size as T changes (they scale as 1/T²).
+    The mean of the result over the batch is ``λ·(mean CE over the labeled rows) + (1 − λ)·(mean T²·KL
+    over all rows)``: the CE shares come from :func:`~slimtorch.train.labeled_cross_entropy_rows`, so
+    unlabeled rows (``UNLABELED``) add no CE and do not dilute the labeled ones. The T² factor keeps the
+    soft-target gradients the same size as T changes (they scale as 1/T²).
     """
     t = config.temperature
     log_q = F.log_softmax(student_logits / t, dim=-1)  # (B, C)
     soft = kl_div(soft_targets, log_q) * t * t  # (B,)
     if config.alpha == 0:
         return (1 - config.alpha) * soft
-    return config.alpha * masked_cross_entropy(student_logits, labels) + (1 - config.alpha) * soft
+    return config.alpha * labeled_cross_entropy_rows(student_logits, labels) + (1 - config.alpha) * soft
 
 
 @LOSSES.register("mse")

@@ -15,6 +15,7 @@ from slimtorch.distill.config import DistillConfig, FeatureSpec
 from slimtorch.distill.ddp import is_distributed, job_for, single_process, spawn_hop
 from slimtorch.distill.engine import train_hop
 from slimtorch.errors import RecipeError
+from slimtorch.train.loop import convergence_note
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +108,17 @@ class DistillStage:
         else:
             hop = train_hop(student, teachers, weights, ctx.data, self.config, ctx, epochs=epochs, pairs=pairs,
                             description=description, checkpoint_dir=checkpoint_dir, distributed=is_distributed())
-            summary = {"best_metric": hop.fit.best_metric, "best_epoch": hop.fit.best_epoch, "epochs_run": hop.fit.epochs_run,
-                       "steps": hop.fit.steps, "history": hop.fit.history, "cached": hop.cached, "world_size": hop.world_size,
-                       "adapter_params": hop.adapter_params, "resumed_from_epoch": hop.fit.resumed_from_epoch}
+            summary = {"best_metric": hop.fit.best_metric, **hop.fit.summary(), "history": hop.fit.history, "cached": hop.cached,
+                       "world_size": hop.world_size, "adapter_params": hop.adapter_params,
+                       "resumed_from_epoch": hop.fit.resumed_from_epoch,
+                       "convergence_note": convergence_note(hop.fit, description, self.config.min_loss_improvement)}
         metric = "val_accuracy" if ctx.data.task == "classification" else "val_cosine_to_teacher"
         return {
             "from": names[0], "to": names[1], "teacher_params": sum(_count(t) for t in teachers),
             "student_params": _count(student), metric: round(summary["best_metric"], 6), "best_epoch": summary["best_epoch"],
-            "epochs_run": summary["epochs_run"], "steps": summary["steps"], "cached_teacher": summary["cached"],
+            "epochs_run": summary["epochs_run"], "epochs_ceiling": summary.get("epochs_ceiling"),
+            "converged_epoch": summary.get("converged_epoch"), "stop_reason": summary.get("stop_reason"), "lr": summary.get("lr"),
+            "convergence_note": summary.get("convergence_note"), "steps": summary["steps"], "cached_teacher": summary["cached"],
             "world_size": summary["world_size"], "adapter_params": summary["adapter_params"],
             "resumed_from_epoch": summary.get("resumed_from_epoch", 0), "seconds": round(time.perf_counter() - start, 3),
             "history": [{k: round(v, 6) for k, v in h.items()} for h in summary["history"]],
@@ -133,6 +137,7 @@ class DistillStage:
             "temperature": config.temperature,
             "alpha": config.alpha,
             "features": [p.model_dump() for p in config.features],
+            "converged_epoch": hops[-1]["converged_epoch"],
             "hops": hops,
         }
 
@@ -144,7 +149,5 @@ class DistillStage:
             notes.append("distill.alpha has no effect on an embedding task: there are no labels, only the teacher's embeddings.")
         if config.cache_teacher and not all(h["cached_teacher"] for h in hops):
             notes.append("teacher outputs were not cached: the data gives a different input each time it is read (augmentation).")
-        for hop in hops:
-            if hop["epochs_run"] and hop["best_epoch"] == hop["epochs_run"] - 1 and not config.patience and hop["epochs_run"] > 1:
-                notes.append(f"{hop['from']}→{hop['to']}: the best epoch was the last one; more epochs may help.")
+        notes.extend(hop["convergence_note"] for hop in hops if hop.get("convergence_note"))
         return notes

@@ -15,13 +15,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
-from slimtorch.data.bundle import UNLABELED
 from slimtorch.errors import DataError
 from slimtorch.export.onnx import bake_parametrizations_
 from slimtorch.lora import _peft
 from slimtorch.lora.config import LoraConfig
 from slimtorch.measure.accuracy import task_metric
-from slimtorch.train.loop import TrainConfig, fit
+from slimtorch.train.loop import TrainConfig, convergence_note, fit
+from slimtorch.train.losses import labeled_cross_entropy
 
 
 def make_loss(cfg: LoraConfig, ctx: RunContext) -> tuple[Any, str]:
@@ -33,7 +33,7 @@ def make_loss(cfg: LoraConfig, ctx: RunContext) -> tuple[Any, str]:
                             "give the recipe a teacher or set lora.use_teacher: true.")
 
         def ce(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
-            return F.cross_entropy(forward(model, x), y, ignore_index=UNLABELED)
+            return labeled_cross_entropy(forward(model, x), y)
 
         return ce, "cross-entropy on labels"
     teacher.eval()
@@ -46,9 +46,9 @@ def make_loss(cfg: LoraConfig, ctx: RunContext) -> tuple[Any, str]:
         if ctx.data.task != "classification":
             return 1 - F.cosine_similarity(out, target, dim=-1).mean()
         soft = F.kl_div(F.log_softmax(out / T, -1), F.softmax(target / T, -1), reduction="batchmean") * T * T
-        if cfg.label_weight == 0 or bool((y == UNLABELED).all()):
+        if cfg.label_weight == 0:
             return soft
-        return cfg.label_weight * F.cross_entropy(out, y, ignore_index=UNLABELED) + (1 - cfg.label_weight) * soft
+        return cfg.label_weight * labeled_cross_entropy(out, y) + (1 - cfg.label_weight) * soft
 
     kind = "1 − cosine to the teacher" if ctx.data.task != "classification" else f"distillation from the teacher (T={T})"
     return kd, kind
@@ -93,7 +93,8 @@ class LoraStage:
         start = time.perf_counter()
         result = fit(model, loss_fn, loader, train_cfg, ctx, evaluate=lambda m: self._metric(m, ctx),
                      checkpoint_dir=ctx.stage_dir(self.name) / tag, description=f"lora: {tag}")
-        return {"steps": result.steps, "epochs_run": result.epochs_run, "train_s": round(time.perf_counter() - start, 2)}
+        return {**result.summary(), "train_s": round(time.perf_counter() - start, 2),
+                "convergence_note": convergence_note(result, f"lora ({tag})", train_cfg.min_loss_improvement)}
 
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         start = time.perf_counter()
@@ -116,7 +117,7 @@ class LoraStage:
         merged = _peft.merge_lora(adapted)
         with torch.no_grad():
             merge_diff = (forward(merged, check) - adapter_out).abs().max().item()
-        notes = []
+        notes = [lora_run["convergence_note"]] if lora_run["convergence_note"] else []
         dense_after = self._metric(merged, ctx) if masks else None
         if masks and cfg.keep_sparsity:
             _reapply_masks_(merged, masks)

@@ -20,9 +20,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.core import Batch, forward
+from slimtorch.data.bundle import UNLABELED
 from slimtorch.errors import NotCalibratedError
 from slimtorch.prune.masks import mask_of, raw_weight, weight_2d
 from slimtorch.registry import Registry
+from slimtorch.train.losses import labeled_cross_entropy
 
 IMPORTANCE: Registry[type] = Registry("importance criterion")
 
@@ -37,8 +39,8 @@ def calibration_loss(task: str, kind: str | None = None) -> LossFn:
         if kind == "causal_lm" and isinstance(x, dict):
             ids = x["input_ids"]
             return F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), ids[:, 1:].reshape(-1))
-        if task == "classification" and (y >= 0).any():
-            return F.cross_entropy(out[y >= 0], y[y >= 0])
+        if task == "classification" and (y != UNLABELED).any():
+            return labeled_cross_entropy(out, y)
         return out.pow(2).mean()  # embeddings: no labels; keep what carries the output's energy
 
     return loss

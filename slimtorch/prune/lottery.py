@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from slimtorch.core import Batch, RunContext, StageRecord, forward, seed_everything
 from slimtorch.errors import UnsupportedModuleError
@@ -22,6 +21,7 @@ from slimtorch.prune.importance import IMPORTANCE
 from slimtorch.prune.masks import compute_masks, mask_of, raw_weight, set_mask_
 from slimtorch.prune.targets import select_mask_targets
 from slimtorch.train.loop import TrainConfig, fit
+from slimtorch.train.losses import labeled_cross_entropy
 
 
 def reinit_(model: nn.Module, seed: int) -> nn.Module:
@@ -67,7 +67,7 @@ def _train(model: nn.Module, ctx: RunContext, epochs: int, lr: float, tag: str) 
         return
 
     def loss_fn(m: nn.Module, x: Batch, y: Tensor) -> Tensor:
-        return F.cross_entropy(forward(m, x), y)
+        return labeled_cross_entropy(forward(m, x), y)
 
     fit(model, loss_fn, ctx.data.loader("train", shuffle=True, seed=ctx.seed), TrainConfig(epochs=epochs, lr=lr), ctx,
         evaluate=lambda m: task_metric(m, ctx.data, "val"), description=tag)

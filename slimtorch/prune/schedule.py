@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from slimtorch.core import Batch, RunContext, forward
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.train.loop import FitResult, TrainConfig, fit
+from slimtorch.train.losses import labeled_cross_entropy
 
 
 def sparsity_schedule(kind: str, final: float, steps: int) -> list[float]:
@@ -77,8 +77,7 @@ def recover(
             with torch.no_grad():
                 ref = forward(teacher, x)
             return kd_loss(out, ref, y, task, temperature, alpha)
-        labeled = y >= 0
-        return F.cross_entropy(out[labeled], y[labeled])
+        return labeled_cross_entropy(out, y)
 
     def evaluate(m: nn.Module) -> float:
         return task_metric(m, data, "val", reference=teacher)

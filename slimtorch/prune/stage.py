@@ -18,6 +18,7 @@ from slimtorch.prune.masks import bake_masks_, compute_masks, masked_modules, se
 from slimtorch.prune.schedule import recover, sparsity_schedule, step_ratios
 from slimtorch.prune.structured import prune_structured_
 from slimtorch.prune.targets import select_layers, select_mask_targets
+from slimtorch.train.loop import convergence_note
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,14 @@ class PruneStage:
                         skipped.append({"fqn": f, "reason": "no prunable group: its channels are coupled to an excluded layer or the output"})
             fit = recover(model, ctx, epochs=epochs, lr=cfg.lr, teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha,
                           checkpoint_dir=ctx.stage_dir(self.name) / f"step{step}", description=f"prune step {step + 1}/{len(schedule)}")
-            history.append({"step": step + 1, "sparsity": round(s, 4), "val": None if fit is None else fit.best_metric})
+            history.append({"step": step + 1, "sparsity": round(s, 4), "val": None if fit is None else fit.best_metric,
+                            **({} if fit is None else fit.summary())})
+            note = None if fit is None else convergence_note(fit, f"recovery after prune step {step + 1}/{len(schedule)}")
+            if note and step == len(schedule) - 1:
+                record.notes.append(note)
         record.details["schedule"] = history
+        if history and "converged_epoch" in history[-1]:
+            record.details["converged_epoch"] = history[-1]["converged_epoch"]
         if cfg.kind == "mask":
             layers = sparsity_report(targets)
             record.details["layer_sparsity"] = {f: round(v, 4) for f, v in layers.items()}

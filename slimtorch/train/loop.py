@@ -1,9 +1,17 @@
-"""The one small training loop that teacher training, fine-tuning, distillation and LoRA share.
+"""The one small training loop that teacher training, fine-tuning, distillation, pruning recovery and LoRA share.
 
-AdamW + cosine schedule, validation each epoch, early stopping with the best weights kept,
-per-epoch checkpoints for ``--resume`` (safetensors + a ``weights_only`` optimizer state, written
-as one directory swap so a kill never leaves a mixed checkpoint), a stop with a clear error on a
-non-finite loss that keeps the last good checkpoint, and a stop when the step's time budget
+``epochs`` is a ceiling, not a promise: training stops once it has converged, i.e. when for
+``patience`` epochs (default 10) neither the validation metric has improved nor the epoch's mean
+training loss has fallen by more than ``min_loss_improvement`` (default 1 %, relative) below its best.
+The best weights by the validation metric are kept, and :class:`FitResult` says at which epoch it
+converged or, when the ceiling came first, that it had not (:func:`convergence_note` words that for
+the report). AdamW with a linear warm-up then a constant rate by default (see
+:mod:`slimtorch.train.schedule` for ``cosine``/``onecycle``/``plateau``); ``lr: auto`` runs a short
+range test first (:mod:`slimtorch.train.lr_range`).
+
+Also: per-epoch checkpoints for ``--resume`` (safetensors + a ``weights_only`` optimizer and schedule
+state, written as one directory swap so a kill never leaves a mixed checkpoint), a stop with a clear
+error on a non-finite loss that keeps the last good checkpoint, and a stop when the step's time budget
 (``resources.max_stage_seconds``) runs out.
 """
 
@@ -16,10 +24,10 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -27,6 +35,8 @@ from slimtorch.core import Batch, RunContext, seed_everything
 from slimtorch.errors import ArtifactError, TrainingError, UnsupportedModuleError
 from slimtorch.io import atomic_dir, atomic_write_bytes, atomic_write_json, recover_dir
 from slimtorch.resources import over_time_budget
+from slimtorch.train.lr_range import lr_range_test
+from slimtorch.train.schedule import LRSchedule, Schedule
 from slimtorch.version import __version__
 
 log = logging.getLogger(__name__)
@@ -35,24 +45,52 @@ log = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, Batch, Tensor], Tensor]
 
 # Bump when the checkpoint layout changes; a checkpoint of another version is refused, not guessed at.
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 class TrainConfig(BaseModel):
-    """Optimiser settings shared by every stage that trains."""
+    """Optimiser and stopping settings shared by every stage that trains.
+
+    Training runs until it has converged or reaches ``epochs``: it stops when, for ``patience``
+    epochs, the validation metric has not improved and the mean training loss has not fallen by more
+    than ``min_loss_improvement`` (relative) below its best; the best weights by validation are kept.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    epochs: int = Field(10, ge=0, description="passes over the training set")
-    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate (cosine-decayed)")
+    epochs: int = Field(10, ge=0, description="ceiling on passes over the training set; training stops earlier once converged")
+    lr: float | Literal["auto"] = Field(1e-3, description="AdamW peak learning rate, or 'auto' for a short range test")
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int | None = Field(None, gt=0, description="defaults to data.batch_size")
-    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better val metric")
+    schedule: Schedule = Field("constant", description="constant | cosine | onecycle | plateau (all after a linear warm-up)")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length, at most a tenth of the ceiling's steps")
+    lr_floor: float = Field(0.1, ge=0, le=1, description="cosine/onecycle/plateau never go below lr * lr_floor")
+    patience: int | None = Field(10, ge=1, description="stop after this many epochs with neither a better val metric nor a lower "
+                                                       "training loss; null: always run the epochs ceiling")
+    min_loss_improvement: float = Field(0.01, ge=0, lt=1, description="relative fall of the epoch training loss that counts as learning")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps in total")
+
+    @field_validator("lr")
+    @classmethod
+    def _check_lr(cls, value: float | str) -> float | str:
+        if value != "auto" and not (isinstance(value, float | int) and value > 0):
+            raise ValueError(f"lr must be a positive number or 'auto'; got {value!r}. 1e-3 suits Adam on small models; "
+                             "'auto' runs a short learning-rate range test first.")
+        return value
+
+
+def train_fields(config: BaseModel) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields of a stage config that embeds them (DistillConfig, FinetuneConfig)."""
+    return {k: getattr(config, k) for k in TrainConfig.model_fields if hasattr(config, k)}
+
+
+StopReason = Literal["converged", "ceiling", "max_steps", "time_budget"]
 
 
 @dataclass
 class FitResult:
+    """How a :func:`fit` run went. Epochs are 0-based; ``history`` has one ``{epoch, loss, val, lr}`` per epoch."""
+
     best_metric: float
     best_epoch: int
     epochs_run: int
@@ -60,6 +98,72 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int = 0
     stopped_by_time_budget: bool = False
+    epochs_ceiling: int = 0
+    lr: float = 0.0  # the peak learning rate used (the range test's choice with ``lr: auto``)
+    stop_reason: StopReason = "ceiling"
+    converged_epoch: int | None = None  # last epoch that improved the val metric or the loss, when it stopped converged
+
+    @property
+    def converged(self) -> bool:
+        return self.stop_reason == "converged"
+
+    def summary(self) -> dict[str, Any]:
+        """The figures a stage records in ``StageRecord.details``."""
+        return {"best_epoch": self.best_epoch, "epochs_run": self.epochs_run, "epochs_ceiling": self.epochs_ceiling,
+                "converged_epoch": self.converged_epoch, "stop_reason": self.stop_reason, "steps": self.steps, "lr": self.lr}
+
+
+def loss_improvements(losses: list[float], min_improvement: float) -> list[int]:
+    """Indices of the epochs whose loss fell more than ``min_improvement`` (relative) below the best before them.
+
+    Example:
+        >>> loss_improvements([1.0, 0.5, 0.499, 0.45, 0.46], 0.01)
+        [0, 1, 3]
+    """
+    out, best = [], math.inf
+    for i, loss in enumerate(losses):
+        if loss < best * (1 - min_improvement) or best == math.inf:
+            out.append(i)
+            best = loss
+    return out
+
+
+def converged_at(history: list[dict[str, float]], patience: int, min_loss_improvement: float) -> int | None:
+    """The last epoch that improved the val metric or the training loss, if ``patience`` epochs have passed since; else None."""
+    if not history:
+        return None
+    vals = [h["val"] for h in history]
+    last_val = max(range(len(vals)), key=lambda i: (vals[i], -i))  # first epoch reaching the best
+    last_loss = loss_improvements([h["loss"] for h in history], min_loss_improvement)[-1]
+    last = max(last_val, last_loss)
+    return last if len(history) - 1 - last >= patience else None
+
+
+def convergence_note(result: FitResult, what: str, min_loss_improvement: float = 0.01) -> str | None:
+    """A report note when training stopped at its ceiling while still learning; None when it converged.
+
+    "Still learning": the best validation metric or a fall of the training loss of more than
+    ``min_loss_improvement`` came within the last ``k`` epochs (k = a third of the run, 2 to 10).
+    """
+    if result.stop_reason in ("converged", "time_budget") or result.epochs_run < 2:
+        return None
+    run = result.history
+    k = max(2, min(10, len(run) // 3))
+    window_start = len(run) - k
+    signs = []
+    if result.best_epoch == run[-1]["epoch"]:
+        signs.append("its best validation metric came in the last epoch")
+    elif result.best_epoch >= run[window_start]["epoch"]:
+        signs.append(f"its validation metric was still rising (best at epoch {result.best_epoch + 1})")
+    falls = loss_improvements([h["loss"] for h in run], min_loss_improvement)
+    if falls and falls[-1] >= window_start:
+        start, end = run[max(window_start - 1, 0)]["loss"], run[-1]["loss"]
+        signs.append(f"the training loss was still falling ({start:.4g} → {end:.4g} over the last {k} epochs)")
+    if not signs:
+        return None
+    limit = f"max_steps ({result.steps} steps)" if result.stop_reason == "max_steps" else f"its {result.epochs_ceiling}-epoch ceiling"
+    return (f"{what} did not converge: it stopped at {limit} while {' and '.join(signs)}. Raise `epochs` (a ceiling: "
+            "training stops by itself once it has converged), or the learning rate.")
 
 
 def _state_bytes(model: nn.Module) -> dict[str, Tensor]:
@@ -153,11 +257,12 @@ def fit(
     description: str = "train",
     params: list[nn.Parameter] | None = None,
 ) -> FitResult:
-    """Train ``model`` in place and leave it holding its best weights (by ``evaluate``, higher is better).
+    """Train ``model`` in place until it converges (or hits ``config.epochs``) and leave it holding its best weights.
 
     Args:
         loss_fn: ``loss_fn(model, x, y) -> scalar``.
-        evaluate: validation metric, called after each epoch; without it the last epoch is kept.
+        evaluate: validation metric (higher is better), called after each epoch; without it the
+            negative training loss stands in.
         checkpoint_dir: where per-epoch checkpoints go; if one exists there, training resumes from it.
         after_step: called after every optimizer step (e.g. re-apply pruning masks).
         params: the parameters to train (default: all that require grad).
@@ -172,22 +277,31 @@ def fit(
             f"{description}: {type(model).__name__} has no trainable parameters, so there is nothing to train. "
             "Remove the training stage (or its epochs), or give a model with parameters."
         )
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = max(1, config.epochs * len(loader))
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-    result = FitResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0)
+    resuming = checkpoint_dir is not None and (checkpoint_dir / "last" / "meta.json").exists()
+    lr = config.lr
+    if lr == "auto":
+        # On resume the checkpointed schedule restores the rate the range test chose.
+        lr = 1e-3 if resuming else lr_range_test(model, loss_fn, loader, trainable, weight_decay=config.weight_decay).lr
+        seed_everything(ctx.seed)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
+    warmup = min(round(config.warmup_epochs * len(loader)), total_steps // 10)
+    scheduler = LRSchedule(optimizer, config.schedule, lr, total_steps=total_steps, warmup_steps=warmup, floor=config.lr_floor)
+    result = FitResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0, epochs_ceiling=config.epochs, lr=lr)
     best_state = _state_bytes(model)
     start_epoch = 0
     if checkpoint_dir is not None:
         recover_dir(checkpoint_dir / "last")
         recover_dir(checkpoint_dir / "best")
-    if checkpoint_dir is not None and (checkpoint_dir / "last" / "meta.json").exists():
+    if resuming:
         meta = load_checkpoint(checkpoint_dir / "last", model, optimizer, scheduler)
         start_epoch = result.resumed_from_epoch = meta["epoch"] + 1
         result.steps, result.history = meta["steps"], meta["history"]
         result.best_metric, result.best_epoch = meta["best_metric"], meta["best_epoch"]
+        result.lr = scheduler.base_lr
+        result.epochs_run = start_epoch
         if (checkpoint_dir / "best" / "meta.json").exists():
             from safetensors.torch import load_file
 
@@ -195,63 +309,96 @@ def fit(
         else:
             best_state = _state_bytes(model)
         log.info("resuming %s at epoch %d", description, start_epoch)
+        if meta.get("converged_epoch") is not None:  # killed after the last checkpoint of a finished run
+            result.stop_reason, result.converged_epoch = "converged", meta["converged_epoch"]
+            start_epoch = config.epochs
     with ctx.progress(description, config.epochs * len(loader)) as advance:
         advance(start_epoch * len(loader))
         for epoch in range(start_epoch, config.epochs):
             if config.max_steps and result.steps >= config.max_steps:
+                result.stop_reason = "max_steps"
                 break
             # A time budget stops training only after at least one optimizer step (one-time set-up costs
             # such as the optimizer's first import must not leave a stage untrained).
             if result.stopped_by_time_budget or (result.steps > 0 and _out_of_time(result, description, epoch)):
                 break
-            # Same shuffles and dropout whether or not we resumed: reseed per epoch, loader generator too.
-            torch.manual_seed(ctx.seed * 1000 + epoch)
-            if getattr(loader, "generator", None) is not None:
-                loader.generator.manual_seed(ctx.seed * 1000 + epoch)
-            model.train()
-            total, count = 0.0, 0
-            for x, y in loader:
-                loss = loss_fn(model, x, y)
-                value = loss.item()  # one host sync per step, used for the check and the running mean
-                if not math.isfinite(value):
-                    model.load_state_dict(best_state)
-                    raise TrainingError(
-                        f"{description}: loss became {value} at epoch {epoch}, step {result.steps}; the model was "
-                        "restored to its last good weights. Lower the learning rate or check the inputs for NaN/inf."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if after_step is not None:
-                    after_step(model)
-                result.steps += 1
-                total, count = total + value, count + 1
-                advance(1, loss=total / count)
-                if config.max_steps and result.steps >= config.max_steps:
-                    break
-                if _out_of_time(result, description, epoch):
-                    break
+            total, count = _train_epoch(model, loss_fn, loader, optimizer, scheduler, ctx, result, epoch, best_state,
+                                        after_step, advance, config.max_steps, description)
+            total, count = _sum_over_ranks(total, count)  # every DDP rank must take the same stopping decision
             model.eval()
             metric = evaluate(model) if evaluate is not None else -total / max(count, 1)
-            result.history.append({"epoch": epoch, "loss": total / max(count, 1), "val": metric})
+            scheduler.end_epoch(metric)
+            result.history.append({"epoch": epoch, "loss": total / max(count, 1), "val": metric, "lr": scheduler.lr})
             result.epochs_run = epoch + 1
             improved = metric > result.best_metric
             if improved:
                 result.best_metric, result.best_epoch = metric, epoch
                 best_state = _state_bytes(model)
+            if config.patience:
+                result.converged_epoch = converged_at(result.history, config.patience, config.min_loss_improvement)
             if checkpoint_dir is not None:
-                meta = {"epoch": epoch, "steps": result.steps, "history": result.history,
-                        "best_metric": result.best_metric, "best_epoch": result.best_epoch}
+                meta = {"epoch": epoch, "steps": result.steps, "history": result.history, "best_metric": result.best_metric,
+                        "best_epoch": result.best_epoch, "converged_epoch": result.converged_epoch}
                 if improved:
                     save_checkpoint(checkpoint_dir / "best", model, optimizer, scheduler, meta)
                 save_checkpoint(checkpoint_dir / "last", model, optimizer, scheduler, meta)
-            if config.patience and epoch - result.best_epoch >= config.patience:
-                log.info("%s: early stop at epoch %d (best %d)", description, epoch, result.best_epoch)
+            if result.converged_epoch is not None:
+                result.stop_reason = "converged"
+                log.info("%s: converged at epoch %d (stopped at %d, best val at %d)", description, result.converged_epoch,
+                         epoch, result.best_epoch)
                 break
+    if result.stopped_by_time_budget:
+        result.stop_reason = "time_budget"
+    elif config.max_steps and result.steps >= config.max_steps and not result.converged:
+        result.stop_reason = "max_steps"
     model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+def _train_epoch(model: nn.Module, loss_fn: LossFn, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRSchedule,
+                 ctx: RunContext, result: FitResult, epoch: int, best_state: dict[str, Tensor],
+                 after_step: Callable[[nn.Module], None] | None, advance: Callable[..., None], max_steps: int | None,
+                 description: str) -> tuple[float, int]:
+    """One pass over ``loader``; returns (sum of the step losses, steps)."""
+    # Same shuffles and dropout whether or not we resumed: reseed per epoch, loader generator too.
+    torch.manual_seed(ctx.seed * 1000 + epoch)
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(ctx.seed * 1000 + epoch)
+    model.train()
+    total, count = 0.0, 0
+    for x, y in loader:
+        loss = loss_fn(model, x, y)
+        value = loss.item()  # one host sync per step, used for the check and the running mean
+        if not math.isfinite(value):
+            model.load_state_dict(best_state)
+            raise TrainingError(
+                f"{description}: loss became {value} at epoch {epoch}, step {result.steps}; the model was "
+                "restored to its last good weights. Lower the learning rate or check the inputs for NaN/inf."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step(model)
+        result.steps += 1
+        total, count = total + value, count + 1
+        advance(1, loss=total / count)
+        if max_steps and result.steps >= max_steps:
+            break
+        if _out_of_time(result, description, epoch):
+            break
+    return total, count
+
+
+def _sum_over_ranks(total: float, count: int) -> tuple[float, int]:
+    """(total, count) summed over torch.distributed ranks; unchanged in a single process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return total, count
+    t = torch.tensor([total, float(count)], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t[0]), int(t[1])
 
 
 def _out_of_time(result: FitResult, description: str, epoch: int) -> bool:

@@ -6,12 +6,11 @@ import time
 
 from pydantic import Field
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
-from slimtorch.data.bundle import UNLABELED
 from slimtorch.measure.accuracy import task_metric
-from slimtorch.train.loop import TrainConfig, fit
+from slimtorch.train.loop import TrainConfig, convergence_note, fit
+from slimtorch.train.losses import labeled_cross_entropy
 
 
 class FinetuneConfig(TrainConfig):
@@ -21,12 +20,8 @@ class FinetuneConfig(TrainConfig):
 
 
 def cross_entropy(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
-    """Cross-entropy on labeled examples only (transfer-set rows carry UNLABELED and are skipped)."""
-    logits = forward(model, x)
-    labeled = y != UNLABELED
-    if not labeled.any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[labeled], y[labeled])
+    """Mean cross-entropy over the labeled rows (transfer-set rows carry UNLABELED and are skipped). -> scalar."""
+    return labeled_cross_entropy(forward(model, x), y)
 
 
 @STAGES.register("finetune")
@@ -52,5 +47,8 @@ class FinetuneStage:
             checkpoint_dir=ctx.stage_dir(self.name), description="finetune",
         )
         record = StageRecord(self.name, self.config.model_dump(), seconds=time.perf_counter() - start)
-        record.details = {"best_val": result.best_metric, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "steps": result.steps}
+        record.details = {"best_val": result.best_metric, **result.summary()}
+        note = convergence_note(result, "finetune", self.config.min_loss_improvement)
+        if note:
+            record.notes.append(note)
         return model, record

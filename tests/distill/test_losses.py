@@ -16,11 +16,11 @@ from slimtorch.distill.losses import (
     feature_mse,
     kd_loss,
     kl_div,
-    masked_cross_entropy,
     mix_outputs,
     mix_soft_targets,
     soft_cross_entropy,
 )
+from slimtorch.train.losses import labeled_cross_entropy_rows
 
 P = [0.05, 0.3, 0.2, 0.005]  # the lecture's softened teacher probabilities (they do not sum to 1)
 Q = [0.1, 0.45, 0.30, 0.15]  # the student's softened predictions
@@ -96,20 +96,39 @@ def test_t_squared_keeps_gradient_magnitude() -> None:
 def test_unlabeled_examples_teach_only_through_soft_targets() -> None:
     z_s = torch.randn(4, 3, requires_grad=True)
     labels = torch.tensor([UNLABELED] * 4)
-    ce = masked_cross_entropy(z_s, labels)
+    ce = labeled_cross_entropy_rows(z_s, labels)
     assert torch.equal(ce, torch.zeros(4))
     only_labels = kd_loss(z_s, F.softmax(torch.randn(4, 3), -1), labels, DistillConfig(alpha=1.0))
     only_labels.sum().backward()
     assert torch.equal(z_s.grad, torch.zeros_like(z_s))
 
 
-def test_masked_ce_equals_ce_on_labeled_rows() -> None:
+def test_labeled_ce_rows_average_to_the_mean_over_labeled_rows() -> None:
     z = torch.randn(5, 4)
     labels = torch.tensor([2, UNLABELED, 0, UNLABELED, 3])
-    got = masked_cross_entropy(z, labels)
+    got = labeled_cross_entropy_rows(z, labels)
     keep = labels != UNLABELED
-    torch.testing.assert_close(got[keep], F.cross_entropy(z[keep], labels[keep], reduction="none"))
     assert torch.equal(got[~keep], torch.zeros(2))
+    torch.testing.assert_close(got.mean(), F.cross_entropy(z[keep], labels[keep]))  # mean over the 3 labeled rows
+
+
+def test_kd_loss_weighs_labels_as_a_mean_over_labeled_rows_by_hand() -> None:
+    """alpha·CE + (1 − alpha)·T²·KL on a batch of 4 with one labeled row, computed term by term."""
+    z_s = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 3.0]])
+    p = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])  # teacher's softened targets
+    labels = torch.tensor([0, UNLABELED, UNLABELED, UNLABELED])
+    t, alpha = 2.0, 0.25
+    ce_row0 = math.log(1 + math.exp(-2.0))  # −log softmax([2, 0])[0]
+    kls = []
+    for zs, pt in zip(z_s.tolist(), p.tolist()):
+        ez = [math.exp(v / t) for v in zs]
+        q = [e / sum(ez) for e in ez]
+        kls.append(sum(a * math.log(a / b) for a, b in zip(pt, q)))
+    want = alpha * ce_row0 + (1 - alpha) * t * t * sum(kls) / 4  # CE over 1 labeled row, KL over all 4
+    got = kd_loss(z_s, p, labels, DistillConfig(temperature=t, alpha=alpha)).mean()
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    # the old whole-batch average would have weighed the labeled CE by 1/4
+    assert got.item() != pytest.approx(alpha * ce_row0 / 4 + (1 - alpha) * t * t * sum(kls) / 4, rel=1e-3)
 
 
 def test_multi_teacher_soft_targets_are_weighted_average() -> None:
