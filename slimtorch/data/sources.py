@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +12,8 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from slimtorch.data.bundle import UNLABELED, DataBundle
-from slimtorch.errors import DataError, ModelRefError
+from slimtorch.data.checks import check_container, check_same_shapes, check_split, class_labels
+from slimtorch.errors import DataError, ModelRefError, RecipeError
 from slimtorch.registry import Registry
 
 DATA_SOURCES: Registry[Callable[..., dict[str, Any]]] = Registry("data source")
@@ -88,9 +91,7 @@ class Unlabeled(Dataset):
 
 
 def _labels(dataset: Dataset) -> np.ndarray:
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1].numpy()
-    return np.array([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+    return class_labels("train", "train", dataset, same_shapes=False)
 
 
 def split_labeled(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -114,6 +115,12 @@ def _call_user_source(ref: str, args: dict[str, Any]) -> dict[str, Any]:
         factory = import_object(ref, "data")
     except ModelRefError as exc:
         raise DataError(str(exc)) from exc
+    try:
+        inspect.signature(factory).bind(**args)
+    except TypeError:
+        raise DataError(f"data source {ref!r} cannot take data.args {sorted(args)}; its parameters: {inspect.signature(factory)}.") from None
+    except ValueError:  # a builtin without a signature: let the call itself decide
+        pass
     out = factory(**args)
     if not isinstance(out, dict) or not {"train", "val", "test"} <= set(out):
         got = sorted(out) if isinstance(out, dict) else type(out).__name__
@@ -121,8 +128,32 @@ def _call_user_source(ref: str, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def infer_num_classes(*datasets: Dataset) -> int:
-    labels = np.concatenate([_labels(d) for d in datasets if len(d)])  # type: ignore[arg-type]
+def source_args(source: str) -> list[str]:
+    """The ``data.args`` keys a built-in source takes (``seed`` comes from the recipe)."""
+    return [n for n in inspect.signature(DATA_SOURCES.get(source)).parameters if n != "seed"]
+
+
+def unknown_args_message(source: str, args: dict[str, Any]) -> str | None:
+    """What is wrong when ``args`` has a key the built-in ``source`` does not take (naming the valid ones), else None."""
+    valid = source_args(source)
+    unknown = [k for k in args if k not in valid and k != "seed"]
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(str(unknown[0]), valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown data.args key {unknown[0]!r} for data source {source!r}.{hint} Valid keys: {', '.join(valid) or 'none'}"
+
+
+def check_source_args(source: str, args: dict[str, Any]) -> None:
+    """Raise a RecipeError naming the valid keys when ``args`` has a key the built-in ``source`` does not take."""
+    problem = unknown_args_message(source, args)
+    if problem:
+        raise RecipeError(f"{problem}.")
+
+
+def infer_num_classes(*labels: np.ndarray) -> int:
+    """C from the labels of every split (each ``(N,)``); transfer examples (``UNLABELED``) are left out."""
+    labels = np.concatenate([np.asarray(y) for y in labels if len(y)])
     labels = labels[labels != UNLABELED]
     if labels.min() < 0:
         raise DataError(f"labels must be class indices 0..C-1 (or {UNLABELED} for unlabeled); found {labels.min()}.")
@@ -145,13 +176,23 @@ def build_data(
         raw = _call_user_source(source, args)
     else:
         factory = DATA_SOURCES.get(source)
-        if "seed" in factory.__code__.co_varnames:
+        check_source_args(source, args)
+        if "seed" in inspect.signature(factory).parameters:
             args.setdefault("seed", seed)
         raw = factory(**args)
-    for split in ("train", "val", "test"):
-        if len(raw[split]) == 0:
-            raise DataError(f"data source {source!r} returned an empty {split!r} split; every split needs examples.")
     task = raw.get("task", "classification")
+    collate = raw.get("collate_fn")
+    splits = {name: check_split(source, name, raw[name], task, collate) for name in ("train", "val", "test")}
+    if raw.get("transfer") is not None:
+        check_container(source, "transfer", raw["transfer"])
+    if collate is None:
+        check_same_shapes(source, splits)
+    raw = {**raw, **splits}
+    if task == "classification":
+        found = infer_num_classes(*(class_labels(source, n, raw[n], same_shapes=collate is None) for n in ("train", "val", "test")))
+        num_classes = num_classes or raw.get("num_classes") or found
+        if found > num_classes:
+            raise DataError(f"labels go up to {found - 1} but num_classes is {num_classes}; labels must be 0..{num_classes - 1}.")
     train, transfer_set = raw["train"], raw.get("transfer")
     if labeled_fraction < 1.0:
         train, hidden = split_labeled(train, labeled_fraction, seed)
@@ -161,11 +202,6 @@ def build_data(
     if transfer is not None:
         extra = build_data(transfer, seed=seed).train
         transfer_set = Unlabeled(extra) if transfer_set is None else torch.utils.data.ConcatDataset([transfer_set, Unlabeled(extra)])
-    if task == "classification":
-        found = infer_num_classes(raw["train"], raw["val"], raw["test"])
-        num_classes = num_classes or raw.get("num_classes") or found
-        if found > num_classes:
-            raise DataError(f"labels go up to {found - 1} but num_classes is {num_classes}; labels must be 0..{num_classes - 1}.")
     first = raw["test"][0]
     x0 = first[0] if isinstance(first, (tuple, list)) else first
     return DataBundle(

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from slimtorch.core import Batch, forward
+from slimtorch.core import Batch, forward, output_tensor
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.runtime import OrtModule
 
@@ -59,7 +59,23 @@ class _KeywordInputs(nn.Module):
         self.names = names
 
     def forward(self, *tensors: Tensor) -> Tensor:
-        return self.model(**dict(zip(self.names, tensors)))
+        return output_tensor(self.model(**dict(zip(self.names, tensors))), self.model)
+
+
+class _TensorOutput(nn.Module):
+    """Export only the tensor slimtorch uses of a model that returns a tuple, dict or ``ModelOutput``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return output_tensor(self.model(x), self.model)
+
+
+@torch.no_grad()
+def _returns_tensor(model: nn.Module, example: Tensor) -> bool:
+    return isinstance(model(example), Tensor)
 
 
 def input_names_of(example: Batch) -> list[str]:
@@ -79,6 +95,8 @@ def export_onnx(model: nn.Module, example: Batch, opset: int = 17) -> bytes:
     args: tuple[Tensor, ...] = tuple(example[n] for n in names) if isinstance(example, dict) else (example,)
     if isinstance(example, dict):
         module = _KeywordInputs(module, names)
+    elif not _returns_tensor(module, example):  # wrapped only when needed, so ONNX node names stay the same
+        module = _TensorOutput(module)
     module.eval()  # FIELD-NOTES trap: the exporter restores the given module's training flag everywhere
     dynamic_axes: dict[str, dict[int, str]] = {}
     for name, arg in zip(names, args):

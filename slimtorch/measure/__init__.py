@@ -5,7 +5,7 @@ are usable alone: :func:`count_params`, :func:`count_nonzero`, :func:`count_macs
 """
 
 from slimtorch.measure.config import EvaluateConfig, LatencyConfig
-from slimtorch.measure.evaluate import outputs_on
+from slimtorch.measure.evaluate import check_model_fits_data, outputs_on
 from slimtorch.measure.latency import time_latency
 from slimtorch.measure.macs import count_macs, count_macs_noted
 from slimtorch.measure.measurement import Measurement
@@ -17,6 +17,7 @@ __all__ = [
     "EvaluateConfig",
     "LatencyConfig",
     "Measurement",
+    "check_model_fits_data",
     "compressed_bytes",
     "count_macs",
     "count_macs_noted",

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.core import Batch, forward
+
+if TYPE_CHECKING:
+    from slimtorch.data.bundle import DataBundle
 
 
 @torch.no_grad()
@@ -44,7 +48,7 @@ def agreement(outputs: Tensor, reference: Tensor) -> float:
     return (outputs.argmax(-1) == reference.argmax(-1)).float().mean().item()
 
 
-def task_metric(model: nn.Module, data: "DataBundle", split: str = "val", reference: nn.Module | None = None) -> float:  # noqa: F821
+def task_metric(model: nn.Module, data: DataBundle, split: str = "val", reference: nn.Module | None = None) -> float:
     """Accuracy for classification; mean cosine to ``reference``'s outputs for embedding tasks."""
     outputs, labels = predict(model, data.loader(split))
     if data.task == "classification":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class LatencyConfig(BaseModel):
@@ -17,6 +17,13 @@ class LatencyConfig(BaseModel):
     repeats: int = Field(50, ge=3)
     threads: int = Field(1, ge=1, description="intra-op threads for torch and onnxruntime while timing")
 
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError(f"evaluate.latency.batch_sizes must be positive whole numbers (examples per timed call); got {v}. Try [1, 64].")
+        return v
+
 
 class EvaluateConfig(BaseModel):
     """The recipe's ``evaluate:`` block."""
@@ -27,3 +34,10 @@ class EvaluateConfig(BaseModel):
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     noise_levels: list[float] = Field(default_factory=lambda: [0.1, 0.3], description="Gaussian input noise std, in units of the input's std")
     max_eval_examples: int | None = Field(None, ge=1, description="cap the examples used for metrics (large text sets)")
+
+    @field_validator("noise_levels")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if any(not level >= 0 for level in v):
+            raise ValueError(f"evaluate.noise_levels are noise std in units of the input's std, so each must be >= 0; got {v}.")
+        return v

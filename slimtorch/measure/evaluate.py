@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from slimtorch.core import Batch, batch_len, forward
+from slimtorch.errors import DataError
 from slimtorch.measure.accuracy import accuracy_of, agreement, mean_cosine, per_class_accuracy
 from slimtorch.measure.config import EvaluateConfig
 
@@ -68,7 +69,43 @@ def cat_padded(outputs: list[Tensor]) -> Tensor:
 
 def outputs_on(model: nn.Module, data: DataBundle, config: EvaluateConfig) -> Tensor:
     """The model's outputs on the eval split (capped); compute the baseline's once and pass it to ``measure``."""
-    return run_batches(model, eval_batches(data, config))[0]
+    outputs, labels = run_batches(model, eval_batches(data, config))
+    if data.task == "classification":
+        check_outputs_cover_labels(outputs, int(labels.max()) + 1, type(model).__name__)
+    return outputs
+
+
+def check_outputs_cover_labels(outputs: Tensor, num_classes: int, what: str) -> None:
+    """Raise when a classifier's outputs ``(N, C)`` have fewer columns than there are classes.
+
+    Raises:
+        DataError: the labels go beyond the model's classes (accuracy would silently count them wrong).
+    """
+    if outputs.dim() == 2 and num_classes > outputs.shape[-1]:
+        c = outputs.shape[-1]
+        raise DataError(
+            f"{what} outputs {c} classes (output shape {tuple(outputs.shape)}) but the labels go up to {num_classes - 1}; "
+            f"build the model with num_classes={num_classes}, or keep only labels 0..{c - 1} in the data."
+        )
+
+
+@torch.no_grad()
+def check_model_fits_data(model: nn.Module, data: DataBundle, what: str) -> None:
+    """One validation batch through ``model`` before any training: its outputs must cover every class.
+
+    Raises:
+        DataError: the model outputs fewer classes than the data has (``data.num_classes``).
+        UnsupportedModuleError: its forward returns something slimtorch cannot use (see :func:`slimtorch.core.output_tensor`).
+    """
+    if data.task != "classification" or data.num_classes is None:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        x, _ = next(iter(data.loader("val", batch_size=2)))
+        check_outputs_cover_labels(forward(model, x), data.num_classes, what)
+    finally:
+        model.train(was_training)
 
 
 def input_std(batches: list[tuple[Batch, Tensor]]) -> float | None:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from slimtorch.errors import ShapeMismatchError
 from slimtorch.measure.config import EvaluateConfig
-from slimtorch.measure.evaluate import eval_batches, robustness, run_batches, task_metrics
+from slimtorch.measure.evaluate import check_outputs_cover_labels, eval_batches, robustness, run_batches, task_metrics
 from slimtorch.measure.latency import pinned_threads, time_latency
 from slimtorch.measure.macs import count_macs_noted
 from slimtorch.measure.measurement import Measurement
@@ -84,6 +84,8 @@ def measure(
             f"{name}: outputs have shape {tuple(outputs.shape)} but the baseline's have {tuple(baseline_outputs.shape)}; "
             "compute baseline_outputs with outputs_on(baseline, data, config) using the same evaluate config."
         )
+    if data.task == "classification":
+        check_outputs_cover_labels(outputs, int(labels.max()) + 1, name)
     metrics, agree = task_metrics(outputs, labels, data.task, baseline_outputs)
     if data.task != "classification" and baseline_outputs is None:
         notes.append("cosine not measured: no baseline outputs were given to compare against.")

@@ -86,3 +86,30 @@ def describe_group(model: nn.Module, group: Any) -> list[dict[str, Any]]:
         plain = [int(i) for i in tp()._helpers.to_plain_idxs(idxs)] if idxs and not isinstance(idxs[0], int) else [int(i) for i in idxs]
         out.append({"fqn": names[module], "is_out": bool(dg.is_out_channel_pruning_fn(dep.handler)), "idxs": plain})
     return out
+
+
+def unknown_layer_couplings(model: nn.Module, pruner: Any, targets: dict[str, nn.Module]) -> dict[str, str]:
+    """Target layers whose channels also size a >=2-D parameter of a layer Torch-Pruning has no rule for.
+
+    Torch-Pruning cuts such an "unwrapped" parameter along its last non-singleton axis, a guess that is
+    wrong for e.g. a custom ``x @ self.weight`` layer and leaves a model that fails at run time.
+
+    Returns:
+        ``{target fqn: reason}`` for each target that must be left whole.
+    """
+    parameter_type = tp().ops.OPTYPE.PARAMETER
+    names = {id(p): n for n, p in model.named_parameters()}
+    owners = {n: type(m).__name__ for f, m in model.named_modules() for n in (f"{f}.{k}" if f else k for k, _ in m.named_parameters(recurse=False))}
+    dg = pruner.DG
+    out: dict[str, str] = {}
+    for fqn, module in targets.items():
+        group = dg.get_pruning_group(module, dg.get_pruner_of_module(module).prune_out_channels, idxs=[0])
+        for dep, _ in group:
+            param = dep.target.module
+            if dep.target.type == parameter_type and param.dim() >= 2 and id(param) in names:
+                name = names[id(param)]
+                out[fqn] = (f"its channels also size parameter {name!r} {tuple(param.shape)} of {owners.get(name, 'a custom layer')}, "
+                            "a layer Torch-Pruning has no rule for; left whole so the model stays correct (build that layer "
+                            "from nn.Linear/nn.Conv, or use a mask granularity such as weight)")
+                break
+    return out

@@ -27,6 +27,14 @@ class LayersConfig(BaseModel):
     include: list[str] | None = Field(None, description="only these modules (and their children); default all")
     exclude: list[str] = Field(default_factory=list, description="never these modules (and their children)")
 
+    @field_validator("include")
+    @classmethod
+    def _not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("prune.layers.include is an empty list, so no layer would be pruned; list module names "
+                             "(as in model.named_modules()) or leave include out to consider every layer")
+        return v
+
 
 class LotteryConfig(BaseModel):
     """Lottery-ticket search (Frankle & Carbin 2019, https://arxiv.org/abs/1803.03635) with rewinding."""

@@ -16,6 +16,7 @@ from slimtorch.prune.importance import IMPORTANCE, Importance, calibration_loss
 from slimtorch.prune.macs import count_macs, count_params, quick_latency_ms
 from slimtorch.prune.masks import bake_masks_, compute_masks, masked_modules, set_mask_, sparsity_report
 from slimtorch.prune.schedule import recover, sparsity_schedule, step_ratios
+from slimtorch.prune.structured import outcome as structured_outcome
 from slimtorch.prune.structured import prune_structured_
 from slimtorch.prune.targets import select_layers, select_mask_targets
 from slimtorch.train.loop import convergence_note
@@ -136,9 +137,10 @@ class PruneStage:
                 result = prune_structured_(model, example, crit.tp_importance(), targets, r, ratio_dict=ratio_dict,
                                            round_to=cfg.round_to, scope=cfg.scope)
                 record.details["channels"] = {f: [record.details.get("channels", {}).get(f, c)[0], c[1]] for f, c in result["channels"].items()}
-                for f in result["unchanged"]:
+                for f, reason in result["unchanged"].items():
                     if not any(sk["fqn"] == f for sk in skipped):
-                        skipped.append({"fqn": f, "reason": "no prunable group: its channels are coupled to an excluded layer or the output"})
+                        skipped.append({"fqn": f, "reason": reason})
+                record.notes.extend(n for n in result["notes"] if n not in record.notes)
             fit = recover(model, ctx, epochs=epochs, lr=cfg.lr, teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha,
                           checkpoint_dir=ctx.stage_dir(self.name) / f"step{step}", description=f"prune step {step + 1}/{len(schedule)}")
             history.append({"step": step + 1, "sparsity": round(s, 4), "val": None if fit is None else fit.best_metric,
@@ -147,6 +149,10 @@ class PruneStage:
             if note and step == len(schedule) - 1:
                 record.notes.append(note)
         record.details["schedule"] = history
+        if cfg.kind == "structured":
+            status, notes = structured_outcome(record.details["channels"], skipped)
+            record.status = status or record.status
+            record.notes.extend(notes)
         if history and "converged_epoch" in history[-1]:
             record.details["converged_epoch"] = history[-1]["converged_epoch"]
         if cfg.kind == "mask":

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from slimtorch.core import Batch
-from slimtorch.prune._tp import build_pruner, describe_group
+from slimtorch.prune._tp import build_pruner, describe_group, unknown_layer_couplings
 from slimtorch.prune.masks import weight_2d
 from slimtorch.prune.targets import is_prunable_type
 
@@ -38,22 +38,71 @@ def prune_structured_(
 ) -> dict[str, Any]:
     """Remove ``sparsity`` of the output channels of each target layer (in place).
 
+    Target layers whose channels also size a parameter of a layer Torch-Pruning has no rule for are
+    left whole (see :func:`~slimtorch.prune._tp.unknown_layer_couplings`).
+
     Returns:
-        ``{"groups": [[{"fqn", "is_out", "idxs"}]], "channels": {fqn: [before, after]}, "unchanged": [fqn]}``.
+        ``{"groups": [[{"fqn", "is_out", "idxs"}]], "channels": {fqn: [before, after]},
+        "unchanged": {fqn: plain reason}, "notes": [where round_to changed the share removed]}``.
     """
     ignored = [m for f, m in model.named_modules() if f and is_prunable_type(m) and f not in targets]
     before = {f: out_channels(m) for f, m in targets.items()}
-    pruner = build_pruner(
-        model, example, importance, targets, ignored, ratio=sparsity, ratio_dict=ratio_dict,
-        round_to=round_to, global_pruning=scope == "global",
-    )
+
+    def pruner_for(ignored: list[nn.Module]) -> Any:
+        return build_pruner(model, example, importance, targets, ignored, ratio=sparsity, ratio_dict=ratio_dict,
+                            round_to=round_to, global_pruning=scope == "global")
+
+    pruner = pruner_for(ignored)
+    left_whole = unknown_layer_couplings(model, pruner, targets)
+    if left_whole:  # rebuilt with those layers ignored: their groups are never cut
+        pruner = pruner_for(ignored + [targets[f] for f in left_whole])
     groups = []
     for group in pruner.step(interactive=True):
         groups.append(describe_group(model, group))
         group.prune()
     after = {f: out_channels(m) for f, m in targets.items()}
-    unchanged = [f for f in targets if before[f] == after[f] and (ratio_dict or {}).get(f, sparsity) > 0]
-    return {"groups": groups, "channels": {f: [before[f], after[f]] for f in targets}, "unchanged": unchanged}
+    ratios = {f: (ratio_dict or {}).get(f, sparsity) for f in targets}
+    unchanged = {f: left_whole.get(f) or why_unchanged(before[f], ratios[f], round_to, scope)
+                 for f in targets if before[f] == after[f] and ratios[f] > 0}
+    notes = [rounding_note(f, before[f], before[f] - after[f], ratios[f], round_to)
+             for f in targets if before[f] != after[f] and scope == "layer" and round_to
+             and abs(before[f] - after[f] - ratios[f] * before[f]) >= 1 + 1e-9]
+    return {"groups": groups, "channels": {f: [before[f], after[f]] for f in targets}, "unchanged": unchanged, "notes": notes}
+
+
+COUPLED = "no prunable group: its channels are coupled to an excluded layer or the output"
+
+
+def why_unchanged(channels: int, ratio: float, round_to: int | None, scope: str) -> str:
+    """The plain reason a target layer of ``channels`` outputs kept them all at ``ratio`` (Torch-Pruning's rounding)."""
+    kept = int(channels * (1 - ratio))  # Torch-Pruning keeps int(n·(1−s)) channels of a layer
+    if channels == 1:
+        return "it has a single output channel, which is never removed"
+    if round_to and round_to > channels:
+        return (f"round_to {round_to} is wider than the layer ({channels} channels), so no multiple of it fits; "
+                f"lower round_to to at most {channels}")
+    if round_to and kept - kept % round_to <= 0:
+        return (f"sparsity {ratio:g} keeps {kept} of {channels} channels, which rounds down to 0 as a multiple of round_to "
+                f"{round_to}; lower round_to to at most {kept} or lower the sparsity")
+    if channels - kept <= 0:
+        return f"sparsity {ratio:g} of {channels} channels rounds to 0 channels; raise it to at least {1 / channels:.3g}"
+    if scope == "global":
+        return "global scope ranked all of its channels above the cut"
+    return COUPLED
+
+
+def rounding_note(fqn: str, channels: int, removed: int, ratio: float, round_to: int) -> str:
+    """Say so when round_to made a layer lose a different share of channels than the sparsity asked for."""
+    return (f"{fqn}: removed {removed} of {channels} channels ({removed / channels:.0%}), not {ratio:.0%}: round_to {round_to} "
+            f"keeps a multiple of {round_to} channels.")
+
+
+def outcome(channels: dict[str, list[int]], skipped: list[dict[str, str]]) -> tuple[str | None, list[str]]:
+    """``(status or None for "done", notes)`` of a structured prune stage, from ``{fqn: [before, after]}``."""
+    if any(before != after for before, after in channels.values()):
+        return None, []
+    reasons = "; ".join(f"{s['fqn']}: {s['reason']}" for s in skipped if s["fqn"] in channels)
+    return "nothing pruned", [f"no channel was removed, so the model is unchanged ({reasons})."]
 
 
 @torch.no_grad()

@@ -6,17 +6,56 @@ Stage entries are one-key mappings (``- distill: {...}``); the key picks a regis
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from slimtorch.data.sources import DATA_SOURCES, unknown_args_message
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.plan.config import TargetConfig
 from slimtorch.train.loop import TrainConfig
 
 
+def _describe(spec: StageSpec) -> str:
+    if spec.kind == "quantize":
+        return f"quantize (mode {spec.config.mode}, runtime {spec.config.runtime})"
+    return spec.kind
+
+
+def _leaves_no_torch_model(spec: StageSpec) -> str | None:
+    """Why no torch stage can follow ``spec`` (it turns the model into something else), or None."""
+    if spec.kind == "export" or (spec.kind == "quantize" and spec.config.runtime == "onnxruntime"):
+        return "turns the model into an onnxruntime graph with no torch layers left to prune, train, quantize or export"
+    if spec.kind == "quantize" and spec.config.mode != "bf16":
+        return "replaces its layers with int8/int4 kernels that have no float weights to prune, train or export"
+    if spec.kind == "quantize":  # bf16 torch: trainable, but onnxruntime has no bfloat16 kernels for it
+        return "leaves bfloat16 weights that onnxruntime has no kernels for"
+    return None
+
+
+def _needs_torch_model(later: StageSpec, earlier: StageSpec) -> bool:
+    """Whether ``later`` fails on what ``earlier`` (a stage with a :func:`_leaves_no_torch_model` reason) returns."""
+    if earlier.kind == "quantize" and earlier.config.runtime == "torch" and earlier.config.mode == "bf16":
+        return later.kind == "export" or (later.kind == "quantize" and later.config.runtime == "onnxruntime")
+    return True
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Names become folder names (runs/<name>, models/<name>): one plain path component, never '.', '..' or hidden.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def _check_name(value: str | None, what: str) -> str | None:
+    if value is not None and not _SAFE_NAME.match(value):
+        raise ValueError(
+            f"{what} becomes a folder name, so it must be 1-100 letters, digits, '_', '.' or '-', not starting with "
+            f"'.' or '-' (no '/', no '..'); got {value!r}"
+        )
+    return value
 
 
 class DataSpec(_Strict):
@@ -28,6 +67,23 @@ class DataSpec(_Strict):
     labeled_fraction: float = Field(1.0, gt=0, le=1, description="fraction of train labels kept; the rest is an unlabeled transfer set")
     transfer: str | None = Field(None, description="an extra source whose inputs form an unlabeled transfer set")
     num_classes: int | None = Field(None, gt=1)
+
+    @field_validator("source", "transfer")
+    @classmethod
+    def _known_source(cls, v: str | None) -> str | None:
+        if v is not None and ":" not in v and v not in DATA_SOURCES:
+            raise ValueError(f"{DATA_SOURCES.unknown_message(v).rstrip('.')}, or 'package.module:function' for your own")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _known_args(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        source = info.data.get("source")
+        if source is not None and ":" not in source:
+            problem = unknown_args_message(source, v)
+            if problem:
+                raise ValueError(problem)
+        return v
 
 
 class AutoStudentSpec(_Strict):
@@ -45,6 +101,11 @@ class ModelSpec(_Strict):
     train: TrainConfig | None = None
     auto: AutoStudentSpec | None = None
     name: str | None = Field(None, description="name in the report (default: teacher, teacher_2, ..., student)")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        return _check_name(value, "a model name")
 
     @model_validator(mode="after")
     def _model_or_auto(self) -> ModelSpec:
@@ -73,8 +134,8 @@ class StageSpec(_Strict):
 class Recipe(_Strict):
     """A whole compression run. ``stages`` holds validated :class:`StageSpec` objects."""
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    name: str = Field("run", description="names the default output folder runs/<name>")
+    seed: int = Field(0, description="seeds python, numpy and torch; the same seed gives the same numbers")
     data: DataSpec = Field(default_factory=DataSpec)
     teacher: ModelSpec | list[ModelSpec]
     student: ModelSpec | None = None
@@ -83,12 +144,50 @@ class Recipe(_Strict):
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     target: TargetConfig | None = Field(None, description="a budget (latency_ms at batch, size_mb or speedup; min_accuracy): the planner chooses pruning and quantization")
 
+    @field_validator("name")
+    @classmethod
+    def _safe_run_name(cls, value: str) -> str:
+        return _check_name(value, "the recipe name")  # type: ignore[return-value]
+
     @field_validator("teacher")
     @classmethod
     def _teachers_not_empty(cls, value: ModelSpec | list[ModelSpec]) -> ModelSpec | list[ModelSpec]:
         if isinstance(value, list) and not value:
             raise ValueError("teacher list is empty; give at least one model")
         return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if not 0 <= v < 2**32:
+            raise ValueError(f"seed must be a whole number in [0, 2**32); got {v}. Any value in range works, e.g. 0")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_order(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        for i, spec in enumerate(stages):
+            why = _leaves_no_torch_model(spec)
+            later = next(((j, s) for j, s in enumerate(stages[i + 1:], start=i + 1) if _needs_torch_model(s, spec)), None)
+            if why and later:
+                j, bad = later
+                fix = ("For half precision on onnxruntime use quantize {mode: fp16, runtime: onnxruntime} instead of bf16"
+                       if spec.kind == "quantize" and spec.config.mode == "bf16"
+                       else f"Put {bad.kind} before {spec.kind} (quantize and export go last)")
+                raise ValueError(f"stages[{j}] {bad.kind} cannot run after stages[{i}] {_describe(spec)}, which {why}. "
+                                 f"{fix}; got {spec.kind} then {bad.kind}")
+        return stages
+
+    @model_validator(mode="after")
+    def _target_adds_the_last_stage(self) -> Recipe:
+        if self.target is not None:
+            last = next((s for s in self.stages if s.kind in ("quantize", "export")), None)
+            if last is not None:
+                raise ValueError(
+                    f"with `target:` the stages are the recovery run after the planned pruning, and the planner adds "
+                    f"quantize/export itself; remove the {last.kind} stage (or the target)"
+                )
+        return self
 
     @property
     def teachers(self) -> list[ModelSpec]:
