@@ -57,7 +57,7 @@ def output_tensor(out: Any, model: nn.Module | None = None) -> Tensor:
             what was found.
     """
     found = out
-    for _ in range(3):  # a tuple of ModelOutputs, a dict whose logits are a tuple: a few levels at most
+    for _ in range(8):  # nested containers (a tuple of ModelOutputs, ...): a few levels, never a cycle
         if isinstance(found, Tensor):
             return found
         if isinstance(found, Mapping):
@@ -81,6 +81,9 @@ def describe_output(out: Any) -> str:
     if isinstance(out, Tensor):
         return f"a Tensor of shape {tuple(out.shape)}"
     if isinstance(out, Mapping):
+        key = next((k for k in OUTPUT_KEYS if k in out), None)
+        if key is not None:
+            return f"a {type(out).__name__} whose {key!r} entry is {describe_output(out[key])}"
         return f"a {type(out).__name__} with keys {sorted(map(str, out))} and no {' or '.join(map(repr, OUTPUT_KEYS))}"
     if isinstance(out, (tuple, list)):
         first = f" whose first element is {describe_output(out[0])}" if out else ""

@@ -78,7 +78,7 @@ def check_container(source: str, split: str, dataset: Any) -> None:
                         "torch.utils.data.TensorDataset(x, y).")
     if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise DataError(f"{where} a {type(dataset).__name__} for the {split!r} split; slimtorch needs a map-style Dataset "
-                        "with len() and [i] (e.g. torch.utils.data.TensorDataset(x, y)), not an iterable-only one.")
+                        "with len() and __getitem__ (e.g. torch.utils.data.TensorDataset(x, y)), not an iterable-only one.")
     if len(dataset) == 0:
         raise DataError(f"{where} an empty {split!r} split; every split needs examples.")
 

@@ -118,7 +118,8 @@ def _call_user_source(ref: str, args: dict[str, Any]) -> dict[str, Any]:
     try:
         inspect.signature(factory).bind(**args)
     except TypeError:
-        raise DataError(f"data source {ref!r} cannot take data.args {sorted(args)}; its parameters: {inspect.signature(factory)}.") from None
+        names = ", ".join(inspect.signature(factory).parameters) or "none"
+        raise DataError(f"data source {ref!r} cannot take data.args {sorted(args)}; its parameters: {names}.") from None
     except ValueError:  # a builtin without a signature: let the call itself decide
         pass
     out = factory(**args)
