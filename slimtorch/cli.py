@@ -5,15 +5,17 @@ Every slimtorch error becomes one red line and exit code 2 (no traceback).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -34,15 +36,47 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# Conditions of the machine, not bugs: one line each, like a user error.
+_SYSTEM_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EFBIG: "the file-size limit was reached", errno.EROFS: "the file system is read-only",
+                  errno.EACCES: "permission denied", errno.EPERM: "operation not permitted", errno.EIO: "an input/output error"}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process was so it unwinds (and cleans up) exactly like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(__import__("torch"), "OutOfMemoryError", ()) if "torch" in sys.modules else ()
+    return isinstance(exc, MemoryError) or (bool(oom) and isinstance(exc, oom)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn expected failures into one actionable line and exit code 2."""
+    """Turn expected failures into one actionable line and exit code 2 (130 when interrupted)."""
     try:
         yield
     except SlimtorchError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted; run the same command with --resume to continue where it stopped.", 130)
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        _fail(f"{what}; finished steps are kept: run the same command with --resume to continue where it stopped.", 130)
+    except OSError as exc:
+        if exc.errno not in _SYSTEM_ERRNOS:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        _fail(f"stopped{where}: {_SYSTEM_ERRNOS[exc.errno]} ({exc.strerror}). Nothing half-written was kept; free space or "
+              "choose another --out, then run the same command with --resume to continue.")
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        _fail(f"ran out of memory ({str(exc).splitlines()[0][:160] or type(exc).__name__}). Lower data.batch_size or "
+              "evaluate.latency.batch_sizes, or use a smaller model; finished steps are kept for --resume.")
 
 
 class _RichProgress:
@@ -103,7 +137,7 @@ def print_models_table(report: dict[str, Any]) -> None:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
-def _run(recipe: Any, out: Optional[Path], resume: bool, force: bool, quiet: bool) -> None:
+def _run(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool) -> None:
     from slimtorch.pipeline import compress as run_compress
 
     events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
@@ -125,12 +159,14 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log library messages.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a host that installed its own handler keeps it
+        signal.signal(signal.SIGTERM, _on_sigterm)
     # `module:function` references resolve from the working directory, as with `python -m`.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
 
 
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default runs/<recipe name>).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default runs/<recipe name>).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out, skipping finished steps.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing run in --out.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
@@ -186,6 +222,10 @@ def measure(
     args: Annotated[str, typer.Option(help="Model constructor args as JSON, e.g. '{\"hidden\": [64]}'.")] = "{}",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,64",
     out: OutOpt = None,
+    force: ForceOpt = False,
+    trust_code: Annotated[bool, typer.Option(
+        "--trust-code", help="Let a saved directory rebuild its model with the module:function factory it names (imports and runs it)."
+    )] = False,
 ) -> None:
     """Measure one model (a saved slimtorch directory or any model reference) and print its report row."""
     from slimtorch import artifact
@@ -194,6 +234,7 @@ def measure(
     from slimtorch.measure import measure as run_measure
     from slimtorch.measure.config import EvaluateConfig, LatencyConfig
     from slimtorch.models import build_model
+    from slimtorch.outdir import claim_out_dir
     from slimtorch.report import build_report, write_report
 
     with _user_errors():
@@ -202,18 +243,21 @@ def measure(
             sizes = [int(b) for b in batch_sizes.split(",")]
         except (json.JSONDecodeError, ValueError) as exc:
             raise RecipeError(f"--args must be a JSON object and --batch-sizes integers like 1,64 ({exc}).") from exc
-        bundle = build_data(data)
-        model = build_model(model_ref, kwargs, input_shape=bundle.input_shape, num_classes=bundle.num_classes)
-        config = EvaluateConfig(latency=LatencyConfig(batch_sizes=sizes))
-        model_dir = Path(model_ref) if Path(model_ref).is_dir() else None
-        if out is not None and model_dir is None:
-            model_dir = out / "models" / "model"
-            artifact.save(model, model_dir)
-        m = run_measure(model, name=Path(model_ref).name or model_ref, stage="measure", data=bundle, config=config, artifact_dir=model_dir)
-        report = build_report(recipe={"name": f"measure {model_ref}"}, baseline=m.name, final=m.name, models=[m], stages=[])
-        if out is not None:
-            write_report(out, report)
-    print_models_table(report)
+        if not isinstance(kwargs, dict) or any(b < 1 for b in sizes):
+            raise RecipeError(f"--args must be a JSON object and --batch-sizes positive integers like 1,64; got {args!r} and {batch_sizes!r}.")
+        with claim_out_dir(out, resume=False, force=force, kind="measure") if out is not None else nullcontext():
+            bundle = build_data(data)
+            model = build_model(model_ref, kwargs, input_shape=bundle.input_shape, num_classes=bundle.num_classes, trust_code=trust_code)
+            config = EvaluateConfig(latency=LatencyConfig(batch_sizes=sizes))
+            model_dir = Path(model_ref) if Path(model_ref).is_dir() else None
+            if out is not None and model_dir is None:
+                model_dir = out / "models" / "model"
+                artifact.save(model, model_dir)
+            m = run_measure(model, name=Path(model_ref).name or model_ref, stage="measure", data=bundle, config=config, artifact_dir=model_dir)
+            report = build_report(recipe={"name": f"measure {model_ref}"}, baseline=m.name, final=m.name, models=[m], stages=[])
+            if out is not None:
+                write_report(out, report)
+        print_models_table(report)
 
 
 @app.command()
@@ -224,7 +268,7 @@ def report(run_dir: Path) -> None:
     with _user_errors():
         data = load_report(run_dir / "report.json")
         write_report(run_dir, data)
-    print_models_table(data)
+        print_models_table(data)
     console.print(f"rewrote {run_dir / 'report.md'}", highlight=False)
 
 

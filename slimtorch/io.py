@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
 # What ``tempfile.mkstemp``/``mkdtemp`` put between our prefix and suffix: 8 characters of [a-z0-9_].
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
@@ -72,8 +71,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        _honour_umask(tmp, directory=True)
         yield tmp
+        # Writers inside (safetensors, onnx, transformers) may create private files; publish them like open() would.
+        for child in [tmp, *tmp.rglob("*")]:
+            if not child.is_symlink():
+                _honour_umask(child, directory=child.is_dir())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

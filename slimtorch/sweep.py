@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from slimtorch.errors import RecipeError
+from slimtorch.outdir import claim_out_dir
 from slimtorch.recipe import load_recipe
 
 
@@ -95,17 +96,22 @@ def sweep(
     events: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every variant (reusing finished ones) and write ``OUT/report.*`` comparing their final models."""
-    from slimtorch.measure import Measurement
-    from slimtorch.pipeline import compress
-    from slimtorch.report import build_report, load_report, write_report
-
     if not grid:
         raise RecipeError("a sweep needs at least one --grid axis, e.g. --grid prune.sparsity=0.3,0.5,0.7.")
     base = load_recipe(recipe).to_dict()
     axes = [parse_grid(g) for g in grid]
     runs = variants(base, axes)
     out = Path(out)
-    events = events or (lambda msg: None)
+    with claim_out_dir(out, resume=resume, force=False, kind="sweep"):
+        return _sweep(base, axes, runs, out, resume, progress, events or (lambda msg: None))
+
+
+def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str, Any], dict[str, Any]]], out: Path, resume: bool,
+           progress: Callable[..., Any] | None, events: Callable[[str], None]) -> dict[str, Any]:
+    from slimtorch.measure import Measurement
+    from slimtorch.pipeline import compress
+    from slimtorch.report import build_report, load_report, write_report
+
     finals: list[Measurement] = []
     rows = []
     for i, (slug, assignment, variant) in enumerate(runs):

@@ -53,7 +53,8 @@ def test_yaml_roundtrip(tmp_path):
         (GOOD.replace("teacher: {model: mlp, args: {hidden: [64]}, train: {epochs: 2}}\n", ""), "missing required key 'teacher'"),
         (GOOD.replace("model: mlp, args: {hidden: [16]}", "args: {hidden: [16]}"), "give `model: <reference>`"),
         (GOOD.replace("  - finetune: {epochs: 1}", "  - {finetune: {}, prune: {}}"), "each stage is one `kind: {settings}` entry"),
-        (GOOD.replace("name: digits", "name: my run/1"), "name: String should match pattern"),
+        (GOOD.replace("name: digits", "name: my run/1"), "name: the recipe name becomes a folder name"),
+        (GOOD.replace("name: digits", "name: '..'"), r"not starting with '\.' or '-' \(no '/', no '\.\.'\); got '\.\.'"),
     ],
 )
 def test_bad_recipes_name_the_problem(tmp_path, text, match):

@@ -32,8 +32,10 @@ def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
         return validate(source)
     text, where = _read(source)
     try:
+        _check_bounds(text, where)
+        nodes = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_duplicate_keys(nodes, where)
         raw = yaml.safe_load(text)
-        nodes = yaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
@@ -42,6 +44,70 @@ def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: a recipe must be a mapping of keys (name, data, teacher, stages, ...); got {type(raw).__name__}.")
     return validate(raw, nodes=nodes, where=where)
+
+
+# A recipe is a page of settings. These bounds stop a hostile file (an alias "billion laughs", a list
+# nested 20,000 deep) before it can exhaust memory or the stack; no real recipe comes near them.
+MAX_RECIPE_BYTES = 1_000_000
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+def _check_bounds(text: str, where: str) -> None:
+    """Walk the YAML event stream (no recursion, nothing built) and refuse oversized documents."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{where}: the recipe is larger than {MAX_RECIPE_BYTES // 1000} kB; a recipe holds settings, not data. "
+                          "Put data in a data source (data.source: package.module:function).")
+    sizes: dict[str, int] = {}  # anchor -> number of nodes it expands to
+    stack: list[list[Any]] = [[None, 0]]  # [anchor, nodes so far] per open collection
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            stack.append([event.anchor, 1])
+            if len(stack) - 1 > MAX_DEPTH:
+                line = event.start_mark.line + 1
+                raise RecipeError(f"{where} line {line}: the recipe nests deeper than {MAX_DEPTH} levels; flatten it.")
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, n = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+        elif isinstance(event, yaml.AliasEvent):
+            n = sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            n = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        else:
+            continue
+        stack[-1][1] += n
+        if stack[-1][1] > MAX_NODES or sum(frame[1] for frame in stack) > MAX_NODES:
+            line = event.start_mark.line + 1
+            raise RecipeError(f"{where} line {line}: the recipe expands to more than {MAX_NODES:,} values (YAML aliases `*name` "
+                              "repeat whole blocks); write the values out or use fewer aliases.")
+
+
+def _check_duplicate_keys(root: yaml.Node | None, where: str) -> None:
+    """A key given twice in one mapping is an error (YAML loaders silently keep the last one)."""
+    todo = [root] if root is not None else []
+    seen_nodes: set[int] = set()
+    while todo:
+        node = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in keys:
+                        raise RecipeError(
+                            f"{where} line {key.start_mark.line + 1}: key {key.value!r} is given twice in one block "
+                            f"(first on line {keys[key.value]}); keep one."
+                        )
+                    keys[key.value] = key.start_mark.line + 1
+                todo.extend((key, value))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
 
 
 def _read(source: str | Path) -> tuple[str, str]:

@@ -101,7 +101,41 @@ def validate_report(report: Any, where: str = "report") -> None:
         raise ArtifactError(f"{where} lacks {', '.join(missing)}; it is corrupted. Re-run the recipe with --resume to rewrite it.")
     if not isinstance(report["models"], list) or not report["models"]:
         raise ArtifactError(f"{where} has no measured models; re-run the recipe with --resume to rewrite it.")
+    for m in report["models"]:
+        _check_model_entry(m, where)
+    if not isinstance(report["recipe"], dict) or not isinstance(report["stages"], list):
+        raise ArtifactError(f"{where}: 'recipe' must be an object and 'stages' a list; the report is corrupted.")
+    if not all(isinstance(s, dict) for s in report["stages"]) or not all(isinstance(w, str) for w in report.get("warnings", [])):
+        raise ArtifactError(f"{where}: each stage must be an object and each warning a string; the report is corrupted.")
     names = [Measurement.from_json(m).name for m in report["models"]]
     for role in ("baseline", "final"):
         if report[role] not in names:
             raise ArtifactError(f"{where}: {role} {report[role]!r} is not among its models {names}; the report is corrupted.")
+
+
+_NUMBER = (int, float)
+# What each model entry field must hold for the renderers (None allowed where a figure can be missing).
+_MODEL_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "name": ((str,), False), "stage": ((str,), False), "runtime": ((str,), False),
+    "params": ((int,), False), "nonzero_params": ((int,), False), "threads": ((int,), False),
+    "size_bytes": ((int,), True), "compressed_bytes": ((int,), True), "macs": ((int,), True),
+    "latency_ms": ((dict,), False), "metrics": ((dict,), False), "agreement": (_NUMBER, True),
+}
+
+
+def _check_model_entry(m: Any, where: str) -> None:
+    Measurement.from_json(m)  # an object with every required key
+    name = m.get("name", "?")
+    for key, (types, nullable) in _MODEL_FIELDS.items():
+        value = m.get(key)
+        if (value is None and nullable) or key not in m and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ArtifactError(f"{where}: model {name!r} field {key!r} must be {'/'.join(t.__name__ for t in types)}"
+                                f"{' or null' if nullable else ''}; got {type(value).__name__}. The report is corrupted.")
+    for batch, stats in m["latency_ms"].items():
+        if not isinstance(stats, dict) or not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in stats.values()):
+            raise ArtifactError(f"{where}: model {name!r} latency_ms[{batch!r}] must map statistics to numbers. The report is corrupted.")
+    for metric, value in m["metrics"].items():
+        if metric != "per_class_accuracy" and value is not None and not isinstance(value, _NUMBER):
+            raise ArtifactError(f"{where}: model {name!r} metric {metric!r} must be a number; got {type(value).__name__}. The report is corrupted.")
