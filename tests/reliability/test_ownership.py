@@ -251,9 +251,8 @@ def test_a_killed_holder_leaves_no_stale_lock(finished_run, tmp_path):
         f"with claim_out_dir({str(run)!r}, resume=True, force=False):\n    print('held', flush=True)\n    time.sleep(600)\n")],
         stdout=subprocess.PIPE, text=True, env=ENV)
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(OutputDirError, match="in use by another slimtorch process"):
-        with claim_out_dir(run, resume=True, force=False):
-            pass
+    with pytest.raises(OutputDirError, match="in use by another slimtorch process"), claim_out_dir(run, resume=True, force=False):
+        pass
     holder.kill()
     holder.wait()
     with claim_out_dir(run, resume=True, force=False):
@@ -357,7 +356,7 @@ def test_sigterm_behaves_like_ctrl_c_and_the_run_resumes(tmp_path):
     while not (out / "work" / "teacher" / "last" / "meta.json").exists() and time.time() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().startswith("error: terminated (SIGTERM)")
     assert "--resume" in stderr
