@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch import artifact
-from slimtorch.core import STAGES, RunContext, StageRecord, silent_progress, seed_everything
+from slimtorch.core import STAGES, RunContext, StageRecord, seed_everything, silent_progress
 from slimtorch.data import DataBundle, build_data
 from slimtorch.errors import ArtifactError, OutputDirError, RecipeError
 from slimtorch.io import atomic_write_json, atomic_write_text
@@ -152,8 +153,19 @@ class _Run:
         return [self._measure(first if i == 0 else self._load_saved(m.name), m.name, m.stage) for i, m in enumerate(old)]
 
     def _build(self, spec: ModelSpec, training: bool) -> nn.Module:
-        model = build_model(str(spec.model), spec.args, input_shape=self.data.input_shape, num_classes=self.data.num_classes)
-        check_model_fits(model, self.recipe.resources, spec.model, training=training)
+        ref, limits = str(spec.model), self.recipe.resources
+        build = lambda: build_model(ref, spec.args, input_shape=self.data.input_shape, num_classes=self.data.num_classes)
+        if (limits.max_params or limits.max_memory_mb) and artifact.is_safe_ref(ref) and not ref.startswith("hf:"):
+            # Count on the meta device first: a model over the limit is refused before its memory is allocated.
+            try:
+                with torch.device("meta"):
+                    shape_only = build()
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                shape_only = None  # a constructor that needs real tensors: check after building instead
+            if shape_only is not None:
+                check_model_fits(shape_only, limits, spec.model, training=training)
+        model = build()
+        check_model_fits(model, limits, spec.model, training=training)
         return model
 
     def _trains_student(self) -> bool:
