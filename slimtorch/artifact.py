@@ -29,6 +29,7 @@ from torch import nn
 
 from slimtorch.errors import ArtifactError, SlimtorchError
 from slimtorch.io import atomic_dir, atomic_write_json
+from slimtorch.models.architecture import build_architecture, is_safe_ref
 from slimtorch.registry import Registry
 from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
 
@@ -145,13 +146,6 @@ def load(directory: str | Path, *, trust_code: bool = False, trusted_refs: Colle
     return model.eval()
 
 
-def is_safe_ref(ref: str) -> bool:
-    """True for references that build an architecture without importing user code."""
-    from slimtorch.models.builtin import MODELS
-
-    return ref in MODELS or ref.startswith(("hf:", "torchvision:"))
-
-
 def _check_trusted(spec: dict[str, Any], directory: Path, trust_code: bool, trusted_refs: Collection[str]) -> None:
     model_spec = spec.get("model") or {}
     ref = model_spec.get("ref")
@@ -205,15 +199,13 @@ def _update_size_attrs(module: nn.Module) -> None:
 
 
 def _rebuild(spec: dict[str, Any], directory: Path) -> nn.Module:
-    from slimtorch.models.refs import build_model
-
     model_spec = spec.get("model")
     if not model_spec or not model_spec.get("ref"):
         raise ArtifactError(
             f"{directory} records no architecture (the model was not built from a reference); "
             "build it with slimtorch.build_model or a 'module:function' factory so it can be reloaded."
         )
-    return build_model(model_spec["ref"], model_spec.get("args"))
+    return build_architecture(model_spec["ref"], model_spec.get("args"))
 
 
 def masked_modules(model: nn.Module) -> list[str]:

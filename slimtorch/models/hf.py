@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from slimtorch.errors import MissingExtraError, ModelRefError
+from slimtorch.models.gguf import PACKAGED_GGUF, converted_dir, packaged_gguf
 
 HFKind = Literal["encoder", "classifier", "causal_lm"]
 
@@ -72,6 +73,8 @@ def resolve_hf_path(name: str) -> str:
     if name in OFFLINE_PACKAGES:
         module = importlib.import_module(OFFLINE_PACKAGES[name])
         return str(module.get_model_path())
+    if name in PACKAGED_GGUF:  # e.g. smollm2: a GGUF file in a package, converted once to a cached directory
+        return str(converted_dir(packaged_gguf(name)))
     return name
 
 
@@ -80,14 +83,15 @@ def _auto_class(kind: HFKind) -> str:
             "causal_lm": "AutoModelForCausalLM"}[kind]
 
 
-def load_hf(name: str, kind: HFKind = "encoder", config: dict[str, Any] | None = None) -> HFModel:
+def load_hf(name: str, kind: HFKind | None = None, config: dict[str, Any] | None = None) -> HFModel:
     """Load ``hf:<id-or-dir>``; with ``config`` build a randomly initialised model of that config.
 
     Args:
-        name: a hub id, a local directory, or an alias of an offline package (``minilm``).
-        kind: which head to expose (see module docstring).
+        name: a hub id, a local directory, or an alias of an offline package (``minilm``, ``smollm2``).
+        kind: which head to expose (see module docstring); default ``causal_lm`` for ``smollm2``, else ``encoder``.
         config: e.g. ``{"model_type": "bert", "hidden_size": 32, ...}`` for a tiny random model.
     """
+    kind = kind or ("causal_lm" if name in PACKAGED_GGUF else "encoder")
     tf = _transformers()
     auto = getattr(tf, _auto_class(kind))
     if config is not None:
