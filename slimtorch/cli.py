@@ -102,36 +102,21 @@ class _RichProgress:
             yield advance
 
 
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _fmt_count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
-
-
 def print_models_table(report: dict[str, Any]) -> None:
     """The report card as a rich table: one row per model, metrics and measured latency."""
+    from slimtorch.report.table import fmt_bytes, fmt_count, metric_of
+
     table = Table(title=f"slimtorch report: {report['recipe'].get('name', '')}", show_lines=False)
     batches = sorted({b for m in report["models"] for b in m["latency_ms"]}, key=int)
     for col in ["model", "stage", "params", "nonzero", "size", "MACs", "runtime", *[f"p50 ms b{b}" for b in batches], "metric", "agree"]:
         table.add_column(col, justify="left" if col in ("model", "stage", "runtime") else "right")
     for m in report["models"]:
-        metrics = m.get("metrics", {})
-        metric = metrics.get("accuracy", metrics.get("cosine"))
-        metric_s = "-" if metric is None else (f"{100 * metric:.2f}%" if "accuracy" in metrics else f"cos {metric:.4f}")
+        name, metric = metric_of(m)
+        metric_s = "-" if metric is None else (f"{100 * metric:.2f}%" if name == "accuracy" else f"cos {metric:.4f}")
         lat = [f"{m['latency_ms'][b]['p50']:.3f}" if b in m["latency_ms"] else "-" for b in batches]
         agree = m.get("agreement")
-        table.add_row(m["name"], m["stage"], _fmt_count(m["params"]), _fmt_count(m["nonzero_params"]), _fmt_bytes(m.get("size_bytes")),
-                      _fmt_count(m.get("macs")), m["runtime"], *lat, metric_s, "-" if agree is None else f"{100 * agree:.1f}%")
+        table.add_row(m["name"], m["stage"], fmt_count(m["params"]), fmt_count(m["nonzero_params"]), fmt_bytes(m.get("size_bytes")),
+                      fmt_count(m.get("macs")), m["runtime"], *lat, metric_s, "-" if agree is None else f"{100 * agree:.1f}%")
     console.print(table)
     for w in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
@@ -218,8 +203,9 @@ def validate(recipe: Path) -> None:
 @app.command()
 def measure(
     model_ref: str,
-    data: Annotated[str, typer.Option(help="Data source to measure on (digits, mnist1d, module:function).")] = "digits",
+    data: Annotated[str, typer.Option(help="Data source to measure on (digits, mnist1d, text, module:function).")] = "digits",
     args: Annotated[str, typer.Option(help="Model constructor args as JSON, e.g. '{\"hidden\": [64]}'.")] = "{}",
+    data_args: Annotated[str, typer.Option(help="Data source args as JSON, e.g. '{\"path\": \"held_out.txt\"}' for --data text.")] = "{}",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,64",
     out: OutOpt = None,
     force: ForceOpt = False,
@@ -239,14 +225,16 @@ def measure(
 
     with _user_errors():
         try:
-            kwargs = json.loads(args)
+            kwargs, source_args = json.loads(args), json.loads(data_args)
             sizes = [int(b) for b in batch_sizes.split(",")]
         except (json.JSONDecodeError, ValueError) as exc:
-            raise RecipeError(f"--args must be a JSON object and --batch-sizes integers like 1,64 ({exc}).") from exc
+            raise RecipeError(f"--args and --data-args must be JSON objects and --batch-sizes integers like 1,64 ({exc}).") from exc
+        if not isinstance(source_args, dict):
+            raise RecipeError(f"--data-args must be a JSON object like '{{\"path\": \"text.txt\"}}'; got {data_args!r}.")
         if not isinstance(kwargs, dict) or any(b < 1 for b in sizes):
             raise RecipeError(f"--args must be a JSON object and --batch-sizes positive integers like 1,64; got {args!r} and {batch_sizes!r}.")
         with claim_out_dir(out, resume=False, force=force, kind="measure") if out is not None else nullcontext():
-            bundle = build_data(data)
+            bundle = build_data(data, args=source_args)
             model = build_model(model_ref, kwargs, input_shape=bundle.input_shape, num_classes=bundle.num_classes, trust_code=trust_code)
             config = EvaluateConfig(latency=LatencyConfig(batch_sizes=sizes))
             model_dir = Path(model_ref) if Path(model_ref).is_dir() else None
@@ -258,6 +246,9 @@ def measure(
             if out is not None:
                 write_report(out, report)
         print_models_table(report)
+        if m.decode_tokens_per_s:
+            tps = ", ".join(f"b{b} {v:.1f}" for b, v in m.decode_tokens_per_s.items())
+            console.print(f"perplexity {m.metrics['perplexity']:.3f}, decode tokens/s {tps}", highlight=False)
 
 
 @app.command()

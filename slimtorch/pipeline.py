@@ -31,12 +31,14 @@ from slimtorch.io import atomic_write_json, atomic_write_text
 from slimtorch.measure import Measurement, measure, outputs_on
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.models import build_model
+from slimtorch.models.architecture import is_safe_ref
 from slimtorch.outdir import claim_out_dir
 from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import ModelSpec, StageSpec
 from slimtorch.report import build_report, write_report
 from slimtorch.resources import check_model_fits, time_budget
 from slimtorch.train import cross_entropy, fit
+from slimtorch.units import MB
 from slimtorch.version import __version__
 
 log = logging.getLogger(__name__)
@@ -155,7 +157,7 @@ class _Run:
     def _build(self, spec: ModelSpec, training: bool) -> nn.Module:
         ref, limits = str(spec.model), self.recipe.resources
         build = lambda: build_model(ref, spec.args, input_shape=self.data.input_shape, num_classes=self.data.num_classes)
-        if (limits.max_params or limits.max_memory_mb) and artifact.is_safe_ref(ref) and not ref.startswith("hf:"):
+        if (limits.max_params or limits.max_memory_mb) and is_safe_ref(ref) and not ref.startswith("hf:"):
             # Count on the meta device first: a model over the limit is refused before its memory is allocated.
             try:
                 with torch.device("meta"):
@@ -366,8 +368,8 @@ def _check_target(target: Any, plan: dict[str, Any], final: Measurement) -> list
     """Compare the final model with the budget and the accuracy floor; say plainly what was missed."""
     warnings = []
     latency = final.latency_ms.get(str(target.batch), {}).get("p50")
-    if target.kind == "size_mb" and final.size_bytes is not None and final.size_bytes / 2**20 > target.size_mb:
-        warnings.append(f"target size_mb≤{target.size_mb} missed: the final artifact is {final.size_bytes / 2**20:.3f} MB.")
+    if target.kind == "size_mb" and final.size_bytes is not None and final.size_bytes / MB > target.size_mb:
+        warnings.append(f"target size_mb≤{target.size_mb} missed: the final artifact is {final.size_bytes / MB:.3f} MB.")
     if target.kind == "latency_ms" and latency is not None and latency > target.latency_ms:
         warnings.append(f"target latency_ms≤{target.latency_ms} at batch {target.batch} missed: the final model measured {latency:.4g} ms p50.")
     if target.kind == "speedup" and latency is not None:
@@ -375,7 +377,7 @@ def _check_target(target: Any, plan: dict[str, Any], final: Measurement) -> list
         if achieved < target.speedup:
             warnings.append(f"target speedup≥{target.speedup}× missed: measured {achieved:.2f}× at batch {target.batch}.")
     # the floor applies to the task metric: accuracy for classifiers, cosine to the original for encoders
-    metric = final.metrics.get("accuracy", final.metrics.get("cosine"))
+    _, metric = final.primary_metric
     if target.min_accuracy is not None and metric is not None and metric < target.min_accuracy:
         warnings.append(f"accuracy floor {target.min_accuracy:.4f} missed: the final model scores {metric:.4f}. Add recovery epochs or relax the budget.")
     if not plan["is_feasible"]:

@@ -16,14 +16,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from slimtorch.errors import RecipeError
+from slimtorch.units import MB
 
-if TYPE_CHECKING:
-    from slimtorch.recipe.schema import ResourceSpec
+
+class ResourceSpec(BaseModel):
+    """The recipe's ``resources:`` block: limits checked before and during the run (sizes in decimal MB)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_params: int | None = Field(None, gt=0, description="refuse models with more parameters than this before any work starts")
+    max_memory_mb: float | None = Field(None, gt=0, description="refuse models whose estimated memory (MB, 10^6 bytes) exceeds this")
+    max_stage_seconds: float | None = Field(None, gt=0, description="stop training in a stage after this wall time")
+
 
 # fp32 weights + gradients + AdamW exp_avg + exp_avg_sq
 TRAINING_MEMORY_FACTOR = 4
@@ -34,7 +43,7 @@ def model_memory_mb(model: nn.Module, training: bool) -> float:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     weights += sum(b.numel() * b.element_size() for b in model.buffers())
     factor = TRAINING_MEMORY_FACTOR if training else 1
-    return weights * factor / 2**20
+    return weights * factor / MB
 
 
 def check_model_fits(model: nn.Module, limits: ResourceSpec, ref: str, *, training: bool = False) -> None:

@@ -129,7 +129,7 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
     baseline_report = load_report(out / "variants" / runs[0][0] / "report.json")
     teacher = next(m for m in baseline_report["models"] if m["name"] == baseline_report["baseline"])
     models = [Measurement.from_json(teacher), *finals]
-    best = max(finals, key=lambda m: (m.metrics.get("accuracy", m.metrics.get("cosine", 0)), -(m.size_bytes or 0)))
+    best = max(finals, key=lambda m: (m.primary_metric[1] or 0.0, -(m.size_bytes or 0)))
     report = build_report(recipe=base, baseline=teacher["name"], final=best.name, models=models, stages=rows,
                           extra={"sweep": {"grid": {a.path: list(a.values) for a in axes}, "variants": [r["name"] for r in rows]}})
     write_report(out, report)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from slimtorch.core import Batch
+from slimtorch.batch import Batch
 
 UNLABELED = -1  # label of transfer-set examples: distillation may use their inputs, never a label
 

@@ -9,6 +9,16 @@ from typing import Any
 from slimtorch.errors import ArtifactError
 
 
+def primary_metric(metrics: dict[str, Any] | None) -> tuple[str, float | None]:
+    """The one headline metric of a model (higher is better): accuracy for classifiers, cosine to the
+    original for encoders. Every table, the sweep's choice and the planner's floor use this."""
+    for key in ("accuracy", "cosine"):
+        value = (metrics or {}).get(key)
+        if value is not None:
+            return key, float(value)
+    return "accuracy", None
+
+
 @dataclass
 class Measurement:
     """Everything measured about one model.
@@ -28,6 +38,10 @@ class Measurement:
         robustness: ``{"noise_<level>": metric}`` under Gaussian input noise of std ``level × input std``.
         notes: honest caveats found while measuring; seconds: how long the measurement took.
         cost_s: seconds per part of the measurement (params, size, macs, latency, accuracy, robustness).
+        decode_tokens_per_s: causal LMs: ``{"<batch>": tokens/s}`` of greedy decoding with the KV cache.
+        llm: causal LMs: ``prefill_ms`` (batch 1; p50/p90/...), ``samples`` (prompt → greedy continuation) and
+            ``setup`` (window, stride, scored tokens); their ``metrics`` hold ``perplexity``, ``nll``,
+            ``token_agreement`` and ``kl_to_original`` (see :mod:`slimtorch.measure.llm`).
     """
 
     name: str
@@ -46,14 +60,13 @@ class Measurement:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     cost_s: dict[str, float] = field(default_factory=dict)
+    decode_tokens_per_s: dict[str, float] = field(default_factory=dict)
+    llm: dict[str, Any] = field(default_factory=dict)
 
     @property
     def primary_metric(self) -> tuple[str, float | None]:
         """``("accuracy", value)`` for classifiers, ``("cosine", value)`` for encoders."""
-        for key in ("accuracy", "cosine"):
-            if self.metrics.get(key) is not None:
-                return key, float(self.metrics[key])
-        return "accuracy", None
+        return primary_metric(self.metrics)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ class TargetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     latency_ms: float | None = Field(None, gt=0, description="p50 latency budget at `batch` on `runtime`")
-    size_mb: float | None = Field(None, gt=0, description="bytes-on-disk budget of the final artifact, in MB (2^20 bytes)")
+    size_mb: float | None = Field(None, gt=0, description="bytes-on-disk budget of the final artifact, in MB (10^6 bytes, as every report prints it)")
     speedup: float | None = Field(None, gt=1, description="p50 latency at `batch` must be this many times lower than the original's")
     batch: int = Field(1, ge=1)
     min_accuracy: float | None = Field(None, gt=0, le=1, description="accuracy floor (fraction) of the final model")

@@ -24,6 +24,7 @@ from slimtorch.core import RunContext
 from slimtorch.measure import dir_size_bytes, time_latency
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.plan.config import TargetConfig
+from slimtorch.units import MB
 
 if TYPE_CHECKING:
     from slimtorch.recipe.schema import StageSpec
@@ -68,7 +69,7 @@ def _budget_value(target: TargetConfig, latency_ms: float, size_bytes: int, base
     if target.kind == "latency_ms":
         return latency_ms, float(target.latency_ms or 0)
     if target.kind == "size_mb":
-        return size_bytes / 2**20, float(target.size_mb or 0)
+        return size_bytes / MB, float(target.size_mb or 0)
     return latency_ms, baseline_ms / float(target.speedup or 1)
 
 

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from slimtorch.core import Batch, forward
+from slimtorch.core import Batch, RunContext, forward
 from slimtorch.data.bundle import UNLABELED
 from slimtorch.errors import NotCalibratedError
 from slimtorch.prune.masks import mask_of, raw_weight, weight_2d
@@ -188,3 +189,11 @@ class TaylorImportance(_Calibrated):
         import torch_pruning as tp
 
         return tp.importance.GroupTaylorImportance()
+
+
+def calibrate(crit: Importance, model: nn.Module, targets: dict[str, nn.Module], ctx: RunContext, n_batches: int) -> None:
+    """Feed ``n_batches`` training batches to a data-driven criterion (activation, taylor); others need none."""
+    if crit.needs_data:
+        batches = list(itertools.islice(ctx.data.loader("train", shuffle=True, seed=ctx.seed), n_batches))
+        hf_kind = getattr(model, "kind", None) if hasattr(model, "hf") else None
+        crit.prepare(model, targets, batches, calibration_loss(ctx.task, hf_kind))

@@ -117,9 +117,8 @@ def auto_ratios(result: dict[str, Any], costs: dict[str, float], remove: float) 
 def plan_ratios(model: nn.Module, cfg: Any, ctx: RunContext, targets: dict[str, nn.Module], crit: Importance,
                 record: StageRecord) -> dict[str, float] | None:
     """Scan (always), plot, and turn ``cfg.target`` into per-layer ratios (``None`` without a target)."""
-    from slimtorch.prune.stage import calibrate
-
     from slimtorch.prune.config import SensitivityConfig
+    from slimtorch.prune.importance import calibrate
 
     sens = cfg.sensitivity or SensitivityConfig()
     structured = cfg.kind == "structured"
@@ -156,7 +155,7 @@ def plan_ratios(model: nn.Module, cfg: Any, ctx: RunContext, targets: dict[str, 
     return ratios
 
 
-def _calibrate_structured(model, cfg, ctx, targets, crit, result, costs, total, fraction, ratios, kind):  # noqa: ANN001, ANN202
+def _calibrate_structured(model, cfg, ctx, targets, crit, result, costs, total, fraction, ratios, kind):
     """Re-plan until a trial removal on a copy reaches the budget (dependency coupling changes the cost)."""
     from slimtorch.prune.structured import prune_structured_
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from typing import Any
@@ -12,7 +11,7 @@ from torch import nn
 from slimtorch.core import STAGES, RunContext, StageRecord, seed_everything
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.prune.config import PruneConfig, parse_nm
-from slimtorch.prune.importance import IMPORTANCE, Importance, calibration_loss
+from slimtorch.prune.importance import IMPORTANCE, Importance, calibrate
 from slimtorch.prune.macs import count_macs, count_params, quick_latency_ms
 from slimtorch.prune.masks import bake_masks_, compute_masks, masked_modules, set_mask_, sparsity_report
 from slimtorch.prune.schedule import recover, sparsity_schedule, step_ratios
@@ -27,17 +26,6 @@ MASK_NOTE = (
     "{what} sparsity gives no speedup on dense CPU kernels: the model still runs {macs:.3g} MACs per example, "
     "exactly as before. Its win is size after compression (sparse or zipped storage){extra}."
 )
-
-
-def _hf_kind(model: nn.Module) -> str | None:
-    return getattr(model, "kind", None) if hasattr(model, "hf") else None
-
-
-def calibrate(crit: Importance, model: nn.Module, targets: dict[str, nn.Module], ctx: RunContext, n_batches: int) -> None:
-    """Feed calibration batches to a data-driven criterion (activation, taylor)."""
-    if crit.needs_data:
-        batches = list(itertools.islice(ctx.data.loader("train", shuffle=True, seed=ctx.seed), n_batches))
-        crit.prepare(model, targets, batches, calibration_loss(ctx.task, _hf_kind(model)))
 
 
 @STAGES.register("prune")
@@ -96,7 +84,7 @@ class PruneStage:
 
     def _prune(self, model: nn.Module, ctx: RunContext, record: StageRecord, example: Any) -> None:
         cfg = self.config
-        if cfg.kind == "structured" and _hf_kind(model):
+        if cfg.kind == "structured" and hasattr(model, "hf"):
             raise UnsupportedModuleError(
                 f"granularity {cfg.granularity!r} on a Hugging Face model: use head, ffn or layer, which update the HF config "
                 "so the model still saves and loads; or a mask granularity (weight, '2:4')."

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from slimtorch.data.sources import DATA_SOURCES, unknown_args_message
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.plan.config import TargetConfig
+from slimtorch.resources import ResourceSpec
 from slimtorch.train.loop import TrainConfig
 
 
@@ -114,14 +115,6 @@ class ModelSpec(_Strict):
         if self.model is not None and self.auto is not None:
             raise ValueError("give either `model` or `auto`, not both")
         return self
-
-
-class ResourceSpec(_Strict):
-    """Limits checked before and during the run."""
-
-    max_params: int | None = Field(None, gt=0, description="refuse models with more parameters than this before any work starts")
-    max_memory_mb: float | None = Field(None, gt=0, description="refuse models whose fp32 weights exceed this")
-    max_stage_seconds: float | None = Field(None, gt=0, description="stop training in a stage after this wall time")
 
 
 class StageSpec(_Strict):

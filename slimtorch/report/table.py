@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from slimtorch.measure.measurement import primary_metric
+from slimtorch.units import fmt_bytes, fmt_count  # noqa: F401  (re-exported: renderers take every formatter from here)
+
 
 def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in report["models"]}
@@ -16,12 +19,8 @@ def batches(report: dict[str, Any]) -> list[str]:
 
 
 def metric_of(m: dict[str, Any]) -> tuple[str, float | None]:
-    """``("accuracy", v)`` for classifiers, ``("cosine", v)`` for encoders."""
-    metrics = m.get("metrics") or {}
-    for key in ("accuracy", "cosine"):
-        if metrics.get(key) is not None:
-            return key, float(metrics[key])
-    return "accuracy", None
+    """``("accuracy", v)`` for classifiers, ``("cosine", v)`` for encoders (:func:`primary_metric`)."""
+    return primary_metric(m.get("metrics"))
 
 
 def p50(m: dict[str, Any], batch: str) -> float | None:
@@ -58,24 +57,6 @@ def compare(report: dict[str, Any]) -> list[dict[str, Any]]:
             "delta_points": None if metric is None or base_metric is None else (metric - base_metric) * 100,
         })
     return rows
-
-
-def fmt_count(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:g}" if isinstance(n, float) else str(n)
-
-
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "—"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} B"
 
 
 def fmt_ratio(x: float | None) -> str:

@@ -299,7 +299,7 @@ CASES = [
          r"Lower the learning rate", api=_nan_after_two_epochs),
     Case("over-max-params", RecipeError, r"model 'mlp' has 99 parameters, over resources\.max_params=10", r"Pick a smaller model or raise the limit",
          how="compress", recipe=run(resources="{max_params: 10}")),
-    Case("over-max-memory", RecipeError, r"needs about 0\.00151 MB to train .* over resources\.max_memory_mb=0\.0001",
+    Case("over-max-memory", RecipeError, r"needs about 0\.00158 MB to train .* over resources\.max_memory_mb=0\.0001",
          r"Pick a smaller model or raise the limit", how="compress", recipe=run(teacher=TRAINED, resources="{max_memory_mb: 0.0001}")),
     # --- output directory ------------------------------------------------------------------------
     Case("output-dir-exists", OutputDirError, r"already exists", r"pass --resume to continue that run or --force to replace it",
@@ -323,7 +323,7 @@ CASES = [
          api=lambda tmp: _resume_checkpoint(tmp, _truncate("optim.pt"))),
     Case("checkpoint-meta-truncated", ArtifactError, r"checkpoint .*last is corrupted or incomplete", r"delete it to start the stage again",
          api=lambda tmp: _resume_checkpoint(tmp, _truncate("meta.json"))),
-    Case("checkpoint-other-version", ArtifactError, r"written by slimtorch 9\.9\.9 \(checkpoint format 99\); this slimtorch .* reads format 1",
+    Case("checkpoint-other-version", ArtifactError, r"written by slimtorch 9\.9\.9 \(checkpoint format 99\); this slimtorch .* reads format 2",
          r"Delete it \(or run with --force\)", api=lambda tmp: _resume_checkpoint(tmp, _meta(checkpoint_version=99, slimtorch_version="9.9.9"))),
     Case("saved-model-other-version", ArtifactError, r"was written by slimtorch 7\.0\.0 with artifact format 99", r"Re-create it with this version",
          api=lambda tmp: artifact.load(_old_artifact(tmp)), cli=lambda tmp: ["measure", str(_old_artifact(tmp))]),
