@@ -116,7 +116,7 @@ def file_sentences(path: str | Path) -> list[str]:
 @DATA_SOURCES.register("text")
 def text(
     seed: int = 0,
-    corpus: str = "fortune",
+    corpus: str | None = None,
     path: str | None = None,
     tokenizer: str = "minilm",
     max_length: int = 64,
@@ -128,7 +128,7 @@ def text(
     """English sentences for sentence-encoder distillation; task ``"embedding"``, items ``(sentence, 0)``.
 
     Args:
-        corpus: ``fortune`` (packaged) or ``file`` (then ``path`` is required).
+        corpus: ``fortune`` (packaged) or ``file`` (then ``path`` is required); default ``file`` when ``path`` is given.
         tokenizer: a local Hugging Face model directory, or ``minilm``.
         max_sentences: keep at most this many (a seeded random subset); ``None`` keeps all.
         padding: ``longest`` pads each batch to its longest sentence; ``max_length`` pads every batch to
@@ -138,6 +138,7 @@ def text(
 
     if padding not in ("longest", "max_length"):
         raise DataError(f"data.args.padding must be 'longest' or 'max_length'; got {padding!r}.")
+    corpus = corpus or ("file" if path is not None else "fortune")
     if corpus == "fortune":
         sentences = fortune_sentences()
     elif corpus == "file":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class LatencyConfig(BaseModel):
@@ -25,6 +25,31 @@ class LatencyConfig(BaseModel):
         return v
 
 
+class LLMEvalConfig(BaseModel):
+    """How causal language models are measured (``evaluate.llm``; see :mod:`slimtorch.measure.llm`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: int = Field(256, ge=2, description="tokens per perplexity window")
+    stride: int = Field(128, ge=1, description="tokens between window starts; each window scores only tokens not scored before")
+    max_tokens: int = Field(4096, ge=1, description="at most this many eval tokens are scored")
+    kl_tokens: int = Field(1024, ge=1, description="positions whose full distribution is kept for KL to the original")
+    prefill_tokens: int = Field(128, ge=1, description="prompt length of the timed batch-1 prefill")
+    prefill_repeats: int = Field(10, ge=3)
+    decode_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8], min_length=1)
+    decode_tokens: int = Field(32, ge=2, description="new tokens per timed greedy generate")
+    decode_prompt_tokens: int = Field(16, ge=1)
+    decode_repeats: int = Field(3, ge=1)
+    sample_tokens: int = Field(24, ge=1, description="new tokens of each greedy sample in report.md")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> LLMEvalConfig:
+        if self.stride >= self.window:
+            raise ValueError(f"evaluate.llm.stride ({self.stride}) must be < window ({self.window}): a window's first token has no "
+                             "context, so windows must overlap by at least one token or some tokens go unscored.")
+        return self
+
+
 class EvaluateConfig(BaseModel):
     """The recipe's ``evaluate:`` block."""
 
@@ -34,6 +59,7 @@ class EvaluateConfig(BaseModel):
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     noise_levels: list[float] = Field(default_factory=lambda: [0.1, 0.3], description="Gaussian input noise std, in units of the input's std")
     max_eval_examples: int | None = Field(None, ge=1, description="cap the examples used for metrics (large text sets)")
+    llm: LLMEvalConfig = Field(default_factory=LLMEvalConfig, description="causal language models: perplexity, decode speed, samples")
 
     @field_validator("noise_levels")
     @classmethod

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from slimtorch.core import Batch, batch_len, forward
 from slimtorch.errors import DataError
+from slimtorch.measure import llm
 from slimtorch.measure.accuracy import accuracy_of, agreement, mean_cosine, per_class_accuracy
 from slimtorch.measure.config import EvaluateConfig
 
@@ -67,8 +68,13 @@ def cat_padded(outputs: list[Tensor]) -> Tensor:
     return torch.cat(outputs)
 
 
-def outputs_on(model: nn.Module, data: DataBundle, config: EvaluateConfig) -> Tensor:
-    """The model's outputs on the eval split (capped); compute the baseline's once and pass it to ``measure``."""
+def outputs_on(model: nn.Module, data: DataBundle, config: EvaluateConfig) -> Tensor | llm.LLMReference:
+    """The model's outputs on the eval split (capped); compute the baseline's once and pass it to ``measure``.
+
+    A causal LM gives its :class:`~slimtorch.measure.llm.LLMReference` instead (full logits of a text set are too big to keep).
+    """
+    if llm.causal_lm_of(model) is not None:
+        return llm.reference_of(model, llm.with_model_tokens(data, model), config)
     outputs, labels = run_batches(model, eval_batches(data, config))
     if data.task == "classification":
         check_outputs_cover_labels(outputs, int(labels.max()) + 1, type(model).__name__)

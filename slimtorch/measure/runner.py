@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from slimtorch.errors import ShapeMismatchError
+from slimtorch.measure import llm
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.measure.evaluate import check_outputs_cover_labels, eval_batches, robustness, run_batches, task_metrics
 from slimtorch.measure.latency import pinned_threads, time_latency
@@ -35,7 +36,7 @@ def measure(
     data: DataBundle,
     config: EvaluateConfig,
     artifact_dir: Path | None = None,
-    baseline_outputs: Tensor | None = None,
+    baseline_outputs: Tensor | llm.LLMReference | None = None,
     latency_budget_s: float | None = None,
 ) -> Measurement:
     """Measure ``model``: counts, bytes, MACs, latency per batch size, task metric, agreement, robustness.
@@ -45,7 +46,8 @@ def measure(
         data, config: eval inputs come from ``data.loader(config.split)`` (capped by
             ``config.max_eval_examples``); latency inputs from ``data.example_batch(b)``.
         artifact_dir: the saved artifact; ``size_bytes`` is the total of its files. None → no size.
-        baseline_outputs: the baseline's eval outputs (:func:`outputs_on`) for agreement / cosine.
+        baseline_outputs: the baseline's eval outputs (:func:`outputs_on`) for agreement / cosine; for a causal LM
+            its :class:`~slimtorch.measure.llm.LLMReference` (top-1 tokens, log-probabilities, samples).
         latency_budget_s: optional cap on timed seconds per batch size (fewer repeats for slow models).
 
     Raises:
@@ -54,6 +56,8 @@ def measure(
     start = time.perf_counter()
     cost: dict[str, float] = {}
     notes: list[str] = []
+    lm = llm.causal_lm_of(model)
+    data = llm.with_model_tokens(data, model)  # a causal LM's inputs come from its own tokenizer
 
     def timed(part: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
@@ -74,6 +78,17 @@ def measure(
         for b in lat.batch_sizes})
     notes += _latency_notes(latency)
 
+    if lm is not None:
+        reference = baseline_outputs if isinstance(baseline_outputs, llm.LLMReference) else None
+        result = timed("llm", lambda: llm.measure_llm(model, data, config, reference))
+        return Measurement(
+            name=name, stage=stage, params=params, nonzero_params=nonzero, size_bytes=size, compressed_bytes=packed,
+            macs=macs, runtime=getattr(model, "slimtorch_runtime", "torch"), threads=lat.threads, latency_ms=latency,
+            metrics=result.metrics, agreement=result.metrics.get("token_agreement"), robustness={},
+            notes=[*notes, "causal LM: robustness to input noise does not apply to token ids; see perplexity, agreement and KL."],
+            seconds=round(time.perf_counter() - start, 3), cost_s=cost, decode_tokens_per_s=result.decode_tokens_per_s,
+            llm={"prefill_ms": result.prefill_ms, "samples": result.samples, "setup": result.setup},
+        )
     batches = eval_batches(data, config)
     # Metric passes run on the same pinned threads: on a shared CPU, spare OpenMP threads spinning on
     # tiny ops cost more than the ops (a 2k-parameter MLP: 0.2 ms on 1 thread, 240 ms on 2 under load).

@@ -27,7 +27,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [_row(header), _row([":--" if h in TEXT_COLUMNS else "--:" for h in header]), *map(_row, rows)]
 
 
-TEXT_COLUMNS = {"model", "stage", "runtime", "status", "notes"}
+TEXT_COLUMNS = {"model", "stage", "runtime", "status", "notes", "continuation"}
 
 
 def summary_header(report: dict[str, Any]) -> list[str]:
@@ -100,6 +100,7 @@ def render_markdown(report: dict[str, Any]) -> str:
               "*speedup* (baseline p50 ÷ model p50). Δ pts is the metric change in percentage points. MACs are per "
               "example (batch 1). Robustness columns are the metric under Gaussian input noise of std level × input std."), ""]
     lines += ["## Latency", ""] + _table(LATENCY_HEADER, latency_rows(report))
+    lines += llm_lines(report)
     if report["stages"]:
         lines += ["", "## Stages", ""] + _table(STAGE_HEADER, stage_rows(report))
     warnings = all_warnings(report)
@@ -109,6 +110,36 @@ def render_markdown(report: dict[str, Any]) -> str:
     if notes:
         lines += ["", "## Measurement notes", ""] + [f"- **{who}**: {n}" for who, n in notes]
     return "\n".join(lines) + "\n"
+
+
+def llm_lines(report: dict[str, Any]) -> list[str]:
+    """Causal LMs: perplexity, agreement, KL and speed per model, then greedy samples, baseline beside each model."""
+    lms = [m for m in report["models"] if m.get("decode_tokens_per_s")]
+    if not lms:
+        return []
+    decode = sorted({b for m in lms for b in m["decode_tokens_per_s"]}, key=int)
+    base = next((m for m in lms if m["name"] == report["baseline"]), lms[0])
+    rows = [[m["name"], f"{m['metrics']['perplexity']:.3f}",
+             f"{m['metrics']['perplexity'] / base['metrics']['perplexity']:.3f}×",
+             fmt_pct(m["metrics"].get("token_agreement")), _fmt_kl(m["metrics"].get("kl_to_original")),
+             fmt_ms(m.get("llm", {}).get("prefill_ms", {}).get("p50")),
+             *[f"{m['decode_tokens_per_s'].get(b, float('nan')):.2f}" for b in decode]] for m in lms]
+    setup = base.get("llm", {}).get("setup", {})
+    lines = ["", "## Language model", "",
+             *_table(["model", "perplexity", "vs baseline", "top-1 agreement", "KL nats", "prefill ms b1",
+                      *[f"decode tok/s b{b}" for b in decode]], rows),
+             "", (f"Perplexity over {setup.get('scored_tokens', '?')} tokens of the {setup.get('split', 'test')} split in windows of "
+                  f"{setup.get('window', '?')} tokens every {setup.get('stride', '?')}; agreement and KL against the baseline's "
+                  f"next-token distribution; prefill of {setup.get('prefill_tokens', '?')} tokens; decode = greedy with the KV "
+                  f"cache, {setup.get('decode_new_tokens', '?')} new tokens."), "", "### Greedy samples", ""]
+    for prompt in base.get("llm", {}).get("samples", {}):
+        lines += [f"**{prompt}**", "", *_table(["model", "continuation"], [
+            [m["name"], m.get("llm", {}).get("samples", {}).get(prompt, "—")] for m in [base, *[x for x in lms if x is not base]]]), ""]
+    return lines
+
+
+def _fmt_kl(kl: float | None) -> str:
+    return "—" if kl is None else f"{kl:.4f}"
 
 
 def _noise_level(key: str) -> float:
