@@ -76,6 +76,17 @@ def empty_dynamic_linear(in_features: int, out_features: int, has_bias: bool) ->
 # --- weight-only int8 / int4 ---------------------------------------------------------------------
 
 
+def int4_grid(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Asymmetric 4-bit grid of each row of ``w`` (..., gs): ``(scale, minimum)`` (...,), rounded to bf16 as stored."""
+    lo, hi = w.amin(-1), w.amax(-1)
+    return ((hi - lo) / 15).clamp(min=1e-8).to(torch.bfloat16), lo.to(torch.bfloat16)
+
+
+def int4_codes(w: Tensor, scale: Tensor, minimum: Tensor) -> Tensor:
+    """Codes in [0, 15] of ``w`` on the grid ``q · scale + minimum`` (``scale``/``minimum`` broadcast to ``w``)."""
+    return torch.round((w - minimum.float()) / scale.float()).clamp(0, 15)
+
+
 class WeightOnlyLinear(nn.Module):
     """``y = x @ dequant(W).T + b`` with int8 (per output channel) or grouped int4 weights.
 
@@ -113,15 +124,19 @@ class WeightOnlyLinear(nn.Module):
             out.scale.copy_(scale)
             return out
         wg = w.reshape(w.shape[0], -1, group_size)  # (N, K/gs, gs)
-        lo, hi = wg.amin(-1), wg.amax(-1)
-        scale = ((hi - lo) / 15).clamp(min=1e-8).to(torch.bfloat16)
-        lo = lo.to(torch.bfloat16)
-        q = torch.round((wg - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 15).to(torch.uint8)
-        q = q.reshape(w.shape)  # (N, K)
-        out.qweight.copy_(q[:, 0::2] | (q[:, 1::2] << 4))
-        out.scale.copy_(scale)
-        out.minimum.copy_(lo)
-        return out
+        scale, lo = int4_grid(wg)
+        q = int4_codes(wg, scale[..., None], lo[..., None]).reshape(w.shape)  # (N, K)
+        return out.set_int4_(q, scale, lo)
+
+    @torch.no_grad()
+    def set_int4_(self, codes: Tensor, scale: Tensor, minimum: Tensor) -> WeightOnlyLinear:
+        """Store int4 ``codes`` (N, K) in [0, 15] with ``scale``/``minimum`` (N, K/group_size), in place."""
+        q = codes.to(torch.uint8)
+        self.qweight.copy_(q[:, 0::2] | (q[:, 1::2] << 4))
+        self.scale.copy_(scale)
+        self.minimum.copy_(minimum)
+        self._kernel_cache = None
+        return self
 
     def codes(self) -> Tensor:
         """Unpacked int4 codes (N, K) in [0, 15]."""

@@ -43,6 +43,9 @@ class QuantizeConfig(BaseModel):
     calibration_split: Literal["train", "val", "transfer"] = Field("train", description="static_int8 calibration data")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="static_int8 range method")
     group_size: int = Field(32, description="int4_weight_only: weights per scale along the input axis")
+    method: Literal["rtn", "gptq"] = Field("rtn", description="int4_weight_only: round-to-nearest, or GPTQ calibrated on calibration_split")
+    damping: float = Field(0.01, gt=0, lt=1, description="gptq: λ added to the Hessian's diagonal, as a fraction of its mean")
+    calibration_examples: int = Field(256, ge=1, description="gptq: examples (sentences) of calibration_split to calibrate on")
     exclude: list[str] = Field(default_factory=list, description="modules (fqn/glob, torch) or ONNX node-name substrings kept in float")
     embedding_bits: Literal[4, 8] = Field(8, description="onnxruntime dynamic_int8: 4 = block-quantize word-embedding tables to 4 bit")
     embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables")
@@ -60,6 +63,9 @@ class QuantizeConfig(BaseModel):
             )
         if self.mode == "int4_weight_only" and self.group_size not in (32, 64, 128, 256):
             raise ValueError(f"quantize.group_size must be one of 32, 64, 128, 256 for int4; got {self.group_size}.")
+        if self.method == "gptq" and self.mode != "int4_weight_only":
+            raise ValueError(f"quantize.method 'gptq' applies to mode: int4_weight_only (runtime: torch); got mode {self.mode!r}. "
+                             "Use method: rtn or mode: int4_weight_only.")
         if self.embedding_bits == 4 and (self.mode, self.runtime) != ("dynamic_int8", "onnxruntime"):
             raise ValueError(
                 "quantize.embedding_bits: 4 applies only to mode: dynamic_int8 with runtime: onnxruntime; "
@@ -71,5 +77,5 @@ class QuantizeConfig(BaseModel):
         """Human-readable name of the library path that runs this config."""
         from slimtorch.quantize._ort import ort_version
 
-        text = RUNTIME_MODES[self.runtime][self.mode]
+        text = RUNTIME_MODES[self.runtime][self.mode] + (", GPTQ-calibrated" if self.method == "gptq" else "")
         return text.format(version=ort_version()) if "{version}" in text else text

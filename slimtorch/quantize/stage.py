@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -14,7 +15,8 @@ from torch.nn import functional as F
 from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
 from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import export_onnx, input_names_of, plain_copy
-from slimtorch.quantize import _ort, _torch
+from slimtorch.measure.llm import with_model_tokens
+from slimtorch.quantize import _ort, _torch, gptq
 from slimtorch.quantize.config import QuantizeConfig
 from slimtorch.runtime import OrtModule
 
@@ -72,7 +74,7 @@ def _ort_nodes_matching(onnx_bytes: bytes, patterns: list[str]) -> list[str]:
     return [n for n in names if any(p in n for p in patterns)]
 
 
-def _torch_quantize(model: nn.Module, cfg: QuantizeConfig) -> tuple[nn.Module, dict[str, Any]]:
+def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
     if cfg.mode == "bf16":
         return _torch.BFloat16Module(model), {"dtype": "bfloat16"}
     multiple = cfg.group_size if cfg.mode == "int4_weight_only" else 1
@@ -81,6 +83,11 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig) -> tuple[nn.Module, d
     _torch.require_linears(model, chosen, cfg.mode, hint)
     if cfg.mode == "dynamic_int8":
         _torch.dynamic_int8_(model, chosen, cfg.per_channel)
+    elif cfg.method == "gptq":
+        inputs = gptq.calibration_inputs(model, ctx.data, cfg.calibration_split, cfg.calibration_examples)
+        errors = gptq.gptq_(model, chosen, inputs, cfg.group_size, cfg.damping)
+        return model, {"quantized_linears": len(chosen), "skipped_linears": skipped, "calibration_batches": len(inputs),
+                       "gptq_relative_output_error_mean": round(sum(errors.values()) / len(errors), 6)}
     else:
         bits = 4 if cfg.mode == "int4_weight_only" else 8
         _torch.weight_only_(model, chosen, bits, cfg.group_size)
@@ -113,11 +120,12 @@ class QuantizeStage:
         start = time.perf_counter()
         cfg = self.config
         reference = plain_copy(model)
+        ctx = dataclasses.replace(ctx, data=with_model_tokens(ctx.data, model))  # a causal LM reads its own tokens
         example = ctx.data.example_batch(4)
         if cfg.runtime == "onnxruntime":
             out, details = _ort_quantize(reference, ctx, cfg, example)
         else:
-            out, details = _torch_quantize(plain_copy(model), cfg)
+            out, details = _torch_quantize(plain_copy(model), cfg, ctx)
             out.slimtorch_format = "torch_quantized"
             out.slimtorch_quantization = cfg.model_dump()
         out.slimtorch_spec = getattr(model, "slimtorch_spec", None)

@@ -1,0 +1,134 @@
+"""GPTQ: weight-only int4 that corrects each rounding error with the layer's input statistics.
+
+GPTQ (Frantar et al. 2022, https://arxiv.org/abs/2210.17323) quantizes a Linear's weight ``W`` (N, K)
+one input column at a time and spreads each column's rounding error over the columns not yet
+quantized, so the layer's *output* on calibration inputs ``X`` stays close to the original's:
+
+    minimize ‖W X − Q X‖²,   H = 2 X Xᵀ / n   (K, K),   H ← H + λ · mean(diag H) · I   (damping λ)
+    for column j:  q_j = quant(w_j);  e = (w_j − q_j) / [H⁻¹]_jj;  w_{j+1:} −= e · [H⁻¹]_{j, j+1:}
+
+using the upper Cholesky factor of ``H⁻¹``. The grid is slimtorch's int4 format (asymmetric, one bf16
+scale and minimum per ``group_size`` input columns), fixed for each group when the loop reaches its
+first column, so the result is stored and run exactly like round-to-nearest int4
+(:class:`~slimtorch.quantize._torch.WeightOnlyLinear`). ``H`` of every Linear is collected in one
+pass of the float model over the calibration inputs (not layer by layer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from slimtorch.batch import Batch, forward
+from slimtorch.errors import NotCalibratedError
+from slimtorch.quantize._torch import WeightOnlyLinear, int4_codes, int4_grid, set_submodule
+
+if TYPE_CHECKING:
+    from slimtorch.data.bundle import DataBundle
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def input_hessians(model: nn.Module, fqns: list[str], batches: Iterable[Batch]) -> dict[str, Tensor]:
+    """``H = 2 X Xᵀ / n`` (K, K) of each named Linear's inputs over ``batches`` (one forward pass each)."""
+    sums = {fqn: torch.zeros(model.get_submodule(fqn).in_features, model.get_submodule(fqn).in_features, dtype=torch.float64)
+            for fqn in fqns}
+    counts = dict.fromkeys(fqns, 0)
+
+    def hook(fqn: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
+        def collect(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # (B·T, K)
+            sums[fqn] += x.T @ x
+            counts[fqn] += x.shape[0]
+        return collect
+
+    handles = [model.get_submodule(fqn).register_forward_pre_hook(hook(fqn)) for fqn in fqns]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not any(counts.values()):
+        raise NotCalibratedError("GPTQ saw no calibration inputs; give a non-empty quantize.calibration_split.")
+    return {fqn: (2 * sums[fqn] / max(counts[fqn], 1)).float() for fqn in fqns}
+
+
+@torch.no_grad()
+def gptq_int4(weight: Tensor, hessian: Tensor, group_size: int, damping: float = 0.01) -> tuple[Tensor, Tensor, Tensor]:
+    """GPTQ-quantize ``weight`` (N, K): ``(codes (N, K) in [0, 15], scale, minimum (N, K/group_size) bf16)``."""
+    w = weight.detach().float().clone()  # (N, K)
+    n, k = w.shape
+    h = hessian.clone()
+    dead = torch.diag(h) == 0  # inputs that were always zero: their columns do not matter
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += damping * torch.diag(h).mean() * torch.eye(k)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (K, K)
+    codes = torch.zeros(n, k)
+    scales = torch.zeros(n, k // group_size, dtype=torch.bfloat16)
+    minima = torch.zeros_like(scales)
+    for g, start in enumerate(range(0, k, group_size)):  # one block per group: the grid sees the updated weights
+        end = start + group_size
+        block, block_hinv = w[:, start:end].clone(), hinv[start:end, start:end]  # (N, gs), (gs, gs)
+        scale, minimum = int4_grid(block)  # (N,) each
+        scales[:, g], minima[:, g] = scale, minimum
+        errors = torch.zeros_like(block)
+        for j in range(group_size):
+            q = int4_codes(block[:, j], scale, minimum)  # (N,)
+            codes[:, start + j] = q
+            err = (block[:, j] - (q * scale.float() + minimum.float())) / block_hinv[j, j]
+            block[:, j:] -= err[:, None] * block_hinv[j, j:][None]
+            errors[:, j] = err
+        w[:, end:] -= errors @ hinv[start:end, end:]  # lazy update of the columns after this block
+    return codes, scales, minima
+
+
+def gptq_(model: nn.Module, fqns: list[str], batches: list[Batch], group_size: int, damping: float = 0.01) -> dict[str, float]:
+    """Replace the named Linear layers by GPTQ-calibrated int4 :class:`WeightOnlyLinear`, in place.
+
+    Returns:
+        ``{fqn: relative output error}``: ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` on the calibration inputs.
+    """
+    hessians = input_hessians(model, fqns, batches)
+    errors = {}
+    for fqn in fqns:
+        linear = model.get_submodule(fqn)
+        codes, scale, minimum = gptq_int4(linear.weight, hessians[fqn], group_size, damping)
+        out = WeightOnlyLinear(linear.in_features, linear.out_features, 4, group_size, linear.bias is not None)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias.detach().float())
+        out.set_int4_(codes, scale, minimum)
+        delta = (out.dequantized_weight() - linear.weight.detach().float())  # (N, K)
+        h = hessians[fqn]
+        errors[fqn] = round(((delta @ h) * delta).sum().item() / max(((linear.weight @ h) * linear.weight).sum().item(), 1e-12), 6)
+        set_submodule(model, fqn, out)
+    return errors
+
+
+def calibration_inputs(model: nn.Module, data: DataBundle, split: str, max_examples: int, seq_tokens: int = 256) -> list[Batch]:
+    """Model inputs from the first ``max_examples`` examples of ``split`` (shuffled with seed 0).
+
+    Text examples for a model with a tokenizer (a Hugging Face causal LM) are joined with newlines,
+    tokenized with the model's own tokenizer and cut into sequences of ``seq_tokens`` tokens (no
+    padding, so no pad positions enter ``H``); other data is used batch by batch as the loader gives it.
+    """
+    dataset = getattr(data, split, None)
+    if dataset is None or len(dataset) == 0:
+        raise NotCalibratedError(f"GPTQ needs calibration inputs, but the {split!r} split is empty or missing; "
+                                 "set quantize.calibration_split to train, val or transfer.")
+    tokenizer = getattr(getattr(model, "inner", model), "tokenizer", None)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_examples].tolist()
+    if tokenizer is not None and isinstance(dataset[0][0], str):
+        ids = tokenizer("\n".join(str(dataset[i][0]) for i in order), return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+        return [{"input_ids": ids[None, s : s + seq_tokens]} for s in range(0, len(ids) - 1, seq_tokens)]
+    subset = torch.utils.data.Subset(dataset, order)
+    return [x for x, _ in data.loader(subset)]
