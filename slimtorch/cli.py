@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -32,7 +33,8 @@ err_console = Console(stderr=True, width=None if Console(stderr=True).is_termina
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: a message quoting `[i]` or `[bold]` from user input must print as written, not as markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -224,11 +226,11 @@ def measure(
     from slimtorch.report import build_report, write_report
 
     with _user_errors():
+        kwargs, source_args = _json_option("--args", args), _json_option("--data-args", data_args)
         try:
-            kwargs, source_args = json.loads(args), json.loads(data_args)
             sizes = [int(b) for b in batch_sizes.split(",")]
-        except (json.JSONDecodeError, ValueError) as exc:
-            raise RecipeError(f"--args and --data-args must be JSON objects and --batch-sizes integers like 1,64 ({exc}).") from exc
+        except ValueError as exc:
+            raise RecipeError(f"--batch-sizes must be integers like 1,64; got {batch_sizes!r}.") from exc
         if not isinstance(source_args, dict):
             raise RecipeError(f"--data-args must be a JSON object like '{{\"path\": \"text.txt\"}}'; got {data_args!r}.")
         if not isinstance(kwargs, dict) or any(b < 1 for b in sizes):
@@ -249,6 +251,15 @@ def measure(
         if m.decode_tokens_per_s:
             tps = ", ".join(f"b{b} {v:.1f}" for b, v in m.decode_tokens_per_s.items())
             console.print(f"perplexity {m.metrics['perplexity']:.3f}, decode tokens/s {tps}", highlight=False)
+
+
+def _json_option(flag: str, text: str) -> Any:
+    from slimtorch.errors import RecipeError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{flag} must be a JSON object like '{{\"key\": 1}}' ({exc}); got {text!r}.") from exc
 
 
 @app.command()

@@ -28,7 +28,7 @@ from slimtorch.core import STAGES, RunContext, StageRecord, seed_everything, sil
 from slimtorch.data import DataBundle, build_data
 from slimtorch.errors import ArtifactError, OutputDirError, RecipeError
 from slimtorch.io import atomic_write_json, atomic_write_text
-from slimtorch.measure import Measurement, measure, outputs_on
+from slimtorch.measure import Measurement, check_model_fits_data, measure, outputs_on
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.models import build_model
 from slimtorch.models.architecture import is_safe_ref
@@ -37,7 +37,7 @@ from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import ModelSpec, StageSpec
 from slimtorch.report import build_report, write_report
 from slimtorch.resources import check_model_fits, time_budget
-from slimtorch.train import cross_entropy, fit
+from slimtorch.train import convergence_note, cross_entropy, fit
 from slimtorch.units import MB
 from slimtorch.version import __version__
 
@@ -168,6 +168,7 @@ class _Run:
                 check_model_fits(shape_only, limits, spec.model, training=training)
         model = build()
         check_model_fits(model, limits, spec.model, training=training)
+        check_model_fits_data(model, self.data, ref)  # too few outputs for the labels: refused before training
         return model
 
     def _trains_student(self) -> bool:
@@ -214,17 +215,21 @@ class _Run:
             return model.eval(), None
         if self.data.task != "classification":
             raise RecipeError(f"teacher {name!r}: `train` needs a labeled classification dataset; give a trained model instead (omit `train`).")
-        self.events(f"{name}: training {spec.train.epochs} epochs")
+        self.events(f"{name}: training up to {spec.train.epochs} epochs")
         start = time.perf_counter()
         # The teacher learns from the full labeled split even when the student's labels are reduced.
         split = self.data.teacher_train if self.data.teacher_train is not None else self.data.train
         loader = self.data.loader(split, spec.train.batch_size, shuffle=True, seed=self.recipe.seed)
         with time_budget(self.recipe.resources.max_stage_seconds) as budget:
-            fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
-                checkpoint_dir=self.out / "work" / name, description=f"train {name}")
-        row: dict[str, Any] = {"name": f"train_{name}", "seconds": round(time.perf_counter() - start, 3), "status": "done"}
+            result = fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
+                         checkpoint_dir=self.out / "work" / name, description=f"train {name}")
+        row: dict[str, Any] = {"name": f"train_{name}", "seconds": round(time.perf_counter() - start, 3), "status": "done",
+                               "details": {"best_val": result.best_metric, **result.summary()}}
+        note = convergence_note(result, f"training {name}", spec.train.min_loss_improvement)
+        if note:
+            row["notes"] = [note]
         if budget is not None and budget.notes:
-            row.update(status="stopped at time budget", notes=list(budget.notes))
+            row.update(status="stopped at time budget", notes=row.get("notes", []) + list(budget.notes))
         self.stage_rows.append(row)
         return model, row
 

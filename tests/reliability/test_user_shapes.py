@@ -144,8 +144,11 @@ REFUSED = [
           r"every input must have the same shape", data("val_other_shape")),
     Shape("user-source-unknown-arg", DataError, r"'user_shapes:takes_size' cannot take data\.args \['sise'\]", r"its parameters: size\.",
           "{source: 'user_shapes:takes_size', args: {sise: 3}}"),
-    Shape("labels-outside-the-models-classes", DataError, r"Net outputs 2 classes \(output shape \(\d+, 2\)\) but the labels go up to 2",
+    Shape("labels-outside-the-models-classes", DataError, r"two_classes outputs 2 classes \(output shape \(\d+, 2\)\) but the labels go up to 2",
           r"build the model with num_classes=3", teacher="{model: 'user_shapes:two_classes'}"),
+    # refused before training starts (it used to be an IndexError traceback from inside the loss)
+    Shape("labels-outside-the-classes-of-a-teacher-to-train", DataError, r"two_classes outputs 2 classes .* labels go up to 2",
+          r"build the model with num_classes=3", teacher="{model: 'user_shapes:two_classes', train: {epochs: 1}}"),
     Shape("forward-returns-dict-without-logits", UnsupportedModuleError, r"Net\.forward returned a dict with keys \['scores'\] and no 'logits'",
           r"put it under 'logits'", teacher="{model: 'user_shapes:dict_without_logits'}"),
 ]
