@@ -2,8 +2,9 @@
 
 ``epochs`` is a ceiling, not a promise: training stops once it has converged, i.e. when for
 ``patience`` epochs (default 10) neither the validation metric has improved nor the epoch's mean
-training loss has fallen by more than ``min_loss_improvement`` (default 1 %, relative) below its best.
-The best weights by the validation metric are kept, and :class:`FitResult` says at which epoch it
+training loss has fallen below its best by more than ``min_loss_improvement`` (default 1 %, relative)
+and more than ``LOSS_ATOL`` (1e-3).
+The best weights by the validation metric are kept (ties go to the later epoch), and :class:`FitResult` says at which epoch it
 converged or, when the ceiling came first, that it had not (:func:`convergence_note` words that for
 the report). AdamW with a linear warm-up then a constant rate by default (see
 :mod:`slimtorch.train.schedule` for ``cosine``/``onecycle``/``plateau``); ``lr: auto`` runs a short
@@ -66,7 +67,8 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length, at most a tenth of the ceiling's steps")
     lr_floor: float = Field(0.1, ge=0, le=1, description="cosine/onecycle/plateau never go below lr * lr_floor")
     patience: int | None = Field(10, ge=1, description="stop after this many epochs with neither a better val metric nor a lower "
-                                                       "training loss; null: always run the epochs ceiling")
+                                                       "training loss (by min_loss_improvement and at least 1e-3); null: "
+                                                       "always run the epochs ceiling")
     min_loss_improvement: float = Field(0.01, ge=0, lt=1, description="relative fall of the epoch training loss that counts as learning")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps in total")
 
@@ -113,16 +115,21 @@ class FitResult:
                 "converged_epoch": self.converged_epoch, "stop_reason": self.stop_reason, "steps": self.steps, "lr": self.lr}
 
 
+# A fall of the epoch loss smaller than this never counts as learning, whatever its relative size: a loss
+# of 1e-5 that halves is a model that has already fitted its training data.
+LOSS_ATOL = 1e-3
+
+
 def loss_improvements(losses: list[float], min_improvement: float) -> list[int]:
-    """Indices of the epochs whose loss fell more than ``min_improvement`` (relative) below the best before them.
+    """Epochs whose loss fell below the best before them by more than ``min_improvement`` (relative) and ``LOSS_ATOL``.
 
     Example:
-        >>> loss_improvements([1.0, 0.5, 0.499, 0.45, 0.46], 0.01)
-        [0, 1, 3]
+        >>> loss_improvements([1.0, 0.5, 0.499, 0.45, 0.46, 0.0015, 0.0008], 0.01)
+        [0, 1, 3, 5]
     """
     out, best = [], math.inf
     for i, loss in enumerate(losses):
-        if loss < best * (1 - min_improvement) or best == math.inf:
+        if best - loss > max(min_improvement * best, LOSS_ATOL) or best == math.inf:
             out.append(i)
             best = loss
     return out
@@ -154,7 +161,7 @@ def convergence_note(result: FitResult, what: str, min_loss_improvement: float =
     if result.best_epoch == run[-1]["epoch"]:
         signs.append("its best validation metric came in the last epoch")
     elif result.best_epoch >= run[window_start]["epoch"]:
-        signs.append(f"its validation metric was still rising (best at epoch {result.best_epoch + 1})")
+        signs.append(f"its validation metric was still rising (best in epoch {result.best_epoch + 1} of {len(run)})")
     falls = loss_improvements([h["loss"] for h in run], min_loss_improvement)
     if falls and falls[-1] >= window_start:
         start, end = run[max(window_start - 1, 0)]["loss"], run[-1]["loss"]
@@ -330,7 +337,9 @@ def fit(
             scheduler.end_epoch(metric)
             result.history.append({"epoch": epoch, "loss": total / max(count, 1), "val": metric, "lr": scheduler.lr})
             result.epochs_run = epoch + 1
-            improved = metric > result.best_metric
+            # Ties go to the later epoch: on a coarse metric (accuracy on a few hundred examples) an equally good
+            # epoch that has trained longer is the better guess. Convergence counts strict improvements only.
+            improved = metric >= result.best_metric
             if improved:
                 result.best_metric, result.best_epoch = metric, epoch
                 best_state = _state_bytes(model)
