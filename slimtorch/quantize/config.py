@@ -46,6 +46,8 @@ class QuantizeConfig(BaseModel):
     method: Literal["rtn", "gptq"] = Field("rtn", description="int4_weight_only: round-to-nearest, or GPTQ calibrated on calibration_split")
     damping: float = Field(0.01, gt=0, lt=1, description="gptq: λ added to the Hessian's diagonal, as a fraction of its mean")
     calibration_examples: int = Field(256, ge=1, description="gptq: examples (sentences) of calibration_split to calibrate on")
+    act_order: bool = Field(True, description="gptq: quantize input columns by decreasing Hessian diagonal (static group grids)")
+    mse_grid: bool = Field(True, description="gptq: pick each group's range by least error over shrunk min/max (else plain min/max)")
     exclude: list[str] = Field(default_factory=list, description="modules (fqn/glob, torch) or ONNX node-name substrings kept in float")
     embedding_bits: Literal[4, 8] = Field(8, description="onnxruntime dynamic_int8: 4 = block-quantize word-embedding tables to 4 bit")
     embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables")

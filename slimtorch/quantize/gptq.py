@@ -9,7 +9,9 @@ quantized, so the layer's *output* on calibration inputs ``X`` stays close to th
 
 using the upper Cholesky factor of ``H⁻¹``. The grid is slimtorch's int4 format (asymmetric, one bf16
 scale and minimum per ``group_size`` input columns), fixed for each group when the loop reaches its
-first column, so the result is stored and run exactly like round-to-nearest int4
+first column (or, with ``act_order``, up front from the original weights, since columns are then
+visited by decreasing ``diag(H)``; ``mse`` picks each range by least error over shrunk min/max), so the
+result is stored and run exactly like round-to-nearest int4
 (:class:`~slimtorch.quantize._torch.WeightOnlyLinear`). ``H`` of every Linear is collected in one
 pass of the float model over the calibration inputs (not layer by layer).
 """
@@ -42,8 +44,8 @@ def input_hessians(model: nn.Module, fqns: list[str], batches: Iterable[Batch]) 
 
     def hook(fqn: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def collect(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # (B·T, K)
-            sums[fqn] += x.T @ x
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (B·T, K)
+            sums[fqn] += (x.T @ x).double()  # float32 product per batch, float64 sum over batches
             counts[fqn] += x.shape[0]
         return collect
 
@@ -62,37 +64,74 @@ def input_hessians(model: nn.Module, fqns: list[str], batches: Iterable[Batch]) 
     return {fqn: (2 * sums[fqn] / max(counts[fqn], 1)).float() for fqn in fqns}
 
 
+def int4_grid_mse(w: Tensor, steps: int = 20, max_shrink: float = 0.2, norm: float = 2.4) -> tuple[Tensor, Tensor]:
+    """Like :func:`int4_grid`, but the range ``[p·min, p·max]`` per row of ``w`` (..., gs) is the ``p`` in
+    ``[1 − max_shrink, 1]`` with the least ``Σ|w − deq(w)|^norm`` (GPTQ's ``mse`` grid: clipping outliers
+    can lower the error of all other weights of the group)."""
+    lo, hi = w.amin(-1), w.amax(-1)  # (...,)
+    best_err = torch.full_like(lo, float("inf"))
+    best_scale, best_min = int4_grid(w)
+    for i in range(steps + 1):
+        p = 1 - max_shrink * i / steps
+        scale = ((hi - lo) * p / 15).clamp(min=1e-8).to(torch.bfloat16)
+        minimum = (lo * p).to(torch.bfloat16)
+        q = int4_codes(w, scale[..., None], minimum[..., None])
+        err = (q * scale.float()[..., None] + minimum.float()[..., None] - w).abs().pow(norm).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale, best_min = torch.where(better, scale, best_scale), torch.where(better, minimum, best_min)
+    return best_scale, best_min
+
+
 @torch.no_grad()
-def gptq_int4(weight: Tensor, hessian: Tensor, group_size: int, damping: float = 0.01) -> tuple[Tensor, Tensor, Tensor]:
-    """GPTQ-quantize ``weight`` (N, K): ``(codes (N, K) in [0, 15], scale, minimum (N, K/group_size) bf16)``."""
+def gptq_int4(weight: Tensor, hessian: Tensor, group_size: int, damping: float = 0.01, act_order: bool = False,
+              mse: bool = False, block_size: int = 128) -> tuple[Tensor, Tensor, Tensor]:
+    """GPTQ-quantize ``weight`` (N, K): ``(codes (N, K) in [0, 15], scale, minimum (N, K/group_size) bf16)``.
+
+    Args:
+        act_order: quantize columns in order of decreasing ``diag(H)`` (the most used inputs first, while
+            the most columns are left to absorb their error); group grids are then fixed up front from the
+            original weights ("static groups") so each group keeps one scale as the packed format needs.
+        mse: choose each group's range by :func:`int4_grid_mse` instead of min/max.
+    """
     w = weight.detach().float().clone()  # (N, K)
     n, k = w.shape
-    h = hessian.clone()
+    h = hessian.clone().float()
     dead = torch.diag(h) == 0  # inputs that were always zero: their columns do not matter
     h[dead, dead] = 1
     w[:, dead] = 0
     h += damping * torch.diag(h).mean() * torch.eye(k)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (K, K)
-    codes = torch.zeros(n, k)
+    grid = int4_grid_mse if mse else int4_grid
     scales = torch.zeros(n, k // group_size, dtype=torch.bfloat16)
     minima = torch.zeros_like(scales)
-    for g, start in enumerate(range(0, k, group_size)):  # one block per group: the grid sees the updated weights
-        end = start + group_size
-        block, block_hinv = w[:, start:end].clone(), hinv[start:end, start:end]  # (N, gs), (gs, gs)
-        scale, minimum = int4_grid(block)  # (N,) each
-        scales[:, g], minima[:, g] = scale, minimum
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(k)
+    if act_order:
+        scales, minima = grid(w.reshape(n, -1, group_size))  # (N, K/gs) each, from the original weights
+        w, h = w[:, perm], h[perm][:, perm]
+    else:
+        block_size = group_size  # one block per group: each group's grid is set from its updated weights
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (K, K)
+    codes = torch.zeros(n, k)
+    for start in range(0, k, block_size):
+        end = min(start + block_size, k)
+        block, block_hinv = w[:, start:end].clone(), hinv[start:end, start:end]  # (N, bs), (bs, bs)
+        if not act_order:
+            scales[:, start // group_size], minima[:, start // group_size] = grid(block)
         errors = torch.zeros_like(block)
-        for j in range(group_size):
+        for j in range(end - start):
+            group = int(perm[start + j]) // group_size
+            scale, minimum = scales[:, group], minima[:, group]  # (N,) each
             q = int4_codes(block[:, j], scale, minimum)  # (N,)
             codes[:, start + j] = q
             err = (block[:, j] - (q * scale.float() + minimum.float())) / block_hinv[j, j]
             block[:, j:] -= err[:, None] * block_hinv[j, j:][None]
             errors[:, j] = err
         w[:, end:] -= errors @ hinv[start:end, end:]  # lazy update of the columns after this block
-    return codes, scales, minima
+    return codes[:, torch.argsort(perm)], scales, minima
 
 
-def gptq_(model: nn.Module, fqns: list[str], batches: list[Batch], group_size: int, damping: float = 0.01) -> dict[str, float]:
+def gptq_(model: nn.Module, fqns: list[str], batches: list[Batch], group_size: int, damping: float = 0.01,
+          act_order: bool = True, mse: bool = True) -> dict[str, float]:
     """Replace the named Linear layers by GPTQ-calibrated int4 :class:`WeightOnlyLinear`, in place.
 
     Returns:
@@ -102,7 +141,7 @@ def gptq_(model: nn.Module, fqns: list[str], batches: list[Batch], group_size: i
     errors = {}
     for fqn in fqns:
         linear = model.get_submodule(fqn)
-        codes, scale, minimum = gptq_int4(linear.weight, hessians[fqn], group_size, damping)
+        codes, scale, minimum = gptq_int4(linear.weight, hessians[fqn], group_size, damping, act_order=act_order, mse=mse)
         out = WeightOnlyLinear(linear.in_features, linear.out_features, 4, group_size, linear.bias is not None)
         if linear.bias is not None:
             out.bias.copy_(linear.bias.detach().float())

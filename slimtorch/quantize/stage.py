@@ -85,7 +85,7 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> t
         _torch.dynamic_int8_(model, chosen, cfg.per_channel)
     elif cfg.method == "gptq":
         inputs = gptq.calibration_inputs(model, ctx.data, cfg.calibration_split, cfg.calibration_examples)
-        errors = gptq.gptq_(model, chosen, inputs, cfg.group_size, cfg.damping)
+        errors = gptq.gptq_(model, chosen, inputs, cfg.group_size, cfg.damping, act_order=cfg.act_order, mse=cfg.mse_grid)
         return model, {"quantized_linears": len(chosen), "skipped_linears": skipped, "calibration_batches": len(inputs),
                        "gptq_relative_output_error_mean": round(sum(errors.values()) / len(errors), 6)}
     else:

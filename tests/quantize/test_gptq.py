@@ -22,12 +22,13 @@ def _output_error(w: torch.Tensor, deq: torch.Tensor, x: torch.Tensor) -> float:
     return ((x @ (w - deq).T) ** 2).mean().item()
 
 
-def test_gptq_beats_round_to_nearest_on_correlated_inputs():
+@pytest.mark.parametrize("act_order,mse", [(False, False), (True, False), (False, True), (True, True)])
+def test_gptq_beats_round_to_nearest_on_correlated_inputs(act_order, mse):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2048, 128, generator=gen) @ torch.randn(128, 128, generator=gen)  # (n, K): correlated features
     w = torch.randn(48, 128, generator=gen)
     h = 2 * x.T @ x / len(x)
-    codes, scale, minimum = gptq_int4(w, h, group_size=64)
+    codes, scale, minimum = gptq_int4(w, h, group_size=64, act_order=act_order, mse=mse)
     gptq = WeightOnlyLinear(128, 48, 4, 64, has_bias=False).set_int4_(codes, scale, minimum)
     linear = nn.Linear(128, 48, bias=False)
     linear.weight.data = w.clone()
