@@ -110,6 +110,7 @@ class WeightOnlyLinear(nn.Module):
             self.register_buffer("minimum", torch.zeros(out_features, groups, dtype=torch.bfloat16))
         self.register_buffer("bias", torch.zeros(out_features) if has_bias else None)
         self._kernel_cache: tuple[int, Tensor, Tensor] | None = None
+        self._int8_cache: tuple[int, Tensor, Tensor] | None = None
 
     @classmethod
     @torch.no_grad()
@@ -150,6 +151,17 @@ class WeightOnlyLinear(nn.Module):
         q = self.codes().float().reshape(self.out_features, -1, self.group_size)
         return (q * self.scale.float()[..., None] + self.minimum.float()[..., None]).reshape(self.out_features, self.in_features)
 
+    def _int8_kernel_args(self) -> tuple[Tensor, Tensor]:
+        # torch 2.13's CPU int8 kernel reads out of bounds (segfaults) unless N % 16 == 0 and K % 32 == 0,
+        # measured on this AVX2 machine: pad with zero rows/columns, slice the outputs.
+        key = self.qweight.data_ptr()
+        if self._int8_cache is None or self._int8_cache[0] != key:
+            pad_n, pad_k = -self.out_features % 16, -self.in_features % 32
+            qweight = F.pad(self.qweight, (0, pad_k, 0, pad_n)).contiguous()  # (N + pad_n, K + pad_k)
+            scale = F.pad(self.scale.float(), (0, pad_n)).to(torch.bfloat16).contiguous()
+            self._int8_cache = (key, qweight, scale)
+        return self._int8_cache[1], self._int8_cache[2]
+
     def _int4_kernel_args(self) -> tuple[Tensor, Tensor]:
         key = self.qweight.data_ptr()
         if self._kernel_cache is None or self._kernel_cache[0] != key:
@@ -167,7 +179,10 @@ class WeightOnlyLinear(nn.Module):
         # bf16 activations: torch's fast CPU path for these kernels (fp32 activations hit a slow reference path)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (B·T, K)
         if self.bits == 8:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale.to(torch.bfloat16))
+            qweight, scale = self._int8_kernel_args()
+            if qweight.shape[1] != self.in_features:
+                x2 = F.pad(x2, (0, qweight.shape[1] - self.in_features))
+            y = torch.ops.aten._weight_int8pack_mm(x2, qweight, scale)[:, : self.out_features]
         else:
             packed, scales_zeros = self._int4_kernel_args()
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales_zeros)[:, : self.out_features]

@@ -48,3 +48,29 @@ def test_bf16_module_casts_inputs_and_outputs():
     model = BFloat16Module(nn.Linear(8, 4))
     out = model(torch.randn(3, 8))
     assert out.dtype == torch.float32 and model.inner.weight.dtype == torch.bfloat16
+
+
+def test_int8_weight_only_runs_any_shape_in_a_fresh_process():
+    """torch's CPU int8 kernel segfaulted on shapes like 8 → 3 at batch 16; padding to N%16, K%32 fixes it.
+
+    Run in a subprocess so a regression is a failed test, not a crashed test session.
+    """
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from torch import nn
+from slimtorch.quantize._torch import WeightOnlyLinear
+torch.manual_seed(0)
+for k, n in [(8, 3), (8, 2), (13, 10), (1, 1), (100, 17), (64, 64)]:
+    lin = nn.Linear(k, n)
+    q = WeightOnlyLinear.from_linear(lin, bits=8)
+    for batch in (1, 3, 16):
+        x = torch.randn(batch, k)
+        ref = x @ q.dequantized_weight().t() + lin.bias
+        assert torch.allclose(q(x), ref, atol=0.05, rtol=0.02), (k, n, batch, (q(x) - ref).abs().max())
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
