@@ -30,6 +30,8 @@ from slimtorch.errors import ArtifactError, OutputDirError, RecipeError
 from slimtorch.io import atomic_write_json, atomic_write_text
 from slimtorch.measure import Measurement, check_model_fits_data, measure, outputs_on
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.measure.llm import causal_lm_of
+from slimtorch.measure.runner import retime_side_by_side
 from slimtorch.models import build_model
 from slimtorch.models.architecture import is_safe_ref
 from slimtorch.outdir import claim_out_dir
@@ -127,10 +129,19 @@ class _Run:
         return self._measure(model, name, stage)
 
     def _measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
+        # Latency is timed for all models together at the end (retime); causal LMs keep their own decode timings.
         m = measure(model, name=name, stage=stage, data=self.data, config=self.recipe.evaluate,
-                    artifact_dir=self.out / "models" / name, baseline_outputs=self.baseline_outputs)
+                    artifact_dir=self.out / "models" / name, baseline_outputs=self.baseline_outputs,
+                    time_now=causal_lm_of(model) is not None)
         self.measurements.append(m)
         return m
+
+    def retime(self) -> None:
+        """Time every model of the run side by side in interleaved rounds (ratios free of machine drift)."""
+        pairs = [(m, self._load_saved(m.name)) for m in self.measurements if not m.llm]
+        if pairs:
+            self.events(f"timing {len(pairs)} models side by side")
+            retime_side_by_side(pairs, self.data, self.recipe.evaluate)
 
     def _load_saved(self, name: str) -> nn.Module:
         return artifact.load(self.out / "models" / name, trusted_refs=self.trusted_refs)
@@ -436,6 +447,7 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     if recipe.target is not None:
         extra["plan"] = run.plan(model, ctx, recipe.target)
     model, final = run.stages(model, ctx)
+    run.retime()
     names = [m.name for m in run.measurements]
     warnings = []
     if recipe.target is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+import slimtorch.stages  # noqa: F401  (registers every stage before recipes are validated)
 from slimtorch.errors import RecipeError
 from slimtorch.outdir import claim_out_dir
 from slimtorch.recipe import load_recipe
@@ -106,6 +107,23 @@ def sweep(
         return _sweep(base, axes, runs, out, resume, progress, events or (lambda msg: None))
 
 
+def _retime(base: dict[str, Any], models: list[Any], dirs: list[Path]) -> None:
+    """Variants finish minutes apart; time their final models (and the baseline) together so ratios compare models."""
+    from slimtorch import artifact
+    from slimtorch.data import build_data
+    from slimtorch.measure.runner import retime_side_by_side
+    from slimtorch.pipeline import _model_refs
+
+    recipe = load_recipe(base)
+    if any(m.llm for m in models):
+        return  # causal LMs are timed by their own decode measurements
+    d = recipe.data
+    data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size, labeled_fraction=d.labeled_fraction,
+                      transfer=d.transfer, num_classes=d.num_classes)
+    refs = _model_refs(base)
+    retime_side_by_side([(m, artifact.load(p, trusted_refs=refs)) for m, p in zip(models, dirs)], data, recipe.evaluate)
+
+
 def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str, Any], dict[str, Any]]], out: Path, resume: bool,
            progress: Callable[..., Any] | None, events: Callable[[str], None]) -> dict[str, Any]:
     from slimtorch.measure import Measurement
@@ -113,6 +131,7 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
     from slimtorch.report import build_report, load_report, write_report
 
     finals: list[Measurement] = []
+    dirs: list[Path] = []
     rows = []
     for i, (slug, assignment, variant) in enumerate(runs):
         run_dir = out / "variants" / slug
@@ -125,10 +144,14 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
         final = next(m for m in report["models"] if m["name"] == report["final"])
         measurement = Measurement.from_json({**final, "name": slug, "stage": "sweep"})
         finals.append(measurement)
+        dirs.append(run_dir / "models" / report["final"])
         rows.append({"name": slug, "seconds": sum(s.get("seconds", 0) for s in report["stages"]), "status": "done", "assignment": assignment})
     baseline_report = load_report(out / "variants" / runs[0][0] / "report.json")
     teacher = next(m for m in baseline_report["models"] if m["name"] == baseline_report["baseline"])
     models = [Measurement.from_json(teacher), *finals]
+    dirs.insert(0, out / "variants" / runs[0][0] / "models" / teacher["name"])
+    events(f"timing the baseline and {len(finals)} final models side by side")
+    _retime(base, models, dirs)
     best = max(finals, key=lambda m: (m.primary_metric[1] or 0.0, -(m.size_bytes or 0)))
     report = build_report(recipe=base, baseline=teacher["name"], final=best.name, models=models, stages=rows,
                           extra={"sweep": {"grid": {a.path: list(a.values) for a in axes}, "variants": [r["name"] for r in rows]}})

@@ -68,12 +68,59 @@ def _timed(model: nn.Module, example_input: Batch, repeats: int, max_seconds: fl
     return samples
 
 
+def time_interleaved(
+    entries: list[tuple[nn.Module, dict[str, Batch]]],
+    *,
+    warmup: int,
+    repeats: int,
+    threads: int,
+    rounds: int = 5,
+) -> list[dict[str, dict[str, float]]]:
+    """Time several models side by side: ``rounds`` passes over every model and batch, order rotating.
+
+    A machine's speed drifts over minutes (other jobs, clocks, caches). Timing each model right after
+    its stage puts that drift into the ratios; timing all of them in interleaved rounds spreads it
+    evenly, so a ratio compares models, not moments.
+
+    Args:
+        entries: ``(model, {"<batch>": example_input})`` per model.
+        repeats: timed passes per model and batch in total, split over the rounds.
+
+    Returns:
+        per entry, ``{"<batch>": summarize(...)}`` with ``"rounds"`` added.
+    """
+    per_round = max(1, math.ceil(max(repeats, 3) / rounds))
+    samples: list[dict[str, list[float]]] = [{b: [] for b in inputs} for _, inputs in entries]
+    modes = [model.training for model, _ in entries]
+    try:
+        for model, inputs in entries:
+            model.eval()
+            with pinned_threads(model, threads), torch.inference_mode():
+                for x in inputs.values():
+                    for _ in range(warmup):
+                        forward(model, x)
+        for r in range(rounds):
+            order = list(range(len(entries)))
+            order = order[r % len(order):] + order[: r % len(order)]  # rotate: no model always goes first
+            for i in order:
+                model, inputs = entries[i]
+                with pinned_threads(model, threads), torch.inference_mode():
+                    for b, x in inputs.items():
+                        forward(model, x)  # one untimed pass: the model's caches were just evicted by the others
+                        samples[i][b] += _timed(model, x, per_round, None)
+    finally:
+        for (model, _), mode in zip(entries, modes):
+            model.train(mode)
+    return [{b: {**summarize(s), "rounds": rounds} for b, s in per_model.items()} for per_model in samples]
+
+
 def summarize(samples_ms: list[float]) -> dict[str, float]:
-    """p50/p90 (nearest-rank on the sorted samples), mean, std, min and count of timings in ms."""
+    """p10/p50/p90 (nearest-rank on the sorted samples), mean, std, min and count of timings in ms."""
     s = sorted(samples_ms)
     n = len(s)
     return {
         "p50": round(statistics.median(s), 4),
+        "p10": round(s[max(0, math.ceil(0.1 * n) - 1)], 4),
         "p90": round(s[max(0, math.ceil(0.9 * n) - 1)], 4),
         "mean": round(statistics.fmean(s), 4),
         "std": round(statistics.pstdev(s), 4),

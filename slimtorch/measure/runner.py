@@ -14,7 +14,7 @@ from slimtorch.errors import ShapeMismatchError
 from slimtorch.measure import llm
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.measure.evaluate import check_outputs_cover_labels, eval_batches, robustness, run_batches, task_metrics
-from slimtorch.measure.latency import pinned_threads, time_latency
+from slimtorch.measure.latency import pinned_threads, time_interleaved, time_latency
 from slimtorch.measure.macs import count_macs_noted
 from slimtorch.measure.measurement import Measurement
 from slimtorch.measure.params import count_nonzero, count_params
@@ -38,6 +38,7 @@ def measure(
     artifact_dir: Path | None = None,
     baseline_outputs: Tensor | llm.LLMReference | None = None,
     latency_budget_s: float | None = None,
+    time_now: bool = True,
 ) -> Measurement:
     """Measure ``model``: counts, bytes, MACs, latency per batch size, task metric, agreement, robustness.
 
@@ -49,6 +50,8 @@ def measure(
         baseline_outputs: the baseline's eval outputs (:func:`outputs_on`) for agreement / cosine; for a causal LM
             its :class:`~slimtorch.measure.llm.LLMReference` (top-1 tokens, log-probabilities, samples).
         latency_budget_s: optional cap on timed seconds per batch size (fewer repeats for slow models).
+        time_now: False leaves ``latency_ms`` empty for :func:`retime_side_by_side` to fill (a run times
+            all its models together at the end, so machine drift does not enter the ratios).
 
     Raises:
         ShapeMismatchError: ``baseline_outputs`` do not match this model's outputs.
@@ -75,7 +78,7 @@ def measure(
     latency = timed("latency", lambda: {
         str(b): time_latency(model, data.example_batch(b, split=config.split), warmup=lat.warmup,
                              repeats=lat.repeats, threads=lat.threads, max_seconds=latency_budget_s)
-        for b in lat.batch_sizes})
+        for b in lat.batch_sizes}) if time_now else {}
     notes += _latency_notes(latency)
 
     if lm is not None:
@@ -121,6 +124,24 @@ def _sizes(artifact_dir: Path | None) -> tuple[int | None, int | None]:
     if artifact_dir is None:
         return None, None
     return dir_size_bytes(artifact_dir), compressed_bytes(artifact_dir)
+
+
+def retime_side_by_side(pairs: list[tuple[Measurement, nn.Module]], data: DataBundle, config: EvaluateConfig) -> None:
+    """Time every model together in interleaved rounds and put those figures in their measurements.
+
+    The latency notes are rebuilt from the new timings; each measurement says how it was timed.
+    """
+    lat = config.latency
+    inputs = {str(b): data.example_batch(b, split=config.split) for b in lat.batch_sizes}
+    t0 = time.perf_counter()
+    results = time_interleaved([(model, inputs) for _, model in pairs], warmup=lat.warmup, repeats=lat.repeats, threads=lat.threads)
+    share = round((time.perf_counter() - t0) / max(len(pairs), 1), 4)
+    for (m, _), latency in zip(pairs, results):
+        m.latency_ms = latency
+        m.notes = [n for n in m.notes if not n.startswith(("batch-", "timed side by side"))] + _latency_notes(latency)
+        m.notes.append(f"timed side by side with the run's other models in {latency[next(iter(latency))]['rounds']} "
+                       "interleaved rounds at the end of the run")
+        m.cost_s["latency"] = share
 
 
 def _latency_notes(latency: dict[str, dict[str, float]]) -> list[str]:

@@ -52,7 +52,8 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
             with_ratio(fmt_bytes(m.get("size_bytes")), r["size_x"], is_base),
             with_ratio(fmt_bytes(m.get("compressed_bytes")), r["compressed_x"], is_base),
             with_ratio(fmt_count(m.get("macs")), r["macs_x"], is_base),
-            *[with_ratio(fmt_ms((m["latency_ms"].get(b) or {}).get("p50")), r["speedup"][b], is_base) for b in batches(report)],
+            *[f"{fmt_ms((m['latency_ms'].get(b) or {}).get('p50'))} (≈)" if r["same_speed"][b]
+              else with_ratio(fmt_ms((m["latency_ms"].get(b) or {}).get("p50")), r["speedup"][b], is_base) for b in batches(report)],
             fmt_metric(r["metric_name"], r["metric"]),
             "—" if is_base else fmt_delta(r["delta_points"]),
             fmt_pct(m.get("agreement")) if r["metric_name"] == "accuracy" else (f"{m['agreement']:.4f}" if m.get("agreement") is not None else "—"),
@@ -97,7 +98,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{', ' + report['created'] if report.get('created') else ''}."), "", "## Models", ""]
     lines += _table(summary_header(report), summary_rows(report))
     lines += ["", ("Ratios in brackets are against the baseline: params, size and MACs are *times fewer*, latency is "
-              "*speedup* (baseline p50 ÷ model p50). Δ pts is the metric change in percentage points. MACs are per "
+              "*speedup* (baseline p50 ÷ model p50); (≈) marks a latency inside the baseline's p10–p90 spread, which is no "
+              "measurable difference. Δ pts is the metric change in percentage points. MACs are per "
               "example (batch 1). Robustness columns are the metric under Gaussian input noise of std level × input std."), ""]
     lines += ["## Latency", ""] + _table(LATENCY_HEADER, latency_rows(report))
     lines += llm_lines(report)

@@ -28,6 +28,17 @@ def p50(m: dict[str, Any], batch: str) -> float | None:
     return None if not t else t.get("p50")
 
 
+def within_spread(base: dict[str, Any], m: dict[str, Any], batch: str) -> bool:
+    """True when two timings overlap: each p50 lies inside the other's p10–p90 range (no measurable difference).
+
+    Timings without a p10 (reports written before side-by-side timing) never count as overlapping.
+    """
+    a, b = (base.get("latency_ms") or {}).get(batch), (m.get("latency_ms") or {}).get(batch)
+    if not a or not b or "p10" not in a or "p10" not in b:
+        return False
+    return a["p10"] <= b["p50"] <= a["p90"] and b["p10"] <= a["p50"] <= b["p90"]
+
+
 def ratio(base: float | None, value: float | None) -> float | None:
     """``base / value``: "times fewer" for counts and bytes, speedup for latency."""
     if base is None or value is None or value <= 0:
@@ -51,7 +62,10 @@ def compare(report: dict[str, Any]) -> list[dict[str, Any]]:
             "size_x": ratio(base.get("size_bytes"), m.get("size_bytes")),
             "compressed_x": ratio(base.get("compressed_bytes"), m.get("compressed_bytes")),
             "macs_x": ratio(base.get("macs"), m.get("macs")),
-            "speedup": {b: ratio(p50(base, b), p50(m, b)) for b in batches(report)},
+            # a difference inside the timing spread is not a speedup: shown as "≈" (see within_spread)
+            "speedup": {b: None if within_spread(base, m, b) and m is not base else ratio(p50(base, b), p50(m, b))
+                        for b in batches(report)},
+            "same_speed": {b: m is not base and within_spread(base, m, b) for b in batches(report)},
             "metric_name": metric_name,
             "metric": metric,
             "delta_points": None if metric is None or base_metric is None else (metric - base_metric) * 100,

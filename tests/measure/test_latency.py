@@ -13,7 +13,7 @@ from torch import nn
 from slimtorch.measure import time_latency
 from slimtorch.measure.latency import summarize
 
-KEYS = {"p50", "p90", "mean", "std", "min", "repeats"}
+KEYS = {"p10", "p50", "p90", "mean", "std", "min", "repeats"}
 
 
 def test_latency_statistics_are_ordered_and_threads_restored():
@@ -21,7 +21,7 @@ def test_latency_statistics_are_ordered_and_threads_restored():
     before = torch.get_num_threads()
     t = time_latency(model, torch.randn(8, 32), warmup=2, repeats=20, threads=2)
     assert set(t) == KEYS
-    assert 0 < t["min"] <= t["p50"] <= t["p90"]
+    assert 0 < t["min"] <= t["p10"] <= t["p50"] <= t["p90"]
     assert t["repeats"] == 20
     assert torch.get_num_threads() == before
     assert model.training  # restored
@@ -58,3 +58,27 @@ def test_onnxruntime_wrapper_runs_on_the_requested_threads():
     time_latency(ort_model, torch.zeros(4, 8), warmup=1, repeats=3, threads=2)
     assert set(seen) == {2}
     assert ort_model.threads == 1
+
+
+def test_interleaved_timing_ranks_models_and_restores_modes():
+    from slimtorch.measure.latency import time_interleaved
+
+    small = nn.Sequential(nn.Linear(64, 8)).train()
+    big = nn.Sequential(*[nn.Linear(512, 512) for _ in range(6)]).eval()
+    inputs_small, inputs_big = {"16": torch.randn(16, 64)}, {"16": torch.randn(16, 512)}
+    before = torch.get_num_threads()
+    fast, slow = time_interleaved([(small, inputs_small), (big, inputs_big)], warmup=2, repeats=20, threads=1, rounds=4)
+    assert fast["16"]["repeats"] == slow["16"]["repeats"] == 20 and fast["16"]["rounds"] == 4
+    assert fast["16"]["p50"] * 5 < slow["16"]["p50"]  # 6 layers of 512² against one 64×8 layer
+    assert small.training and not big.training and torch.get_num_threads() == before
+
+
+def test_timings_inside_each_others_spread_are_not_a_speedup():
+    from slimtorch.report.table import within_spread
+
+    def m(p10, p50, p90):
+        return {"latency_ms": {"1": {"p10": p10, "p50": p50, "p90": p90}}}
+
+    assert within_spread(m(0.9, 1.0, 1.3), m(0.85, 1.1, 1.4), "1")
+    assert not within_spread(m(0.9, 1.0, 1.1), m(0.4, 0.5, 0.6), "1")
+    assert not within_spread({"latency_ms": {"1": {"p50": 1.0, "p90": 1.2}}}, m(0.9, 1.0, 1.1), "1")  # old reports: no p10
