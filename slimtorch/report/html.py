@@ -33,7 +33,8 @@ h1{font-size:26px;margin:8px 0 4px}h2{font-size:18px;margin:34px 0 10px;border-b
 .good{color:#1a7f37}.bad{color:#c62828}
 .scroll{overflow-x:auto;background:#fff;border:1px solid #e1e5eb;border-radius:8px}
 table{border-collapse:collapse;font-size:12.5px;width:100%}
-th,td{padding:5px 8px;border-bottom:1px solid #eef0f3;text-align:right;white-space:nowrap}
+th,td{padding:5px 7px;border-bottom:1px solid #eef0f3;text-align:right;white-space:nowrap;vertical-align:top}
+th{white-space:normal}td small{color:#5b6475}
 th{background:#f0f2f5;font-weight:600;position:sticky;top:0}th:first-child,td:first-child{text-align:left}
 td.wrap{white-space:normal;text-align:left;min-width:260px}
 tr.baseline td{background:#f4f7ff}tr.final td{background:#f2fbf4;font-weight:600}
@@ -52,12 +53,21 @@ def _img(png: bytes | None, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None, wrap_last: bool = False) -> str:
+def _cell(text: str, stack: bool) -> str:
+    """A cell's text; with ``stack`` a trailing ``(ratio)`` goes on its own line so wide tables fit 1280 px."""
+    value, sep, tail = text.rpartition(" (")
+    if stack and sep and tail.endswith(")"):
+        return f"{escape(value)}<br><small>({escape(tail)}</small>"
+    return escape(text)
+
+
+def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None, wrap_last: bool = False,
+           stack: bool = False) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{classes[i]}"' if classes and classes[i] else ""
-        cells = "".join(f'<td{" class=wrap" if wrap_last and j == len(row) - 1 else ""}>{escape(c)}</td>' for j, c in enumerate(row))
+        cells = "".join(f'<td{" class=wrap" if wrap_last and j == len(row) - 1 else ""}>{_cell(c, stack and j > 0)}</td>' for j, c in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
@@ -96,9 +106,10 @@ def render_html(report: dict[str, Any]) -> str:
     if warnings:
         parts.append("<h2>Warnings</h2>" + "".join(f'<div class="warn">{escape(w)}</div>' for w in warnings))
     parts += [
-        "<h2 id=models>Models</h2>", _table(summary_header(report), summary_rows(report), classes),
+        "<h2 id=models>Models</h2>", _table(summary_header(report), summary_rows(report), classes, stack=True),
         ("<p class=sub>Brackets: params, size and MACs are <i>times fewer</i> than the baseline; latency is the "
-        "<i>speedup</i> (baseline p50 ÷ model p50). Δ pts = metric change in percentage points. MACs per example.</p>"),
+        "<i>speedup</i> (baseline p50 ÷ model p50); (≈) = inside the baseline's p10–p90 timing spread, no measurable difference. "
+        "Δ pts = metric change in percentage points. MACs per example.</p>"),
         "<h2 id=pareto>Pareto</h2>", _img(pareto_png(report), "Pareto plot of size and latency against quality"),
         "<h2 id=latency>Latency</h2>", _table(LATENCY_HEADER, latency_rows(report)),
     ]

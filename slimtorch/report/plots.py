@@ -58,7 +58,10 @@ def _panel(ax: Any, report: dict[str, Any], xs: dict[str, float | None], xlabel:
         ax.scatter([x], [y], s=size, marker=marker, color=color if name in on_front else "white",
                    edgecolors=color, linewidths=2, zorder=3, label=name)
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    lo_x, hi_x = min(p[0] for p in points) / 1.6, max(p[0] for p in points) * 2.2
+    decades = math.log10(hi_x / lo_x)
+    # 1-2-5 ticks crowd each other past two decades (labels like "50 kB100 kB200 kB"): then decades only
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0, 3.0) if decades <= 3 else (1.0,)))
     ax.xaxis.set_major_formatter(FuncFormatter(fmt))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)

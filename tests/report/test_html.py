@@ -72,3 +72,26 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         assert ImageStat.Stat(gray).stddev[0] > 20  # not a blank page
         colors = img.convert("RGB").resize((128, 240)).getcolors(maxcolors=100_000)
         assert colors is not None and len(colors) > 200  # text, tables and plots, not a flat fill
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_report_fits_a_1280px_window(report, tmp_path):
+    """No sideways scrolling: every table fits the page's 1280 px column (measured by the browser)."""
+    for m in report["models"]:  # as wide as a real run: three timed batches, three noise levels
+        first = next(iter(m["latency_ms"].values()))
+        m["latency_ms"] = {b: dict(first) for b in ("1", "64", "256")}
+        m["robustness"] = {f"noise_{level}": 0.9123 for level in (0.1, 0.3, 0.5)}
+    write_report(tmp_path, report)
+    probe = tmp_path / "probe.html"
+    # widest element's right edge, written into the DOM where --dump-dom can read it
+    script = ("<script>let w=0;for(const e of document.querySelectorAll('.scroll,pre,img'))w=Math.max(w,e.scrollWidth-e.clientWidth);"
+              "document.title='overflow:'+w+':'+document.documentElement.scrollWidth</script>")
+    probe.write_text((tmp_path / "report.html").read_text().replace("</body>", script + "</body>"))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
+           "--window-size=1280,2400", "--dump-dom", probe.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False).stdout
+    found = re.search(r"<title>overflow:(\d+):(\d+)</title>", dom)
+    assert found, dom[:500]
+    overflow, page = int(found.group(1)), int(found.group(2))
+    assert overflow == 0 and page <= 1280, (overflow, page)
