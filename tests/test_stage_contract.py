@@ -1,0 +1,56 @@
+"""The contract every registered stage keeps, checked over the whole registry (in the spirit of timm's
+registry-wide model tests and peft's method matrix).
+
+A stage returns an ``nn.Module`` and a record named after it; outputs keep their shape and stay finite;
+the result saves as an artifact that reloads to the same outputs. A new stage registered without an
+entry in ``SMALL_CONFIGS`` fails here, so it cannot skip the contract.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import slimtorch.stages  # noqa: F401  (registers every stage)
+from slimtorch import artifact
+from slimtorch.core import STAGES, StageRecord, forward
+
+# The smallest useful config of each stage (one epoch, tiny ranks) so the matrix runs in seconds.
+SMALL_CONFIGS = {
+    "distill": {"epochs": 1, "temperature": 2.0, "alpha": 0.5},
+    "export": {},
+    "finetune": {"epochs": 1},
+    "lora": {"epochs": 1, "rank": 2},
+    "prune": {"sparsity": 0.5},
+    "quantize": {"mode": "dynamic_int8", "runtime": "onnxruntime"},
+}
+
+
+def test_every_registered_stage_has_a_contract_entry():
+    assert set(SMALL_CONFIGS) == set(STAGES), "add the new stage to SMALL_CONFIGS"
+
+
+@pytest.mark.parametrize("kind", sorted(SMALL_CONFIGS))
+def test_stage_contract(kind, mlp, ctx, tmp_path):
+    teacher = copy.deepcopy(mlp).eval()
+    ctx.teacher, ctx.extras["teachers"] = teacher, [teacher]
+    x = ctx.data.example_batch(8)
+    before = forward(mlp.eval(), x).detach()
+    stage = STAGES.get(kind)(STAGES.get(kind).config_cls(**SMALL_CONFIGS[kind]))
+
+    model, record = stage.apply(mlp, ctx)
+
+    assert isinstance(model, nn.Module)
+    assert isinstance(record, StageRecord) and record.name == kind
+    assert record.status in {"done", "nothing pruned"} and isinstance(record.notes, list)
+    with torch.no_grad():
+        after = forward(model.eval(), x)
+    assert after.shape == before.shape, f"{kind} changed the output shape"
+    assert torch.isfinite(after).all(), f"{kind} produced non-finite outputs"
+    artifact.save(model, tmp_path / "m", task="classification", num_classes=10)
+    reloaded = artifact.load(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(forward(reloaded, x), after, atol=1e-4, rtol=1e-4)
