@@ -59,6 +59,9 @@ class DistillConfig(TrainConfig):
     loss: Literal["kd", "mse", "cosine"] = Field(
         "kd", description="kd: Hinton KD on logits; mse: MSE on logits/embeddings; cosine: 1 − cos on embeddings")
     epochs: int = Field(20, ge=0, description="ceiling on passes over the distillation set; training stops earlier once converged")
+    lr: float | Literal["auto"] | None = Field(
+        None, description="AdamW peak rate, or 'auto' (a short range test); default: auto for loss kd (a student trained "
+                          "from its initialisation), 1e-3 for mse/cosine (usually a pretrained encoder)")
     use_transfer: bool = Field(True, description="also train on the unlabeled transfer set (scenario 2) when there is one")
     teacher_weights: list[float] | None = Field(None, description="weights of the teachers' soft targets (default: equal)")
     assistant: AssistantSpec | None = None
@@ -97,4 +100,5 @@ class DistillConfig(TrainConfig):
 
     def train_config(self, epochs: int | None = None) -> TrainConfig:
         """The optimiser settings for :func:`slimtorch.train.fit`."""
-        return TrainConfig(**{**train_fields(self), "epochs": self.epochs if epochs is None else epochs})
+        lr = self.lr if self.lr is not None else ("auto" if self.loss == "kd" else 1e-3)
+        return TrainConfig(**{**train_fields(self), "epochs": self.epochs if epochs is None else epochs, "lr": lr})

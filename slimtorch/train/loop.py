@@ -3,7 +3,7 @@
 ``epochs`` is a ceiling, not a promise: training stops once it has converged, i.e. when for
 ``patience`` epochs (default 10) neither the validation metric has improved nor the epoch's mean
 training loss has fallen below its best by more than ``min_loss_improvement`` (default 1 %, relative)
-and more than ``LOSS_ATOL`` (1e-3).
+and more than ``LOSS_ATOL`` (1e-4).
 The best weights by the validation metric are kept (ties go to the later epoch), and :class:`FitResult` says at which epoch it
 converged or, when the ceiling came first, that it had not (:func:`convergence_note` words that for
 the report). AdamW with a linear warm-up then a constant rate by default (see
@@ -67,15 +67,15 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length, at most a tenth of the ceiling's steps")
     lr_floor: float = Field(0.1, ge=0, le=1, description="cosine/onecycle/plateau never go below lr * lr_floor")
     patience: int | None = Field(10, ge=1, description="stop after this many epochs with neither a better val metric nor a lower "
-                                                       "training loss (by min_loss_improvement and at least 1e-3); null: "
+                                                       "training loss (by min_loss_improvement and at least 1e-4); null: "
                                                        "always run the epochs ceiling")
     min_loss_improvement: float = Field(0.01, ge=0, lt=1, description="relative fall of the epoch training loss that counts as learning")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps in total")
 
     @field_validator("lr")
     @classmethod
-    def _check_lr(cls, value: float | str) -> float | str:
-        if value != "auto" and not (isinstance(value, float | int) and value > 0):
+    def _check_lr(cls, value: float | str | None) -> float | str | None:
+        if value is not None and value != "auto" and not (isinstance(value, float | int) and value > 0):
             raise ValueError(f"lr must be a positive number or 'auto'; got {value!r}. 1e-3 suits Adam on small models; "
                              "'auto' runs a short learning-rate range test first.")
         return value
@@ -116,16 +116,16 @@ class FitResult:
 
 
 # A fall of the epoch loss smaller than this never counts as learning, whatever its relative size: a loss
-# of 1e-5 that halves is a model that has already fitted its training data.
-LOSS_ATOL = 1e-3
+# of 1e-6 that halves is a model that has already fitted its training data.
+LOSS_ATOL = 1e-4
 
 
 def loss_improvements(losses: list[float], min_improvement: float) -> list[int]:
     """Epochs whose loss fell below the best before them by more than ``min_improvement`` (relative) and ``LOSS_ATOL``.
 
     Example:
-        >>> loss_improvements([1.0, 0.5, 0.499, 0.45, 0.46, 0.0015, 0.0008], 0.01)
-        [0, 1, 3, 5]
+        >>> loss_improvements([1.0, 0.5, 0.499, 0.45, 0.46, 0.0015, 0.00145, 0.0001], 0.01)
+        [0, 1, 3, 5, 7]
     """
     out, best = [], math.inf
     for i, loss in enumerate(losses):

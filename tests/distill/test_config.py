@@ -45,3 +45,11 @@ def test_registered_and_round_trips_through_yaml() -> None:
     again = DistillConfig.model_validate(yaml.safe_load(yaml.safe_dump(cfg.model_dump())))
     assert again == cfg
     assert cfg.train_config().epochs == 3 and cfg.train_config(epochs=7).epochs == 7
+
+
+def test_default_rate_is_a_range_test_for_kd_and_1e3_for_encoder_losses() -> None:
+    assert DistillConfig().train_config().lr == "auto"
+    assert DistillConfig(loss="cosine").train_config().lr == 1e-3
+    assert DistillConfig(lr=5e-3).train_config().lr == 5e-3
+    cfg = DistillConfig(epochs=300, schedule="plateau", patience=5).train_config(epochs=7)
+    assert (cfg.epochs, cfg.schedule, cfg.patience) == (7, "plateau", 5)

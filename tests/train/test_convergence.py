@@ -28,8 +28,8 @@ def test_converged_only_when_both_val_and_loss_have_stalled_for_patience_epochs(
     flat_val = [0.5, 0.9, 0.9, 0.9, 0.9]
     assert converged_at(_history(flat_val, [1.0, 0.5, 0.3, 0.2, 0.1]), patience=3, min_loss_improvement=0.01) is None
     assert converged_at(_history(flat_val, [1.0, 0.5, 0.5, 0.5, 0.5]), patience=3, min_loss_improvement=0.01) == 1
-    # a loss that keeps halving near zero has stopped mattering (absolute tolerance 1e-3)
-    assert converged_at(_history(flat_val, [1.0, 0.5, 4e-4, 2e-4, 1e-4]), patience=2, min_loss_improvement=0.01) == 2
+    # a loss that keeps halving near zero has stopped mattering (absolute tolerance 1e-4)
+    assert converged_at(_history(flat_val, [1.0, 0.5, 4e-5, 2e-5, 1e-5]), patience=2, min_loss_improvement=0.01) == 2
 
 
 def test_loss_improvements_use_relative_and_absolute_thresholds():
