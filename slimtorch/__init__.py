@@ -16,7 +16,7 @@ from slimtorch.version import __version__
 # Public name -> module that defines it. Imported on first use (PEP 562) so `slimtorch --version`
 # and error paths of the CLI do not pay for transformers/onnxruntime imports.
 _EXPORTS = {
-    "compress": "slimtorch.pipeline", "run_recipe": "slimtorch.pipeline", "RunResult": "slimtorch.pipeline",
+    "compress": "slimtorch.pipeline", "RunResult": "slimtorch.pipeline",
     "load": "slimtorch.artifact", "save": "slimtorch.artifact",
     "load_recipe": "slimtorch.recipe", "Recipe": "slimtorch.recipe",
     "sweep": "slimtorch.sweep",
@@ -27,6 +27,7 @@ _EXPORTS = {
     "PruneConfig": "slimtorch.prune", "PruneStage": "slimtorch.prune",
     "QuantizeConfig": "slimtorch.quantize", "QuantizeStage": "slimtorch.quantize",
     "ExportConfig": "slimtorch.export", "ExportStage": "slimtorch.export",
+    "LoraConfig": "slimtorch.lora", "LoraStage": "slimtorch.lora",
     "FinetuneConfig": "slimtorch.train", "FinetuneStage": "slimtorch.train", "TrainConfig": "slimtorch.train",
     **{name: "slimtorch.errors" for name in (
         "SlimtorchError", "RecipeError", "DataError", "ModelRefError", "ArtifactError", "UnsupportedModuleError",
@@ -39,8 +40,8 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         module = importlib.import_module(_EXPORTS[name])
-        # `slimtorch.measure` is the subpackage, so its function is exported as `measure_model`.
-        value = getattr(module, {"run_recipe": "compress", "measure_model": "measure"}.get(name, name))
+        # `slimtorch.measure` is the subpackage, so its function is exported as `measure_model` (the one alias).
+        value = getattr(module, {"measure_model": "measure"}.get(name, name))
         globals()[name] = value
         return value
     raise AttributeError(f"module 'slimtorch' has no attribute {name!r}")

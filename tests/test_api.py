@@ -9,10 +9,11 @@ def test_every_public_name_resolves():
 
 
 def test_measure_model_is_the_function_even_after_the_subpackage_is_imported():
-    import slimtorch.measure  # noqa: F401  (binds the subpackage as an attribute of slimtorch)
+    import slimtorch.measure
 
     assert callable(slimtorch.measure_model)
-    assert slimtorch.run_recipe is slimtorch.compress
+    assert slimtorch.LoraStage.name == "lora" and slimtorch.LoraConfig().rank == 8
+    assert not hasattr(slimtorch, "run_recipe")  # one name per function: `compress`
 
 
 def test_unknown_attribute_is_an_attribute_error():

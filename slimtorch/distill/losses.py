@@ -82,3 +82,15 @@ def cosine_loss(student_out: Tensor, target: Tensor, labels: Tensor, config: Dis
 def feature_mse(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     """Hint loss: MSE between an adapted student feature and the teacher's. -> (B,)."""
     return (student_feature - teacher_feature).pow(2).flatten(1).mean(-1)
+
+
+def distillation_loss(student_out: Tensor, teacher_out: Tensor, labels: Tensor, task: str, temperature: float, alpha: float) -> Tensor:
+    """The distillation loss every recovery uses (prune recovery, LoRA), from raw teacher outputs. -> scalar.
+
+    Hinton KD (:func:`kd_loss`, λ = ``alpha``) for class logits of the same shape; ``1 − cos`` otherwise
+    (embeddings, or a student whose head differs).
+    """
+    is_logits = task == "classification" and student_out.shape == teacher_out.shape and student_out.dim() == 2
+    config = DistillConfig(temperature=temperature, alpha=alpha, loss="kd" if is_logits else "cosine")
+    target = teacher_target([teacher_out], [1.0], config)
+    return LOSSES.get(config.loss)(student_out, target, labels, config).mean()

@@ -75,7 +75,7 @@ def _masked_linear_class() -> type:
     return MaskedLoraLinear
 
 
-def attach_lora(model: nn.Module, targets: list[str], rank: int, lora_alpha: float, dropout: float,
+def attach_lora_(model: nn.Module, targets: list[str], rank: int, lora_alpha: float, dropout: float,
                 masks: dict[str, Tensor] | None = None) -> nn.Module:
     """Wrap ``model`` in a peft model with LoRA on ``targets``; only the adapters require grad.
 
@@ -95,7 +95,7 @@ def trainable_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def merge_lora(peft_model: nn.Module) -> nn.Module:
+def merge_lora_(peft_model: nn.Module) -> nn.Module:
     """Fold the adapters into the base weights and return the plain model (every weight trainable again)."""
     plain = peft_model.merge_and_unload(safe_merge=True)
     for p in plain.parameters():

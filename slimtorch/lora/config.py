@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
 class LoraConfig(BaseModel):
@@ -26,7 +26,9 @@ class LoraConfig(BaseModel):
     batch_size: int | None = Field(None, gt=0, description="defaults to data.batch_size")
     use_teacher: bool = Field(True, description="distil from ctx.teacher when the recipe has one, else train on labels")
     temperature: float = Field(2.0, gt=0, description="softmax temperature of the distillation loss")
-    label_weight: float = Field(0.0, ge=0, le=1, description="λ in λ·CE + (1−λ)·T²·KL when distilling (1 = labels only)")
+    # One name for λ across stages (distill, prune, lora); `label_weight` is still read from older recipes.
+    alpha: float = Field(0.0, ge=0, le=1, validation_alias=AliasChoices("alpha", "label_weight"),
+                         description="λ in λ·CE + (1−λ)·T²·KL when distilling (1 = labels only)")
     keep_sparsity: bool = Field(True, description="re-apply pruning masks to merged weights (the LoRA update is dense)")
     compare_full_finetune: bool = Field(True, description="also fine-tune every weight with the same step budget")
     full_finetune_lr: float = Field(5e-4, gt=0, description="learning rate of the full fine-tune comparison")

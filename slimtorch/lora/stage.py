@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
+from slimtorch.distill.losses import distillation_loss
 from slimtorch.errors import DataError
 from slimtorch.export.onnx import bake_parametrizations_
 from slimtorch.lora import _peft
@@ -42,13 +42,7 @@ def make_loss(cfg: LoraConfig, ctx: RunContext) -> tuple[Any, str]:
     def kd(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
         with torch.no_grad():
             target = forward(teacher, x)
-        out = forward(model, x)
-        if ctx.data.task != "classification":
-            return 1 - F.cosine_similarity(out, target, dim=-1).mean()
-        soft = F.kl_div(F.log_softmax(out / T, -1), F.softmax(target / T, -1), reduction="batchmean") * T * T
-        if cfg.label_weight == 0:
-            return soft
-        return cfg.label_weight * labeled_cross_entropy(out, y) + (1 - cfg.label_weight) * soft
+        return distillation_loss(forward(model, x), target, y, ctx.data.task, T, cfg.alpha)
 
     kind = "1 − cosine to the teacher" if ctx.data.task != "classification" else f"distillation from the teacher (T={T})"
     return kd, kind
@@ -107,14 +101,14 @@ class LoraStage:
         total = sum(p.numel() for p in work.parameters())
         # only pruned Linear targets get masked LoRA updates while training; other pruned layers train dense
         in_training = [f for f in masks if f in targets and isinstance(work.get_submodule(f), nn.Linear)]
-        adapted = _peft.attach_lora(work, targets, cfg.rank, cfg.lora_alpha, cfg.dropout, masks if cfg.keep_sparsity else None)
+        adapted = _peft.attach_lora_(work, targets, cfg.rank, cfg.lora_alpha, cfg.dropout, masks if cfg.keep_sparsity else None)
         n_trainable = _peft.trainable_params(adapted)
         lora_run = self._train(adapted, ctx, cfg.lr, "adapters", loss_fn)
         adapted.eval()
         check = ctx.data.example_batch(16)
         with torch.no_grad():
             adapter_out = forward(adapted, check)
-        merged = _peft.merge_lora(adapted)
+        merged = _peft.merge_lora_(adapted)
         with torch.no_grad():
             merge_diff = (forward(merged, check) - adapter_out).abs().max().item()
         notes = [lora_run["convergence_note"]] if lora_run["convergence_note"] else []

@@ -48,7 +48,7 @@ class LotteryConfig(BaseModel):
     control: bool = Field(True, description="also train the same mask from a random re-initialisation")
 
 
-class TargetConfig(BaseModel):
+class PruneTargetConfig(BaseModel):
     """A global budget for automatic per-layer ratios; set exactly one field.
 
     ``params``/``macs`` are the fraction of the original kept (0.5 = half); ``latency_ms`` is absolute.
@@ -61,7 +61,7 @@ class TargetConfig(BaseModel):
     latency_ms: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _one(self) -> TargetConfig:
+    def _one(self) -> PruneTargetConfig:
         set_ = [k for k in ("params", "macs", "latency_ms") if getattr(self, k) is not None]
         if len(set_) != 1:
             raise ValueError(f"prune.target needs exactly one of params, macs, latency_ms; got {set_ or 'none'}.")
@@ -122,7 +122,7 @@ class PruneConfig(BaseModel):
     calibration_batches: int = Field(4, ge=1, description="batches for activation/taylor scores")
     lottery: LotteryConfig | None = None
     sensitivity: SensitivityConfig | None = None
-    target: TargetConfig | None = None
+    target: PruneTargetConfig | None = None
     bake: bool = Field(False, description="fold masks into the weights now (later training may then revive them)")
 
     @field_validator("sparsity", mode="before")

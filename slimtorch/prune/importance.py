@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -72,7 +73,7 @@ class Importance:
 class MagnitudeImportance(Importance):
     """``|w|^p`` (p = 1: L1, p = 2: L2); groups sum it. Han et al. 2015, https://arxiv.org/abs/1506.02626."""
 
-    def __init__(self, p: int = 2, **_: Any) -> None:
+    def __init__(self, p: int = 2) -> None:
         self.p = p
 
     def scores(self, fqn: str, module: nn.Module) -> Tensor:
@@ -88,7 +89,7 @@ class MagnitudeImportance(Importance):
 class RandomImportance(Importance):
     """Uniform random scores: the control every criterion must beat."""
 
-    def __init__(self, seed: int = 0, **_: Any) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
 
     def scores(self, fqn: str, module: nn.Module) -> Tensor:
@@ -103,7 +104,7 @@ class RandomImportance(Importance):
 class _Calibrated(Importance):
     needs_data = True
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self) -> None:
         self.stats: dict[str, Tensor] = {}
 
     def _stat(self, fqn: str) -> Tensor:
@@ -189,6 +190,14 @@ class TaylorImportance(_Calibrated):
         import torch_pruning as tp
 
         return tp.importance.GroupTaylorImportance()
+
+
+def build_importance(name: str, **settings: Any) -> Importance:
+    """The registered criterion ``name`` given the run-wide settings it takes (``p``, ``seed``); the rest
+    are not its business. A criterion built directly refuses an argument it does not know."""
+    cls = IMPORTANCE.get(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in settings.items() if k in accepted})
 
 
 def calibrate(crit: Importance, model: nn.Module, targets: dict[str, nn.Module], ctx: RunContext, n_batches: int) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from slimtorch.core import Batch, RunContext, forward
+from slimtorch.distill.losses import distillation_loss
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.train.loop import FitResult, TrainConfig, fit
 from slimtorch.train.losses import labeled_cross_entropy
@@ -43,17 +44,6 @@ def step_ratios(cumulative: list[float]) -> list[float]:
     return out
 
 
-def kd_loss(student_out: Tensor, teacher_out: Tensor, y: Tensor, task: str, temperature: float, alpha: float) -> Tensor:
-    """Recovery loss from the distillation engine: Hinton KD for class logits, ``1 − cos`` otherwise. -> scalar."""
-    from slimtorch.distill.config import DistillConfig
-    from slimtorch.distill.losses import LOSSES, teacher_target
-
-    is_logits = task == "classification" and student_out.shape == teacher_out.shape and student_out.dim() == 2
-    config = DistillConfig(temperature=temperature, alpha=alpha, loss="kd" if is_logits else "cosine")
-    target = teacher_target([teacher_out], [1.0], config)
-    return LOSSES.get(config.loss)(student_out, target, y, config).mean()
-
-
 def recover(
     model: nn.Module,
     ctx: RunContext,
@@ -76,7 +66,7 @@ def recover(
         if teacher is not None:
             with torch.no_grad():
                 ref = forward(teacher, x)
-            return kd_loss(out, ref, y, task, temperature, alpha)
+            return distillation_loss(out, ref, y, task, temperature, alpha)
         return labeled_cross_entropy(out, y)
 
     def evaluate(m: nn.Module) -> float:

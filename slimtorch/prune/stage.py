@@ -11,7 +11,7 @@ from torch import nn
 from slimtorch.core import STAGES, RunContext, StageRecord, seed_everything
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.prune.config import PruneConfig, parse_nm
-from slimtorch.prune.importance import IMPORTANCE, Importance, calibrate
+from slimtorch.prune.importance import Importance, build_importance, calibrate
 from slimtorch.prune.macs import count_macs, count_params, quick_latency_ms
 from slimtorch.prune.masks import bake_masks_, compute_masks, masked_modules, set_mask_, sparsity_report
 from slimtorch.prune.schedule import recover, sparsity_schedule, step_ratios
@@ -77,7 +77,7 @@ class PruneStage:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _importance(self, model: nn.Module, ctx: RunContext) -> Importance:
-        return IMPORTANCE.get(self.config.criterion)(p=self.config.p, seed=ctx.seed)
+        return build_importance(self.config.criterion, p=self.config.p, seed=ctx.seed)
 
     def _calibrate(self, crit: Importance, model: nn.Module, targets: dict[str, nn.Module], ctx: RunContext) -> None:
         calibrate(crit, model, targets, ctx, self.config.calibration_batches)

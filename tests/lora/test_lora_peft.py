@@ -43,7 +43,7 @@ def test_merge_gives_plain_model_with_identical_outputs(digits, kind):
         model = build_model(kind, {}, input_shape=digits.input_shape, num_classes=10)
         x = digits.example_batch(8)
     plain_types = {type(m) for m in model.modules()}
-    adapted = _peft.attach_lora(copy.deepcopy(model), _peft.resolve_targets(model, None), rank=4, lora_alpha=8, dropout=0.0)
+    adapted = _peft.attach_lora_(copy.deepcopy(model), _peft.resolve_targets(model, None), rank=4, lora_alpha=8, dropout=0.0)
     with torch.no_grad():  # make the adapters non-zero so merging has something to merge
         for name, p in adapted.named_parameters():
             if "lora_B" in name:
@@ -53,7 +53,7 @@ def test_merge_gives_plain_model_with_identical_outputs(digits, kind):
     with torch.no_grad():
         expected = call(adapted)
         assert (expected - call(model.eval())).abs().max() > 1e-3
-        merged = _peft.merge_lora(adapted)
+        merged = _peft.merge_lora_(adapted)
         torch.testing.assert_close(call(merged), expected, atol=1e-5, rtol=0)
     assert {type(m) for m in merged.modules()} == plain_types  # no peft layer left
     assert all(p.requires_grad for p in merged.parameters())
@@ -62,7 +62,7 @@ def test_merge_gives_plain_model_with_identical_outputs(digits, kind):
 
 def test_trainable_params_are_only_the_adapters(digits):
     model = build_model("mlp", {"hidden": [32]}, input_shape=digits.input_shape, num_classes=10)
-    adapted = _peft.attach_lora(model, ["net.1"], rank=2, lora_alpha=4, dropout=0.0)
+    adapted = _peft.attach_lora_(model, ["net.1"], rank=2, lora_alpha=4, dropout=0.0)
     assert _peft.trainable_params(adapted) == 2 * (64 + 32)
     assert isinstance(adapted.base_model.model.net[2], nn.ReLU)
 
@@ -73,7 +73,7 @@ def test_masked_update_keeps_the_zeros_and_merges_exactly(digits):
     mask = (torch.rand_like(model.net[1].weight) > 0.7).float()
     with torch.no_grad():
         model.net[1].weight.mul_(mask)
-    adapted = _peft.attach_lora(model, ["net.1"], rank=4, lora_alpha=8, dropout=0.0, masks={"net.1": mask})
+    adapted = _peft.attach_lora_(model, ["net.1"], rank=4, lora_alpha=8, dropout=0.0, masks={"net.1": mask})
     with torch.no_grad():
         for name, p in adapted.named_parameters():
             if "lora_B" in name:
@@ -81,7 +81,7 @@ def test_masked_update_keeps_the_zeros_and_merges_exactly(digits):
     x = digits.example_batch(8)
     with torch.no_grad():
         expected = adapted(x)
-        merged = _peft.merge_lora(adapted)
+        merged = _peft.merge_lora_(adapted)
         torch.testing.assert_close(merged(x), expected, atol=1e-5, rtol=0)
     assert torch.equal(merged.net[1].weight == 0, mask == 0)
     assert not hasattr(merged.net[1], _peft.MASK_ATTR)

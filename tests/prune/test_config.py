@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from slimtorch.prune import PruneConfig
-from slimtorch.prune.config import TargetConfig
+from slimtorch.prune.config import PruneTargetConfig
 
 
 @pytest.mark.parametrize("value, hint", [(1.5, "did you mean 0.15"), (50, "did you mean 0.5"), (-0.1, "weights removed\\.")])
@@ -34,7 +34,7 @@ def test_unknown_granularity_suggests():
 
 def test_target_needs_exactly_one():
     with pytest.raises(ValidationError, match="exactly one of params, macs, latency_ms"):
-        TargetConfig(params=0.5, macs=0.5)
+        PruneTargetConfig(params=0.5, macs=0.5)
 
 
 def test_extra_keys_forbidden():
