@@ -356,12 +356,10 @@ class _Run:
         model = self._load_saved(name)
         masked = artifact.read_spec(model_dir).get("masked_modules") or []
         if masked:
-            from slimtorch.prune.masks import set_mask_
+            from slimtorch.prune.masks import masks_from_zeros, rearm_masks_
 
             # A weight that is exactly zero in a masked layer was masked: restore the mask from it.
-            modules = dict(model.named_modules())
-            for fqn in masked:
-                set_mask_(modules[fqn], (modules[fqn].weight != 0).float())
+            rearm_masks_(model, masks_from_zeros(model, masked))
         return model
 
 

@@ -20,6 +20,7 @@ from slimtorch.export.onnx import bake_parametrizations_
 from slimtorch.lora import _peft
 from slimtorch.lora.config import LoraConfig
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.prune.masks import masks_from_zeros, rearm_masks_
 from slimtorch.train.loop import TrainConfig, convergence_note, fit
 from slimtorch.train.losses import labeled_cross_entropy
 
@@ -46,24 +47,6 @@ def make_loss(cfg: LoraConfig, ctx: RunContext) -> tuple[Any, str]:
 
     kind = "1 − cosine to the teacher" if ctx.data.task != "classification" else f"distillation from the teacher (T={T})"
     return kd, kind
-
-
-def _masks(model: nn.Module) -> dict[str, Tensor]:
-    """0/1 masks of weights held as parametrizations (pruned layers), by module fqn."""
-    from torch.nn.utils import parametrize
-
-    out = {}
-    for fqn, module in model.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            out[fqn] = (module.weight.detach() != 0).to(module.weight.dtype)
-    return out
-
-
-def _reapply_masks_(model: nn.Module, masks: dict[str, Tensor]) -> None:
-    from slimtorch.prune.masks import set_mask_
-
-    for fqn, mask in masks.items():
-        set_mask_(model.get_submodule(fqn), mask)
 
 
 @STAGES.register("lora")
@@ -95,7 +78,7 @@ class LoraStage:
         cfg = self.config
         loss_fn, objective = make_loss(cfg, ctx)
         before = self._metric(model, ctx)
-        masks = _masks(model)
+        masks = masks_from_zeros(model)
         work = bake_parametrizations_(copy.deepcopy(model))
         targets = _peft.resolve_targets(work, cfg.target_modules)
         total = sum(p.numel() for p in work.parameters())
@@ -114,7 +97,7 @@ class LoraStage:
         notes = [lora_run["convergence_note"]] if lora_run["convergence_note"] else []
         dense_after = self._metric(merged, ctx) if masks else None
         if masks and cfg.keep_sparsity:
-            _reapply_masks_(merged, masks)
+            rearm_masks_(merged, masks)
             notes.append(f"the LoRA updates of {len(in_training)} pruned Linear layers were masked like their weights while "
                          f"training; {len(masks) - len(in_training)} other pruned layers were re-masked after merging. The "
                          "merged model keeps its sparsity; the masks are re-applied as parametrizations.")

@@ -1,4 +1,5 @@
-"""A quick multiply-accumulate counter for Linear/Conv layers (attention matmuls are not counted)."""
+"""Per-layer MAC costs for pruning plans; totals come from :mod:`slimtorch.measure`, so a prune stage's
+recorded MACs and params equal the report's columns (attention included)."""
 
 from __future__ import annotations
 
@@ -42,31 +43,23 @@ def layer_macs(model: nn.Module, example: Batch) -> dict[str, dict[str, float]]:
 
 
 def count_macs(model: nn.Module, example: Batch) -> dict[str, float]:
-    """Totals per example: dense MACs and the MACs a sparse kernel would need."""
+    """Per example: ``macs`` as the report counts them (:func:`slimtorch.measure.count_macs`, attention
+    included) and ``nonzero_macs``, the Linear/Conv MACs a sparse kernel would skip subtracted."""
+    from slimtorch.measure.macs import count_macs as measured_macs
+
     per_layer = layer_macs(model, example)
-    return {
-        "macs": sum(v["macs"] for v in per_layer.values()),
-        "nonzero_macs": sum(v["nonzero_macs"] for v in per_layer.values()),
-    }
+    dense = measured_macs(model, example)
+    skipped = sum(v["macs"] - v["nonzero_macs"] for v in per_layer.values())
+    total = float(dense) if dense is not None else sum(v["macs"] for v in per_layer.values())
+    return {"macs": total, "nonzero_macs": total - skipped}
 
 
 def count_params(model: nn.Module) -> dict[str, int]:
-    """Parameters of the effective weights (masked weights count as zeros)."""
-    seen: set[int] = set()
-    total = nonzero = 0
-    for module in model.modules():
-        for name, p in list(module.named_parameters(recurse=False)):
-            if name == "original":
-                continue
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            total, nonzero = total + p.numel(), nonzero + int((p != 0).sum())
-        if hasattr(module, "parametrizations"):
-            for name in module.parametrizations.keys():
-                t = getattr(module, name)
-                total, nonzero = total + t.numel(), nonzero + int((t != 0).sum())
-    return {"params": total, "nonzero_params": nonzero}
+    """Parameters and nonzeros exactly as the report counts them (masked weights count as zeros)."""
+    from slimtorch.measure.params import count_nonzero
+    from slimtorch.measure.params import count_params as measured_params
+
+    return {"params": measured_params(model), "nonzero_params": count_nonzero(model)}
 
 
 def quick_latency_ms(model: nn.Module, example: Batch, runs: int = 30, warmup: int = 10) -> float:

@@ -49,6 +49,24 @@ def raw_weight(module: nn.Module) -> nn.Parameter:
     return module.weight
 
 
+def masks_from_zeros(model: nn.Module, fqns: list[str] | None = None) -> dict[str, Tensor]:
+    """0/1 masks read off the weights that are exactly zero, for ``fqns`` (default: every masked module).
+
+    A saved or merged model stores masked weights as plain zeros; this recovers the masks so later
+    training keeps them (see :func:`rearm_masks_`).
+    """
+    modules = dict(model.named_modules())
+    names = fqns if fqns is not None else [f for f, m in modules.items() if parametrize.is_parametrized(m, "weight")]
+    return {f: (modules[f].weight.detach() != 0).to(modules[f].weight.dtype) for f in names}
+
+
+def rearm_masks_(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
+    """Put ``masks`` (fqn -> 0/1 tensor) back on ``model`` as pruning parametrizations, in place."""
+    for fqn, mask in masks.items():
+        set_mask_(model.get_submodule(fqn), mask)
+    return model
+
+
 def set_mask_(module: nn.Module, mask: Tensor) -> None:
     """Mask ``module.weight`` with ``mask`` (replacing any earlier mask) and zero the removed originals."""
     # contiguous: a broadcast (expanded) mask would share memory and break load_state_dict/copy_
