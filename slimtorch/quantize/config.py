@@ -25,6 +25,24 @@ RUNTIME_MODES: dict[str, dict[str, str]] = {
 }
 
 
+class QATConfig(BaseModel):
+    """``quantize.qat``: fake-quantized training before the int8 export (onnxruntime ``static_int8``).
+
+    Weights are fake-quantized per output channel (symmetric int8), activations per tensor (asymmetric
+    int8, ranges calibrated on ``calibration_batches`` first, then followed by a moving average while
+    training). Trained with the recipe's loss: distillation from the teacher when the run has one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(2, ge=0, description="passes over the training set with fake quantization")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (small: the model is already trained)")
+    temperature: float = Field(2.0, gt=0, description="distillation temperature (with a teacher)")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the label loss against distillation (with a teacher)")
+    freeze_bn: bool = Field(True, description="fold BatchNorm into the convolutions before training (statistics frozen)")
+    batch_size: int | None = Field(None, gt=0, description="defaults to data.batch_size")
+
+
 class QuantizeConfig(BaseModel):
     """Recipe entry ``- quantize: {mode: dynamic_int8, runtime: onnxruntime}``.
 
@@ -53,6 +71,11 @@ class QuantizeConfig(BaseModel):
     embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export")
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads of the returned model")
+    max_drop: float | None = Field(None, ge=0, lt=1, description="onnxruntime int8: allowed val-metric drop; the most "
+                                   "sensitive layers stay float until it holds")
+    max_float_fraction: float = Field(0.25, gt=0, le=1, description="max_drop: at most this fraction of the layers stays float")
+    sensitivity: bool = Field(False, description="onnxruntime int8: scan every layer's quantization cost (always on with max_drop)")
+    qat: QATConfig | None = Field(None, description="static_int8 on onnxruntime: quantization-aware training before export")
 
     @model_validator(mode="after")
     def _check(self) -> QuantizeConfig:
@@ -73,6 +96,20 @@ class QuantizeConfig(BaseModel):
                 "quantize.embedding_bits: 4 applies only to mode: dynamic_int8 with runtime: onnxruntime; "
                 f"got mode {self.mode!r}, runtime {self.runtime!r}. Remove embedding_bits or change the mode."
             )
+        int8_ort = self.runtime == "onnxruntime" and self.mode in ("static_int8", "dynamic_int8")
+        if (self.max_drop is not None or self.sensitivity) and not int8_ort:
+            raise ValueError(
+                "quantize.max_drop and quantize.sensitivity work on onnxruntime int8 (mode: static_int8 or dynamic_int8, "
+                f"runtime: onnxruntime); got mode {self.mode!r}, runtime {self.runtime!r}. Remove them or change the mode."
+            )
+        if self.qat is not None and (self.mode, self.runtime) != ("static_int8", "onnxruntime"):
+            raise ValueError(
+                f"quantize.qat trains for mode: static_int8 with runtime: onnxruntime; got mode {self.mode!r}, runtime "
+                f"{self.runtime!r}. Set mode: static_int8, runtime: onnxruntime, or remove qat."
+            )
+        if self.qat is not None and (self.max_drop is not None or self.sensitivity or self.exclude):
+            raise ValueError("quantize.qat quantizes every Conv/Linear and cannot be combined with max_drop, sensitivity or "
+                             "exclude; use either qat or max_drop (post-training, mixed precision).")
         return self
 
     def backend(self) -> str:

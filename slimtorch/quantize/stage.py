@@ -16,8 +16,9 @@ from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
 from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import export_onnx, input_names_of, plain_copy
 from slimtorch.measure.llm import with_model_tokens
-from slimtorch.quantize import _ort, _torch, gptq
+from slimtorch.quantize import _ort, _torch, gptq, sensitivity
 from slimtorch.quantize.config import QuantizeConfig
+from slimtorch.quantize.sensitivity import MixedPrecisionResult
 from slimtorch.runtime import OrtModule
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,50 @@ def _ort_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, exampl
         details["calibration_batches"] = len(feeds)
     else:
         quantized = _ort.convert_fp16(fp32)
+    if cfg.max_drop is not None or cfg.sensitivity:
+        quantized, mixed = _mixed_precision(fp32, ctx, cfg, excluded)
+        details["quant_sensitivity"] = mixed.to_details()
+        excluded = excluded + mixed.float_layers
     details.update({"onnx_bytes": len(quantized), "bytes_ratio_vs_onnx_fp32": round(len(quantized) / len(fp32), 4),
                     "excluded_nodes": excluded})
     meta = {"mode": cfg.mode, "opset": cfg.opset, "backend": cfg.backend()}
     return OrtModule(quantized, threads=cfg.threads, meta=meta), details
+
+
+def _mixed_precision(fp32: bytes, ctx: RunContext, cfg: QuantizeConfig, excluded: list[str]) -> tuple[bytes, MixedPrecisionResult]:
+    """Scan each layer's int8 cost on the val split; with ``max_drop``, keep the costliest in float (see sensitivity.py)."""
+    feeds = calibration_feeds(ctx, cfg) if cfg.mode == "static_int8" else []
+
+    def quantize(float_layers: list[str]) -> bytes:
+        skip = excluded + float_layers
+        if cfg.mode == "static_int8":
+            return _ort.quantize_static(fp32, feeds, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                                        calibrate_method=cfg.calibrate_method, nodes_to_exclude=skip)
+        return _ort.quantize_dynamic(fp32, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range, nodes_to_exclude=skip)
+
+    evaluate = sensitivity.Evaluator(fp32, ctx.data, "val", cfg.threads)
+    result = sensitivity.mixed_precision(quantize, fp32, evaluate, max_drop=cfg.max_drop, max_float_fraction=cfg.max_float_fraction,
+                                         time_batch=ctx.data.batch_size)
+    return result.quantized, result
+
+
+def mixed_precision_notes(scan: dict[str, Any]) -> list[str]:
+    """Plain sentences for the report: which layers stayed float and what each bought, or why the budget failed."""
+    if scan["max_drop"] is None:
+        worst = max(scan["layers"], key=lambda c: c["metric_gain"], default=None)
+        return [f"int8 sensitivity scan: all-int8 drop {scan['all_int8_drop']:+.4f} {scan['metric']}"
+                + (f"; keeping {worst['layer']} float alone would change it by {-worst['metric_gain']:+.4f}" if worst else "")]
+    steps = {s["layer"]: s for s in scan["steps"]}
+    kept = [f"{f} (drop {steps[f]['drop']:.4f}, +{steps[f]['onnx_bytes'] - scan['all_int8_onnx_bytes']} B)" for f in scan["float_layers"]]
+    if scan["is_met"] and not kept:
+        return [f"max_drop {scan['max_drop']}: all layers int8 (val drop {scan['all_int8_drop']:.4f})."]
+    if scan["is_met"]:
+        return [f"max_drop {scan['max_drop']}: kept in float {', '.join(kept)}; all-int8 drop was {scan['all_int8_drop']:.4f}."]
+    return [f"max_drop {scan['max_drop']} not met: all-int8 val drop {scan['all_int8_drop']:.4f}, best {scan['final_drop']:.4f} "
+            f"with {len(scan['float_layers'])} of at most {scan['max_float_layers']} layers in float"
+            + (f" ({', '.join(scan['float_layers'])})" if scan["float_layers"] else "")
+            + (f"; tried keeping float {', '.join(scan['steps'][-1]['float_layers'])}" if scan["steps"] else "")
+            + ". Raise max_float_fraction or max_drop, try calibrate_method: percentile, or use qat."]
 
 
 def _ort_nodes_matching(onnx_bytes: bytes, patterns: list[str]) -> list[str]:
@@ -136,6 +177,8 @@ class QuantizeStage:
         if cfg.mode == "dynamic_int8" and cfg.runtime == "onnxruntime" and cfg.embedding_bits == 4:
             record.notes.append(f"word-embedding tables were block-quantized to 4 bit (block {cfg.embedding_block_size}); "
                                 "the MatMul weights are int8.")
+        if "quant_sensitivity" in details:
+            record.notes.extend(mixed_precision_notes(details["quant_sensitivity"]))
         if details.get("skipped_linears"):
             record.notes.append(f"kept in float: {', '.join(details['skipped_linears'][:8])}")
         record.seconds = time.perf_counter() - start

@@ -18,7 +18,7 @@ from slimtorch.report.markdown import (
     summary_header,
     summary_rows,
 )
-from slimtorch.report.plots import pareto_png, per_class_png, robustness_png, sensitivity_png
+from slimtorch.report.plots import pareto_png, per_class_png, quant_sensitivity_png, robustness_png, sensitivity_png
 from slimtorch.report.sensitivity import sensitivity_curves
 from slimtorch.report.table import by_name, compare, fmt_bytes, fmt_delta, fmt_metric, fmt_ratio
 
@@ -118,6 +118,8 @@ def render_html(report: dict[str, Any]) -> str:
         parts += ["<h2 id=per-class>Per-class accuracy</h2>", per_class]
     charts = [_img(robustness_png(report), "robustness to input noise")]
     charts += [_img(sensitivity_png(stage, curves), f"sensitivity scan of {stage}") for stage, curves in sensitivity_curves(report)]
+    charts += [_img(quant_sensitivity_png(s.get("name", "quantize"), s["details"]["quant_sensitivity"]), "int8 sensitivity")
+               for s in report["stages"] if isinstance((s.get("details") or {}).get("quant_sensitivity"), dict)]
     if any(charts):
         parts.append("<h2 id=robustness>Robustness and sensitivity</h2><div class=grid2>"
                      + "".join(f"<div>{c}</div>" for c in charts if c) + "</div>")

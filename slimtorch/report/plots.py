@@ -185,5 +185,34 @@ def sensitivity_png(stage: str, curves: dict[str, list[tuple[float, float]]]) ->
     return _png(fig)
 
 
+def quant_sensitivity_png(stage: str, scan: dict[str, Any]) -> bytes:
+    """Per-layer int8 cost (all layers int8 but this one): val drop and output error; float-kept layers in red."""
+    layers = scan["layers"]
+    kept = set(scan.get("float_layers", []))
+    names = [c["layer"].strip("/").removesuffix("/Conv").removesuffix("/Gemm").removesuffix("/MatMul") for c in layers]
+    colors = [FRONTIER if c["layer"] in kept else COLORS[0] for c in layers]
+    fig = Figure(figsize=(8.5, 0.9 + 0.32 * len(layers)))
+    left, right = fig.subplots(1, 2, sharey=True)
+    y = range(len(layers))
+    scale, unit = (100.0, " (points)") if scan.get("metric") == "accuracy" else (1.0, "")
+    left.barh(y, [(scan["reference_metric"] - c["metric_if_float"]) * scale for c in layers], color=colors)
+    left.axvline(scan["all_int8_drop"] * scale, color="#333", ls="--", lw=1, label="all int8")
+    if scan.get("max_drop") is not None:
+        left.axvline(scan["max_drop"] * scale, color=FRONTIER, ls=":", lw=1.2, label="max_drop")
+    left.set_yticks(list(y), names, fontsize=7)
+    left.invert_yaxis()
+    left.set_xlabel(f"val {scan.get('metric', 'metric')} drop{unit}", fontsize=8)
+    left.legend(fontsize=7, frameon=False)
+    right.barh(y, [c["output_mse_if_float"] for c in layers], color=colors)
+    if scan.get("all_int8_output_mse") is not None:
+        right.axvline(scan["all_int8_output_mse"], color="#333", ls="--", lw=1)
+    right.set_xlabel("output MSE to the float model", fontsize=8)
+    for ax in (left, right):
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"int8 sensitivity ({stage}): everything int8 but the layer named; red = kept float", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _class_key(c: str) -> tuple[int, Any]:
     return (0, int(c)) if c.lstrip("-").isdigit() else (1, c)
