@@ -30,7 +30,8 @@ class QATConfig(BaseModel):
 
     Weights are fake-quantized per output channel (symmetric int8), activations per tensor (asymmetric
     int8, ranges calibrated on ``calibration_batches`` first, then followed by a moving average while
-    training). Trained with the recipe's loss: distillation from the teacher when the run has one.
+    training); BatchNorm is folded into the convolutions first. Trained with the recipe's loss:
+    distillation from the teacher when the run has one.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,7 +40,6 @@ class QATConfig(BaseModel):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate (small: the model is already trained)")
     temperature: float = Field(2.0, gt=0, description="distillation temperature (with a teacher)")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the label loss against distillation (with a teacher)")
-    freeze_bn: bool = Field(True, description="fold BatchNorm into the convolutions before training (statistics frozen)")
     batch_size: int | None = Field(None, gt=0, description="defaults to data.batch_size")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from typing import Any
@@ -16,8 +17,8 @@ from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
 from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import export_onnx, input_names_of, plain_copy
 from slimtorch.measure.llm import with_model_tokens
-from slimtorch.quantize import _ort, _torch, gptq, sensitivity
-from slimtorch.quantize.config import QuantizeConfig
+from slimtorch.quantize import _ort, _torch, gptq, qat, sensitivity
+from slimtorch.quantize.config import QATConfig, QuantizeConfig
 from slimtorch.quantize.sensitivity import MixedPrecisionResult
 from slimtorch.runtime import OrtModule
 
@@ -68,6 +69,25 @@ def _ort_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, exampl
                     "excluded_nodes": excluded})
     meta = {"mode": cfg.mode, "opset": cfg.opset, "backend": cfg.backend()}
     return OrtModule(quantized, threads=cfg.threads, meta=meta), details
+
+
+def _qat_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, qat_cfg: QATConfig,
+                  example: Batch) -> tuple[nn.Module, dict[str, Any]]:
+    """Quantization-aware training (see qat.py), then the int8 QDQ graph in onnxruntime; parity with the fake-quant model."""
+    calibration_feeds(ctx, cfg)  # the same clear error as post-training static int8 on an empty split
+    loader = ctx.data.loader(cfg.calibration_split, shuffle=True, seed=ctx.seed)
+    batches = [x for x, _ in itertools.islice(loader, cfg.calibration_batches)]
+    result = qat.train_qat(model, ctx, qat_cfg, batches, example, cfg.opset)
+    meta = {"mode": cfg.mode, "opset": cfg.opset, "backend": cfg.backend(), "qat": True}
+    out = OrtModule(result.onnx_bytes, threads=cfg.threads, meta=meta)
+    check = ctx.data.example_batch(32)
+    parity = fidelity(result.model, out, check)
+    details = {"onnx_bytes": len(result.onnx_bytes), "calibration_batches": len(batches),
+               "qat": {"val_after_calibration": round(result.val_calibrated, 6), "val_after_training": round(result.val_trained, 6),
+                       "loss": "distillation from the teacher" if ctx.teacher is not None else "cross-entropy on labels",
+                       **result.fit, **result.export, "masks_kept": result.is_masks_kept,
+                       "parity_vs_fake_quant": {k: round(v, 6) for k, v in parity.items()}}}
+    return out, details
 
 
 def _mixed_precision(fp32: bytes, ctx: RunContext, cfg: QuantizeConfig, excluded: list[str]) -> tuple[bytes, MixedPrecisionResult]:
@@ -163,7 +183,10 @@ class QuantizeStage:
         reference = plain_copy(model)
         ctx = dataclasses.replace(ctx, data=with_model_tokens(ctx.data, model))  # a causal LM reads its own tokens
         example = ctx.data.example_batch(4)
-        if cfg.runtime == "onnxruntime":
+        if cfg.qat is not None:
+            out, details = _qat_quantize(model, ctx, cfg, cfg.qat, example)
+            reference = plain_copy(model)
+        elif cfg.runtime == "onnxruntime":
             out, details = _ort_quantize(reference, ctx, cfg, example)
         else:
             out, details = _torch_quantize(plain_copy(model), cfg, ctx)
