@@ -200,6 +200,13 @@ class QuantizeStage:
         if cfg.mode == "dynamic_int8" and cfg.runtime == "onnxruntime" and cfg.embedding_bits == 4:
             record.notes.append(f"word-embedding tables were block-quantized to 4 bit (block {cfg.embedding_block_size}); "
                                 "the MatMul weights are int8.")
+        if "qat" in details:
+            q = details["qat"]
+            record.notes.append(f"QAT ({q['loss']}, {q.get('epochs_run', 0)} epochs): val {q['val_after_calibration']:.4f} after "
+                                f"calibration -> {q['val_after_training']:.4f}; int8 graph vs fake-quant model: max |diff| "
+                                f"{q['parity_vs_fake_quant']['output_max_abs_diff']:.3g}, argmax agreement "
+                                f"{q['parity_vs_fake_quant']['argmax_agreement']:.3f}"
+                                + ("; pruned zeros kept" if q["masks_kept"] else "; WARNING: pruned zeros were not all kept"))
         if "quant_sensitivity" in details:
             record.notes.extend(mixed_precision_notes(details["quant_sensitivity"]))
         if details.get("skipped_linears"):
