@@ -124,14 +124,41 @@ def print_models_table(report: dict[str, Any]) -> None:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
-def _run(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool) -> None:
+def _run(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool, device: str | None) -> None:
+    from slimtorch.distributed import launched_by_torchrun
+    from slimtorch.pipeline import compress as run_compress
+
+    if launched_by_torchrun():
+        _run_under_torchrun(recipe, out, resume, force, quiet, device)  # never returns
+    events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
+    with _user_errors():
+        result = run_compress(recipe, out, resume=resume, force=force, progress=_RichProgress(quiet), events=events, device=device)
+    print_models_table(result.report)
+    console.print(f"report: {result.out / 'report.md'}  {result.out / 'report.json'}  {result.out / 'pareto.png'}", highlight=False)
+
+
+def _run_under_torchrun(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool, device: str | None) -> None:
+    """Every rank runs the recipe; rank 0 prints. Each rank leaves through ``finish`` (see FIELD-NOTES: DDP exit trap)."""
+    from slimtorch.distributed import finish, is_main
+
+    code = 0
+    try:
+        _run_one_rank(recipe, out, resume, force, quiet, device, is_main)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    finish(code)
+
+
+def _run_one_rank(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool, device: str | None, is_main: Any) -> None:
     from slimtorch.pipeline import compress as run_compress
 
     events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
     with _user_errors():
-        result = run_compress(recipe, out, resume=resume, force=force, progress=_RichProgress(quiet), events=events)
-    print_models_table(result.report)
-    console.print(f"report: {result.out / 'report.md'}  {result.out / 'report.json'}  {result.out / 'pareto.png'}", highlight=False)
+        result = run_compress(recipe, out, resume=resume, force=force, progress=_RichProgress(quiet or not is_main()), events=events,
+                              device=device)
+    if is_main():
+        print_models_table(result.report)
+        console.print(f"report: {result.out / 'report.md'}  {result.out / 'report.json'}", highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -157,19 +184,22 @@ OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directo
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out, skipping finished steps.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing run in --out.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="Train on auto, cpu, cuda, cuda:N or mps (overrides the recipe's device).")]
 
 
 @app.command()
-def demo(out: OutOpt = Path("runs/demo"), resume: ResumeOpt = False, force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+def demo(out: OutOpt = Path("runs/demo"), resume: ResumeOpt = False, force: ForceOpt = False, quiet: QuietOpt = False,
+         device: DeviceOpt = None) -> None:
     """Train a digits teacher, distill a small student, prune it (recovered by distillation), quantize it, print the report card."""
     text = resources.files("slimtorch.recipes").joinpath("demo.yaml").read_text()
-    _run(text, out, resume, force, quiet)
+    _run(text, out, resume, force, quiet, device)
 
 
 @app.command()
-def compress(recipe: Path, out: OutOpt = None, resume: ResumeOpt = False, force: ForceOpt = False, quiet: QuietOpt = False) -> None:
+def compress(recipe: Path, out: OutOpt = None, resume: ResumeOpt = False, force: ForceOpt = False, quiet: QuietOpt = False,
+             device: DeviceOpt = None) -> None:
     """Run RECIPE (a YAML file) end to end and write the report card."""
-    _run(recipe, out, resume, force, quiet)
+    _run(recipe, out, resume, force, quiet, device)
 
 
 @app.command()
@@ -178,6 +208,7 @@ def sweep(
     grid: Annotated[list[str], typer.Option("--grid", "-g", help="An axis like distill.temperature=1,2,4 (repeatable).")],
     out: OutOpt = None,
     quiet: QuietOpt = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Run RECIPE once per grid point (resumable) and compare the final models in one report with a Pareto plot."""
     from slimtorch.recipe import load_recipe
@@ -186,7 +217,7 @@ def sweep(
     events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
     with _user_errors():
         out = out or Path("runs") / f"{load_recipe(recipe).name}-sweep"
-        result = run_sweep(recipe, grid, out, progress=_RichProgress(quiet), events=events)
+        result = run_sweep(recipe, grid, out, progress=_RichProgress(quiet), events=events, device=device)
     print_models_table(result)
     console.print(f"sweep report: {out / 'report.md'}  {out / 'pareto.png'}", highlight=False)
 

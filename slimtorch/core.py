@@ -59,6 +59,7 @@ class RunContext:
         task: ``"classification"`` (logits) or ``"embedding"`` (vectors compared by cosine).
         progress: ``progress(description, total)`` is a context manager yielding ``advance(n=1, **fields)``.
         extras: per-run objects stages hand over (e.g. ``"teachers"`` for multi-teacher distillation).
+        device: where training runs (:func:`slimtorch.device.resolve_device`); artifacts are always saved from CPU.
     """
 
     data: DataBundle
@@ -68,6 +69,7 @@ class RunContext:
     task: str = "classification"
     progress: Callable[[str, int], Any] = silent_progress
     extras: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     stage_index: int = 0
 
     def stage_dir(self, name: str) -> Path:

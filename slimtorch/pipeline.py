@@ -14,7 +14,8 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch import artifact
 from slimtorch.core import STAGES, RunContext, StageRecord, seed_everything, silent_progress
 from slimtorch.data import DataBundle, build_data
+from slimtorch.device import device_facts, resolve_device
+from slimtorch.distributed import barrier, init_from_env, is_main, local_only, main_then_all, world_size
 from slimtorch.errors import ArtifactError, OutputDirError, RecipeError
 from slimtorch.io import atomic_write_json, atomic_write_text
 from slimtorch.measure import Measurement, check_model_fits_data, measure, outputs_on
@@ -136,6 +139,11 @@ class _Run:
         self.measurements.append(m)
         return m
 
+    @staticmethod
+    def _cpu(model: nn.Module, ctx: RunContext) -> nn.Module:
+        """Artifacts are saved, and the report measured, from the CPU (device-neutral); a no-op on CPU runs."""
+        return model.to("cpu") if ctx.device.type != "cpu" else model
+
     def retime(self) -> None:
         """Time every model of the run side by side in interleaved rounds (ratios free of machine drift)."""
         pairs = [(m, self._load_saved(m.name)) for m in self.measurements if not m.llm]
@@ -200,20 +208,25 @@ class _Run:
             else:
                 done = None
                 self.state.invalidate_after(name)
-                _claim_work_dir(self.out / "work" / name, fp)
+                if is_main():
+                    _claim_work_dir(self.out / "work" / name, fp)
+                barrier()  # stale checkpoints are gone before any rank looks for one
                 model, row = self._teacher(spec, name, i, ctx)
-            if i == 0:
-                self.baseline_outputs = outputs_on(model, self.data, self.recipe.evaluate)
-            if done is None:
-                m = self._save_and_measure(model, name, "teacher")
-            elif done.get("evaluate") != self.evaluate_fp:
-                m = self._remeasure(done, model)[0]
-            else:
-                m = Measurement.from_json(done["measurement"])
-                self.measurements.append(m)
-            self.state.save(name, {"fingerprint": fp, "measurement": m.to_json(), "seconds": m.seconds, "row": row,
-                                   "evaluate": self.evaluate_fp})
-            teachers.append(model)
+            if is_main():  # one process saves and measures; the others wait at the barrier below
+                self._cpu(model, ctx)
+                if i == 0:
+                    self.baseline_outputs = outputs_on(model, self.data, self.recipe.evaluate)
+                if done is None:
+                    m = self._save_and_measure(model, name, "teacher")
+                elif done.get("evaluate") != self.evaluate_fp:
+                    m = self._remeasure(done, model)[0]
+                else:
+                    m = Measurement.from_json(done["measurement"])
+                    self.measurements.append(m)
+                self.state.save(name, {"fingerprint": fp, "measurement": m.to_json(), "seconds": m.seconds, "row": row,
+                                       "evaluate": self.evaluate_fp})
+            barrier()
+            teachers.append(model.to(ctx.device))
         return teachers
 
     def _teacher(self, spec: ModelSpec, name: str, i: int, ctx: RunContext) -> tuple[nn.Module, dict[str, Any] | None]:
@@ -291,7 +304,9 @@ class _Run:
             if reused is not None and done is not None:
                 self.events(f"stage {i + 1}/{len(self.recipe.stages)} {spec.kind}: reusing finished result")
                 model = reused
-                if done.get("evaluate") != self.evaluate_fp:
+                if not is_main():
+                    pass  # measurements live on rank 0
+                elif done.get("evaluate") != self.evaluate_fp:
                     done["measurements"] = [m.to_json() for m in self._remeasure(done, model)]
                     done["evaluate"] = self.evaluate_fp
                     self.state.save(name, done)
@@ -303,7 +318,9 @@ class _Run:
             self.state.invalidate_after(name)
             self.events(f"stage {i + 1}/{len(self.recipe.stages)} {spec.kind}")
             ctx.stage_index = i + 1
-            _claim_work_dir(ctx.stage_dir(spec.kind), fp)
+            if is_main():
+                _claim_work_dir(ctx.stage_dir(spec.kind), fp)
+            barrier()
             seed_everything(self.recipe.seed + i + 1)
             stage = STAGES.get(spec.kind)(spec.config)
             start = time.perf_counter()
@@ -314,13 +331,16 @@ class _Run:
                 record.status = "stopped at time budget"
                 record.notes.extend(budget.notes)
             self.records.append(record)
-            measured = [self._save_and_measure(model, name, spec.kind)]
-            for extra_name, extra in record.extra_models:
-                measured.append(self._save_and_measure(extra, f"{name}_{extra_name}", spec.kind))
             row = {"model": name, **record.to_json()}
             self.stage_rows.append(row)
-            self.state.save(name, {"fingerprint": fp, "row": row, "measurements": [m.to_json() for m in measured],
-                                   "evaluate": self.evaluate_fp})
+            if is_main():
+                self._cpu(model, ctx)
+                measured = [self._save_and_measure(model, name, spec.kind)]
+                for extra_name, extra in record.extra_models:
+                    measured.append(self._save_and_measure(self._cpu(extra, ctx), f"{name}_{extra_name}", spec.kind))
+                self.state.save(name, {"fingerprint": fp, "row": row, "measurements": [m.to_json() for m in measured],
+                                       "evaluate": self.evaluate_fp})
+            barrier()
             final = name
         return model, final
 
@@ -337,8 +357,11 @@ class _Run:
         else:
             self.events(f"plan: measuring {len(target.sparsities) * len(target.quantize)} candidates for {target.kind}")
             self.state.invalidate_after("plan")
-            chosen = plan(model, ctx, target, threads=self.recipe.evaluate.latency.threads)
-            self.state.save("plan", {"fingerprint": fp, "plan": chosen.to_json()})
+            # Candidates are timed: latencies differ between processes, so rank 0 alone chooses and tells the others.
+            with local_only():
+                chosen = main_then_all(lambda: plan(model, ctx, target, threads=self.recipe.evaluate.latency.threads))
+            if is_main():
+                self.state.save("plan", {"fingerprint": fp, "plan": chosen.to_json()})
         self.events(chosen.message)
         recovery = list(self.recipe.stages)
         if not recovery and self.data.task == "classification" and target.recover_epochs > 0:
@@ -407,8 +430,12 @@ def compress(
     force: bool = False,
     progress: Callable[..., Any] | None = None,
     events: Callable[[str], None] | None = None,
+    device: str | None = None,
 ) -> RunResult:
     """Run a recipe end to end and write the report card to ``out``.
+
+    Under ``torchrun`` every rank calls this: training is data-parallel, rank 0 alone writes ``out``
+    and returns the report (other ranks get an empty one).
 
     Args:
         recipe: a YAML path, YAML text, a dict, or a :class:`Recipe`.
@@ -417,6 +444,7 @@ def compress(
         force: replace an existing run in ``out``.
         progress: ``progress(description, total)`` context manager for progress bars (the CLI's).
         events: called with one-line status messages (the CLI prints them).
+        device: overrides the recipe's ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``).
 
     Example:
         >>> result = slimtorch.compress("examples/digits.yaml", out="runs/digits")  # doctest: +SKIP
@@ -424,27 +452,47 @@ def compress(
     """
     recipe = load_recipe(recipe)
     out = Path(out or Path("runs") / recipe.name)
-    with claim_out_dir(out, resume=resume, force=force):
-        return _compress(recipe, out, resume, progress, events)
+    where = resolve_device(device or recipe.device)
+    init_from_env(where)
+    if world_size() > 1 and recipe.resources.max_stage_seconds is not None:
+        raise RecipeError("resources.max_stage_seconds is not supported under torchrun (ranks would stop at different "
+                          "steps); remove it or run in one process.")
+    with _owned(out, resume=resume, force=force):
+        return _compress(recipe, out, resume, progress, events, where)
+
+
+@contextmanager
+def _owned(out: Path, *, resume: bool, force: bool) -> Iterator[None]:
+    """Rank 0 claims and locks ``out``; the other ranks learn whether it worked (and fail the same way)."""
+    with ExitStack() as stack:
+        main_then_all(lambda: stack.enter_context(claim_out_dir(out, resume=resume, force=force)) and None)
+        yield
 
 
 def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., Any] | None,
-              events: Callable[[str], None] | None) -> RunResult:
+              events: Callable[[str], None] | None, device: torch.device) -> RunResult:
     events = events or (lambda msg: log.info(msg))
-    atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+    if not is_main():
+        events, progress = (lambda msg: None), None  # one process speaks
+    else:
+        atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
     seed_everything(recipe.seed)
     d = recipe.data
     run = _Run(recipe, out, resume, progress or silent_progress, events)
     run.data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size,
                           labeled_fraction=d.labeled_fraction, transfer=d.transfer, num_classes=d.num_classes)
-    ctx = RunContext(data=run.data, seed=recipe.seed, work_dir=out / "work", task=run.data.task, progress=run.progress)
+    ctx = RunContext(data=run.data, seed=recipe.seed, work_dir=out / "work", task=run.data.task, progress=run.progress,
+                     device=device)
     teachers = run.teachers(ctx)
     ctx.teacher, ctx.extras["teachers"] = teachers[0], teachers
     model = run.initial_model(teachers[0])
-    extra: dict[str, Any] = {"data": {"source": d.source, **run.data.info}}
+    extra: dict[str, Any] = {"data": {"source": d.source, **run.data.info},
+                             "training": {**device_facts(device), "processes": world_size()}}
     if recipe.target is not None:
         extra["plan"] = run.plan(model, ctx, recipe.target)
     model, final = run.stages(model, ctx)
+    if not is_main():
+        return RunResult(out=out, report={}, model=model, records=run.records)
     run.retime()
     names = [m.name for m in run.measurements]
     warnings = []

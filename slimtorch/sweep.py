@@ -95,6 +95,7 @@ def sweep(
     resume: bool = True,
     progress: Callable[..., Any] | None = None,
     events: Callable[[str], None] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Run every variant (reusing finished ones) and write ``OUT/report.*`` comparing their final models."""
     if not grid:
@@ -104,7 +105,7 @@ def sweep(
     runs = variants(base, axes)
     out = Path(out)
     with claim_out_dir(out, resume=resume, force=False, kind="sweep"):
-        return _sweep(base, axes, runs, out, resume, progress, events or (lambda msg: None))
+        return _sweep(base, axes, runs, out, resume, progress, events or (lambda msg: None), device)
 
 
 def _retime(base: dict[str, Any], models: list[Any], dirs: list[Path]) -> None:
@@ -125,7 +126,7 @@ def _retime(base: dict[str, Any], models: list[Any], dirs: list[Path]) -> None:
 
 
 def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str, Any], dict[str, Any]]], out: Path, resume: bool,
-           progress: Callable[..., Any] | None, events: Callable[[str], None]) -> dict[str, Any]:
+           progress: Callable[..., Any] | None, events: Callable[[str], None], device: str | None = None) -> dict[str, Any]:
     from slimtorch.measure import Measurement
     from slimtorch.pipeline import compress
     from slimtorch.report import build_report, load_report, write_report
@@ -140,7 +141,7 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
             report = load_report(run_dir / "report.json")
         else:
             events(f"variant {i + 1}/{len(runs)} {slug}")
-            report = compress(variant, run_dir, resume=resume, progress=progress, events=events).report
+            report = compress(variant, run_dir, resume=resume, progress=progress, events=events, device=device).report
         final = next(m for m in report["models"] if m["name"] == report["final"])
         measurement = Measurement.from_json({**final, "name": slug, "stage": "sweep"})
         finals.append(measurement)

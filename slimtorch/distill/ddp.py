@@ -76,7 +76,7 @@ def _worker(rank: int, world_size: int, backend: str, port: int, job: HopJob, ou
     try:
         ctx = RunContext(data=job.data, teacher=job.teachers[0], seed=job.seed, work_dir=job.work_dir, stage_index=job.stage_index)
         hop = train_hop(job.student, job.teachers, job.weights, job.data, job.config, ctx, epochs=job.epochs, pairs=job.pairs,
-                        description=job.description, checkpoint_dir=job.checkpoint_dir, distributed=True)
+                        description=job.description, checkpoint_dir=job.checkpoint_dir)
         if rank == 0:
             state = {k: v.detach().contiguous().clone() for k, v in job.student.state_dict().items()}
             save_file(state, os.path.join(out_dir, "student.safetensors"))

@@ -8,7 +8,6 @@ index once per run; batches carry ``(x, (labels, index))`` for that.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from slimtorch.data.bundle import DataBundle
 from slimtorch.distill.config import DistillConfig, FeatureSpec
 from slimtorch.distill.hooks import FeatureTaps, make_adapter
 from slimtorch.distill.losses import LOSSES, feature_mse, teacher_target
+from slimtorch.distributed import training_world_size
 from slimtorch.errors import DataError, ShapeMismatchError
 from slimtorch.measure.accuracy import accuracy_of, mean_cosine, predict
 from slimtorch.train import FitResult, fit
@@ -196,23 +196,9 @@ class HopResult:
     adapter_params: int
 
 
-class _EpochSampler(torch.utils.data.distributed.DistributedSampler):
-    """A DistributedSampler that moves to the next epoch's shuffle by itself on every pass."""
-
-    def __iter__(self):  # noqa: ANN204
-        it = super().__iter__()
-        self.set_epoch(self.epoch + 1)
-        return it
-
-
-def _loader(dataset: Dataset, data: DataBundle, batch_size: int, shuffle: bool, seed: int, distributed: bool) -> DataLoader:
+def _loader(dataset: Dataset, data: DataBundle, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    """The (index-carrying) loader of one process; under torchrun :func:`~slimtorch.train.fit` shards it."""
     indexed, collate = IndexedDataset(dataset), IndexedCollate(data.collate_fn)
-    if distributed and shuffle:
-        import torch.distributed as dist
-
-        world = dist.get_world_size()
-        sampler = _EpochSampler(indexed, num_replicas=world, rank=dist.get_rank(), shuffle=True, seed=seed)
-        return DataLoader(indexed, batch_size=max(1, math.ceil(batch_size / world)), sampler=sampler, collate_fn=collate)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(indexed, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
 
@@ -240,7 +226,6 @@ def train_hop(
     pairs: Sequence[FeatureSpec] = (),
     description: str = "distill",
     checkpoint_dir: Path | None = None,
-    distributed: bool = False,
 ) -> HopResult:
     """Distill ``teachers`` into ``student`` in place (best val weights kept) and say how it went."""
     check_output_shapes(student, teachers, data)
@@ -250,7 +235,7 @@ def train_hop(
     panel = TeacherPanel(teachers, weights, config, pairs)
     cached = config.cache_teacher and is_deterministic(dataset)
     if cached:
-        panel.build_cache(_loader(dataset, data, 256, False, ctx.seed, False), len(dataset))  # type: ignore[arg-type]
+        panel.build_cache(_loader(dataset, data, 256, False, ctx.seed), len(dataset))  # type: ignore[arg-type]
     loss = LOSSES.get(config.loss)
     keys = list(wrapper.adapters)
 
@@ -265,16 +250,8 @@ def train_hop(
 
     student_eval = make_evaluate(data, teachers, weights)
     model: nn.Module = wrapper
-    world = 1
-    if distributed:
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
-
-        world = dist.get_world_size()
-        model = DistributedDataParallel(wrapper)
-        if checkpoint_dir is not None:
-            checkpoint_dir = checkpoint_dir / f"rank{dist.get_rank()}"
-    loader = _loader(dataset, data, batch_size, True, ctx.seed, distributed)
+    world = training_world_size()  # fit trains with DDP when this process is one of several (torchrun or ddp.world_size)
+    loader = _loader(dataset, data, batch_size, True, ctx.seed)
     try:
         result = fit(model, loss_fn, loader, config.train_config(epochs), ctx, evaluate=lambda m: student_eval(wrapper.student),
                      checkpoint_dir=checkpoint_dir, description=description)

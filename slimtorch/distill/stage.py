@@ -107,7 +107,7 @@ class DistillStage:
             summary = spawn_hop(job, ddp)
         else:
             hop = train_hop(student, teachers, weights, ctx.data, self.config, ctx, epochs=epochs, pairs=pairs,
-                            description=description, checkpoint_dir=checkpoint_dir, distributed=is_distributed())
+                            description=description, checkpoint_dir=checkpoint_dir)
             summary = {"best_metric": hop.fit.best_metric, **hop.fit.summary(), "history": hop.fit.history, "cached": hop.cached,
                        "world_size": hop.world_size, "adapter_params": hop.adapter_params,
                        "resumed_from_epoch": hop.fit.resumed_from_epoch,

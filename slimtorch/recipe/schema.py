@@ -135,12 +135,21 @@ class Recipe(_Strict):
     stages: list[StageSpec] = Field(default_factory=list)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    device: str = Field("auto", description="where training runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     target: TargetConfig | None = Field(None, description="a budget (latency_ms at batch, size_mb or speedup; min_accuracy): the planner chooses pruning and quantization")
 
     @field_validator("name")
     @classmethod
     def _safe_run_name(cls, value: str) -> str:
         return _check_name(value, "the recipe name")  # type: ignore[return-value]
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        v = value.strip().lower()
+        if v not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", v):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {value!r}")
+        return v
 
     @field_validator("teacher")
     @classmethod

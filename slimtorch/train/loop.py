@@ -33,6 +33,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from slimtorch.core import Batch, RunContext, seed_everything
+from slimtorch.device import to_device
+from slimtorch.distributed import is_main, local_only, main_then_all, rank, training_world_size
 from slimtorch.errors import ArtifactError, TrainingError, UnsupportedModuleError
 from slimtorch.io import atomic_dir, atomic_write_bytes, atomic_write_json, recover_dir
 from slimtorch.resources import over_time_budget
@@ -278,12 +280,20 @@ def fit(
         TrainingError: the loss became NaN/inf; the model is restored to the last good epoch.
     """
     seed_everything(ctx.seed)
+    net = model.to(ctx.device)  # the module itself; `model` becomes its DDP wrapper under torchrun
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise UnsupportedModuleError(
             f"{description}: {type(model).__name__} has no trainable parameters, so there is nothing to train. "
             "Remove the training stage (or its epochs), or give a model with parameters."
         )
+    if training_world_size() > 1:
+        # torchrun: every rank trains its shard of each batch; gradients are averaged, weights stay identical
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not isinstance(model, DistributedDataParallel):
+            model = DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            loader = _sharded(loader)
     total_steps = max(1, config.epochs * len(loader))
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -291,19 +301,20 @@ def fit(
     lr = config.lr
     if lr == "auto":
         # On resume the checkpointed schedule restores the rate the range test chose.
-        lr = 1e-3 if resuming else lr_range_test(model, loss_fn, loader, trainable, weight_decay=config.weight_decay).lr
+        # rank 0 alone runs the range test (each rank's shard would pick its own rate) and tells the others
+        lr = 1e-3 if resuming else _on_main_alone(lambda: lr_range_test(net, loss_fn, loader, trainable, weight_decay=config.weight_decay).lr)
         seed_everything(ctx.seed)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
     warmup = min(round(config.warmup_epochs * len(loader)), total_steps // 10)
     scheduler = LRSchedule(optimizer, config.schedule, lr, total_steps=total_steps, warmup_steps=warmup, floor=config.lr_floor)
     result = FitResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0, epochs_ceiling=config.epochs, lr=lr)
-    best_state = _state_bytes(model)
+    best_state = _state_bytes(net)
     start_epoch = 0
     if checkpoint_dir is not None:
         recover_dir(checkpoint_dir / "last")
         recover_dir(checkpoint_dir / "best")
     if resuming:
-        meta = load_checkpoint(checkpoint_dir / "last", model, optimizer, scheduler)
+        meta = load_checkpoint(checkpoint_dir / "last", net, optimizer, scheduler)
         start_epoch = result.resumed_from_epoch = meta["epoch"] + 1
         result.steps, result.history = meta["steps"], meta["history"]
         result.best_metric, result.best_epoch = meta["best_metric"], meta["best_epoch"]
@@ -314,7 +325,7 @@ def fit(
 
             best_state = load_file(str(checkpoint_dir / "best" / "model.safetensors"))
         else:
-            best_state = _state_bytes(model)
+            best_state = _state_bytes(net)
         log.info("resuming %s at epoch %d", description, start_epoch)
         if meta.get("converged_epoch") is not None:  # killed after the last checkpoint of a finished run
             result.stop_reason, result.converged_epoch = "converged", meta["converged_epoch"]
@@ -329,11 +340,11 @@ def fit(
             # such as the optimizer's first import must not leave a stage untrained).
             if result.stopped_by_time_budget or (result.steps > 0 and _out_of_time(result, description, epoch)):
                 break
-            total, count = _train_epoch(model, loss_fn, loader, optimizer, scheduler, ctx, result, epoch, best_state,
+            total, count = _train_epoch(model, net, loss_fn, loader, optimizer, scheduler, ctx, result, epoch, best_state,
                                         after_step, advance, config.max_steps, description)
             total, count = _sum_over_ranks(total, count)  # every DDP rank must take the same stopping decision
-            model.eval()
-            metric = evaluate(model) if evaluate is not None else -total / max(count, 1)
+            net.eval()
+            metric = evaluate(net) if evaluate is not None else -total / max(count, 1)
             scheduler.end_epoch(metric)
             result.history.append({"epoch": epoch, "loss": total / max(count, 1), "val": metric, "lr": scheduler.lr})
             result.epochs_run = epoch + 1
@@ -342,15 +353,15 @@ def fit(
             improved = metric >= result.best_metric
             if improved:
                 result.best_metric, result.best_epoch = metric, epoch
-                best_state = _state_bytes(model)
+                best_state = _state_bytes(net)
             if config.patience:
                 result.converged_epoch = converged_at(result.history, config.patience, config.min_loss_improvement)
-            if checkpoint_dir is not None:
+            if checkpoint_dir is not None and is_main():  # one writer; every rank resumes from it
                 meta = {"epoch": epoch, "steps": result.steps, "history": result.history, "best_metric": result.best_metric,
                         "best_epoch": result.best_epoch, "converged_epoch": result.converged_epoch}
                 if improved:
-                    save_checkpoint(checkpoint_dir / "best", model, optimizer, scheduler, meta)
-                save_checkpoint(checkpoint_dir / "last", model, optimizer, scheduler, meta)
+                    save_checkpoint(checkpoint_dir / "best", net, optimizer, scheduler, meta)
+                save_checkpoint(checkpoint_dir / "last", net, optimizer, scheduler, meta)
             if result.converged_epoch is not None:
                 result.stop_reason = "converged"
                 log.info("%s: converged at epoch %d (stopped at %d, best val at %d)", description, result.converged_epoch,
@@ -360,12 +371,45 @@ def fit(
         result.stop_reason = "time_budget"
     elif config.max_steps and result.steps >= config.max_steps and not result.converged:
         result.stop_reason = "max_steps"
-    model.load_state_dict(best_state)
-    model.eval()
+    net.load_state_dict(best_state)
+    net.eval()
     return result
 
 
-def _train_epoch(model: nn.Module, loss_fn: LossFn, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRSchedule,
+class _ShareOfEachBatch(torch.utils.data.Sampler):
+    """This rank's share of each batch one process would take: the same shuffle, the same batches.
+
+    Averaging the ranks' gradients then gives (up to rounding) the single-process step, so a torchrun
+    run trains like a one-process run instead of on a different sample order.
+    """
+
+    def __init__(self, sampler: Any, batch_size: int, world: int, rank: int) -> None:
+        self.sampler, self.batch_size, self.world, self.rank = sampler, batch_size, world, rank
+
+    def __iter__(self) -> Any:
+        order = list(self.sampler)  # draws from the loader's generator, reseeded per epoch like one process
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            yield batch[self.rank::self.world] or batch[:1]  # a last batch smaller than the world: repeat one example
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+
+def _sharded(loader: DataLoader) -> DataLoader:
+    """``loader`` split across the training ranks: each takes its share of every batch (see :class:`_ShareOfEachBatch`)."""
+    shares = _ShareOfEachBatch(loader.sampler, loader.batch_size or 1, training_world_size(), rank())
+    return DataLoader(loader.dataset, batch_sampler=shares, collate_fn=loader.collate_fn, generator=loader.generator)
+
+
+def _on_main_alone(fn: Callable[[], float]) -> float:
+    if training_world_size() == 1:
+        return fn()
+    with local_only():
+        return main_then_all(fn)
+
+
+def _train_epoch(model: nn.Module, net: nn.Module, loss_fn: LossFn, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRSchedule,
                  ctx: RunContext, result: FitResult, epoch: int, best_state: dict[str, Tensor],
                  after_step: Callable[[nn.Module], None] | None, advance: Callable[..., None], max_steps: int | None,
                  description: str) -> tuple[float, int]:
@@ -377,10 +421,11 @@ def _train_epoch(model: nn.Module, loss_fn: LossFn, loader: DataLoader, optimize
     model.train()
     total, count = 0.0, 0
     for x, y in loader:
+        x, y = to_device(x, ctx.device), to_device(y, ctx.device)
         loss = loss_fn(model, x, y)
         value = loss.item()  # one host sync per step, used for the check and the running mean
         if not math.isfinite(value):
-            model.load_state_dict(best_state)
+            net.load_state_dict(best_state)
             raise TrainingError(
                 f"{description}: loss became {value} at epoch {epoch}, step {result.steps}; the model was "
                 "restored to its last good weights. Lower the learning rate or check the inputs for NaN/inf."
@@ -390,7 +435,7 @@ def _train_epoch(model: nn.Module, loss_fn: LossFn, loader: DataLoader, optimize
         optimizer.step()
         scheduler.step()
         if after_step is not None:
-            after_step(model)
+            after_step(net)
         result.steps += 1
         total, count = total + value, count + 1
         advance(1, loss=total / count)
@@ -403,7 +448,7 @@ def _train_epoch(model: nn.Module, loss_fn: LossFn, loader: DataLoader, optimize
 
 def _sum_over_ranks(total: float, count: int) -> tuple[float, int]:
     """(total, count) summed over torch.distributed ranks; unchanged in a single process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if training_world_size() == 1:
         return total, count
     t = torch.tensor([total, float(count)], dtype=torch.float64)
     torch.distributed.all_reduce(t)
