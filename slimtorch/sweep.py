@@ -98,6 +98,10 @@ def sweep(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Run every variant (reusing finished ones) and write ``OUT/report.*`` comparing their final models."""
+    from slimtorch.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise RecipeError("slimtorch sweep runs in one process; under torchrun, run each variant with `slimtorch compress` instead.")
     if not grid:
         raise RecipeError("a sweep needs at least one --grid axis, e.g. --grid prune.sparsity=0.3,0.5,0.7.")
     base = load_recipe(recipe).to_dict()
