@@ -19,7 +19,7 @@ _EXPORTS = {
     "compress": "slimtorch.pipeline", "RunResult": "slimtorch.pipeline",
     "load": "slimtorch.artifact", "save": "slimtorch.artifact",
     "load_recipe": "slimtorch.recipe", "Recipe": "slimtorch.recipe",
-    "sweep": "slimtorch.sweep",
+    "sweep": "slimtorch.sweep", "Report": "slimtorch.report.card",
     "measure_model": "slimtorch.measure", "Measurement": "slimtorch.measure", "EvaluateConfig": "slimtorch.measure",
     "build_model": "slimtorch.models", "build_data": "slimtorch.data",
     "STAGES": "slimtorch.core", "RunContext": "slimtorch.core", "StageRecord": "slimtorch.core",

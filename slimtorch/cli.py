@@ -104,10 +104,11 @@ class _RichProgress:
             yield advance
 
 
-def print_models_table(report: dict[str, Any]) -> None:
-    """The report card as a rich table: one row per model, metrics and measured latency."""
+def print_models_table(card: Any) -> None:
+    """The report card (a :class:`~slimtorch.report.card.Report`) as a rich table: one row per model."""
     from slimtorch.report.table import fmt_bytes, fmt_count, metric_of
 
+    report = card.to_json()  # the table and report.md render the same JSON, so they print the same figures
     table = Table(title=f"slimtorch report: {report['recipe'].get('name', '')}", show_lines=False)
     batches = sorted({b for m in report["models"] for b in m["latency_ms"]}, key=int)
     for col in ["model", "stage", "params", "nonzero", "size", "MACs", "runtime", *[f"p50 ms b{b}" for b in batches], "metric", "agree"]:
@@ -255,6 +256,7 @@ def measure(
     from slimtorch.models import build_model
     from slimtorch.outdir import claim_out_dir
     from slimtorch.report import build_report, write_report
+    from slimtorch.report.card import Report
 
     with _user_errors():
         kwargs, source_args = _json_option("--args", args), _json_option("--data-args", data_args)
@@ -278,7 +280,7 @@ def measure(
             report = build_report(recipe={"name": f"measure {model_ref}"}, baseline=m.name, final=m.name, models=[m], stages=[])
             if out is not None:
                 write_report(out, report)
-        print_models_table(report)
+        print_models_table(Report.from_json(report))
         if m.decode_tokens_per_s:
             tps = ", ".join(f"b{b} {v:.1f}" for b, v in m.decode_tokens_per_s.items())
             console.print(f"perplexity {m.metrics['perplexity']:.3f}, decode tokens/s {tps}", highlight=False)
@@ -297,11 +299,12 @@ def _json_option(flag: str, text: str) -> Any:
 def report(run_dir: Path) -> None:
     """Re-render report.md, pareto.png and report.html from RUN_DIR/report.json."""
     from slimtorch.report import load_report, write_report
+    from slimtorch.report.card import Report
 
     with _user_errors():
         data = load_report(run_dir / "report.json")
         write_report(run_dir, data)
-        print_models_table(data)
+        print_models_table(Report.from_json(data))
     console.print(f"rewrote {run_dir / 'report.md'}", highlight=False)
 
 

@@ -41,6 +41,7 @@ from slimtorch.outdir import claim_out_dir
 from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import ModelSpec, StageSpec
 from slimtorch.report import build_report, write_report
+from slimtorch.report.card import Report
 from slimtorch.resources import check_model_fits, time_budget
 from slimtorch.train import convergence_note, cross_entropy, fit
 from slimtorch.units import MB
@@ -55,10 +56,13 @@ TRAINING_STAGES = frozenset({"distill", "finetune", "lora", "prune"})
 
 @dataclass
 class RunResult:
-    """What :func:`compress` returns: where it wrote, the report dict, the final model, the records."""
+    """What :func:`compress` returns: where it wrote, the typed report card, the final model, the records.
+
+    ``report`` is None on torchrun ranks other than 0 (rank 0 alone measures and writes).
+    """
 
     out: Path
-    report: dict[str, Any]
+    report: Report | None
     model: nn.Module
     records: list[StageRecord] = field(default_factory=list)
 
@@ -448,7 +452,7 @@ def compress(
 
     Example:
         >>> result = slimtorch.compress("examples/digits.yaml", out="runs/digits")  # doctest: +SKIP
-        >>> result.report["models"][-1]["metrics"]["accuracy"]  # doctest: +SKIP
+        >>> result.report.final_model.metrics["accuracy"]  # doctest: +SKIP
     """
     recipe = load_recipe(recipe)
     out = Path(out or Path("runs") / recipe.name)
@@ -492,7 +496,7 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
         extra["plan"] = run.plan(model, ctx, recipe.target)
     model, final = run.stages(model, ctx)
     if not is_main():
-        return RunResult(out=out, report={}, model=model, records=run.records)
+        return RunResult(out=out, report=None, model=model, records=run.records)
     run.retime()
     names = [m.name for m in run.measurements]
     warnings = []
@@ -503,4 +507,4 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
         warnings=warnings, extra=extra,
     )
     write_report(out, report)
-    return RunResult(out=out, report=report, model=model, records=run.records)
+    return RunResult(out=out, report=Report.from_json(report), model=model, records=run.records)

@@ -21,6 +21,7 @@ import slimtorch.stages  # noqa: F401  (registers every stage before recipes are
 from slimtorch.errors import RecipeError
 from slimtorch.outdir import claim_out_dir
 from slimtorch.recipe import load_recipe
+from slimtorch.report.card import Report
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def sweep(
     progress: Callable[..., Any] | None = None,
     events: Callable[[str], None] | None = None,
     device: str | None = None,
-) -> dict[str, Any]:
+) -> Report:
     """Run every variant (reusing finished ones) and write ``OUT/report.*`` comparing their final models."""
     from slimtorch.distributed import launched_by_torchrun
 
@@ -130,7 +131,7 @@ def _retime(base: dict[str, Any], models: list[Any], dirs: list[Path]) -> None:
 
 
 def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str, Any], dict[str, Any]]], out: Path, resume: bool,
-           progress: Callable[..., Any] | None, events: Callable[[str], None], device: str | None = None) -> dict[str, Any]:
+           progress: Callable[..., Any] | None, events: Callable[[str], None], device: str | None = None) -> Report:
     from slimtorch.measure import Measurement
     from slimtorch.pipeline import compress
     from slimtorch.report import build_report, load_report, write_report
@@ -161,4 +162,4 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
     report = build_report(recipe=base, baseline=teacher["name"], final=best.name, models=models, stages=rows,
                           extra={"sweep": {"grid": {a.path: list(a.values) for a in axes}, "variants": [r["name"] for r in rows]}})
     write_report(out, report)
-    return report
+    return Report.from_json(report)

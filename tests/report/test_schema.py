@@ -107,3 +107,26 @@ def test_any_measurements_round_trip_through_json(accs, sizes, tmp_path_factory,
     out = tmp_path_factory.mktemp("r")
     (out / "report.json").write_text(json.dumps(report))
     assert load_report(out)["models"] == [m.to_json() for m in models]
+
+
+def test_typed_report_round_trips_report_json_and_reads_like_it(tmp_path):
+    """The typed card is report.json at the disk boundary: same fields, same values, dict-style reads still work."""
+    import json
+
+    from slimtorch.report import build_report, write_report
+    from slimtorch.report.card import Report
+
+    models = [Measurement(name="teacher", stage="teacher", params=100, nonzero_params=100, size_bytes=400, compressed_bytes=380,
+                          macs=100, runtime="torch", threads=1, latency_ms={"1": {"p50": 1.0, "p90": 1.2}},
+                          metrics={"accuracy": 0.9}, agreement=1.0, robustness={}),
+              Measurement(name="small", stage="prune", params=50, nonzero_params=25, size_bytes=200, compressed_bytes=100,
+                          macs=50, runtime="torch", threads=1, latency_ms={"1": {"p50": 0.5, "p90": 0.6}},
+                          metrics={"accuracy": 0.88}, agreement=0.97, robustness={})]
+    raw = build_report(recipe={"name": "r"}, baseline="teacher", final="small", models=models, stages=[{"name": "prune"}],
+                       extra={"data": {"source": "digits"}})
+    write_report(tmp_path, raw)
+    card = Report.from_json(json.loads((tmp_path / "report.json").read_text()))
+    assert card.to_json() == json.loads((tmp_path / "report.json").read_text())
+    assert card.final_model.nonzero_params == 25 and card.baseline_model.name == "teacher"
+    assert card.headline == ("accuracy", 0.9, 0.88)
+    assert card["data"] == {"source": "digits"} and card["models"][1]["name"] == "small"

@@ -1,0 +1,107 @@
+"""The report card as a typed object: what :func:`slimtorch.compress` and :func:`slimtorch.sweep` return.
+
+``report.json`` (the versioned contract outside tools read) is its :meth:`Report.to_json`; reading one
+back goes through :meth:`Report.from_json`, which validates it first. Dict-style reads
+(``report["models"]``) still work and give the JSON form.
+
+Example:
+    >>> report = slimtorch.compress("examples/digits.yaml").report  # doctest: +SKIP
+    >>> report.final_model.metrics["accuracy"], report.final_model.size_bytes  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimtorch.errors import ArtifactError
+from slimtorch.measure.measurement import Measurement, primary_metric
+from slimtorch.report.schema import validate_report
+
+STANDARD_KEYS = ("schema_version", "slimtorch_version", "created", "recipe", "baseline", "final", "models", "stages",
+                 "warnings", "hardware_warnings")
+
+
+@dataclass
+class Report:
+    """One run's report card.
+
+    Attributes:
+        baseline, final: names of the reference model and of the run's output (both in ``models``).
+        models: one :class:`Measurement` per model, in run order.
+        stages: one row per step (``name``, ``seconds``, ``status``, ``notes``, ``details``...).
+        warnings, hardware_warnings: run-level warnings, and where hardware does not deliver what counts promise.
+        extra: the other top-level sections (``data``, ``training``, ``plan``, ``sweep``).
+    """
+
+    recipe: dict[str, Any]
+    baseline: str
+    final: str
+    models: list[Measurement]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    hardware_warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = 1
+    slimtorch_version: str = "?"
+    created: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "report") -> Report:
+        """Validate a report.json object and type it.
+
+        Raises:
+            ArtifactError: it is not a report card this version can read.
+        """
+        validate_report(data, where)
+        return cls(
+            recipe=data["recipe"], baseline=data["baseline"], final=data["final"],
+            models=[Measurement.from_json(m) for m in data["models"]], stages=list(data["stages"]),
+            warnings=list(data.get("warnings", [])), hardware_warnings=list(data.get("hardware_warnings", [])),
+            extra={k: v for k, v in data.items() if k not in STANDARD_KEYS},
+            schema_version=data["schema_version"], slimtorch_version=str(data.get("slimtorch_version", "?")),
+            created=str(data.get("created", "")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The report.json object (every field name of the published contract)."""
+        out: dict[str, Any] = {
+            "schema_version": self.schema_version, "slimtorch_version": self.slimtorch_version, "created": self.created,
+            "recipe": copy.deepcopy(self.recipe), "baseline": self.baseline, "final": self.final,
+            "models": [m.to_json() for m in self.models], "stages": copy.deepcopy(self.stages),
+            "warnings": list(self.warnings), "hardware_warnings": list(self.hardware_warnings),
+        }
+        out.update(copy.deepcopy(self.extra))
+        return out
+
+    def model(self, name: str) -> Measurement:
+        """The measurement of the model called ``name``."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ArtifactError(f"the report has no model {name!r}; it has {[m.name for m in self.models]}.")
+
+    @property
+    def baseline_model(self) -> Measurement:
+        return self.model(self.baseline)
+
+    @property
+    def final_model(self) -> Measurement:
+        return self.model(self.final)
+
+    @property
+    def headline(self) -> tuple[str, float | None, float | None]:
+        """``(metric name, baseline value, final value)`` of the one headline metric (:func:`primary_metric`)."""
+        name, base = primary_metric(self.baseline_model.metrics)
+        return name, base, primary_metric(self.final_model.metrics)[1]
+
+    # Dict-style reads give the JSON form, so code written against report.json keeps working.
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_json().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_json()
