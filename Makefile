@@ -33,7 +33,7 @@ test: $(VENV)/.installed-dev
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# examples/smollm2.yaml on the real SmolLM2-135M (~2 min; the first run also converts its GGUF file once
+# examples/smollm2.yaml on the real SmolLM2-135M (~3 CPU-minutes; the first run also converts its GGUF file once
 # into ~/.cache/slimtorch, ~30 s). `make test` runs one quick real-SmolLM2 test, not this.
 test-llm: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m llm

@@ -42,11 +42,13 @@ PROMPTS = ("The capital of France is", "Once upon a time, a little robot", "To m
 
 
 def causal_lm_of(model: nn.Module) -> HFModel | None:
-    """The Hugging Face causal LM inside ``model`` (itself, or the inner model of a bf16 wrapper), else None."""
+    """The Hugging Face causal LM with a tokenizer inside ``model`` (itself, or the inner model of a bf16
+    wrapper), else None. A causal LM without a tokenizer (a random-init config) is measured like any other
+    model: cosine of its logits to the baseline's."""
     from slimtorch.models.hf import HFModel
 
     inner = getattr(model, "inner", model)
-    if isinstance(inner, HFModel) and inner.kind == "causal_lm":
+    if isinstance(inner, HFModel) and inner.kind == "causal_lm" and inner.tokenizer is not None:
         return inner
     return None
 
@@ -211,7 +213,7 @@ def _repeat_to(ids: Tensor, n: int) -> Tensor:
 def _require_lm(model: nn.Module) -> HFModel:
     lm = causal_lm_of(model)
     if lm is None:
-        raise DataError(f"{type(model).__name__} is not a Hugging Face causal LM; LLM metrics need one (kind: causal_lm).")
+        raise DataError(f"{type(model).__name__} is not a Hugging Face causal LM with a tokenizer; LLM metrics need one (kind: causal_lm, loaded from a directory or GGUF file).")
     return lm
 
 
