@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -89,7 +90,7 @@ def test_t_squared_keeps_gradient_magnitude() -> None:
         kd_loss(z_s, F.softmax(z_t / t, -1), torch.tensor([UNLABELED]), cfg).sum().backward()
         torch.testing.assert_close(z_s.grad, limit, rtol=0.1, atol=5e-3)
         norms_unscaled.append(z_s.grad.norm().item() / t**2)
-    ratios = [a / b for a, b in zip(norms_unscaled, norms_unscaled[1:])]
+    ratios = [a / b for a, b in itertools.pairwise(norms_unscaled)]
     assert all(r == pytest.approx(4.0, rel=0.1) for r in ratios)  # halving 1/T² ⇒ ×4 each doubling of T
 
 
