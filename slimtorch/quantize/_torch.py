@@ -1,7 +1,7 @@
-"""Torch-side quantization: torch.ao dynamic int8, weight-only int8/int4 on torch's CPU kernels, bf16.
+"""Torch-side quantization: dynamic int8, weight-only int8/int4 on torch's CPU kernels, bf16.
 
-- ``dynamic_int8``: ``torch.ao.quantization.quantize_dynamic`` swaps ``nn.Linear`` for
-  ``torch.ao.nn.quantized.dynamic.Linear`` (int8 weights, activations quantized per batch).
+- ``dynamic_int8``: :class:`DynamicInt8Linear` (int8 weights, activations quantized per call, int32
+  products on ``aten._int_mm``), the numerics of the deprecated ``torch.ao`` dynamic Linear it replaces.
 - ``int8_weight_only`` / ``int4_weight_only``: :class:`WeightOnlyLinear` keeps int8 (per output
   channel) or grouped asymmetric int4 weights and multiplies with torch's packed CPU kernels
   ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` (the kernels torchao uses on CPU),
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import fnmatch
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -53,24 +52,105 @@ def set_submodule(model: nn.Module, fqn: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-# --- torch.ao dynamic int8 ---------------------------------------------------------------------
+# --- dynamic int8 ----------------------------------------------------------------------------------
+
+QINT8_EPS = torch.finfo(torch.float32).eps
+
+
+def int8_weight_grid(weight: Tensor, per_channel: bool = True) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 codes (N, K) and scales (N,) of ``weight`` (N, K), as torch.ao's weight observers compute them.
+
+    ``s = max(|min|, |max|) / 127.5`` per output channel (or over the tensor), codes ``round(w / s)``
+    clamped to [-128, 127] (the per-channel/min-max symmetric observers of ``per_channel_dynamic_qconfig``
+    and ``default_dynamic_qconfig``).
+    """
+    w = weight.detach().float()
+    absmax = w.abs().amax(1) if per_channel else w.abs().amax().expand(w.shape[0])  # (N,)
+    scale = torch.clamp(absmax / 127.5, min=QINT8_EPS)
+    codes = torch.clamp(torch.round(w * (1.0 / scale)[:, None]), -128, 127).to(torch.int8)
+    return codes, scale
+
+
+def activation_qparams(x: Tensor) -> tuple[float, int]:
+    """Per-call asymmetric 7-bit grid of ``x`` (``reduce_range``, [0, 127]), fbgemm's ``ChooseQuantizationParams``."""
+    lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    scale = float(torch.tensor((hi - lo) / 127.0, dtype=torch.float32))
+    if scale == 0.0:
+        scale = 0.1
+    from_min, from_max = -lo / scale, 127 - hi / scale
+    zero = from_min if abs(lo / scale) < 127 + abs(hi / scale) else from_max
+    return scale, int(min(127, max(0, round(zero))))
+
+
+class DynamicInt8Linear(nn.Module):
+    """``y = s_x · s_w · (q_x @ q_W.T) + b``: int8 weights, activations quantized on every call, int32 accumulation.
+
+    The numerics of ``torch.ao.nn.quantized.dynamic.Linear`` on fbgemm (which it replaces): weights
+    symmetric int8 per output channel (or per tensor); activations asymmetric 7-bit per call
+    (``reduce_range``) over the whole input; the product on ``aten._int_mm`` (int8 × int8 → int32).
+    ``q_x − z_x`` lies in [-127, 127], so it is an exact int8 operand.
+
+    Buffers: ``qweight`` (N, K) int8, ``scale`` (N,) float32, ``bias`` (N,) or None.
+    """
+
+    def __init__(self, in_features: int, out_features: int, has_bias: bool = True, per_channel: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.per_channel = in_features, out_features, per_channel
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if has_bias else None)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, per_channel: bool = True) -> DynamicInt8Linear:
+        out = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel)
+        codes, scale = int8_weight_grid(linear.weight, per_channel)
+        out.qweight.copy_(codes)
+        out.scale.copy_(scale)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias.detach().float())
+        return out
+
+    def dequantized_weight(self) -> Tensor:
+        """The float weight (N, K) the layer computes with."""
+        return self.qweight.float() * self.scale[:, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).float()  # (M, K)
+        scale, zero = activation_qparams(x2)
+        inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
+        q = (torch.clamp(torch.round(x2 * inv) + zero, 0, 127) - zero).to(torch.int8)  # (M, K) in [-127, 127]
+        acc = torch._int_mm(q, self.qweight.t())  # (M, N) int32
+        y = acc.float() * (scale * self.scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)  # (..., N)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, per_channel={self.per_channel}"
 
 
 def dynamic_int8_(model: nn.Module, fqns: list[str], per_channel: bool = True) -> nn.Module:
-    """Swap the Linear layers named in ``fqns`` for torch.ao dynamic int8 Linear, in place."""
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
-
-    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # quantize_dynamic is deprecated in favour of torchao, still maintained
-        quantize_dynamic(model, {fqn: qconfig for fqn in fqns}, dtype=torch.qint8, inplace=True)
+    """Replace the Linear layers named in ``fqns`` by :class:`DynamicInt8Linear`, in place."""
+    for fqn in fqns:
+        set_submodule(model, fqn, DynamicInt8Linear.from_linear(model.get_submodule(fqn), per_channel))
     return model
 
 
-def empty_dynamic_linear(in_features: int, out_features: int, has_bias: bool) -> nn.Module:
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+def _int_mm_flop(a_shape: Sequence[int], b_shape: Sequence[int], *args: object, out_shape: object = None, **kwargs: object) -> int:
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]  # FLOPs of (M, K) @ (K, N); MACs = FLOPs / 2
 
-    return DynamicLinear(in_features, out_features, bias_=has_bias, dtype=torch.qint8)
+
+def _register_int_mm_flops() -> None:
+    """Let torch's FlopCounterMode (the MAC counter) see ``aten._int_mm``, which it has no formula for."""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    if torch.ops.aten._int_mm.default not in flop_registry and torch.ops.aten._int_mm not in flop_registry:
+        register_flop_formula(torch.ops.aten._int_mm)(_int_mm_flop)
+
+
+_register_int_mm_flops()
 
 
 # --- weight-only int8 / int4 ---------------------------------------------------------------------

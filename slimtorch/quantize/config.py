@@ -17,7 +17,7 @@ RUNTIME_MODES: dict[str, dict[str, str]] = {
         "fp16": "onnxruntime {version} fp16 (keep_io_types)",
     },
     "torch": {
-        "dynamic_int8": "torch.ao dynamic int8 (quantize_dynamic)",
+        "dynamic_int8": "torch dynamic int8 (aten._int_mm, torch.ao numerics)",
         "int8_weight_only": "torch aten._weight_int8pack_mm weight-only int8",
         "int4_weight_only": "torch aten._weight_int4pack_mm_for_cpu weight-only int4",
         "bf16": "torch bfloat16",

@@ -25,25 +25,15 @@ from slimtorch.quantize import _torch
 QUANT_FILE = "quantization.json"
 
 
-def _dynamic_linear_type() -> type:
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
-    return DynamicLinear
-
-
-def _dynamic_tensors(module: nn.Module) -> dict[str, Tensor]:
-    qweight = module.weight()
-    out = {"int_weight": qweight.int_repr()}  # stored as <fqn>.dynamic.<key>
-    if qweight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        out["scales"] = qweight.q_per_channel_scales().double()
-        out["zero_points"] = qweight.q_per_channel_zero_points().long()
-        out["axis"] = torch.tensor(qweight.q_per_channel_axis())
+def _dynamic_tensors(module: _torch.DynamicInt8Linear) -> dict[str, Tensor]:
+    """A dynamic int8 Linear's tensors, stored as ``<fqn>.dynamic.<key>`` (the layout torch.ao-era artifacts use too)."""
+    out = {"int_weight": module.qweight, "zero_points": torch.zeros(module.out_features, dtype=torch.long)}
+    if module.per_channel:
+        out.update(scales=module.scale.double(), axis=torch.tensor(0))
     else:
-        out["scales"] = torch.tensor(qweight.q_scale(), dtype=torch.float64)
-        out["zero_points"] = torch.tensor(qweight.q_zero_point())
-    bias = module.bias()
-    if bias is not None:
-        out["bias"] = bias.detach()
+        out.update(scales=module.scale[0].double(), zero_points=torch.tensor(0))
+    if module.bias is not None:
+        out["bias"] = module.bias
     return out
 
 
@@ -51,18 +41,17 @@ def _save(model: nn.Module, directory: Path) -> None:
     config = getattr(model, "slimtorch_quantization", {})
     modules: dict[str, dict[str, Any]] = {}
     state: dict[str, Tensor] = {}
-    dynamic = _dynamic_linear_type()
     root = model.inner if isinstance(model, _torch.BFloat16Module) else model
     for fqn, module in root.named_modules():
-        if isinstance(module, dynamic):
+        if isinstance(module, _torch.DynamicInt8Linear):
             modules[fqn] = {"kind": "dynamic_int8", "in": module.in_features, "out": module.out_features,
-                            "bias": module.bias() is not None}
+                            "bias": module.bias is not None}
             state.update({f"{fqn}.dynamic.{k}": v for k, v in _dynamic_tensors(module).items()})
         elif isinstance(module, _torch.WeightOnlyLinear):
             modules[fqn] = {"kind": "weight_only", "in": module.in_features, "out": module.out_features,
                             "bias": module.bias is not None, "bits": module.bits, "group_size": module.group_size}
     for key, value in root.state_dict().items():
-        if isinstance(value, Tensor) and "_packed_params" not in key:
+        if isinstance(value, Tensor) and not any(key.startswith(f + ".") for f, e in modules.items() if e["kind"] == "dynamic_int8"):
             state[key] = value
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(directory / "model.safetensors"))
     atomic_write_json(directory / QUANT_FILE, {"config": config, "modules": modules,
@@ -92,9 +81,7 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
         raise ArtifactError(f"{directory}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]}).")
     for fqn in dynamic:
         entry = info["modules"][fqn]
-        new = _torch.empty_dynamic_linear(entry["in"], entry["out"], entry["bias"])
-        new.set_weight_bias(_make_qweight(state, fqn), state.get(f"{fqn}.dynamic.bias"))
-        _torch.set_submodule(model, fqn, new)
+        _torch.set_submodule(model, fqn, _dynamic_linear(state, fqn, entry))
     if info.get("wrapper") == "bf16":
         model = _torch.BFloat16Module(model)
     model.slimtorch_format = "torch_quantized"
@@ -102,12 +89,19 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _make_qweight(state: dict[str, Tensor], fqn: str) -> Tensor:
+def _dynamic_linear(state: dict[str, Tensor], fqn: str, entry: dict[str, Any]) -> _torch.DynamicInt8Linear:
+    """Rebuild a dynamic int8 Linear from its stored codes and scales (symmetric: zero points are 0)."""
     key = f"{fqn}.dynamic."
     ints, scales, zeros = state[key + "int_weight"], state[key + "scales"], state[key + "zero_points"]
-    if key + "axis" in state:
-        return torch._make_per_channel_quantized_tensor(ints, scales, zeros, int(state[key + "axis"]))
-    return torch._make_per_tensor_quantized_tensor(ints, float(scales), int(zeros))
+    if bool((zeros != 0).any()):
+        raise ArtifactError(f"{fqn}: dynamic int8 weights with non-zero zero points are not supported; re-run the quantize stage.")
+    module = _torch.DynamicInt8Linear(entry["in"], entry["out"], entry["bias"], per_channel=key + "axis" in state)
+    with torch.no_grad():
+        module.qweight.copy_(ints.to(torch.int8))
+        module.scale.copy_(scales.float().expand(entry["out"]))
+        if entry["bias"]:
+            module.bias.copy_(state[key + "bias"].float())
+    return module
 
 
 if "torch_quantized" not in FORMATS:
