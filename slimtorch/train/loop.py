@@ -287,6 +287,7 @@ def fit(
             f"{description}: {type(model).__name__} has no trainable parameters, so there is nothing to train. "
             "Remove the training stage (or its epochs), or give a model with parameters."
         )
+    whole_batches = loader  # the range test sees the batches one process would (rank 0 runs it alone)
     if training_world_size() > 1:
         # torchrun: every rank trains its shard of each batch; gradients are averaged, weights stay identical
         from torch.nn.parallel import DistributedDataParallel
@@ -302,7 +303,8 @@ def fit(
     if lr == "auto":
         # On resume the checkpointed schedule restores the rate the range test chose.
         # rank 0 alone runs the range test (each rank's shard would pick its own rate) and tells the others
-        lr = 1e-3 if resuming else _on_main_alone(lambda: lr_range_test(net, loss_fn, loader, trainable, weight_decay=config.weight_decay).lr)
+        lr = 1e-3 if resuming else _on_main_alone(
+            lambda: lr_range_test(net, loss_fn, whole_batches, trainable, weight_decay=config.weight_decay).lr)
         seed_everything(ctx.seed)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
     warmup = min(round(config.warmup_epochs * len(loader)), total_steps // 10)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from slimtorch.core import Batch
+from slimtorch.distributed import training_world_size
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,10 @@ def lr_range_test(model: nn.Module, loss_fn: LossFn, loader: DataLoader, params:
                     group["lr"] = lr
                 loss = loss_fn(model, x, y)
                 value = loss.item()
-                if torch.distributed.is_available() and torch.distributed.is_initialized():
-                    t = torch.tensor([value], dtype=torch.float64)  # the same decisions on every DDP rank
+                if training_world_size() > 1:  # every DDP rank runs the test: the same decisions on each
+                    t = torch.tensor([value], dtype=torch.float64)
                     torch.distributed.all_reduce(t)
-                    value = float(t[0]) / torch.distributed.get_world_size()
+                    value = float(t[0]) / training_world_size()
                 if not math.isfinite(value):
                     step = steps
                     break
