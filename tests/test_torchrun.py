@@ -18,13 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
-# Teacher training, structured pruning recovered by distillation, finetune and LoRA: every trainer.
+# Teacher training, distillation (lr: auto: rank 0's range test), structured pruning recovered by
+# distillation, finetune and LoRA: every trainer.
 RECIPE = """\
 name: ddp
 seed: 0
 data: {source: digits, batch_size: 64}
 teacher: {model: mlp, args: {hidden: [128]}, train: {epochs: EPOCHS}}
+student: {model: mlp, args: {hidden: [64]}}
 stages:
+  - distill: {temperature: 2.0, alpha: 0.5, epochs: 2}
   - prune: {sparsity: 0.5, granularity: neuron, recover: distill, finetune_epochs: 2}
   - finetune: {epochs: 2}
   - lora: {epochs: 1, rank: 4, compare_full_finetune: false}
@@ -55,7 +58,7 @@ def test_two_processes_train_like_one_and_rank_0_alone_writes(tmp_path):
     assert proc.stdout.count("slimtorch report: ddp") == 1  # one rank prints the card
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["training"]["processes"] == 2
-    assert [s["name"] for s in report["stages"]] == ["train_teacher", "prune", "finetune", "lora"]
+    assert [s["name"] for s in report["stages"]] == ["train_teacher", "distill", "prune", "finetune", "lora"]
     # each rank takes its share of the batches one process would take: the same training, up to rounding
     assert abs(_final_accuracy(tmp_path / "two") - _final_accuracy(tmp_path / "one")) <= 0.01
     assert not list((tmp_path / "two").rglob("rank1*"))
