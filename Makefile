@@ -47,6 +47,10 @@ test-vision:
 bench: $(VENV)/.installed-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# Re-run the example recipes and rewrite the README's figures block from their reports.
+figures: $(VENV)/.installed-dev
+	$(BIN)/python tools/figures.py
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check slimtorch tests benchmarks
 
