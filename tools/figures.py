@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from slimtorch.units import fmt_bytes, fmt_count
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # examples' `module:function` references resolve from the project root
 sys.path.insert(0, str(ROOT / "examples"))
@@ -30,12 +32,6 @@ FAST = ["digits", "mnist1d_cnn", "prune_structured_cnn", "prune_auto", "prune_2o
         "distill_digits_scenario2", "distill_ta_chain", "quant_static_int8", "lora_recovery", "user_model"]
 SLOW = ["minilm_int8", "minilm", "quant_int4_causal_lm", "smollm2"]
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
-
-
-def _fmt_bytes(n: int | None) -> str:
-    from slimtorch.units import fmt_bytes
-
-    return fmt_bytes(n)
 
 
 def _metric(m: dict) -> str:
@@ -53,9 +49,9 @@ def summarize(report: dict) -> str:
     """``before → after`` of the baseline and the final model, as the run's report measured them."""
     models = {m["name"]: m for m in report["models"]}
     base, final = models[report["baseline"]], models[report["final"]]
-    parts = [f"{_fmt_bytes(base.get('size_bytes'))} → {_fmt_bytes(final.get('size_bytes'))}"]
+    parts = [f"{fmt_bytes(base.get('size_bytes'))} → {fmt_bytes(final.get('size_bytes'))}"]
     if base.get("macs") and final.get("macs") and final["macs"] != base["macs"]:
-        parts.append(f"MACs {base['macs'] / 1e6:.3g} M → {final['macs'] / 1e6:.3g} M")
+        parts.append(f"MACs {fmt_count(base['macs'])} → {fmt_count(final['macs'])}")
     batches = sorted(set(base.get("latency_ms", {})) & set(final.get("latency_ms", {})), key=int)
     if batches:
         b = batches[-1]
@@ -84,7 +80,7 @@ def rewrite_readme(rows: list[tuple[str, str, float]]) -> None:
     table = ["| example | before → after (from the run's report) | run time |", "|---|---|---|"]
     table += [f"| `{name}.yaml` | {summary} | {seconds:.0f} s |" for name, summary, seconds in rows]
     block = "\n".join([START, stamp, "", *table, END])
-    old = re.search(re.escape(START) + r".*?" + re.escape(END), text, flags=re.S)
+    old = re.search(re.escape(START) + r".*?" + re.escape(END), text, flags=re.DOTALL)
     kept = {}
     if old:  # rows of examples not re-run this time are kept as they were
         for line in old.group(0).splitlines():
@@ -95,7 +91,7 @@ def rewrite_readme(rows: list[tuple[str, str, float]]) -> None:
         kept.pop(name, None)
     if kept:
         block = block.replace(END, "\n".join(kept.values()) + "\n" + END)
-    text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
     readme.write_text(text, encoding="utf-8")
 
 
@@ -104,11 +100,17 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="also the slow transformer examples")
     parser.add_argument("--only", nargs="*", help="just these example names")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "figures")
+    parser.add_argument("--from-runs", action="store_true", help="re-render from the reports already in --out, no runs")
     args = parser.parse_args()
     names = args.only or (FAST + SLOW if args.all else FAST)
     rows = []
     for name in names:
-        summary, seconds = run(name, args.out)
+        if args.from_runs:
+            report = json.loads((args.out / name / "report.json").read_text())
+            summary = summarize(report)
+            seconds = sum(s.get("seconds", 0) for s in report["stages"]) + sum(m.get("seconds", 0) for m in report["models"])
+        else:
+            summary, seconds = run(name, args.out)
         print(f"{name}: {summary} ({seconds:.0f} s)", flush=True)
         rows.append((name, summary, seconds))
     rewrite_readme(rows)
