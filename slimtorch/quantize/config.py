@@ -29,17 +29,18 @@ class QATConfig(BaseModel):
     """``quantize.qat``: fake-quantized training before the int8 export (onnxruntime ``static_int8``).
 
     Weights are fake-quantized per output channel (symmetric int8), activations per tensor (asymmetric
-    int8, ranges calibrated on ``calibration_batches`` first, then followed by a moving average while
-    training); BatchNorm is folded into the convolutions first. Trained with the recipe's loss:
-    distillation from the teacher when the run has one.
+    int8, ranges calibrated on ``calibration_batches`` first and held); BatchNorm is folded into the
+    convolutions first. Trained with the recipe's loss: distillation from the teacher when the run has
+    one (by default pure distillation, ``alpha: 0``: the int8 model learns to match the float outputs),
+    cross-entropy on labels otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     epochs: int = Field(2, ge=0, description="passes over the training set with fake quantization")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate (small: the model is already trained)")
-    temperature: float = Field(2.0, gt=0, description="distillation temperature (with a teacher)")
-    alpha: float = Field(0.5, ge=0, le=1, description="weight of the label loss against distillation (with a teacher)")
+    temperature: float = Field(4.0, gt=0, description="distillation temperature (with a teacher)")
+    alpha: float = Field(0.0, ge=0, le=1, description="weight of the label loss against distillation (with a teacher)")
     batch_size: int | None = Field(None, gt=0, description="defaults to data.batch_size")
 
 

@@ -11,8 +11,7 @@ What is simulated is what onnxruntime's QDQ static int8 runs (see :mod:`slimtorc
   pruning masks, which stay in force while training, survive into the int8 graph);
 - activations: asymmetric int8 per tensor at the graph input, after every Conv/Linear (after the ReLU
   that follows it, which onnxruntime then drops), after every residual ``add`` and every adaptive
-  average pool; ranges calibrated by min/max on calibration batches first, then followed by a moving
-  average (momentum 0.01) while training;
+  average pool; ranges calibrated by min/max on calibration batches first and held while training;
 - BatchNorm is folded into the convolution before training (its statistics frozen).
 
 Max-pooling, flattening and reshapes pass int8 through unchanged, as in onnxruntime. The model is
@@ -57,13 +56,14 @@ _RELUS = (F.relu, torch.relu)
 class ActivationFakeQuant(nn.Module):
     """Per-tensor asymmetric int8 fake quantization with a min/max observer.
 
-    Observes while ``is_observing`` (calibration: running min/max) or training (moving average);
-    in eval mode it applies the frozen ``scale``/``zero_point`` buffers only.
+    While ``is_observing`` (calibration) it widens its range to every batch it sees; otherwise it
+    applies the frozen ``scale``/``zero_point`` buffers. Ranges stay fixed while training: on the
+    built-in ResNet a moving average (momentum 0.01) shrank them to single batches' ranges and left
+    the int8 model further from the float one (KL 2.2e-4 against 1.6e-4 with fixed ranges, 2 epochs).
     """
 
-    def __init__(self, momentum: float = 0.01) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.momentum = momentum
         self.is_observing = False
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
@@ -72,20 +72,15 @@ class ActivationFakeQuant(nn.Module):
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
-        lo, hi = x.detach().min().float(), x.detach().max().float()
-        if self.is_observing or not torch.isfinite(self.min_val):
-            self.min_val.copy_(torch.minimum(self.min_val, lo))
-            self.max_val.copy_(torch.maximum(self.max_val, hi))
-        else:
-            self.min_val.lerp_(lo, self.momentum)
-            self.max_val.lerp_(hi, self.momentum)
+        self.min_val.copy_(torch.minimum(self.min_val, x.detach().min().float()))
+        self.max_val.copy_(torch.maximum(self.max_val, x.detach().max().float()))
         lo, hi = torch.clamp(self.min_val, max=0.0), torch.clamp(self.max_val, min=0.0)  # the range holds 0 exactly
         scale = torch.clamp((hi - lo) / (QMAX - QMIN), min=1e-8)
         self.scale.copy_(scale)
         self.zero_point.copy_(torch.clamp(torch.round(QMIN - lo / scale), QMIN, QMAX).to(torch.int32))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training or self.is_observing:
+        if self.is_observing:
             self._observe(x)
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, QMIN, QMAX)
 
