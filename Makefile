@@ -48,8 +48,9 @@ bench: $(VENV)/.installed-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # Re-run the example recipes and rewrite the README's figures block from their reports.
+# One training thread: accuracies then do not move with the machine's core count (report.json records it).
 figures: $(VENV)/.installed-dev
-	$(BIN)/python tools/figures.py
+	OMP_NUM_THREADS=1 $(BIN)/python tools/figures.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check slimtorch tests benchmarks

@@ -61,7 +61,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 def device_facts(device: torch.device) -> dict[str, Any]:
     """What the report records about where a run trained."""
-    facts: dict[str, Any] = {"device": str(device), "torch": torch.__version__}
+    # training threads too: float sums are reduced in a different order on another thread count
+    facts: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if device.type == "cuda":
         facts.update(name=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return facts
