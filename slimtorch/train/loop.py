@@ -73,6 +73,8 @@ class TrainConfig(BaseModel):
                                                        "always run the epochs ceiling")
     min_loss_improvement: float = Field(0.01, ge=0, lt=1, description="relative fall of the epoch training loss that counts as learning")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps in total")
+    accumulate: int = Field(1, ge=1, description="batches whose gradients add up to one optimizer step (a bigger effective "
+                                                 "batch in the same memory)")
 
     @field_validator("lr")
     @classmethod
@@ -295,7 +297,8 @@ def fit(
         if not isinstance(model, DistributedDataParallel):
             model = DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
             loader = _sharded(loader)
-    total_steps = max(1, config.epochs * len(loader))
+    steps_per_epoch = math.ceil(len(loader) / config.accumulate)  # optimizer steps
+    total_steps = max(1, config.epochs * steps_per_epoch)
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     resuming = checkpoint_dir is not None and (checkpoint_dir / "last" / "meta.json").exists()
@@ -307,7 +310,7 @@ def fit(
             lambda: lr_range_test(net, loss_fn, whole_batches, trainable, weight_decay=config.weight_decay).lr)
         seed_everything(ctx.seed)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
-    warmup = min(round(config.warmup_epochs * len(loader)), total_steps // 10)
+    warmup = min(round(config.warmup_epochs * steps_per_epoch), total_steps // 10)
     scheduler = LRSchedule(optimizer, config.schedule, lr, total_steps=total_steps, warmup_steps=warmup, floor=config.lr_floor)
     result = FitResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0, epochs_ceiling=config.epochs, lr=lr)
     best_state = _state_bytes(net)
@@ -343,7 +346,7 @@ def fit(
             if result.stopped_by_time_budget or (result.steps > 0 and _out_of_time(result, description, epoch)):
                 break
             total, count = _train_epoch(model, net, loss_fn, loader, optimizer, scheduler, ctx, result, epoch, best_state,
-                                        after_step, advance, config.max_steps, description)
+                                        after_step, advance, config.max_steps, description, config.accumulate)
             total, count = _sum_over_ranks(total, count)  # every DDP rank must take the same stopping decision
             net.eval()
             metric = evaluate(net) if evaluate is not None else -total / max(count, 1)
@@ -414,16 +417,23 @@ def _on_main_alone(fn: Callable[[], float]) -> float:
 def _train_epoch(model: nn.Module, net: nn.Module, loss_fn: LossFn, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRSchedule,
                  ctx: RunContext, result: FitResult, epoch: int, best_state: dict[str, Tensor],
                  after_step: Callable[[nn.Module], None] | None, advance: Callable[..., None], max_steps: int | None,
-                 description: str) -> tuple[float, int]:
-    """One pass over ``loader``; returns (sum of the step losses, steps)."""
+                 description: str, accumulate: int = 1) -> tuple[float, int]:
+    """One pass over ``loader``; returns (sum of the batch losses, batches).
+
+    With ``accumulate`` > 1, the gradients of that many batches (fewer at the epoch's end) are averaged
+    into one optimizer step.
+    """
     # Same shuffles and dropout whether or not we resumed: reseed per epoch, loader generator too.
     torch.manual_seed(ctx.seed * 1000 + epoch)
     if getattr(loader, "generator", None) is not None:
         loader.generator.manual_seed(ctx.seed * 1000 + epoch)
     model.train()
     total, count = 0.0, 0
-    for x, y in loader:
+    n = len(loader)
+    for i, (x, y) in enumerate(loader):
         x, y = to_device(x, ctx.device), to_device(y, ctx.device)
+        group_start = i - i % accumulate
+        in_group = min(accumulate, n - group_start)  # batches in this optimizer step
         loss = loss_fn(model, x, y)
         value = loss.item()  # one host sync per step, used for the check and the running mean
         if not math.isfinite(value):
@@ -432,15 +442,18 @@ def _train_epoch(model: nn.Module, net: nn.Module, loss_fn: LossFn, loader: Data
                 f"{description}: loss became {value} at epoch {epoch}, step {result.steps}; the model was "
                 "restored to its last good weights. Lower the learning rate or check the inputs for NaN/inf."
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if i == group_start:
+            optimizer.zero_grad(set_to_none=True)
+        (loss / in_group if in_group > 1 else loss).backward()
+        total, count = total + value, count + 1
+        advance(1, loss=total / count)
+        if i + 1 < group_start + in_group:
+            continue  # more batches add to this step's gradient
         optimizer.step()
         scheduler.step()
         if after_step is not None:
             after_step(net)
         result.steps += 1
-        total, count = total + value, count + 1
-        advance(1, loss=total / count)
         if max_steps and result.steps >= max_steps:
             break
         if _out_of_time(result, description, epoch):

@@ -68,3 +68,22 @@ def test_corrupted_checkpoint_is_reported(digits, ctx, tmp_path):
     (tmp_path / "last" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match="corrupted or incomplete"):
         fit(_model(digits), cross_entropy, digits.loader("train"), TrainConfig(epochs=2), ctx, checkpoint_dir=tmp_path)
+
+
+def test_accumulating_two_half_batches_equals_one_full_batch(ctx):
+    """accumulate: 2 at batch 32 takes the optimizer steps of batch 64 (same shuffle, mean of equal halves)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(256, 64, generator=g), torch.randint(0, 10, (256,), generator=g))
+    runs = []
+    for batch, accumulate in ((64, 1), (32, 2)):
+        torch.manual_seed(0)
+        model = build_model("mlp", {"hidden": [32]}, input_shape=(64,), num_classes=10)
+        loader = DataLoader(data, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0))
+        result = fit(model, cross_entropy, loader, TrainConfig(epochs=3, patience=None, accumulate=accumulate), ctx)
+        runs.append((model, result))
+    (full, r_full), (acc, r_acc) = runs
+    assert r_full.steps == r_acc.steps == 3 * 4  # 4 optimizer steps per epoch either way
+    for a, b in zip(full.parameters(), acc.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
