@@ -52,12 +52,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    oom = getattr(__import__("torch"), "OutOfMemoryError", ()) if "torch" in sys.modules else ()
-    return isinstance(exc, MemoryError) or (bool(oom) and isinstance(exc, oom)) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
-
-
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Turn expected failures into one actionable line and exit code 2 (130 when interrupted)."""
@@ -75,7 +69,9 @@ def _user_errors() -> Iterator[None]:
         _fail(f"stopped{where}: {_SYSTEM_ERRNOS[exc.errno]} ({exc.strerror}). Nothing half-written was kept; free space or "
               "choose another --out, then run the same command with --resume to continue.")
     except (MemoryError, RuntimeError) as exc:
-        if not _out_of_memory(exc):
+        from slimtorch.resources import is_out_of_memory
+
+        if not is_out_of_memory(exc):
             raise
         _fail(f"ran out of memory ({str(exc).splitlines()[0][:160] or type(exc).__name__}). Lower data.batch_size or "
               "evaluate.latency.batch_sizes, or use a smaller model; finished steps are kept for --resume.")

@@ -42,7 +42,7 @@ from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import ModelSpec, StageSpec
 from slimtorch.report import build_report, write_report
 from slimtorch.report.card import Report
-from slimtorch.resources import check_model_fits, time_budget
+from slimtorch.resources import check_model_fits, named_out_of_memory, time_budget
 from slimtorch.train import convergence_note, cross_entropy, fit
 from slimtorch.units import MB
 from slimtorch.version import __version__
@@ -248,7 +248,8 @@ class _Run:
         # The teacher learns from the full labeled split even when the student's labels are reduced.
         split = self.data.teacher_train if self.data.teacher_train is not None else self.data.train
         loader = self.data.loader(split, spec.train.batch_size, shuffle=True, seed=self.recipe.seed)
-        with time_budget(self.recipe.resources.max_stage_seconds) as budget:
+        with time_budget(self.recipe.resources.max_stage_seconds) as budget, \
+                named_out_of_memory(f"training {name}", spec.train.batch_size or self.data.batch_size):
             result = fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
                          checkpoint_dir=self.out / "work" / name, description=f"train {name}")
         row: dict[str, Any] = {"name": f"train_{name}", "seconds": round(time.perf_counter() - start, 3), "status": "done",
@@ -328,7 +329,8 @@ class _Run:
             seed_everything(self.recipe.seed + i + 1)
             stage = STAGES.get(spec.kind)(spec.config)
             start = time.perf_counter()
-            with time_budget(self.recipe.resources.max_stage_seconds) as budget:
+            with time_budget(self.recipe.resources.max_stage_seconds) as budget, \
+                    named_out_of_memory(f"stage {i + 1} ({spec.kind})", getattr(spec.config, "batch_size", None) or self.data.batch_size):
                 model, record = stage.apply(model, ctx)
             record.seconds = time.perf_counter() - start
             if budget is not None and budget.notes:

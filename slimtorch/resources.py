@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from slimtorch.errors import RecipeError
+from slimtorch.errors import RecipeError, TrainingError
 from slimtorch.units import MB
 
 
@@ -66,6 +66,32 @@ def check_model_fits(model: nn.Module, limits: ResourceSpec, ref: str, *, traini
                 f"model {ref!r} needs about {need:.3g} MB {what}, over resources.max_memory_mb={limits.max_memory_mb:g}. "
                 "Pick a smaller model or raise the limit."
             )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the ways running out of memory surfaces: MemoryError, torch's OutOfMemoryError (CUDA), and the
+    CPU allocator's RuntimeError ("can't allocate memory")."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", ())
+    return isinstance(exc, MemoryError) or (bool(oom) and isinstance(exc, oom)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+@contextmanager
+def named_out_of_memory(what: str, batch_size: int | None) -> Iterator[None]:
+    """Turn running out of memory inside ``what`` into a TrainingError that names it and says what to change."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        batch = f" (now {batch_size})" if batch_size else ""
+        raise TrainingError(
+            f"{what} ran out of memory ({str(exc).splitlines()[0][:120] or type(exc).__name__}). Lower its batch_size{batch} "
+            "and raise `accumulate` to keep the effective batch, or train on a device with more memory; finished steps "
+            "are kept for --resume."
+        ) from exc
 
 
 @dataclass

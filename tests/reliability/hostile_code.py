@@ -12,21 +12,23 @@ from slimtorch.models.builtin import MLP
 
 
 class GreedyMLP(MLP):
-    """Trains normally; in eval mode each forward asks the allocator for ``eval_bytes`` (an activation that does not fit)."""
+    """Each forward asks the allocator for ``eval_bytes`` in eval mode and ``train_bytes`` in training
+    (an activation that does not fit); 0 asks for nothing."""
 
-    def __init__(self, eval_bytes: int, **kwargs) -> None:
+    def __init__(self, eval_bytes: int, train_bytes: int, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.eval_bytes = eval_bytes
+        self.eval_bytes, self.train_bytes = eval_bytes, train_bytes
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
-            scratch = torch.empty(self.eval_bytes // 4)
+        need = self.train_bytes if self.training else self.eval_bytes
+        if need:
+            scratch = torch.empty(need // 4)
             del scratch
         return super().forward(x)
 
 
-def greedy(eval_bytes: int = 8 * 2**30, input_shape: Sequence[int] = (8,), num_classes: int = 3) -> GreedyMLP:
-    return GreedyMLP(eval_bytes, input_shape=input_shape, num_classes=num_classes, hidden=[8])
+def greedy(eval_bytes: int = 8 * 2**30, train_bytes: int = 0, input_shape: Sequence[int] = (8,), num_classes: int = 3) -> GreedyMLP:
+    return GreedyMLP(eval_bytes, train_bytes, input_shape=input_shape, num_classes=num_classes, hidden=[8])
 
 
 class SlowMLP(MLP):

@@ -366,3 +366,14 @@ def test_sigterm_behaves_like_ctrl_c_and_the_run_resumes(tmp_path):
     done = cli("--verbose", "compress", str(path), "--out", str(out), "--resume")
     assert done.returncode == 0, done.stderr
     assert "resuming train teacher at epoch" in done.stderr
+
+
+def test_out_of_memory_while_training_names_the_step(tmp_path):
+    """A teacher whose training step cannot allocate: one line naming the step and what to change."""
+    path = recipe(tmp_path, teacher="hostile_code:greedy")
+    path.write_text(path.read_text().replace("hostile_code:greedy", "hostile_code:greedy, args: {train_bytes: 34359738368, eval_bytes: 0}"))
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_DATA, (4 * 2**30, 4 * 2**30))"
+    proc = subprocess.run([sys.executable, "-c", f"{limit}\nfrom slimtorch.cli import app\napp()", "compress", str(path), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300, check=False)
+    line = one_line(proc)
+    assert "training teacher ran out of memory" in line and "raise `accumulate`" in line
