@@ -60,6 +60,7 @@ class RunContext:
         progress: ``progress(description, total)`` is a context manager yielding ``advance(n=1, **fields)``.
         extras: per-run objects stages hand over (e.g. ``"teachers"`` for multi-teacher distillation).
         device: where training runs (:func:`slimtorch.device.resolve_device`); artifacts are always saved from CPU.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast for training (weights stay fp32; fp16 gets a gradient scaler).
     """
 
     data: DataBundle
@@ -70,6 +71,7 @@ class RunContext:
     progress: Callable[[str, int], Any] = silent_progress
     extras: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
     stage_index: int = 0
 
     def stage_dir(self, name: str) -> Path:

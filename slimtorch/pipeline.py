@@ -488,12 +488,12 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     run.data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size,
                           labeled_fraction=d.labeled_fraction, transfer=d.transfer, num_classes=d.num_classes)
     ctx = RunContext(data=run.data, seed=recipe.seed, work_dir=out / "work", task=run.data.task, progress=run.progress,
-                     device=device)
+                     device=device, precision=recipe.precision)
     teachers = run.teachers(ctx)
     ctx.teacher, ctx.extras["teachers"] = teachers[0], teachers
     model = run.initial_model(teachers[0])
     extra: dict[str, Any] = {"data": {"source": d.source, **run.data.info},
-                             "training": {**device_facts(device), "processes": world_size()}}
+                             "training": {**device_facts(device), "processes": world_size(), "precision": recipe.precision}}
     if recipe.target is not None:
         extra["plan"] = run.plan(model, ctx, recipe.target)
     model, final = run.stages(model, ctx)

@@ -7,7 +7,7 @@ Stage entries are one-key mappings (``- distill: {...}``); the key picks a regis
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -136,6 +136,7 @@ class Recipe(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     device: str = Field("auto", description="where training runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training arithmetic: fp32, or bf16/fp16 autocast (GPUs)")
     target: TargetConfig | None = Field(None, description="a budget (latency_ms at batch, size_mb or speedup; min_accuracy): the planner chooses pruning and quantization")
 
     @field_validator("name")

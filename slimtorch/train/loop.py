@@ -310,6 +310,7 @@ def fit(
             lambda: lr_range_test(net, loss_fn, whole_batches, trainable, weight_decay=config.weight_decay).lr)
         seed_everything(ctx.seed)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
+    precision = _Precision(ctx)
     warmup = min(round(config.warmup_epochs * steps_per_epoch), total_steps // 10)
     scheduler = LRSchedule(optimizer, config.schedule, lr, total_steps=total_steps, warmup_steps=warmup, floor=config.lr_floor)
     result = FitResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0, epochs_ceiling=config.epochs, lr=lr)
@@ -346,7 +347,7 @@ def fit(
             if result.stopped_by_time_budget or (result.steps > 0 and _out_of_time(result, description, epoch)):
                 break
             total, count = _train_epoch(model, net, loss_fn, loader, optimizer, scheduler, ctx, result, epoch, best_state,
-                                        after_step, advance, config.max_steps, description, config.accumulate)
+                                        after_step, advance, config.max_steps, description, config.accumulate, precision)
             total, count = _sum_over_ranks(total, count)  # every DDP rank must take the same stopping decision
             net.eval()
             metric = evaluate(net) if evaluate is not None else -total / max(count, 1)
@@ -379,6 +380,20 @@ def fit(
     net.load_state_dict(best_state)
     net.eval()
     return result
+
+
+class _Precision:
+    """Mixed precision for training: autocast to bf16/fp16 (weights stay fp32) and, for fp16, a gradient scaler."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.device_type = ctx.device.type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ctx.precision)
+        self.enabled = self.dtype is not None
+        # fp16 gradients underflow without scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(self.device_type) if ctx.precision == "fp16" and self.device_type == "cuda" else None
+
+    def autocast(self) -> Any:
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
 
 class _ShareOfEachBatch(torch.utils.data.Sampler):
@@ -417,7 +432,7 @@ def _on_main_alone(fn: Callable[[], float]) -> float:
 def _train_epoch(model: nn.Module, net: nn.Module, loss_fn: LossFn, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRSchedule,
                  ctx: RunContext, result: FitResult, epoch: int, best_state: dict[str, Tensor],
                  after_step: Callable[[nn.Module], None] | None, advance: Callable[..., None], max_steps: int | None,
-                 description: str, accumulate: int = 1) -> tuple[float, int]:
+                 description: str, accumulate: int = 1, precision: _Precision | None = None) -> tuple[float, int]:
     """One pass over ``loader``; returns (sum of the batch losses, batches).
 
     With ``accumulate`` > 1, the gradients of that many batches (fewer at the epoch's end) are averaged
@@ -434,7 +449,11 @@ def _train_epoch(model: nn.Module, net: nn.Module, loss_fn: LossFn, loader: Data
         x, y = to_device(x, ctx.device), to_device(y, ctx.device)
         group_start = i - i % accumulate
         in_group = min(accumulate, n - group_start)  # batches in this optimizer step
-        loss = loss_fn(model, x, y)
+        if precision is not None and precision.enabled:
+            with precision.autocast():
+                loss = loss_fn(model, x, y).float()
+        else:
+            loss = loss_fn(model, x, y)
         value = loss.item()  # one host sync per step, used for the check and the running mean
         if not math.isfinite(value):
             net.load_state_dict(best_state)
@@ -444,12 +463,17 @@ def _train_epoch(model: nn.Module, net: nn.Module, loss_fn: LossFn, loader: Data
             )
         if i == group_start:
             optimizer.zero_grad(set_to_none=True)
-        (loss / in_group if in_group > 1 else loss).backward()
+        part = loss / in_group if in_group > 1 else loss
+        (precision.scaler.scale(part) if precision is not None and precision.scaler else part).backward()
         total, count = total + value, count + 1
         advance(1, loss=total / count)
         if i + 1 < group_start + in_group:
             continue  # more batches add to this step's gradient
-        optimizer.step()
+        if precision is not None and precision.scaler:
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         if after_step is not None:
             after_step(net)

@@ -87,3 +87,18 @@ def test_accumulating_two_half_batches_equals_one_full_batch(ctx):
     assert r_full.steps == r_acc.steps == 3 * 4  # 4 optimizer steps per epoch either way
     for a, b in zip(full.parameters(), acc.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_trains_with_fp32_weights(digits, ctx):
+    """precision: bf16 runs the forward in bfloat16 (CPU autocast here), keeps fp32 weights and learns as fp32 does."""
+    import dataclasses
+
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build_model("mlp", {"hidden": [64]}, input_shape=digits.input_shape, num_classes=10)
+        fit(model, cross_entropy, digits.loader("train", shuffle=True), TrainConfig(epochs=8, patience=None),
+            dataclasses.replace(ctx, precision=precision))
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        scores[precision] = task_metric(model, digits, "test")
+    assert scores["fp32"] > 0.85 and abs(scores["bf16"] - scores["fp32"]) < 0.03, scores
