@@ -73,7 +73,8 @@ def int8_weight_grid(weight: Tensor, per_channel: bool = True) -> tuple[Tensor, 
 
 def activation_qparams(x: Tensor) -> tuple[float, int]:
     """Per-call asymmetric 7-bit grid of ``x`` (``reduce_range``, [0, 127]), fbgemm's ``ChooseQuantizationParams``."""
-    lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    lo_t, hi_t = torch.aminmax(x)
+    lo, hi = min(lo_t.item(), 0.0), max(hi_t.item(), 0.0)
     scale = float(torch.tensor((hi - lo) / 127.0, dtype=torch.float32))
     if scale == 0.0:
         scale = 0.1
@@ -120,11 +121,12 @@ class DynamicInt8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features).float()  # (M, K)
         scale, zero = activation_qparams(x2)
         inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
-        q = (torch.clamp(torch.round(x2 * inv) + zero, 0, 127) - zero).to(torch.int8)  # (M, K) in [-127, 127]
-        acc = torch._int_mm(q, self.qweight.t())  # (M, N) int32
-        y = acc.float() * (scale * self.scale)
+        q = torch.mul(x2, inv).round_().add_(zero).clamp_(0, 127).sub_(zero).to(torch.int8)  # (M, K) in [-127, 127]
+        y = torch._int_mm(q, self.qweight.t()).float()  # (M, N) int32 -> float32
         if self.bias is not None:
-            y = y + self.bias
+            y = torch.addcmul(self.bias, y, scale * self.scale, out=y)  # in place: one pass, no new buffer
+        else:
+            y.mul_(scale * self.scale)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)  # (..., N)
 
     def extra_repr(self) -> str:
