@@ -9,6 +9,9 @@ side (interleaved rounds, onnxruntime, fixed thread count):
 - static int8 with ``max_drop: 0.005`` (layers kept float until the val drop fits, at most a quarter);
 - static int8 after QAT (2 epochs, the stage's defaults: lr 1e-4, pure distillation from the float model at T 4).
 
+A third, artificial stress case (a digits MLP with one hidden neuron rescaled by 10^4, the same
+function) shows what each does when plain int8 really breaks a model.
+
 Besides test accuracy (coarse: one digits test example is 0.28 points), each int8 model's agreement with
 the float model's predictions and the KL divergence of its outputs from the float outputs on the test split.
 
@@ -44,7 +47,19 @@ from slimtorch.train.losses import labeled_cross_entropy
 MODELS = {
     "mnist1d CNN 32-64-64-64": ("mnist1d", "cnn", {"channels": [32, 64, 64, 64], "hidden": 128}, 8),
     "digits ResNet 32-64": ("digits", "resnet", {"widths": [32, 64], "blocks": [1, 1]}, 6),
+    # A stress case, not a real model: the same trained function with one hidden neuron scaled up 10^4
+    # (and its outgoing weights down), so one per-tensor activation range swallows all the others.
+    "digits MLP 128-64, outlier neuron": ("digits", "mlp", {"hidden": [128, 64]}, 12),
 }
+
+
+@torch.no_grad()
+def outlier_neuron_(model: torch.nn.Module) -> None:
+    """Scale hidden neuron 0 of the first Linear by 10^4 and its outgoing weights by 10^-4 (ReLU: same function)."""
+    first, second = model.net[1], model.net[3]
+    first.weight[0] *= 1e4
+    first.bias[0] *= 1e4
+    second.weight[:, 0] /= 1e4
 
 
 def train_float(source: str, name: str, args: dict, epochs: int, work: Path) -> tuple[torch.nn.Module, RunContext]:
@@ -89,6 +104,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="slimtorch-bench-") as tmp:
         for model_name, (source, name, args, epochs) in MODELS.items():
             model, ctx = train_float(source, name, args, epochs, Path(tmp) / name)
+            if "outlier" in model_name:
+                outlier_neuron_(model)
             fp32_test = task_metric(model, ctx.data, "test")
             reference, _ = predict(model, ctx.data.loader("test"))
             found = variants(model, ctx, opts.qat_epochs)
