@@ -88,7 +88,7 @@ def _derive_hf(teacher: nn.Module, width: float, depth: float) -> nn.Module:
             f"auto-student for a Hugging Face model changes depth only; got width={width}. "
             "Set width: 1.0 and narrow it afterwards with `prune: {granularity: head}` or `{granularity: ffn}`."
         )
-    assert isinstance(teacher, HFModel)  # noqa: S101 - dispatched on this type
+    assert isinstance(teacher, HFModel)
     config = teacher.hf.config
     n = int(config.num_hidden_layers)
     keep = kept_layers(n, depth)

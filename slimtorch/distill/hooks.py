@@ -39,7 +39,7 @@ class FeatureTaps:
             module = find_module(model, fqn, role)
             self._handles.append(module.register_forward_hook(self._keeper(fqn)))
 
-    def _keeper(self, fqn: str):  # noqa: ANN202 - a hook closure
+    def _keeper(self, fqn: str):
         def keep(module: nn.Module, args: object, output: object) -> None:
             self.features[fqn] = output[0] if isinstance(output, (tuple, list)) else output  # type: ignore[index,assignment]
 

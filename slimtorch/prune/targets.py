@@ -31,7 +31,7 @@ def check_names(model: nn.Module, layers: LayersConfig) -> None:
 
 
 def _selected(fqn: str, layers: LayersConfig) -> bool:
-    under = lambda prefixes: any(fqn == p or fqn.startswith(p + ".") for p in prefixes)  # noqa: E731
+    under = lambda prefixes: any(fqn == p or fqn.startswith(p + ".") for p in prefixes)
     return (layers.include is None or under(layers.include)) and not under(layers.exclude)
 
 

@@ -54,8 +54,19 @@ def _save(model: nn.Module, directory: Path) -> None:
         if isinstance(value, Tensor) and not any(key.startswith(f + ".") for f, e in modules.items() if e["kind"] == "dynamic_int8"):
             state[key] = value
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(directory / "model.safetensors"))
+    # A Hugging Face model pruned by layer/head/FFN no longer matches the config its reference builds: keep its own.
+    hf_config = root.hf.config.to_dict() if hasattr(root, "hf") and hasattr(root.hf, "config") else None
     atomic_write_json(directory / QUANT_FILE, {"config": config, "modules": modules,
-                                               "wrapper": "bf16" if root is not model else None})
+                                               "wrapper": "bf16" if root is not model else None, "hf_config": hf_config})
+
+
+def _with_saved_hf_config(model: nn.Module, saved: dict[str, Any] | None) -> nn.Module:
+    """The rebuilt HF model with the saved (possibly pruned) config, keeping its tokenizer and kind."""
+    if not saved or not hasattr(model, "hf") or model.hf.config.to_dict() == saved:
+        return model
+    config = type(model.hf.config).from_dict(saved)
+    model.hf = type(model.hf)(config).eval()
+    return model
 
 
 def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
@@ -64,7 +75,7 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
         state = load_file(str(directory / "model.safetensors"))
     except (OSError, json.JSONDecodeError, SafetensorError) as exc:
         raise ArtifactError(f"{directory} is not a complete torch_quantized artifact ({exc}); re-run the quantize stage.") from exc
-    model = _rebuild(spec, directory)
+    model = _with_saved_hf_config(_rebuild(spec, directory), info.get("hf_config"))
     dynamic = [fqn for fqn, entry in info["modules"].items() if entry["kind"] == "dynamic_int8"]
     for fqn, entry in info["modules"].items():
         if entry["kind"] == "weight_only":
