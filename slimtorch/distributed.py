@@ -105,7 +105,8 @@ def finish(code: int) -> None:
 
     if dist.is_available() and dist.is_initialized():
         try:
-            dist.barrier()
+            if code == 0:  # after a failure a peer may be gone: waiting for it would hang until gloo's timeout
+                dist.barrier()
         finally:
             dist.destroy_process_group()
     sys.stdout.flush()

@@ -471,7 +471,11 @@ def compress(
 def _owned(out: Path, *, resume: bool, force: bool) -> Iterator[None]:
     """Rank 0 claims and locks ``out``; the other ranks learn whether it worked (and fail the same way)."""
     with ExitStack() as stack:
-        main_then_all(lambda: stack.enter_context(claim_out_dir(out, resume=resume, force=force)) and None)
+
+        def claim() -> None:
+            stack.enter_context(claim_out_dir(out, resume=resume, force=force))
+
+        main_then_all(claim)
         yield
 
 
