@@ -53,7 +53,7 @@ figures: $(VENV)/.installed-dev
 	OMP_NUM_THREADS=1 $(BIN)/python tools/figures.py
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check slimtorch tests benchmarks
+	$(BIN)/ruff check slimtorch tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) .venv-vision runs .pytest_cache

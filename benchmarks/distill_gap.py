@@ -42,7 +42,7 @@ def one_seed(seed: int, args: argparse.Namespace, tmp: Path) -> dict[str, float]
     seed_everything(seed)
     teacher = build_model("mlp", {"hidden": [1200, 1200], "dropout": 0.2}, input_shape=full.input_shape, num_classes=10)
     train_on_labels(teacher, full, TrainConfig(epochs=args.teacher_epochs, lr=1e-3), seed, tmp / "teacher")
-    make_student = lambda: build_model("mlp", {"hidden": [32]}, input_shape=full.input_shape, num_classes=10)  # noqa: E731
+    make_student = lambda: build_model("mlp", {"hidden": [32]}, input_shape=full.input_shape, num_classes=10)
     seed_everything(seed)
     scratch = train_on_labels(make_student(), part, TrainConfig(epochs=args.scratch_epochs, lr=args.lr), seed, tmp / "scratch")
     seed_everything(seed)

@@ -9,6 +9,7 @@ between the two so machine load hits both alike. Goal: slimtorch / hand ≤ 1.10
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -29,7 +30,7 @@ from slimtorch.models import build_model
 T, ALPHA, LR, BATCH = 2.0, 0.5, 1e-3, 64
 
 
-def hand_written(teacher: torch.nn.Module, student: torch.nn.Module, dataset, epochs: int) -> list[float]:  # noqa: ANN001
+def hand_written(teacher: torch.nn.Module, student: torch.nn.Module, dataset, epochs: int) -> list[float]:
     """The loop a PyTorch user would write; returns per-step times (s), epoch-boundary steps excluded."""
     items = [dataset[i] for i in range(len(dataset))]  # labeled + transfer (label -1) examples as two tensors
     dataset = torch.utils.data.TensorDataset(torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items]))
@@ -80,11 +81,11 @@ class StepClock:
         gaps = []
         for epoch_start in range(0, len(self.stamps), steps_per_epoch):
             chunk = self.stamps[epoch_start : epoch_start + steps_per_epoch]
-            gaps += [b - a for a, b in zip(chunk, chunk[1:])]
+            gaps += [b - a for a, b in itertools.pairwise(chunk)]
         return gaps
 
 
-def slimtorch_run(teacher: torch.nn.Module, student: torch.nn.Module, data, epochs: int, cache: bool, tmp: Path) -> tuple[list[float], float]:  # noqa: ANN001
+def slimtorch_run(teacher: torch.nn.Module, student: torch.nn.Module, data, epochs: int, cache: bool, tmp: Path) -> tuple[list[float], float]:
     clock = StepClock()
     cfg = DistillConfig(temperature=T, alpha=ALPHA, epochs=epochs, lr=LR, cache_teacher=cache)
     start = time.perf_counter()
@@ -104,7 +105,7 @@ def main() -> None:
     data = build_data("digits", seed=0, labeled_fraction=0.1, batch_size=BATCH)
     torch.manual_seed(0)
     teacher = build_model("mlp", {"hidden": [1200, 1200]}, input_shape=data.input_shape, num_classes=10).eval()
-    make_student = lambda: build_model("mlp", {"hidden": [32]}, input_shape=data.input_shape, num_classes=10)  # noqa: E731
+    make_student = lambda: build_model("mlp", {"hidden": [32]}, input_shape=data.input_shape, num_classes=10)
     hand, ours, ours_cached, walls = [], [], [], {"live": [], "cached": []}
     hand_walls = []
     with tempfile.TemporaryDirectory() as tmp:

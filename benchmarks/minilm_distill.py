@@ -18,17 +18,17 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import torch
+from torch.nn import functional as F
 
-from slimtorch.core import RunContext  # noqa: E402
-from slimtorch.data import build_data  # noqa: E402
-from slimtorch.distill import DistillConfig, DistillStage, derive_student  # noqa: E402
-from slimtorch.measure.accuracy import predict  # noqa: E402
-from slimtorch.models import build_model  # noqa: E402
+from slimtorch.core import RunContext
+from slimtorch.data import build_data
+from slimtorch.distill import DistillConfig, DistillStage, derive_student
+from slimtorch.measure.accuracy import predict
+from slimtorch.models import build_model
 
 
-def cosines(model: torch.nn.Module, reference: torch.Tensor, loader) -> torch.Tensor:  # noqa: ANN001
+def cosines(model: torch.nn.Module, reference: torch.Tensor, loader) -> torch.Tensor:
     out, _ = predict(model, loader)
     return F.cosine_similarity(out, reference, dim=-1)
 

@@ -50,7 +50,7 @@ def main() -> None:
     dense_acc = task_metric(dense, data, "test")
     cfg = PruneConfig(sparsity=0.92, granularity="weight", criterion="magnitude", scope="global", schedule="cubic",
                       steps=3, finetune_epochs=8, lr=1e-3)
-    pruned, record = PruneStage(cfg).apply(copy.deepcopy(dense), ctx)
+    pruned, _record = PruneStage(cfg).apply(copy.deepcopy(dense), ctx)
     pruned_acc = task_metric(pruned, data, "test")
     w_total, w_nz = weights_nonzero(pruned)
     han = {"dense_acc": round(dense_acc, 4), "pruned_acc": round(pruned_acc, 4), "drop_points": round(100 * (dense_acc - pruned_acc), 2),

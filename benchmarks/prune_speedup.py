@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 

@@ -34,7 +34,7 @@ _EXPORTS = {
         "ShapeMismatchError", "NotCalibratedError", "TrainingError", "OutputDirError", "MissingExtraError")},
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = ["__version__", *sorted(_EXPORTS)]  # noqa: PLE0604 - built from the table above, all strings
 
 
 def __getattr__(name: str) -> Any:

@@ -7,11 +7,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import copy  # noqa: E402
+import copy
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import pytest
+import torch
+from torch.nn import functional as F
 
 torch.set_num_threads(1)
 
@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         import torchvision  # noqa: F401
 
         has_vision = True
-    except Exception:  # torchvision raises RuntimeError when built for another torch
+    except Exception:  # noqa: BLE001 - torchvision raises RuntimeError when built for another torch
         has_vision = False
     for item in items:
         if "vision" in item.keywords and not has_vision:

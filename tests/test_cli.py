@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "slimtorch.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-m", "slimtorch.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600, check=False)
 
 
 def test_version():

@@ -22,9 +22,8 @@ def test_atomic_dir_keeps_old_content_when_writer_fails(tmp_path):
     target = tmp_path / "model"
     with atomic_dir(target) as tmp:
         (tmp / "w").write_text("good")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "w").write_text("half")
-            raise RuntimeError("crash while writing")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "w").write_text("half")
+        raise RuntimeError("crash while writing")
     assert (target / "w").read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

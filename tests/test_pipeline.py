@@ -31,7 +31,7 @@ def small_run(tmp_path_factory):
 
 
 def test_report_files_and_schema(small_run):
-    out, result, _ = small_run
+    out, _result, _ = small_run
     for name in ("report.json", "report.md", "pareto.png", "recipe.yaml"):
         assert (out / name).is_file()
     report = json.loads((out / "report.json").read_text())

@@ -24,7 +24,7 @@ def test_parse_grid_rejects_malformed(bad):
 def test_variants_are_the_cartesian_product_and_address_stages():
     out = variants(BASE, [parse_grid("finetune.lr=0.001,0.01"), parse_grid("stages[1].epochs=3,4"), parse_grid("seed=0,1")])
     assert len(out) == 8
-    slug, assignment, recipe = out[-1]
+    _slug, assignment, recipe = out[-1]
     assert assignment == {"finetune.lr": 0.01, "stages[1].epochs": 4, "seed": 1}
     assert recipe["stages"][0]["finetune"]["lr"] == 0.01  # the first finetune stage
     assert recipe["stages"][1]["finetune"] == {"epochs": 4}

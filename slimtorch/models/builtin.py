@@ -6,6 +6,7 @@ rebuilt from its own shapes (see ``slimtorch.artifact``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -30,7 +31,7 @@ class MLP(nn.Module):
         super().__init__()
         widths = [math.prod(input_shape), *hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for w_in, w_out in zip(widths[:-1], widths[1:]):
+        for w_in, w_out in itertools.pairwise(widths):
             layers += [nn.Linear(w_in, w_out), nn.ReLU()]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))

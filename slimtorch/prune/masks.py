@@ -195,7 +195,7 @@ def compute_masks(
     else:
         for f, g in group_scores.items():
             s = sparsity[f] if isinstance(sparsity, dict) else sparsity
-            k = int(round(s * len(g)))
+            k = round(s * len(g))
             keep[f] = torch.ones_like(g)
             keep[f][torch.argsort(g, stable=True)[:k]] = 0
     return {f: from_groups(modules[f], keep[f][:, None].expand_as(grouped[f]), granularity) for f in grouped}

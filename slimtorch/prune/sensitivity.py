@@ -37,7 +37,7 @@ def _trial_mask(module: nn.Module, score: torch.Tensor, granularity: str, s: flo
     if structured:
         rows = weight_2d(module, score).flatten(1).sum(1)  # (O,)
         keep = torch.ones_like(rows)
-        keep[rows.argsort()[: int(round(s * len(rows)))]] = 0
+        keep[rows.argsort()[: round(s * len(rows))]] = 0
         shape = [-1] + [1] * (score.dim() - 1)
         mask = keep.view(shape).expand_as(weight_2d(module, score))
         return mask.t() if type(module).__name__ == "Conv1D" else mask

@@ -267,7 +267,7 @@ def prune_transformer_stage(model: nn.Module, cfg: Any, ctx: RunContext, record:
     record.details["family"] = fam
     record.details["skipped"] = [{"fqn": "embeddings / lm_head", "reason": "not pruned by head/ffn/layer granularity"}]
     if cfg.granularity == "head":
-        heads, kv, dim = head_info(hf)
+        heads, kv, _dim = head_info(hf)
         units = kv
         keep = max(1, round((1 - cfg.sparsity) * units))
         info = prune_heads_(hf, keep, scores)
@@ -283,7 +283,7 @@ def prune_transformer_stage(model: nn.Module, cfg: Any, ctx: RunContext, record:
         inter = _w(ffn_modules(fam, blocks(hf)[0])[1], scores).shape[1]
         keep = max(1, round((1 - cfg.sparsity) * inter))
         if cfg.round_to:
-            keep = max(cfg.round_to, int(round(keep / cfg.round_to)) * cfg.round_to)
+            keep = max(cfg.round_to, round(keep / cfg.round_to) * cfg.round_to)
         info = prune_ffn_(hf, keep, scores)
         record.details["ffn_before"] = inter
     else:

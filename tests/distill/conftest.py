@@ -11,11 +11,11 @@ from torch.nn import functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from slimtorch.core import RunContext, forward  # noqa: E402
-from slimtorch.data import DataBundle, build_data  # noqa: E402
-from slimtorch.measure.accuracy import accuracy_of, predict  # noqa: E402
-from slimtorch.models import build_model  # noqa: E402
-from slimtorch.train import TrainConfig, fit  # noqa: E402
+from slimtorch.core import RunContext, forward
+from slimtorch.data import DataBundle, build_data
+from slimtorch.measure.accuracy import accuracy_of, predict
+from slimtorch.models import build_model
+from slimtorch.train import TrainConfig, fit
 
 
 def train_classifier(model: torch.nn.Module, data: DataBundle, epochs: int, tmp: str, seed: int = 0) -> torch.nn.Module:

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distill.conftest import test_accuracy
 from slimtorch.core import RunContext
 from slimtorch.data import DataBundle
 from slimtorch.distill import DistillConfig, DistillStage
 from slimtorch.errors import TrainingError
 from slimtorch.models import build_model
+from tests.distill.conftest import test_accuracy
 
 
 def _student(data: DataBundle) -> torch.nn.Module:
@@ -57,7 +57,7 @@ def test_stage_under_torchrun_trains_with_ddp(tmp_path: Path) -> None:
 
     worker = Path(__file__).with_name("torchrun_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker), str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2 and result["accuracy"] > 0.85

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from tests.distill.conftest import test_accuracy
 from slimtorch.core import RunContext
 from slimtorch.data import DataBundle, build_data
 from slimtorch.data.sources import Unlabeled
 from slimtorch.distill import DistillConfig, DistillStage, derive_student
 from slimtorch.errors import RecipeError, ShapeMismatchError
 from slimtorch.models import build_model
+from tests.distill.conftest import test_accuracy
 
 
 def _student(data: DataBundle, hidden: list[int] | None = None, seed: int = 0) -> torch.nn.Module:
@@ -23,7 +23,7 @@ def _student(data: DataBundle, hidden: list[int] | None = None, seed: int = 0) -
     return build_model("mlp", {"hidden": hidden or [32]}, input_shape=data.input_shape, num_classes=10)
 
 
-def _run(cfg: DistillConfig, model: torch.nn.Module, data: DataBundle, teacher: torch.nn.Module, tmp: Path, **kw):  # noqa: ANN202
+def _run(cfg: DistillConfig, model: torch.nn.Module, data: DataBundle, teacher: torch.nn.Module, tmp: Path, **kw):
     if "lr" not in cfg.model_fields_set:
         cfg = cfg.model_copy(update={"lr": 1e-2})  # few epochs in tests: a higher learning rate
     return DistillStage(cfg).apply(model, RunContext(data=data, teacher=teacher, work_dir=tmp, **kw))

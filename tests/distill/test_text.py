@@ -15,7 +15,7 @@ from slimtorch.errors import DataError
 from slimtorch.measure.accuracy import mean_cosine, predict
 from slimtorch.models import build_model
 
-WORDS = "the quick brown fox jumps over a lazy dog while seven small birds sing near an old river".split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "small", "birds", "sing", "near", "an", "old", "river"]
 
 
 def _corpus(tmp_path: Path, n: int = 60) -> Path:

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from slimtorch.prune import PruneConfig, PruneStage
@@ -31,7 +33,7 @@ def test_auto_ratios_prefers_insensitive_layer():
 def test_schedules():
     assert sparsity_schedule("oneshot", 0.8, 5) == [0.8]
     cubic = sparsity_schedule("cubic", 0.9, 4)
-    assert cubic[-1] == pytest.approx(0.9) and all(a < b for a, b in zip(cubic, cubic[1:]))
+    assert cubic[-1] == pytest.approx(0.9) and all(a < b for a, b in itertools.pairwise(cubic))
     it = sparsity_schedule("iterative", 0.75, 2)
     assert it == pytest.approx([0.5, 0.75]) and step_ratios(it) == pytest.approx([0.5, 0.5])
 
@@ -42,7 +44,7 @@ def test_lottery_reports_ticket_and_control(digits, ctx):
 
     model = build_model("mlp", {"hidden": [64]}, input_shape=digits.input_shape, num_classes=10)
     cfg = PruneConfig(sparsity=0.8, lottery={"iterations": 2, "epochs": 6, "rewind_epoch": 1, "lr": 3e-3})
-    out, record = PruneStage(cfg).apply(model, ctx)
+    _out, record = PruneStage(cfg).apply(model, ctx)
     lot = record.details["lottery"]
     assert {"dense_test", "ticket_test", "random_reinit_test"} <= set(lot)
     assert [n for n, _ in record.extra_models] == ["lottery_dense", "lottery_random_reinit"]

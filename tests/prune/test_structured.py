@@ -7,10 +7,10 @@ from slimtorch import artifact
 from slimtorch.core import RunContext
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
+from slimtorch.prune.config import LayersConfig
 from slimtorch.prune.importance import IMPORTANCE
 from slimtorch.prune.structured import mask_plan_, prune_structured_
 from slimtorch.prune.targets import select_layers
-from slimtorch.prune.config import LayersConfig
 
 
 def _model(kind, digits):

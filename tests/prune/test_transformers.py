@@ -28,7 +28,7 @@ def _collate(items):
 
 def token_data(task: str) -> DataBundle:
     g = torch.Generator().manual_seed(0)
-    ds = lambda n: TensorDataset(torch.randint(1, 120, (n, 12), generator=g), torch.zeros(n, dtype=torch.long))  # noqa: E731
+    ds = lambda n: TensorDataset(torch.randint(1, 120, (n, 12), generator=g), torch.zeros(n, dtype=torch.long))
     return DataBundle("tokens", ds(32), ds(8), ds(8), task=task, collate_fn=_collate, batch_size=8)
 
 
