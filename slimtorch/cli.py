@@ -112,6 +112,8 @@ def print_models_table(card: Any) -> None:
     for m in report["models"]:
         name, metric = metric_of(m)
         metric_s = "-" if metric is None else (f"{100 * metric:.2f}%" if name == "accuracy" else f"cos {metric:.4f}")
+        if metric is None and (m.get("metrics") or {}).get("perplexity") is not None:  # causal LMs: lower is better
+            metric_s = f"ppl {m['metrics']['perplexity']:.2f}"
         lat = [f"{m['latency_ms'][b]['p50']:.3f}" if b in m["latency_ms"] else "-" for b in batches]
         agree = m.get("agreement")
         table.add_row(m["name"], m["stage"], fmt_count(m["params"]), fmt_count(m["nonzero_params"]), fmt_bytes(m.get("size_bytes")),

@@ -93,6 +93,7 @@ def test_cli_measure_text_file(setup, tmp_path, monkeypatch):
     assert "perplexity" in result.output
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     assert report["models"][0]["metrics"]["perplexity"] > 1 and "1" in report["models"][0]["decode_tokens_per_s"]
+    assert f"ppl {report['models'][0]['metrics']['perplexity']:.2f}" in result.output  # the table's metric column
 
 
 def test_cli_refuses_data_args_that_are_not_an_object(setup):
