@@ -28,10 +28,12 @@ def test_planner_meets_a_latency_budget_that_needs_pruning(trained):
     model, ctx = trained
     example = ctx.data.example_batch(32)
     baseline = time_latency(model, example, warmup=10, repeats=30, threads=1)["p50"]
-    target = TargetConfig(latency_ms=0.6 * baseline, batch=32, runtime="torch", sparsities=[0.0, 0.75], quantize=["none"], repeats=30)
+    # 75 % of the channels removed measures 0.5-0.6x here in eager torch (per-op overhead): a 0.75x budget
+    # separates it from the unpruned model with margin on both sides on a shared machine.
+    target = TargetConfig(latency_ms=0.75 * baseline, batch=32, runtime="torch", sparsities=[0.0, 0.75], quantize=["none"], repeats=30)
     chosen = plan(model, ctx, target)
     assert chosen.is_feasible, chosen.message
-    assert chosen.prune is not None and chosen.prune["sparsity"] == 0.75  # unpruned cannot be 40 % faster
+    assert chosen.prune is not None and chosen.prune["sparsity"] == 0.75  # unpruned cannot be 25 % faster
     winner = next(c for c in chosen.candidates if c["chosen"])
     assert winner["latency_ms"] <= target.latency_ms and winner["meets_budget"]
     assert [c["sparsity"] for c in chosen.candidates] == [0.0, 0.75]
