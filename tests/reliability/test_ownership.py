@@ -307,14 +307,19 @@ def _no_half_written(out: Path) -> None:
     assert [p for p in out.rglob("*") if p.name.endswith(".tmp")] == []
 
 
+def _compress_under_rlimit(limit: str, nbytes: int, path: Path, out: Path) -> subprocess.CompletedProcess:
+    """`slimtorch compress` in a process with resource limit ``limit`` (e.g. RLIMIT_DATA) set to ``nbytes``."""
+    setup = f"import resource; resource.setrlimit(resource.{limit}, ({nbytes}, {nbytes}))"
+    return subprocess.run([sys.executable, "-c", f"{setup}\nfrom slimtorch.cli import app\napp()", "compress", str(path), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300, check=False)
+
+
 def test_file_size_limit_is_one_line_and_resumable(tmp_path):
     """RLIMIT_FSIZE makes every write past 20 kB fail with EFBIG, as a real quota would."""
     out = tmp_path / "out"
     path = recipe(tmp_path)
     path.write_text(path.read_text().replace("model: mlp", "model: mlp, args: {hidden: [512]}"))
-    limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))"
-    proc = subprocess.run([sys.executable, "-c", f"{limit}\nfrom slimtorch.cli import app\napp()", "compress", str(path), "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300, check=False)
+    proc = _compress_under_rlimit("RLIMIT_FSIZE", 20_000, path, out)
     assert "file-size limit" in one_line(proc)
     _no_half_written(out)
     assert proc.returncode == 2
@@ -343,10 +348,7 @@ def test_disk_full_and_read_only_are_one_line(tmp_path, options, what):
 def test_out_of_memory_while_measuring_is_one_line(tmp_path):
     path = recipe(tmp_path, teacher="hostile_code:greedy")
     path.write_text(path.read_text().replace(", train: {epochs: 1}", ""))
-    limit = "import resource; resource.setrlimit(resource.RLIMIT_DATA, (4 * 2**30, 4 * 2**30))"
-    proc = subprocess.run([sys.executable, "-c", f"{limit}\nfrom slimtorch.cli import app\napp()", "compress", str(path), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300, check=False)
-    assert "ran out of memory" in one_line(proc)
+    assert "ran out of memory" in one_line(_compress_under_rlimit("RLIMIT_DATA", 4 * 2**30, path, tmp_path / "o"))
 
 
 def test_sigterm_behaves_like_ctrl_c_and_the_run_resumes(tmp_path):
@@ -372,8 +374,5 @@ def test_out_of_memory_while_training_names_the_step(tmp_path):
     """A teacher whose training step cannot allocate: one line naming the step and what to change."""
     path = recipe(tmp_path, teacher="hostile_code:greedy")
     path.write_text(path.read_text().replace("hostile_code:greedy", "hostile_code:greedy, args: {train_bytes: 34359738368, eval_bytes: 0}"))
-    limit = "import resource; resource.setrlimit(resource.RLIMIT_DATA, (4 * 2**30, 4 * 2**30))"
-    proc = subprocess.run([sys.executable, "-c", f"{limit}\nfrom slimtorch.cli import app\napp()", "compress", str(path), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300, check=False)
-    line = one_line(proc)
+    line = one_line(_compress_under_rlimit("RLIMIT_DATA", 4 * 2**30, path, tmp_path / "o"))
     assert "training teacher ran out of memory" in line and "raise `accumulate`" in line
