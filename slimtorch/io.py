@@ -23,9 +23,9 @@ def _umask() -> int:
     return mask
 
 
-def _honour_umask(path: str | Path, directory: bool) -> None:
+def _honour_umask(path: str | Path, directory: bool, mask: int | None = None) -> None:
     """mkstemp/mkdtemp create 0600/0700 (private); a finished file gets the permissions open() would give."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+    os.chmod(path, (0o777 if directory else 0o666) & ~(_umask() if mask is None else mask))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -73,9 +73,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         # Writers inside (safetensors, onnx, transformers) may create private files; publish them like open() would.
+        mask = _umask()  # read once for the whole tree
         for child in [tmp, *tmp.rglob("*")]:
             if not child.is_symlink():
-                _honour_umask(child, directory=child.is_dir())
+                _honour_umask(child, directory=child.is_dir(), mask=mask)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -122,7 +122,7 @@ class _Run:
         self.student: nn.Module | None = None
         self.data: DataBundle
         # Factories the recipe itself names may be rebuilt on resume; anything else a saved spec names is refused.
-        self.trusted_refs = _model_refs(recipe.to_dict())
+        self.trusted_refs = model_refs(recipe.to_dict())
         # Measurements depend on `evaluate` only: when it alone changed, finished models are measured again.
         self.evaluate_fp = _fingerprint(recipe.evaluate.model_dump())
 
@@ -309,13 +309,11 @@ class _Run:
             if reused is not None and done is not None:
                 self.events(f"stage {i + 1}/{len(self.recipe.stages)} {spec.kind}: reusing finished result")
                 model = reused
-                if not is_main():
-                    pass  # measurements live on rank 0
-                elif done.get("evaluate") != self.evaluate_fp:
+                if is_main() and done.get("evaluate") != self.evaluate_fp:  # measurements live on rank 0
                     done["measurements"] = [m.to_json() for m in self._remeasure(done, model)]
                     done["evaluate"] = self.evaluate_fp
                     self.state.save(name, done)
-                else:
+                elif is_main():
                     self.measurements.extend(Measurement.from_json(m) for m in done["measurements"])
                 self.stage_rows.append(done["row"])
                 final = name
@@ -392,7 +390,7 @@ class _Run:
         return model
 
 
-def _model_refs(tree: Any) -> frozenset[str]:
+def model_refs(tree: Any) -> frozenset[str]:
     """Every string under a ``model:`` key of the recipe (teachers, student, assistants)."""
     found: set[str] = set()
     if isinstance(tree, dict):
@@ -400,10 +398,10 @@ def _model_refs(tree: Any) -> frozenset[str]:
             if key == "model" and isinstance(value, str):
                 found.add(value)
             else:
-                found |= _model_refs(value)
+                found |= model_refs(value)
     elif isinstance(tree, list):
         for item in tree:
-            found |= _model_refs(item)
+            found |= model_refs(item)
     return frozenset(found)
 
 

@@ -118,7 +118,7 @@ def _retime(base: dict[str, Any], models: list[Any], dirs: list[Path]) -> None:
     from slimtorch import artifact
     from slimtorch.data import build_data
     from slimtorch.measure.runner import retime_side_by_side
-    from slimtorch.pipeline import _model_refs
+    from slimtorch.pipeline import model_refs
 
     recipe = load_recipe(base)
     if any(m.llm for m in models):
@@ -126,7 +126,7 @@ def _retime(base: dict[str, Any], models: list[Any], dirs: list[Path]) -> None:
     d = recipe.data
     data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size, labeled_fraction=d.labeled_fraction,
                       transfer=d.transfer, num_classes=d.num_classes)
-    refs = _model_refs(base)
+    refs = model_refs(base)
     retime_side_by_side([(m, artifact.load(p, trusted_refs=refs)) for m, p in zip(models, dirs)], data, recipe.evaluate)
 
 
