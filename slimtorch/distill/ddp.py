@@ -35,11 +35,6 @@ from slimtorch.train.loop import convergence_note
 log = logging.getLogger(__name__)
 
 
-def is_distributed() -> bool:
-    """True inside an initialised process group with more than one rank (e.g. under torchrun)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,4 +123,4 @@ def single_process(config: DistillConfig) -> DistillConfig:
     return config.model_copy(update={"ddp": None})
 
 
-__all__ = ["DDPSpec", "HopJob", "is_distributed", "job_for", "single_process", "spawn_hop"]
+__all__ = ["DDPSpec", "HopJob", "job_for", "single_process", "spawn_hop"]

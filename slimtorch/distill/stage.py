@@ -12,8 +12,9 @@ from torch import nn
 
 from slimtorch.core import STAGES, RunContext, StageRecord
 from slimtorch.distill.config import DistillConfig, FeatureSpec
-from slimtorch.distill.ddp import is_distributed, job_for, single_process, spawn_hop
+from slimtorch.distill.ddp import job_for, single_process, spawn_hop
 from slimtorch.distill.engine import train_hop
+from slimtorch.distributed import world_size
 from slimtorch.errors import RecipeError
 from slimtorch.train.loop import convergence_note
 
@@ -100,7 +101,7 @@ class DistillStage:
         start = time.perf_counter()
         description = f"distill {names[0]}→{names[1]}"
         ddp = self.config.ddp
-        if ddp is not None and ddp.world_size > 1 and not is_distributed():
+        if ddp is not None and ddp.world_size > 1 and world_size() == 1:  # under torchrun the run is already parallel
             job = job_for(ctx, student=student, teachers=list(teachers), weights=weights, data=ctx.data,
                           config=single_process(self.config), epochs=epochs, pairs=list(pairs), description=description,
                           checkpoint_dir=checkpoint_dir)
