@@ -1,21 +1,26 @@
 """GPU check: the digits demo and a ResNet-style filter-prune + distill recipe on `cuda` against `cpu`.
 
-Prints, per recipe, final accuracy on each device, each stage's CPU seconds ÷ CUDA seconds (the same
-examples, so the ratio of KD samples per second) and the CUDA latency of the final torch model (CUDA events after warm-up), then one
-JSON line. Without CUDA it says so and prints {"cuda": false}: the CUDA path is then unverified.
+Prints, per recipe, the final accuracy on each device, each stage's CPU seconds ÷ CUDA seconds (the same
+examples, so the ratio of samples per second), and what the report measured on the GPU: the final torch
+model's CUDA latency (CUDA events after warm-up) and peak GPU memory. Then the demo under bf16 and fp16
+autocast, whether artifacts written by the GPU run load on the CPU, onnxruntime's providers, and one JSON
+line. Without CUDA it says so and prints {"cuda": false}: the CUDA path is then unverified.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
+import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import slimtorch
+from slimtorch import artifact
+from slimtorch.device import model_device
 
 CNN = """\
 name: gpu-cnn
@@ -28,29 +33,21 @@ evaluate: {latency: {batch_sizes: [1, 64], repeats: 20}, noise_levels: []}
 """
 
 
-def cuda_latency_ms(model: torch.nn.Module, example: torch.Tensor, repeats: int = 50) -> float:
-    model = model.to("cuda").eval()
-    example = example.to("cuda")
-    with torch.inference_mode():
-        for _ in range(10):
-            model(example)
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(example)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def run(recipe: str, device: str, out: Path) -> dict:
-    result = slimtorch.compress(recipe, out, force=True, device=device)
-    report = result.report
-    final = next(m for m in report["models"] if m["name"] == report["final"])
-    seconds = {s["name"]: s["seconds"] for s in report["stages"]}
-    return {"accuracy": final["metrics"]["accuracy"], "stage_seconds": seconds, "model": result.model}
+def run(recipe: str, device: str, out: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    report = slimtorch.compress(recipe, out, force=True, device=device).report
+    torch_models = [m for m in report.models if m.runtime == "torch"]
+    last_torch = torch_models[-1]
+    return {
+        "accuracy": report.final_model.metrics["accuracy"],
+        "stage_seconds": {s["name"]: s["seconds"] for s in report.stages},
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "measured_on": {m.name: m.device for m in report.models},
+        "torch_model": last_torch.name,
+        "latency_p50_ms": {b: t["p50"] for b, t in last_torch.latency_ms.items()},
+        "peak_memory_bytes": last_torch.peak_memory_bytes,
+        "loads_on_cpu": all(model_device(artifact.load(out / "models" / m.name)).type == "cpu" for m in report.models),
+    }
 
 
 def main() -> None:
@@ -58,24 +55,26 @@ def main() -> None:
         print("no CUDA device here: the GPU check did not run (the CUDA path is unverified on this machine).")
         print(json.dumps({"cuda": False}))
         return
+    import onnxruntime as ort
+
     demo = resources.files("slimtorch.recipes").joinpath("demo.yaml").read_text()
-    rows, out = [], {"cuda": True, "device": torch.cuda.get_device_name(0)}
+    out: dict[str, Any] = {"cuda": True, "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                           "cuda_version": torch.version.cuda, "onnxruntime_providers": ort.get_available_providers()}
     with tempfile.TemporaryDirectory() as tmp:
         for name, recipe in (("demo", demo), ("resnet_prune_distill", CNN)):
-            cpu = run(recipe, "cpu", Path(tmp) / f"{name}-cpu")
-            gpu = run(recipe, "cuda", Path(tmp) / f"{name}-cuda")
-            data = slimtorch.build_data("digits")
-            example = data.example_batch(64)
-            is_ort = getattr(gpu["model"], "slimtorch_runtime", None) == "onnxruntime"
-            latency = None if is_ort else cuda_latency_ms(gpu["model"], example)
-            speed = {k: cpu["stage_seconds"][k] / gpu["stage_seconds"][k] for k in gpu["stage_seconds"] if gpu["stage_seconds"][k]}
-            rows.append((name, cpu["accuracy"], gpu["accuracy"], speed, latency))
-            out[name] = {"accuracy_cpu": cpu["accuracy"], "accuracy_cuda": gpu["accuracy"], "stage_speedup": speed,
-                         "cuda_latency_ms_b64": latency}
-    for name, a_cpu, a_gpu, speed, latency in rows:
-        stages = ", ".join(f"{k} {v:.2f}x" for k, v in speed.items())
-        print(f"{name}: accuracy cpu {a_cpu:.4f} cuda {a_gpu:.4f}; stage speedup on cuda: {stages}; "
-              f"final model CUDA latency (batch 64): {latency if latency is None else f'{latency:.3f} ms'}")
+            cpu, gpu = run(recipe, "cpu", Path(tmp) / f"{name}-cpu"), run(recipe, "cuda", Path(tmp) / f"{name}-cuda")
+            speed = {k: round(cpu["stage_seconds"][k] / v, 2) for k, v in gpu["stage_seconds"].items() if v}
+            out[name] = {"cpu": cpu, "cuda": gpu, "stage_speedup_on_cuda": speed}
+            print(f"{name}: accuracy cpu {cpu['accuracy']:.4f} cuda {gpu['accuracy']:.4f}; wall cpu {cpu['wall_s']} s cuda "
+                  f"{gpu['wall_s']} s; stage speedup on cuda: {speed}")
+            print(f"  {gpu['torch_model']} measured on {gpu['measured_on'][gpu['torch_model']]}: p50 {gpu['latency_p50_ms']} ms, "
+                  f"peak GPU memory {gpu['peak_memory_bytes']} bytes; every artifact loads on the CPU: {gpu['loads_on_cpu']}")
+        for precision in ("bf16", "fp16"):
+            mixed = demo.replace("seed: 0", f"seed: 0\nprecision: {precision}")
+            r = run(mixed, "cuda", Path(tmp) / f"demo-{precision}")
+            out[f"demo_{precision}"] = {"accuracy": r["accuracy"], "wall_s": r["wall_s"]}
+            print(f"demo {precision} on cuda: accuracy {r['accuracy']:.4f} in {r['wall_s']} s")
+    print(f"onnxruntime providers: {out['onnxruntime_providers']}")
     print(json.dumps(out))
 
 

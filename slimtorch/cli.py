@@ -244,10 +244,12 @@ def measure(
     trust_code: Annotated[bool, typer.Option(
         "--trust-code", help="Let a saved directory rebuild its model with the module:function factory it names (imports and runs it)."
     )] = False,
+    device: Annotated[str | None, typer.Option("--device", help="Measure on auto (CUDA when present), cpu, cuda, cuda:N or mps.")] = None,
 ) -> None:
     """Measure one model (a saved slimtorch directory or any model reference) and print its report row."""
     from slimtorch import artifact
     from slimtorch.data import build_data
+    from slimtorch.device import check_device_spec, resolve_device
     from slimtorch.errors import RecipeError
     from slimtorch.measure import measure as run_measure
     from slimtorch.measure.config import EvaluateConfig, LatencyConfig
@@ -266,6 +268,10 @@ def measure(
             raise RecipeError(f"--data-args must be a JSON object like '{{\"path\": \"text.txt\"}}'; got {data_args!r}.")
         if not isinstance(kwargs, dict) or any(b < 1 for b in sizes):
             raise RecipeError(f"--args must be a JSON object and --batch-sizes positive integers like 1,64; got {args!r} and {batch_sizes!r}.")
+        try:
+            where = resolve_device(check_device_spec(device or "auto"))
+        except ValueError as exc:
+            raise RecipeError(f"--device: {exc}") from None
         with claim_out_dir(out, resume=False, force=force, kind="measure") if out is not None else nullcontext():
             bundle = build_data(data, args=source_args)
             model = build_model(model_ref, kwargs, input_shape=bundle.input_shape, num_classes=bundle.num_classes, trust_code=trust_code)
@@ -274,7 +280,8 @@ def measure(
             if out is not None and model_dir is None:
                 model_dir = out / "models" / "model"
                 artifact.save(model, model_dir)
-            m = run_measure(model, name=Path(model_ref).name or model_ref, stage="measure", data=bundle, config=config, artifact_dir=model_dir)
+            m = run_measure(model, name=Path(model_ref).name or model_ref, stage="measure", data=bundle, config=config, artifact_dir=model_dir,
+                            device=where)
             report = build_report(recipe={"name": f"measure {model_ref}"}, baseline=m.name, final=m.name, models=[m], stages=[])
             if out is not None:
                 write_report(out, report)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from typing import Any
 
 import torch
@@ -10,6 +12,14 @@ import torch
 from slimtorch.errors import RecipeError
 
 DEVICE_HELP = "use auto, cpu, cuda, cuda:N or mps"
+
+
+def check_device_spec(value: str) -> str:
+    """``value`` normalised when it names a device kind (not checked against this machine), else ValueError."""
+    v = value.strip().lower()
+    if v not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", v):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {value!r}")
+    return v
 
 
 def resolve_device(spec: str | None) -> torch.device:
@@ -66,3 +76,17 @@ def device_facts(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         facts.update(name=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return facts
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model with neither (e.g. an ONNX wrapper)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (GPU calls return before the work is done); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

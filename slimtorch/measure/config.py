@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slimtorch.device import check_device_spec
+
 
 class LatencyConfig(BaseModel):
     """Latency is timed on the artifact's own runtime with warm-up, repeats and a fixed thread count."""
@@ -60,6 +62,12 @@ class EvaluateConfig(BaseModel):
     noise_levels: list[float] = Field(default_factory=lambda: [0.1, 0.3], description="Gaussian input noise std, in units of the input's std")
     max_eval_examples: int | None = Field(None, ge=1, description="cap the examples used for metrics (large text sets)")
     llm: LLMEvalConfig = Field(default_factory=LLMEvalConfig, description="causal language models: perplexity, decode speed, samples")
+    device: str = Field("auto", description="where models are measured: auto (the device the run trains on), cpu, cuda, cuda:N or mps")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device_spec(value)
 
     @field_validator("noise_levels")
     @classmethod

@@ -1,8 +1,10 @@
 """Wall-clock latency of a forward pass on the model's own runtime, timed honestly.
 
 Each call pins the intra-op thread count (torch's, or the onnxruntime wrapper's), runs ``warmup``
-untimed passes, then ``repeats`` timed ones with :func:`time.perf_counter`, and reports the median
-(p50), p90, mean, std and min in milliseconds. The thread count is restored afterwards.
+untimed passes, then ``repeats`` timed ones, and reports the median (p50), p90, mean, std and min in
+milliseconds. The thread count is restored afterwards. On a GPU each pass is timed with CUDA events
+and the device is synchronised after it: kernels run asynchronously, so a host clock alone would time
+only the launches.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from slimtorch.core import Batch, forward
+from slimtorch.device import model_device, synchronize
 from slimtorch.measure.onnx_graph import is_onnxruntime
 
 log = logging.getLogger(__name__)
@@ -57,12 +60,35 @@ def time_latency(
 
 
 def _timed(model: nn.Module, example_input: Batch, repeats: int, max_seconds: float | None) -> list[float]:
+    where = model_device(model)
+    if where.type == "cuda":
+        return _timed_cuda(model, example_input, repeats, max_seconds, where)
     samples: list[float] = []
     start = time.perf_counter()
     for i in range(repeats):
+        synchronize(where)  # a no-op on CPU; on MPS the queue must be empty before the clock starts
         t0 = time.perf_counter()
         forward(model, example_input)
+        synchronize(where)
         samples.append((time.perf_counter() - t0) * 1e3)
+        if max_seconds is not None and i >= 2 and time.perf_counter() - start > max_seconds:
+            break
+    return samples
+
+
+def _timed_cuda(model: nn.Module, example_input: Batch, repeats: int, max_seconds: float | None,
+                where: torch.device) -> list[float]:
+    """Per-pass GPU time between two CUDA events; synchronised after each pass, as one request at a time runs."""
+    samples: list[float] = []
+    start = time.perf_counter()
+    synchronize(where)
+    for i in range(repeats):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        forward(model, example_input)
+        end.record()
+        end.synchronize()
+        samples.append(float(begin.elapsed_time(end)))
         if max_seconds is not None and i >= 2 and time.perf_counter() - start > max_seconds:
             break
     return samples

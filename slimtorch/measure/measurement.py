@@ -32,6 +32,9 @@ class Measurement:
         macs: multiply-accumulates of one forward pass on ONE example (batch 1); None if not countable.
         runtime, threads: what ran the timed forward passes (``torch`` or ``onnxruntime``) and on how
             many intra-op threads.
+        device: where the model was measured (``cpu``, ``cuda:0``, ...; see ``evaluate.device``).
+        peak_memory_bytes: on a GPU, the peak memory the model's measurement allocated (weights moved
+            there, activations of the largest batch); None on the CPU.
         latency_ms: ``{"<batch>": {"p50", "p90", "mean", "std", "min", "repeats"}}`` in milliseconds.
         metrics: ``accuracy`` and ``per_class_accuracy`` (classification) or ``cosine`` (embedding).
         agreement: argmax agreement with the baseline (classification) or mean cosine (embedding).
@@ -62,6 +65,8 @@ class Measurement:
     cost_s: dict[str, float] = field(default_factory=dict)
     decode_tokens_per_s: dict[str, float] = field(default_factory=dict)
     llm: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    peak_memory_bytes: int | None = None
 
     @property
     def primary_metric(self) -> tuple[str, float | None]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
+from slimtorch.device import to_device
 from slimtorch.errors import ShapeMismatchError
 from slimtorch.measure import llm
 from slimtorch.measure.config import EvaluateConfig
@@ -18,6 +21,7 @@ from slimtorch.measure.latency import pinned_threads, time_interleaved, time_lat
 from slimtorch.measure.macs import count_macs_noted
 from slimtorch.measure.measurement import Measurement
 from slimtorch.measure.params import count_nonzero, count_params
+from slimtorch.measure.placement import measuring_device, peak_memory, placed_on
 from slimtorch.measure.size import compressed_bytes, dir_size_bytes
 
 if TYPE_CHECKING:
@@ -39,6 +43,7 @@ def measure(
     baseline_outputs: Tensor | llm.LLMReference | None = None,
     latency_budget_s: float | None = None,
     time_now: bool = True,
+    device: torch.device | None = None,
 ) -> Measurement:
     """Measure ``model``: counts, bytes, MACs, latency per batch size, task metric, agreement, robustness.
 
@@ -52,6 +57,8 @@ def measure(
         latency_budget_s: optional cap on timed seconds per batch size (fewer repeats for slow models).
         time_now: False leaves ``latency_ms`` empty for :func:`retime_side_by_side` to fill (a run times
             all its models together at the end, so machine drift does not enter the ratios).
+        device: the device the run trains on; ``config.device: auto`` measures there (see
+            :mod:`slimtorch.measure.placement`). None → the CPU.
 
     Raises:
         ShapeMismatchError: ``baseline_outputs`` do not match this model's outputs.
@@ -75,23 +82,39 @@ def measure(
     macs, mac_notes = timed("macs", lambda: count_macs_noted(model, data.example_batch(1, split=config.split)))
     notes += mac_notes
     lat = config.latency
-    latency = timed("latency", lambda: {
-        str(b): time_latency(model, data.example_batch(b, split=config.split), warmup=lat.warmup,
-                             repeats=lat.repeats, threads=lat.threads, max_seconds=latency_budget_s)
-        for b in lat.batch_sizes}) if time_now else {}
-    notes += _latency_notes(latency)
+    runtime = getattr(model, "slimtorch_runtime", "torch")
+    # Causal LMs are measured on the CPU: their decode timings and perplexity windows have their own loop.
+    where = torch.device("cpu") if lm is not None else measuring_device(config.device, device, model)
+    with placed_on(model, where, data.example_batch(1, split=config.split), notes) as where, peak_memory(where) as peak:
+        latency = timed("latency", lambda: {
+            str(b): time_latency(model, to_device(data.example_batch(b, split=config.split), where), warmup=lat.warmup,
+                                 repeats=lat.repeats, threads=lat.threads, max_seconds=latency_budget_s)
+            for b in lat.batch_sizes}) if time_now else {}
+        notes += _latency_notes(latency)
+        if lm is None:
+            reference = baseline_outputs if isinstance(baseline_outputs, Tensor) else None
+            metrics, agree, robust = _task_metrics(model, name, data, config, reference, timed, notes)
+    common = {"name": name, "stage": stage, "params": params, "nonzero_params": nonzero, "size_bytes": size,
+              "compressed_bytes": packed, "macs": macs, "runtime": runtime, "threads": lat.threads, "latency_ms": latency,
+              "cost_s": cost, "device": str(where), "peak_memory_bytes": peak.bytes}
+    if lm is None:
+        return Measurement(**common, metrics=metrics, agreement=agree, robustness=robust, notes=notes,
+                           seconds=round(time.perf_counter() - start, 3))
+    llm_reference = baseline_outputs if isinstance(baseline_outputs, llm.LLMReference) else None
+    result = timed("llm", lambda: llm.measure_llm(model, data, config, llm_reference))
+    return Measurement(
+        **common, metrics=result.metrics, agreement=result.metrics.get("token_agreement"), robustness={},
+        notes=[*notes, "causal LM: robustness to input noise does not apply to token ids; see perplexity, agreement and KL."],
+        seconds=round(time.perf_counter() - start, 3), decode_tokens_per_s=result.decode_tokens_per_s,
+        llm={"prefill_ms": result.prefill_ms, "samples": result.samples, "setup": result.setup},
+    )
 
-    if lm is not None:
-        reference = baseline_outputs if isinstance(baseline_outputs, llm.LLMReference) else None
-        result = timed("llm", lambda: llm.measure_llm(model, data, config, reference))
-        return Measurement(
-            name=name, stage=stage, params=params, nonzero_params=nonzero, size_bytes=size, compressed_bytes=packed,
-            macs=macs, runtime=getattr(model, "slimtorch_runtime", "torch"), threads=lat.threads, latency_ms=latency,
-            metrics=result.metrics, agreement=result.metrics.get("token_agreement"), robustness={},
-            notes=[*notes, "causal LM: robustness to input noise does not apply to token ids; see perplexity, agreement and KL."],
-            seconds=round(time.perf_counter() - start, 3), cost_s=cost, decode_tokens_per_s=result.decode_tokens_per_s,
-            llm={"prefill_ms": result.prefill_ms, "samples": result.samples, "setup": result.setup},
-        )
+
+def _task_metrics(model: nn.Module, name: str, data: DataBundle, config: EvaluateConfig, baseline_outputs: Tensor | None,
+                  timed: Callable[[str, Callable[[], Any]], Any], notes: list[str],
+                  ) -> tuple[dict[str, Any], float | None, dict[str, float]]:
+    """The task metric, agreement and robustness of a classifier or encoder (notes are appended to ``notes``)."""
+    lat = config.latency
     batches = eval_batches(data, config)
     # Metric passes run on the same pinned threads: on a shared CPU, spare OpenMP threads spinning on
     # tiny ops cost more than the ops (a 2k-parameter MLP: 0.2 ms on 1 thread, 240 ms on 2 under load).
@@ -111,13 +134,7 @@ def measure(
     with pinned_threads(model, lat.threads):
         robust, robust_notes = timed("robustness", lambda: robustness(model, batches, list(config.noise_levels), data.task, reference))
     notes += robust_notes
-
-    return Measurement(
-        name=name, stage=stage, params=params, nonzero_params=nonzero, size_bytes=size,
-        compressed_bytes=packed, macs=macs, runtime=getattr(model, "slimtorch_runtime", "torch"),
-        threads=lat.threads, latency_ms=latency, metrics=metrics, agreement=agree, robustness=robust,
-        notes=notes, seconds=round(time.perf_counter() - start, 3), cost_s=cost,
-    )
+    return metrics, agree, robust
 
 
 def _sizes(artifact_dir: Path | None) -> tuple[int | None, int | None]:
@@ -129,12 +146,19 @@ def _sizes(artifact_dir: Path | None) -> tuple[int | None, int | None]:
 def retime_side_by_side(pairs: list[tuple[Measurement, nn.Module]], data: DataBundle, config: EvaluateConfig) -> None:
     """Time every model together in interleaved rounds and put those figures in their measurements.
 
-    The latency notes are rebuilt from the new timings; each measurement says how it was timed.
+    Each model is timed where it was measured (``Measurement.device``); on a GPU it is moved there for the
+    rounds and back afterwards. The latency notes are rebuilt from the new timings; each measurement
+    says how it was timed.
     """
     lat = config.latency
-    inputs = {str(b): data.example_batch(b, split=config.split) for b in lat.batch_sizes}
     t0 = time.perf_counter()
-    results = time_interleaved([(model, inputs) for _, model in pairs], warmup=lat.warmup, repeats=lat.repeats, threads=lat.threads)
+    with ExitStack() as stack:
+        entries = []
+        for m, model in pairs:
+            where = stack.enter_context(placed_on(model, torch.device(m.device), data.example_batch(1, split=config.split), m.notes))
+            m.device = str(where)
+            entries.append((model, {str(b): to_device(data.example_batch(b, split=config.split), where) for b in lat.batch_sizes}))
+        results = time_interleaved(entries, warmup=lat.warmup, repeats=lat.repeats, threads=lat.threads)
     share = round((time.perf_counter() - t0) / max(len(pairs), 1), 4)
     for (m, _), latency in zip(pairs, results):
         m.latency_ms = latency

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from slimtorch.data.sources import DATA_SOURCES, unknown_args_message
+from slimtorch.device import check_device_spec
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.plan.config import TargetConfig
 from slimtorch.resources import ResourceSpec
@@ -147,10 +148,7 @@ class Recipe(_Strict):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        v = value.strip().lower()
-        if v not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", v):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {value!r}")
-        return v
+        return check_device_spec(value)
 
     @field_validator("teacher")
     @classmethod
