@@ -20,6 +20,7 @@ from torch import nn
 
 from slimtorch.errors import MissingExtraError, ModelRefError
 from slimtorch.models.builtin import MODELS
+from slimtorch.models.tags import tag_
 
 
 def import_object(ref: str, what: str) -> Callable[..., Any]:
@@ -89,8 +90,7 @@ def build_architecture(
             f"unknown model reference {ref!r}. {MODELS.unknown_message(ref).split('. ', 1)[1]} "
             "Or use 'package.module:function', 'hf:<dir>', 'gguf:<file>', 'torchvision:<name>' or a saved slimtorch directory."
         )
-    model.slimtorch_spec = {"ref": ref, "args": copy.deepcopy(args)}
-    return model
+    return tag_(model, slimtorch_spec={"ref": ref, "args": copy.deepcopy(args)})
 
 
 def _check_args(factory: Callable[..., Any], args: dict[str, Any], ref: str) -> None:

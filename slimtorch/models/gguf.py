@@ -112,7 +112,7 @@ def converted_dir(path: str | Path) -> Path:
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         raise ModelRefError(f"transformers cannot read GGUF file {str(file)!r}: {str(exc).splitlines()[0]}") from exc
     # The weights are already dequantized to float32; transformers only keeps a GGUF marker that blocks saving.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers sets this attribute without declaring it
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_dir(target) as tmp:

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from slimtorch.errors import MissingExtraError, ModelRefError
 from slimtorch.models.gguf import PACKAGED_GGUF, converted_dir, packaged_gguf
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 HFKind = Literal["encoder", "classifier", "causal_lm"]
 
@@ -41,7 +44,7 @@ def _transformers() -> Any:
 class HFModel(nn.Module):
     """Wrap a transformers model (``self.hf``) and its tokenizer (``self.tokenizer``, may be None)."""
 
-    def __init__(self, hf: nn.Module, tokenizer: Any = None, kind: HFKind = "encoder") -> None:
+    def __init__(self, hf: PreTrainedModel, tokenizer: Any = None, kind: HFKind = "encoder") -> None:
         super().__init__()
         self.hf = hf
         self.tokenizer = tokenizer

@@ -9,23 +9,26 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from slimtorch.artifact import FORMATS, ArtifactFormat
 from slimtorch.errors import ArtifactError
 from slimtorch.io import atomic_write_json
+from slimtorch.models.tags import tag_
 from slimtorch.prune.masks import bake_masks_
 
 SHAPES_FILE = "pruned_shapes.json"
 
 
 def _save(model: nn.Module, directory: Path) -> None:
-    from slimtorch.prune.transformers import blocks, family, head_info
+    from slimtorch.models.hf import HFModel
+    from slimtorch.prune.transformers import attn_modules, blocks, family, head_info
 
     baked = bake_masks_(copy.deepcopy(model))
+    assert isinstance(baked, HFModel), "only head pruning of an HFModel selects the hf_pruned format"
     baked.hf.save_pretrained(directory / "hf", safe_serialization=True)
     if baked.tokenizer is not None:
         baked.tokenizer.save_pretrained(directory / "hf")
@@ -33,8 +36,8 @@ def _save(model: nn.Module, directory: Path) -> None:
     fam = family(baked.hf)
     if fam in ("bert", "gpt2"):
         first = blocks(baked.hf)[0]
-        qkv = first.attention.self.query if fam == "bert" else first.attn.c_attn
-        out_features = qkv.weight.shape[0] if fam == "bert" else qkv.weight.shape[1] // 3
+        qkv = cast(Tensor, attn_modules(fam, first)[0][0].weight)  # BERT: query (O, I); GPT-2: the fused c_attn (I, 3 O)
+        out_features = qkv.shape[0] if fam == "bert" else qkv.shape[1] // 3
         shapes["heads_per_layer"] = out_features // head_info(baked.hf)[2]
     atomic_write_json(directory / "hf_kind.json", {"kind": baked.kind})
     atomic_write_json(directory / SHAPES_FILE, shapes)
@@ -69,8 +72,7 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
     if (directory / "hf" / "tokenizer_config.json").exists():
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory / "hf", trust_remote_code=False)
     model = HFModel(hf.eval(), tokenizer, shapes["kind"])
-    model.slimtorch_format = "hf_pruned"
-    return model
+    return tag_(model, slimtorch_format="hf_pruned")
 
 
 FORMATS.register("hf_pruned")(ArtifactFormat(_save, _load))

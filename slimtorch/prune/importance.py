@@ -24,11 +24,9 @@ from torch.nn import functional as F
 from slimtorch.core import Batch, RunContext, forward
 from slimtorch.data.bundle import UNLABELED
 from slimtorch.errors import NotCalibratedError
-from slimtorch.prune.masks import mask_of, raw_weight, weight_2d
+from slimtorch.prune.masks import mask_of, raw_weight, weight_2d, weight_of
 from slimtorch.registry import Registry
 from slimtorch.train.losses import labeled_cross_entropy
-
-IMPORTANCE: Registry[type] = Registry("importance criterion")
 
 LossFn = Callable[[nn.Module, Batch, Tensor], Tensor]
 
@@ -69,6 +67,9 @@ class Importance:
         raise NotImplementedError
 
 
+IMPORTANCE: Registry[type[Importance]] = Registry("importance criterion")
+
+
 @IMPORTANCE.register("magnitude")
 class MagnitudeImportance(Importance):
     """``|w|^p`` (p = 1: L1, p = 2: L2); groups sum it. Han et al. 2015, https://arxiv.org/abs/1506.02626."""
@@ -77,7 +78,7 @@ class MagnitudeImportance(Importance):
         self.p = p
 
     def scores(self, fqn: str, module: nn.Module) -> Tensor:
-        return module.weight.detach().abs().pow(self.p)
+        return weight_of(module).detach().abs().pow(self.p)
 
     def tp_importance(self) -> Any:
         import torch_pruning as tp
@@ -93,7 +94,7 @@ class RandomImportance(Importance):
         self.generator = torch.Generator().manual_seed(seed)
 
     def scores(self, fqn: str, module: nn.Module) -> Tensor:
-        return torch.rand(module.weight.shape, generator=self.generator)
+        return torch.rand(weight_of(module).shape, generator=self.generator)
 
     def tp_importance(self) -> Any:
         import torch_pruning as tp
@@ -149,10 +150,10 @@ class ActivationImportance(_Calibrated):
         self.stats = {f: v.sqrt() for f, v in in_sq.items()}
 
     def scores(self, fqn: str, module: nn.Module) -> Tensor:
-        w = weight_2d(module, module.weight.detach()).abs()  # (O, I, *k)
+        w = weight_2d(module, weight_of(module).detach()).abs()  # (O, I, *k)
         norm = self._stat(fqn).to(w.dtype)  # (I,) per input channel (conv: groups=1 assumed)
         if w.shape[1] != norm.shape[0]:  # grouped conv: fall back to magnitude
-            return module.weight.detach().abs()
+            return weight_of(module).detach().abs()
         s = w * norm.view(1, -1, *([1] * (w.dim() - 2)))
         return s.t() if type(module).__name__ == "Conv1D" else s
 
@@ -184,7 +185,7 @@ class TaylorImportance(_Calibrated):
         self.stats = grads
 
     def scores(self, fqn: str, module: nn.Module) -> Tensor:
-        return (module.weight.detach() * self._stat(fqn)).abs()
+        return (weight_of(module).detach() * self._stat(fqn)).abs()
 
     def tp_importance(self) -> Any:
         import torch_pruning as tp

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from slimtorch.core import Batch, RunContext, StageRecord, forward, seed_everything
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.measure.accuracy import task_metric
-from slimtorch.prune.importance import IMPORTANCE
+from slimtorch.prune.importance import build_importance
 from slimtorch.prune.masks import compute_masks, mask_of, raw_weight, set_mask_
 from slimtorch.prune.targets import select_mask_targets
 from slimtorch.train.loop import TrainConfig, fit
@@ -28,8 +28,9 @@ def reinit_(model: nn.Module, seed: int) -> nn.Module:
     """Fresh random weights with each layer's own initialiser (``reset_parameters``)."""
     torch.manual_seed(seed)
     for m in model.modules():
-        if hasattr(m, "reset_parameters") and not isinstance(m, nn.utils.parametrize.ParametrizationList):
-            m.reset_parameters()
+        reset = getattr(m, "reset_parameters", None)
+        if reset is not None and not isinstance(m, nn.utils.parametrize.ParametrizationList):
+            reset()
     return model
 
 
@@ -91,7 +92,7 @@ def run_lottery(model: nn.Module, cfg: Any, ctx: RunContext, record: StageRecord
     _train(ticket, ctx, lot.epochs - lot.rewind_epoch, lot.lr, "lottery: dense")
     dense = copy.deepcopy(ticket)
     history = [{"iteration": 0, "sparsity": 0.0, "test": task_metric(ticket, ctx.data, "test")}]
-    crit = IMPORTANCE.get("magnitude")(p=cfg.p)
+    crit = build_importance("magnitude", p=cfg.p)
     for it in range(1, lot.iterations + 1):
         s = 1 - (1 - cfg.sparsity) ** (it / lot.iterations)
         masks = compute_masks({f: crit.masked_scores(f, m) for f, m in targets.items()}, targets, cfg.granularity, s,

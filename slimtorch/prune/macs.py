@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from slimtorch.core import Batch, batch_len, forward
+from slimtorch.prune.masks import weight_of
 from slimtorch.prune.targets import is_prunable_type
 
 
@@ -19,7 +20,7 @@ def layer_macs(model: nn.Module, example: Batch) -> dict[str, dict[str, float]]:
 
     def hook(fqn: str, module: nn.Module) -> Any:
         def run(_: nn.Module, __: Any, out: Tensor) -> None:
-            w = module.weight
+            w = weight_of(module)
             is_conv = isinstance(module, nn.modules.conv._ConvNd)
             fan_in = w[0].numel() if is_conv else (w.shape[0] if type(module).__name__ == "Conv1D" else w.shape[1])
             outputs = out.numel() / n

@@ -15,6 +15,8 @@ Granularities (groups of weights that are kept or removed together), for a weigh
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -25,6 +27,8 @@ from slimtorch.prune.config import parse_nm
 class Mask(nn.Module):
     """Parametrization ``weight = original * mask``; ``mask`` is a 0/1 buffer of the weight's shape."""
 
+    mask: Tensor
+
     def __init__(self, mask: Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
@@ -33,10 +37,20 @@ class Mask(nn.Module):
         return weight * self.mask
 
 
+def weight_of(module: nn.Module) -> Tensor:
+    """``module.weight``, masked if it is (torch types a module's attributes as ``Tensor | Module``)."""
+    return cast(Tensor, module.weight)
+
+
+def _weight_parametrizations(module: nn.Module) -> parametrize.ParametrizationList:
+    """The parametrizations of a parametrized ``module.weight``; its ``original`` is the trainable tensor."""
+    return cast(parametrize.ParametrizationList, module.get_submodule("parametrizations.weight"))
+
+
 def mask_of(module: nn.Module) -> Tensor | None:
     """The current 0/1 mask of ``module.weight``, or ``None`` when it is not masked."""
     if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
+        for p in _weight_parametrizations(module):
             if isinstance(p, Mask):
                 return p.mask
     return None
@@ -45,8 +59,8 @@ def mask_of(module: nn.Module) -> Tensor | None:
 def raw_weight(module: nn.Module) -> nn.Parameter:
     """The trainable tensor behind ``module.weight`` (the parametrization's original, if masked)."""
     if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
+        return cast(nn.Parameter, _weight_parametrizations(module).original)
+    return cast(nn.Parameter, module.weight)
 
 
 def masks_from_zeros(model: nn.Module, fqns: list[str] | None = None) -> dict[str, Tensor]:
@@ -57,7 +71,7 @@ def masks_from_zeros(model: nn.Module, fqns: list[str] | None = None) -> dict[st
     """
     modules = dict(model.named_modules())
     names = fqns if fqns is not None else [f for f, m in modules.items() if parametrize.is_parametrized(m, "weight")]
-    return {f: (modules[f].weight.detach() != 0).to(modules[f].weight.dtype) for f in names}
+    return {f: (weight_of(modules[f]).detach() != 0).to(weight_of(modules[f]).dtype) for f in names}
 
 
 def rearm_masks_(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
@@ -70,7 +84,8 @@ def rearm_masks_(model: nn.Module, masks: dict[str, Tensor]) -> nn.Module:
 def set_mask_(module: nn.Module, mask: Tensor) -> None:
     """Mask ``module.weight`` with ``mask`` (replacing any earlier mask) and zero the removed originals."""
     # contiguous: a broadcast (expanded) mask would share memory and break load_state_dict/copy_
-    mask = mask.to(dtype=module.weight.dtype, device=module.weight.device).contiguous()
+    weight = weight_of(module)
+    mask = mask.to(dtype=weight.dtype, device=weight.device).contiguous()
     current = mask_of(module)
     if current is None:
         parametrize.register_parametrization(module, "weight", Mask(mask))
@@ -87,13 +102,14 @@ def masked_modules(model: nn.Module) -> dict[str, nn.Module]:
 def bake_masks_(model: nn.Module) -> nn.Module:
     """Fold every mask into a plain ``weight`` (zeros stay); later training may then revive them."""
     for module in masked_modules(model).values():
-        if list(module.parametrizations.keys()) != ["weight"] or len(module.parametrizations.weight) != 1:
+        parametrizations = cast(nn.ModuleDict, module.parametrizations)
+        if list(parametrizations.keys()) != ["weight"] or len(_weight_parametrizations(module)) != 1:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
             continue
         # By hand rather than remove_parametrizations, which edits the parametrized class that a
         # deepcopy shares with its original (and so breaks the original).
-        raw = module.parametrizations.weight.original
-        weight = nn.Parameter(module.weight.detach().clone(), requires_grad=raw.requires_grad)
+        raw = raw_weight(module)
+        weight = nn.Parameter(weight_of(module).detach().clone(), requires_grad=raw.requires_grad)
         del module._modules["parametrizations"]
         module.__class__ = module.__class__.__bases__[0]
         module.weight = weight
@@ -107,7 +123,7 @@ def weight_2d(module: nn.Module, weight: Tensor) -> Tensor:
 
 def group_layout(module: nn.Module, granularity: str, vector_size: int = 4) -> str | None:
     """Why ``granularity`` cannot be applied to ``module`` (a reason), or ``None`` when it can."""
-    w = weight_2d(module, module.weight)
+    w = weight_2d(module, weight_of(module))
     is_conv = w.dim() > 2
     nm = parse_nm(granularity)
     if nm is not None:
@@ -140,7 +156,7 @@ def to_groups(module: nn.Module, t: Tensor, granularity: str, vector_size: int =
 
 def from_groups(module: nn.Module, groups: Tensor, granularity: str) -> Tensor:
     """Inverse of :func:`to_groups`: ``(G, S)`` back to the weight's own shape and layout."""
-    shape = weight_2d(module, module.weight).shape
+    shape = weight_2d(module, weight_of(module)).shape
     if parse_nm(granularity) is not None and len(shape) > 2:
         moved = (shape[0], *shape[2:], shape[1])
         out = groups.reshape(moved).movedim(-1, 1)
@@ -203,4 +219,4 @@ def compute_masks(
 
 def sparsity_report(modules: dict[str, nn.Module]) -> dict[str, float]:
     """fqn -> fraction of zeros in the effective weight."""
-    return {f: float((m.weight == 0).float().mean()) for f, m in modules.items()}
+    return {f: float((weight_of(m) == 0).float().mean()) for f, m in modules.items()}

@@ -22,14 +22,17 @@ from slimtorch.io import atomic_write_bytes
 from slimtorch.measure.accuracy import accuracy_of, mean_cosine, predict
 from slimtorch.prune.importance import Importance
 from slimtorch.prune.macs import count_macs, count_params, layer_macs, quick_latency_ms
-from slimtorch.prune.masks import compute_masks, raw_weight, weight_2d
+from slimtorch.prune.masks import compute_masks, raw_weight, weight_2d, weight_of
 
 log = logging.getLogger(__name__)
 
 
 def _metric(model: nn.Module, batches: list, reference: torch.Tensor | None, task: str) -> float:
     out, labels = predict(model, batches)
-    return accuracy_of(out, labels) if task == "classification" else mean_cosine(out, reference)
+    if task == "classification":
+        return accuracy_of(out, labels)
+    assert reference is not None, "scan passes the unpruned model's outputs for every task but classification"
+    return mean_cosine(out, reference)
 
 
 @torch.no_grad()
@@ -135,7 +138,7 @@ def plan_ratios(model: nn.Module, cfg: Any, ctx: RunContext, targets: dict[str, 
     example = ctx.data.example_batch(2, split="val")
     kind, value = cfg.target.kind, cfg.target.value
     if kind == "params":
-        costs = {f: float(m.weight.numel()) for f, m in targets.items()}
+        costs = {f: float(weight_of(m).numel()) for f, m in targets.items()}
         total = float(count_params(model)["nonzero_params" if not structured else "params"])
     else:
         costs = {f: v["macs"] for f, v in layer_macs(model, example).items() if f in targets}

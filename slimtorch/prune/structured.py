@@ -15,14 +15,14 @@ from torch import nn
 
 from slimtorch.core import Batch
 from slimtorch.prune._tp import build_pruner, describe_group, unknown_layer_couplings
-from slimtorch.prune.masks import weight_2d
+from slimtorch.prune.masks import weight_2d, weight_of
 from slimtorch.prune.targets import is_prunable_type
 
 log = logging.getLogger(__name__)
 
 
 def out_channels(module: nn.Module) -> int:
-    return int(weight_2d(module, module.weight).shape[0])
+    return int(weight_2d(module, weight_of(module)).shape[0])
 
 
 def prune_structured_(

@@ -12,14 +12,18 @@ re-applies the head count on load.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from slimtorch.core import RunContext, StageRecord
 from slimtorch.errors import UnsupportedModuleError
+from slimtorch.models.tags import tag_
 from slimtorch.prune.importance import Importance
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -30,39 +34,67 @@ def _is_conv1d(m: nn.Module) -> bool:
     return type(m).__name__ == "Conv1D"
 
 
+def _set_ints(m: nn.Module, **sizes: int) -> None:
+    """Set plain int attributes (``out_features``, ``num_heads``...): torch types a module's attributes as tensors or modules."""
+    for name, size in sizes.items():
+        setattr(m, name, size)
+
+
 @torch.no_grad()
 def keep_outputs_(m: nn.Module, idx: Tensor) -> None:
     """Keep only output features ``idx`` of a Linear/Conv1D."""
+    weight, bias = cast(Tensor, m.weight), cast("Tensor | None", m.bias)
     if _is_conv1d(m):
-        m.weight = nn.Parameter(m.weight[:, idx].clone())
-        m.nf = len(idx)
+        m.weight = nn.Parameter(weight[:, idx].clone())
+        _set_ints(m, nf=len(idx))
     else:
-        m.weight = nn.Parameter(m.weight[idx].clone())
-        m.out_features = len(idx)
-    if m.bias is not None:
-        m.bias = nn.Parameter(m.bias[idx].clone())
+        m.weight = nn.Parameter(weight[idx].clone())
+        _set_ints(m, out_features=len(idx))
+    if bias is not None:
+        m.bias = nn.Parameter(bias[idx].clone())
 
 
 @torch.no_grad()
 def keep_inputs_(m: nn.Module, idx: Tensor) -> None:
     """Keep only input features ``idx`` of a Linear/Conv1D."""
+    weight = cast(Tensor, m.weight)
     if _is_conv1d(m):
-        m.weight = nn.Parameter(m.weight[idx].clone())
+        m.weight = nn.Parameter(weight[idx].clone())
     else:
-        m.weight = nn.Parameter(m.weight[:, idx].clone())
-        m.in_features = len(idx)
+        m.weight = nn.Parameter(weight[:, idx].clone())
+        _set_ints(m, in_features=len(idx))
 
 
 # -- architecture adapters ---------------------------------------------------------------------------
 
-def family(hf: nn.Module) -> str:
+# Where each family keeps its blocks (under ``base_model``) and, inside a block, its FFN and attention
+# projections: (modules whose outputs are the units, the module whose inputs are).
+_BLOCKS = {"bert": "encoder.layer", "gpt2": "h", "llama": "layers"}
+_FFN = {
+    "bert": (["intermediate.dense"], "output.dense"),
+    "gpt2": (["mlp.c_fc"], "mlp.c_proj"),
+    "llama": (["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj"),
+}
+_ATTN = {
+    "bert": (["attention.self.query", "attention.self.key", "attention.self.value"], "attention.output.dense"),
+    "gpt2": (["attn.c_attn"], "attn.c_proj"),
+    "llama": (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "self_attn.o_proj"),
+}
+
+
+def config_of(hf: PreTrainedModel) -> Any:
+    """The model's config, untyped: its field names differ per family (``n_head``, ``num_attention_heads``...)."""
+    return hf.config
+
+
+def family(hf: PreTrainedModel) -> str:
     mt = getattr(hf.config, "model_type", "")
     if mt == "gpt2":
         return "gpt2"
     base = hf.base_model
     if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):
         return "bert"
-    if hasattr(base, "layers") and hasattr(base.layers[0], "self_attn") and hasattr(base.layers[0], "mlp"):
+    if hasattr(base, "layers") and hasattr(first := base.get_submodule("layers.0"), "self_attn") and hasattr(first, "mlp"):
         return "llama"
     raise UnsupportedModuleError(
         f"head/ffn/layer pruning supports BERT-like, GPT-2 and LLaMA-like models; {type(hf).__name__} (model_type {mt!r}) is none of them. "
@@ -70,14 +102,13 @@ def family(hf: nn.Module) -> str:
     )
 
 
-def blocks(hf: nn.Module) -> nn.ModuleList:
-    base = hf.base_model
-    return {"bert": lambda: base.encoder.layer, "gpt2": lambda: base.h, "llama": lambda: base.layers}[family(hf)]()
+def blocks(hf: PreTrainedModel) -> nn.ModuleList:
+    return cast(nn.ModuleList, hf.base_model.get_submodule(_BLOCKS[family(hf)]))
 
 
-def head_info(hf: nn.Module) -> tuple[int, int, int]:
+def head_info(hf: PreTrainedModel) -> tuple[int, int, int]:
     """(heads, kv heads, head dim) of every layer."""
-    c = hf.config
+    c = config_of(hf)
     if family(hf) == "gpt2":
         return c.n_head, c.n_head, c.n_embd // c.n_head
     heads = c.num_attention_heads
@@ -88,22 +119,14 @@ def head_info(hf: nn.Module) -> tuple[int, int, int]:
 
 def ffn_modules(fam: str, block: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     """(modules whose outputs are FFN neurons, the module whose inputs are)."""
-    if fam == "bert":
-        return [block.intermediate.dense], block.output.dense
-    if fam == "gpt2":
-        return [block.mlp.c_fc], block.mlp.c_proj
-    return [block.mlp.gate_proj, block.mlp.up_proj], block.mlp.down_proj
+    ups, down = _FFN[fam]
+    return [block.get_submodule(p) for p in ups], block.get_submodule(down)
 
 
 def attn_modules(fam: str, block: nn.Module) -> tuple[list[nn.Module], nn.Module]:
     """(q, k, v projections (GPT-2: the fused c_attn), output projection)."""
-    if fam == "bert":
-        s = block.attention.self
-        return [s.query, s.key, s.value], block.attention.output.dense
-    if fam == "gpt2":
-        return [block.attn.c_attn], block.attn.c_proj
-    a = block.self_attn
-    return [a.q_proj, a.k_proj, a.v_proj], a.o_proj
+    qkv, out = _ATTN[fam]
+    return [block.get_submodule(p) for p in qkv], block.get_submodule(out)
 
 
 def _w(m: nn.Module, scores: dict[nn.Module, Tensor]) -> Tensor:
@@ -129,7 +152,7 @@ def _unit_rows(units: Tensor, per_unit: int, dim: int) -> Tensor:
     return torch.cat([torch.arange(u * per_unit * dim, (u + 1) * per_unit * dim) for u in units.tolist()])
 
 
-def prune_heads_(hf: nn.Module, keep_units: int, scores: dict[nn.Module, Tensor]) -> dict[str, Any]:
+def prune_heads_(hf: PreTrainedModel, keep_units: int, scores: dict[nn.Module, Tensor]) -> dict[str, Any]:
     """Keep ``keep_units`` heads (KV groups for GQA) in every layer. Returns kept units per layer."""
     fam = family(hf)
     heads, kv, dim = head_info(hf)
@@ -143,17 +166,15 @@ def prune_heads_(hf: nn.Module, keep_units: int, scores: dict[nn.Module, Tensor]
         if fam == "gpt2":
             width = heads * dim
             keep_outputs_(qkv[0], torch.cat([q_rows + j * width for j in range(3)]))
-            a = block.attn
-            a.num_heads, a.split_size = keep_units, keep_units * dim
+            _set_ints(block.get_submodule("attn"), num_heads=keep_units, split_size=keep_units * dim)
         else:
             keep_outputs_(qkv[0], q_rows)
             for m in qkv[1:]:
                 keep_outputs_(m, _unit_rows(keep, 1, dim))
             if fam == "bert":
-                s = block.attention.self
-                s.num_attention_heads, s.all_head_size = keep_units, keep_units * dim
+                _set_ints(block.get_submodule("attention.self"), num_attention_heads=keep_units, all_head_size=keep_units * dim)
         keep_inputs_(out, q_rows)
-    c = hf.config
+    c = config_of(hf)
     if fam == "llama":
         c.num_attention_heads, c.num_key_value_heads, c.head_dim = keep_units * rep, keep_units, dim
     return {"heads_per_layer": keep_units * rep, "kept": kept, "needs_hf_pruned_format": fam != "llama"}
@@ -161,7 +182,7 @@ def prune_heads_(hf: nn.Module, keep_units: int, scores: dict[nn.Module, Tensor]
 
 # -- FFN -----------------------------------------------------------------------------------------
 
-def prune_ffn_(hf: nn.Module, keep: int, scores: dict[nn.Module, Tensor]) -> dict[str, Any]:
+def prune_ffn_(hf: PreTrainedModel, keep: int, scores: dict[nn.Module, Tensor]) -> dict[str, Any]:
     """Keep ``keep`` FFN neurons in every layer; updates the config's intermediate size."""
     fam = family(hf)
     for block in blocks(hf):
@@ -172,32 +193,27 @@ def prune_ffn_(hf: nn.Module, keep: int, scores: dict[nn.Module, Tensor]) -> dic
             keep_outputs_(m, idx)
         keep_inputs_(down, idx)
     if fam == "gpt2":
-        hf.config.n_inner = keep
+        config_of(hf).n_inner = keep
     else:
-        hf.config.intermediate_size = keep
+        config_of(hf).intermediate_size = keep
     return {"ffn_per_layer": keep}
 
 
 # -- layers --------------------------------------------------------------------------------------
 
-def drop_layers_(hf: nn.Module, drop: list[int]) -> dict[str, Any]:
+def drop_layers_(hf: PreTrainedModel, drop: list[int]) -> dict[str, Any]:
     """Remove whole blocks ``drop``; renumbers ``layer_idx`` (KV cache) and updates the config."""
     fam = family(hf)
     old = blocks(hf)
     kept = [b for i, b in enumerate(old) if i not in set(drop)]
     new = nn.ModuleList(kept)
-    base = hf.base_model
-    if fam == "bert":
-        base.encoder.layer = new
-    elif fam == "gpt2":
-        base.h = new
-    else:
-        base.layers = new
+    parent, _, name = _BLOCKS[fam].rpartition(".")
+    hf.base_model.get_submodule(parent).register_module(name, new)  # parent "" is base_model itself
     for i, block in enumerate(new):
         for m in block.modules():
             if hasattr(m, "layer_idx"):
-                m.layer_idx = i
-    c = hf.config
+                _set_ints(m, layer_idx=i)
+    c = config_of(hf)
     if getattr(c, "layer_types", None):
         c.layer_types = [t for i, t in enumerate(c.layer_types) if i not in set(drop)]
     if fam == "gpt2":
@@ -208,7 +224,7 @@ def drop_layers_(hf: nn.Module, drop: list[int]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def block_influence(model: nn.Module, hf: nn.Module, batches: list[Any]) -> Tensor:
+def block_influence(model: nn.Module, hf: PreTrainedModel, batches: list[Any]) -> Tensor:
     """``1 - cos(h_in, h_out)`` of each block on calibration data (ShortGPT, https://arxiv.org/abs/2403.03853)."""
     from slimtorch.core import forward
 
@@ -240,7 +256,7 @@ def block_influence(model: nn.Module, hf: nn.Module, batches: list[Any]) -> Tens
 
 # -- stage entry ---------------------------------------------------------------------------------
 
-def _linear_targets(hf: nn.Module) -> dict[str, nn.Module]:
+def _linear_targets(hf: PreTrainedModel) -> dict[str, nn.Module]:
     root = blocks(hf)
     return {f"{i}.{n}": m for i, b in enumerate(root) for n, m in b.named_modules()
             if isinstance(m, nn.Linear) or _is_conv1d(m)}
@@ -272,7 +288,7 @@ def prune_transformer_stage(model: nn.Module, cfg: Any, ctx: RunContext, record:
         keep = max(1, round((1 - cfg.sparsity) * units))
         info = prune_heads_(hf, keep, scores)
         if info["needs_hf_pruned_format"]:
-            model.slimtorch_format = "hf_pruned"
+            tag_(model, slimtorch_format="hf_pruned")
             record.notes.append(
                 f"{fam} configs derive the head size from hidden_size / num_heads, so plain from_pretrained cannot rebuild "
                 "fewer heads; the model is saved in slimtorch's hf_pruned format, which restores them on load."
