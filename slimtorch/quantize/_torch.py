@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,18 @@ def require_linears(model: nn.Module, chosen: list[str], mode: str, hint: str = 
         f"quantize (its layers: {', '.join(kinds[:12])}).{hint} For convolutional models use runtime: onnxruntime "
         "with mode: static_int8 or dynamic_int8."
     )
+
+
+def linear_at(model: nn.Module, fqn: str) -> nn.Linear:
+    """The ``nn.Linear`` at ``fqn``, one that :func:`select_linears` chose."""
+    module = model.get_submodule(fqn)
+    assert isinstance(module, nn.Linear), f"{fqn} is a {type(module).__name__}; select_linears chooses nn.Linear only"
+    return module
+
+
+def bias_of(linear: nn.Linear) -> Tensor | None:
+    """``linear.bias`` (a Parameter, or None for ``bias=False``; torch does not annotate it)."""
+    return cast("Tensor | None", linear.bias)
 
 
 def set_submodule(model: nn.Module, fqn: str, module: nn.Module) -> None:
@@ -94,6 +107,10 @@ class DynamicInt8Linear(nn.Module):
     Buffers: ``qweight`` (N, K) int8, ``scale`` (N,) float32, ``bias`` (N,) or None.
     """
 
+    qweight: Tensor
+    scale: Tensor
+    bias: Tensor | None
+
     def __init__(self, in_features: int, out_features: int, has_bias: bool = True, per_channel: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features, self.per_channel = in_features, out_features, per_channel
@@ -104,12 +121,13 @@ class DynamicInt8Linear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, per_channel: bool = True) -> DynamicInt8Linear:
-        out = cls(linear.in_features, linear.out_features, linear.bias is not None, per_channel)
+        bias = bias_of(linear)
+        out = cls(linear.in_features, linear.out_features, bias is not None, per_channel)
         codes, scale = int8_weight_grid(linear.weight, per_channel)
         out.qweight.copy_(codes)
         out.scale.copy_(scale)
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias.detach().float())
+        if bias is not None and out.bias is not None:  # out has a bias exactly when linear has one
+            out.bias.copy_(bias.detach().float())
         return out
 
     def dequantized_weight(self) -> Tensor:
@@ -136,7 +154,7 @@ class DynamicInt8Linear(nn.Module):
 def dynamic_int8_(model: nn.Module, fqns: list[str], per_channel: bool = True) -> nn.Module:
     """Replace the Linear layers named in ``fqns`` by :class:`DynamicInt8Linear`, in place."""
     for fqn in fqns:
-        set_submodule(model, fqn, DynamicInt8Linear.from_linear(model.get_submodule(fqn), per_channel))
+        set_submodule(model, fqn, DynamicInt8Linear.from_linear(linear_at(model, fqn), per_channel))
     return model
 
 
@@ -177,6 +195,11 @@ class WeightOnlyLinear(nn.Module):
     ``scale``/``minimum`` (N, K/group_size) bf16 — asymmetric, ``W ≈ q · scale + minimum``.
     """
 
+    qweight: Tensor
+    scale: Tensor
+    minimum: Tensor  # int4 only
+    bias: Tensor | None
+
     def __init__(self, in_features: int, out_features: int, bits: int = 8, group_size: int = 32, has_bias: bool = True) -> None:
         super().__init__()
         if bits not in (4, 8):
@@ -198,9 +221,10 @@ class WeightOnlyLinear(nn.Module):
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, bits: int, group_size: int = 32) -> WeightOnlyLinear:
         w = linear.weight.detach().float()  # (N, K)
-        out = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None)
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias.detach().float())
+        bias = bias_of(linear)
+        out = cls(linear.in_features, linear.out_features, bits, group_size, bias is not None)
+        if bias is not None and out.bias is not None:  # out has a bias exactly when linear has one
+            out.bias.copy_(bias.detach().float())
         if bits == 8:
             scale = (w.abs().amax(1) / 127).clamp(min=1e-12)  # (N,)
             out.qweight.copy_(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
@@ -281,7 +305,7 @@ class WeightOnlyLinear(nn.Module):
 def weight_only_(model: nn.Module, fqns: list[str], bits: int, group_size: int = 32) -> nn.Module:
     """Replace the Linear layers named in ``fqns`` by :class:`WeightOnlyLinear`, in place."""
     for fqn in fqns:
-        set_submodule(model, fqn, WeightOnlyLinear.from_linear(model.get_submodule(fqn), bits, group_size))
+        set_submodule(model, fqn, WeightOnlyLinear.from_linear(linear_at(model, fqn), bits, group_size))
     return model
 
 
@@ -296,6 +320,6 @@ class BFloat16Module(nn.Module):
         self.inner = inner.to(torch.bfloat16)
 
     def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:
-        cast = lambda t: t.to(torch.bfloat16) if isinstance(t, Tensor) and t.is_floating_point() else t
-        out = self.inner(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+        to_bf16 = lambda t: t.to(torch.bfloat16) if isinstance(t, Tensor) and t.is_floating_point() else t
+        out = self.inner(*[to_bf16(a) for a in args], **{k: to_bf16(v) for k, v in kwargs.items()})
         return out.float()

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from slimtorch.artifact import FORMATS, ArtifactFormat, _is_tied, _rebuild, fit_shapes_
 from slimtorch.errors import ArtifactError
 from slimtorch.io import atomic_write_json
+from slimtorch.models.tags import tag_
 from slimtorch.quantize import _torch
 
 QUANT_FILE = "quantization.json"
@@ -55,17 +56,19 @@ def _save(model: nn.Module, directory: Path) -> None:
             state[key] = value
     save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(directory / "model.safetensors"))
     # A Hugging Face model pruned by layer/head/FFN no longer matches the config its reference builds: keep its own.
-    hf_config = root.hf.config.to_dict() if hasattr(root, "hf") and hasattr(root.hf, "config") else None
+    hf = getattr(root, "hf", None)
+    hf_config = hf.config.to_dict() if hf is not None and hasattr(hf, "config") else None
     atomic_write_json(directory / QUANT_FILE, {"config": config, "modules": modules,
                                                "wrapper": "bf16" if root is not model else None, "hf_config": hf_config})
 
 
 def _with_saved_hf_config(model: nn.Module, saved: dict[str, Any] | None) -> nn.Module:
     """The rebuilt HF model with the saved (possibly pruned) config, keeping its tokenizer and kind."""
-    if not saved or not hasattr(model, "hf") or model.hf.config.to_dict() == saved:
+    hf = getattr(model, "hf", None)
+    if not saved or hf is None or hf.config.to_dict() == saved:
         return model
-    config = type(model.hf.config).from_dict(saved)
-    model.hf = type(model.hf)(config).eval()
+    config = type(hf.config).from_dict(saved)
+    model.hf = type(hf)(config).eval()
     return model
 
 
@@ -95,9 +98,7 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
         _torch.set_submodule(model, fqn, _dynamic_linear(state, fqn, entry))
     if info.get("wrapper") == "bf16":
         model = _torch.BFloat16Module(model)
-    model.slimtorch_format = "torch_quantized"
-    model.slimtorch_quantization = info["config"]
-    return model
+    return tag_(model, slimtorch_format="torch_quantized", slimtorch_quantization=info["config"])
 
 
 def _dynamic_linear(state: dict[str, Tensor], fqn: str, entry: dict[str, Any]) -> _torch.DynamicInt8Linear:
@@ -110,7 +111,7 @@ def _dynamic_linear(state: dict[str, Tensor], fqn: str, entry: dict[str, Any]) -
     with torch.no_grad():
         module.qweight.copy_(ints.to(torch.int8))
         module.scale.copy_(scales.float().expand(entry["out"]))
-        if entry["bias"]:
+        if module.bias is not None:  # built with a bias exactly when entry["bias"]
             module.bias.copy_(state[key + "bias"].float())
     return module
 

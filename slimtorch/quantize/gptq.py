@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from slimtorch.batch import Batch, forward
 from slimtorch.errors import NotCalibratedError
-from slimtorch.quantize._torch import WeightOnlyLinear, int4_codes, int4_grid, set_submodule
+from slimtorch.quantize._torch import WeightOnlyLinear, bias_of, int4_codes, int4_grid, linear_at, set_submodule
 
 if TYPE_CHECKING:
     from slimtorch.data.bundle import DataBundle
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def input_hessians(model: nn.Module, fqns: list[str], batches: Iterable[Batch]) -> dict[str, Tensor]:
     """``H = 2 X Xᵀ / n`` (K, K) of each named Linear's inputs over ``batches`` (one forward pass each)."""
-    sums = {fqn: torch.zeros(model.get_submodule(fqn).in_features, model.get_submodule(fqn).in_features, dtype=torch.float64)
+    sums = {fqn: torch.zeros(linear_at(model, fqn).in_features, linear_at(model, fqn).in_features, dtype=torch.float64)
             for fqn in fqns}
     counts = dict.fromkeys(fqns, 0)
 
@@ -140,11 +140,12 @@ def gptq_(model: nn.Module, fqns: list[str], batches: list[Batch], group_size: i
     hessians = input_hessians(model, fqns, batches)
     errors = {}
     for fqn in fqns:
-        linear = model.get_submodule(fqn)
+        linear = linear_at(model, fqn)
+        bias = bias_of(linear)
         codes, scale, minimum = gptq_int4(linear.weight, hessians[fqn], group_size, damping, act_order=act_order, mse=mse)
-        out = WeightOnlyLinear(linear.in_features, linear.out_features, 4, group_size, linear.bias is not None)
-        if linear.bias is not None:
-            out.bias.copy_(linear.bias.detach().float())
+        out = WeightOnlyLinear(linear.in_features, linear.out_features, 4, group_size, bias is not None)
+        if bias is not None and out.bias is not None:  # out has a bias exactly when linear has one
+            out.bias.copy_(bias.detach().float())
         out.set_int4_(codes, scale, minimum)
         delta = (out.dequantized_weight() - linear.weight.detach().float())  # (N, K)
         h = hessians[fqn]

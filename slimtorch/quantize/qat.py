@@ -28,7 +28,7 @@ import logging
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,9 @@ from slimtorch.batch import forward
 from slimtorch.distill.losses import distillation_loss
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.export.onnx import bake_parametrizations_
+from slimtorch.models.tags import tag_
 from slimtorch.prune.masks import mask_of, rearm_masks_
+from slimtorch.quantize._torch import bias_of
 from slimtorch.train.losses import labeled_cross_entropy
 
 if TYPE_CHECKING:
@@ -51,6 +53,10 @@ log = logging.getLogger(__name__)
 QMIN, QMAX = -128, 127
 _ADDS = (operator.add, torch.add, operator.iadd)
 _RELUS = (F.relu, torch.relu)
+# The layers whose weights QAT fake-quantizes.
+WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class ActivationFakeQuant(nn.Module):
@@ -61,6 +67,11 @@ class ActivationFakeQuant(nn.Module):
     built-in ResNet a moving average (momentum 0.01) shrank them towards single batches' ranges and
     left the int8 model further from the float one (KL to fp32 about 3.8e-4 against 1.5e-4 held).
     """
+
+    min_val: Tensor
+    max_val: Tensor
+    scale: Tensor
+    zero_point: Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,7 +114,7 @@ class QuantWeight(nn.Module):
     The scale follows the weight while training; :func:`freeze_` fixes it (a constant for export).
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: WeightLayer) -> None:
         super().__init__()
         self.module = module
         self.frozen_scale: Tensor | None = None
@@ -112,7 +123,7 @@ class QuantWeight(nn.Module):
         # the mask parametrization applies first, so pruned zeros quantize to exactly 0
         weight = weight_fake_quant(self.module.weight, None if self.training else self.frozen_scale)
         if isinstance(self.module, nn.Linear):
-            return F.linear(x, weight, self.module.bias)
+            return F.linear(x, weight, bias_of(self.module))
         return self.module._conv_forward(x, weight, self.module.bias)
 
 
@@ -137,7 +148,7 @@ def _fold_batchnorm(model: nn.Module) -> fx.GraphModule:
             f"quantize.qat traces the model with torch.fx and {type(model).__name__} does not trace: "
             f"{str(exc).splitlines()[0]}. Use post-training static_int8 (with max_drop) for this model."
         ) from exc
-    fused = fuse(traced, inplace=True)
+    fused = cast(fx.GraphModule, fuse(traced, inplace=True))  # fuse returns the GraphModule it was given (typed nn.Module)
     rearm_masks_(fused, {f: m for f, m in masks.items() if _has_weight(fused, f)})
     return fused
 
@@ -161,12 +172,11 @@ def prepare_qat(model: nn.Module) -> fx.GraphModule:
     after: list[fx.Node] = []
     n_weights = 0
     for node in list(graph.nodes):
-        if _is(node, modules, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            wrapped = QuantWeight(modules[str(node.target)])
-            gm.add_submodule(str(node.target), wrapped)
+        layer = modules[str(node.target)] if node.op == "call_module" else None
+        if isinstance(layer, _WEIGHT_LAYERS):
+            gm.add_submodule(str(node.target), QuantWeight(layer))
             n_weights += 1
-        if node.op == "placeholder" or _is(node, modules, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.AdaptiveAvgPool1d,
-                                                           nn.AdaptiveAvgPool2d)) \
+        if node.op == "placeholder" or _is(node, modules, (*_WEIGHT_LAYERS, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)) \
                 or (node.op == "call_function" and node.target in _ADDS):
             users = list(node.users)
             after.append(users[0] if len(users) == 1 and _is_relu(users[0], modules) else node)
@@ -177,11 +187,14 @@ def prepare_qat(model: nn.Module) -> fx.GraphModule:
         gm.add_submodule(name, ActivationFakeQuant())
         with graph.inserting_after(node):
             fq = graph.call_module(name, (node,))
-        node.replace_all_uses_with(fq, delete_user_cb=lambda user, fq=fq: user is not fq)
+
+        def is_not_fq(user: fx.Node, fq: fx.Node = fq) -> bool:  # fq itself keeps reading `node`
+            return user is not fq
+
+        node.replace_all_uses_with(fq, delete_user_cb=is_not_fq)
     graph.lint()
     gm.recompile()
-    gm.slimtorch_spec = getattr(model, "slimtorch_spec", None)
-    return gm
+    return tag_(gm, slimtorch_spec=getattr(model, "slimtorch_spec", None))
 
 
 def freeze_(model: nn.Module) -> nn.Module:
@@ -197,7 +210,7 @@ def activation_quantizers(model: nn.Module) -> list[ActivationFakeQuant]:
 
 
 @torch.no_grad()
-def calibrate_(model: nn.Module, batches: list[Any]) -> nn.Module:
+def calibrate_(model: ModuleT, batches: list[Any]) -> ModuleT:
     """Set every activation range by min/max over ``batches`` (inputs only), in place."""
     quantizers = activation_quantizers(model)
     model.eval()
@@ -205,7 +218,7 @@ def calibrate_(model: nn.Module, batches: list[Any]) -> nn.Module:
         q.is_observing = True
     try:
         for x in batches:
-            model(x)
+            forward(model, x)  # moves the CPU batch to wherever the model is
     finally:
         for q in quantizers:
             q.is_observing = False
@@ -215,7 +228,9 @@ def calibrate_(model: nn.Module, batches: list[Any]) -> nn.Module:
 def masks_kept(model: nn.Module) -> bool:
     """Whether every masked (pruned) weight of ``model`` is still exactly zero after fake quantization."""
     for m in model.modules():
-        mask = mask_of(m.module) if isinstance(m, QuantWeight) else None
+        if not isinstance(m, QuantWeight):
+            continue
+        mask = mask_of(m.module)
         if mask is not None and bool((weight_fake_quant(m.module.weight)[mask == 0] != 0).any()):
             return False
     return True
@@ -298,9 +313,11 @@ def int8_initializers_(onnx_bytes: bytes) -> tuple[bytes, dict[str, int]]:
     stats = {"int8_weights": 0, "int32_biases": 0}
     producers = {o: n for n in graph.node for o in n.output}
     for node in list(graph.node):
-        if node.op_type != "QuantizeLinear" or array(node.input[0]) is None or node.input[0] not in inits:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in inits:
             continue
         w, scale, zp = array(node.input[0]), array(node.input[1]), array(node.input[2])
+        if w is None or scale is None or zp is None:  # a scale or zero point computed at run time: leave the node
+            continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         shape = [1] * w.ndim
         if scale.ndim == 1 and scale.size > 1:
