@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from slimtorch.device import model_device, to_device
 from slimtorch.errors import UnsupportedModuleError
 
 Batch = Tensor | dict[str, Tensor]
@@ -22,9 +23,12 @@ OUTPUT_KEYS = ("logits",)
 def forward(model: nn.Module, x: Batch) -> Tensor:
     """Call ``model`` on one input batch, a tensor or a dict of tensors (tokenized text).
 
-    The result goes through :func:`output_tensor`, so training, distillation, pruning and measurement
-    all see one Tensor whatever shape of output the model's ``forward`` returns.
+    The batch is moved to the model's device first (a no-op when it is there): on a GPU run the teacher
+    lives on the GPU while calibration, probes and evaluation read batches from CPU loaders. The result
+    goes through :func:`output_tensor`, so training, distillation, pruning and measurement all see one
+    Tensor whatever shape of output the model's ``forward`` returns; it stays on the model's device.
     """
+    x = to_device(x, model_device(model))
     return output_tensor(model(**x) if isinstance(x, dict) else model(x), model)
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from slimtorch.core import Batch, forward, output_tensor
+from slimtorch.device import to_device
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.runtime import OrtModule
 
@@ -90,7 +91,8 @@ def export_onnx(model: nn.Module, example: Batch, opset: int = 17) -> bytes:
         example: one input batch, a tensor ``(B, ...)`` or a dict of ``(B, T)`` tensors.
         opset: ONNX opset version.
     """
-    module = plain_copy(model)
+    # Exported from the CPU whatever device the run trained on: the graph must not name a GPU.
+    module, example = plain_copy(model).to("cpu"), to_device(example, torch.device("cpu"))
     names = input_names_of(example)
     args: tuple[Tensor, ...] = tuple(example[n] for n in names) if isinstance(example, dict) else (example,)
     if isinstance(example, dict):
@@ -124,9 +126,9 @@ def max_abs_diff(reference: nn.Module, candidate: nn.Module, example: Batch) -> 
     """Largest absolute difference between two models' outputs on ``example``."""
     was_training = reference.training
     reference.eval()
-    expected = forward(reference, example).float()
+    expected = forward(reference, example).float().cpu()
     reference.train(was_training)
-    got = forward(candidate, example).float()
+    got = forward(candidate, example).float().cpu()
     if got.shape != expected.shape:
         return float("inf")
     return (got - expected).abs().max().item()

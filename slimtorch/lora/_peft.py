@@ -61,7 +61,7 @@ def _masked_linear_class() -> type:
         def get_delta_weight(self, adapter: str) -> Tensor:
             delta = super().get_delta_weight(adapter)
             mask = self._mask()
-            return delta if mask is None else delta * mask.to(delta.dtype)
+            return delta if mask is None else delta * mask.to(device=delta.device, dtype=delta.dtype)  # a plain attribute: .to() leaves it behind
 
         def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
             if self._mask() is None or self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:

@@ -22,7 +22,7 @@ def predict(model: nn.Module, batches: Iterable[tuple[Batch, Tensor]]) -> tuple[
     model.eval()
     outputs, labels = [], []
     for x, y in batches:
-        outputs.append(forward(model, x).float())
+        outputs.append(forward(model, x).float().cpu())  # metrics are computed on the CPU, beside the labels
         labels.append(torch.as_tensor(y))
     model.train(was_training)
     return torch.cat(outputs), torch.cat(labels)

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from slimtorch.core import Batch, batch_len, forward
-from slimtorch.device import model_device, to_device
 from slimtorch.errors import DataError
 from slimtorch.measure import llm
 from slimtorch.measure.accuracy import accuracy_of, agreement, mean_cosine, per_class_accuracy
@@ -44,14 +43,13 @@ def run_batches(model: nn.Module, batches: list[tuple[Batch, Tensor]], noise: fl
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)  # noise is drawn on the CPU: the same noise on every device
-    where = model_device(model)
     outputs, labels = [], []
     try:
         with torch.inference_mode():
             for x, y in batches:
                 if noise > 0 and isinstance(x, Tensor):
                     x = x + noise * input_std * torch.randn(x.shape, generator=gen, dtype=x.dtype)
-                outputs.append(forward(model, to_device(x, where)).float().cpu())
+                outputs.append(forward(model, x).float().cpu())
                 labels.append(y)
     finally:
         model.train(was_training)

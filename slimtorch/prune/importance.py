@@ -36,8 +36,9 @@ def calibration_loss(task: str, kind: str | None = None) -> LossFn:
 
     def loss(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
         out = forward(model, x)
+        y = y.to(out.device)  # calibration batches come from CPU loaders; the model may sit on a GPU
         if kind == "causal_lm" and isinstance(x, dict):
-            ids = x["input_ids"]
+            ids = x["input_ids"].to(out.device)
             return F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), ids[:, 1:].reshape(-1))
         if task == "classification" and (y != UNLABELED).any():
             return labeled_cross_entropy(out, y)

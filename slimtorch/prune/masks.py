@@ -203,7 +203,7 @@ def compute_masks(
         order = torch.argsort(flat, stable=True)
         removed_weights = torch.cumsum(sizes[order], 0)
         target = float(round(sparsity * float(sizes.sum())))
-        n_remove = int(torch.searchsorted(removed_weights, torch.tensor(target), right=True))
+        n_remove = int(torch.searchsorted(removed_weights, torch.tensor(target, device=removed_weights.device), right=True))
         flat_keep = torch.ones_like(flat)
         flat_keep[order[:n_remove]] = 0
         for f, part in zip(names, flat_keep.split([len(group_scores[f]) for f in names])):

@@ -117,7 +117,8 @@ class QuantWeight(nn.Module):
     def __init__(self, module: WeightLayer) -> None:
         super().__init__()
         self.module = module
-        self.frozen_scale: Tensor | None = None
+        self.frozen_scale: Tensor | None
+        self.register_buffer("frozen_scale", None, persistent=False)  # a buffer: it follows the module's .to(device)
 
     def forward(self, x: Tensor) -> Tensor:
         # the mask parametrization applies first, so pruned zeros quantize to exactly 0
