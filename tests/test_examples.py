@@ -40,6 +40,9 @@ def test_example_runs_end_to_end(path, tmp_path, monkeypatch):
         pytest.skip("torchvision examples run in tests/test_vision.py (make test-vision)")
     if path.stem == "smollm2":
         pytest.skip("the real SmolLM2 example runs in tests/test_llm_example.py (make test-llm)")
+    if "runtime: openvino" in path.read_text() or "quantizer: nncf" in path.read_text():
+        for package in ("openvino", "nncf"):
+            pytest.importorskip(package, reason="needs the openvino extra: pip install 'slimtorch[openvino]'")
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # module:function references resolve from the root
     raw = smoke(yaml.safe_load(path.read_text()))
     result = compress(raw, tmp_path / path.stem)

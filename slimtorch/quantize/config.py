@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Mode = Literal["dynamic_int8", "static_int8", "fp16", "bf16", "int8_weight_only", "int4_weight_only"]
-Runtime = Literal["torch", "onnxruntime"]
+from slimtorch.errors import MissingExtraError
+
+Mode = Literal["dynamic_int8", "static_int8", "fp16", "bf16", "int8_weight_only", "int4_weight_only", "fp32"]
+Runtime = Literal["torch", "onnxruntime", "openvino"]
+Quantizer = Literal["onnxruntime", "nncf"]
 
 # Which modes each runtime implements (and the backend that runs them).
 RUNTIME_MODES: dict[str, dict[str, str]] = {
@@ -15,6 +19,11 @@ RUNTIME_MODES: dict[str, dict[str, str]] = {
         "dynamic_int8": "onnxruntime {version} dynamic int8 (MatMulInteger)",
         "static_int8": "onnxruntime {version} QDQ static int8",
         "fp16": "onnxruntime {version} fp16 (keep_io_types)",
+    },
+    # The `openvino` extra: the same ONNX graphs compiled by OpenVINO for the CPU.
+    "openvino": {
+        "fp32": "OpenVINO {version} fp32 (the exported ONNX graph, inference precision f32)",
+        "static_int8": "OpenVINO {version} int8 (QDQ ONNX graph)",
     },
     "torch": {
         "dynamic_int8": "torch dynamic int8 (aten._int_mm, torch.ao numerics)",
@@ -71,12 +80,14 @@ class QuantizeConfig(BaseModel):
     embedding_bits: Literal[4, 8] = Field(8, description="onnxruntime dynamic_int8: 4 = block-quantize word-embedding tables to 4 bit")
     embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export")
-    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads of the returned model")
+    threads: int = Field(1, ge=1, description="onnxruntime intra-op (OpenVINO inference) threads of the returned model")
     max_drop: float | None = Field(None, ge=0, lt=1, description="onnxruntime int8: allowed val-metric drop; the most "
                                    "sensitive layers stay float until it holds")
     max_float_fraction: float = Field(0.25, gt=0, le=1, description="max_drop: at most this fraction of the layers stays float")
     sensitivity: bool = Field(False, description="onnxruntime int8: scan every layer's quantization cost (always on with max_drop)")
     qat: QATConfig | None = Field(None, description="static_int8 on onnxruntime: quantization-aware training before export")
+    quantizer: Quantizer = Field("onnxruntime", description="static_int8: who writes the int8 QDQ graph, onnxruntime's quantizer "
+                                 "or NNCF's nncf.quantize (the openvino extra); either runs on onnxruntime or openvino")
 
     @model_validator(mode="after")
     def _check(self) -> QuantizeConfig:
@@ -85,7 +96,8 @@ class QuantizeConfig(BaseModel):
             other = next(r for r, modes in RUNTIME_MODES.items() if self.mode in modes)
             raise ValueError(
                 f"quantize.mode {self.mode!r} is not available for runtime {self.runtime!r}; valid modes for "
-                f"{self.runtime}: {', '.join(sorted(valid))}. ({self.mode} runs on runtime: {other}.)"
+                f"{self.runtime}: {', '.join(sorted(valid))}. ({self.mode} runs on runtime: {other}"
+                + ("; an fp32 onnxruntime model is what the export stage returns" if self.mode == "fp32" else "") + ".)"
             )
         if self.mode == "int4_weight_only" and self.group_size not in (32, 64, 128, 256):
             raise ValueError(f"quantize.group_size must be one of 32, 64, 128, 256 for int4; got {self.group_size}.")
@@ -103,19 +115,48 @@ class QuantizeConfig(BaseModel):
                 "quantize.max_drop and quantize.sensitivity work on onnxruntime int8 (mode: static_int8 or dynamic_int8, "
                 f"runtime: onnxruntime); got mode {self.mode!r}, runtime {self.runtime!r}. Remove them or change the mode."
             )
-        if self.qat is not None and (self.mode, self.runtime) != ("static_int8", "onnxruntime"):
+        if self.qat is not None and (self.mode != "static_int8" or self.runtime == "torch"):
             raise ValueError(
-                f"quantize.qat trains for mode: static_int8 with runtime: onnxruntime; got mode {self.mode!r}, runtime "
+                f"quantize.qat trains for mode: static_int8 with runtime: onnxruntime or openvino; got mode {self.mode!r}, runtime "
                 f"{self.runtime!r}. Set mode: static_int8, runtime: onnxruntime, or remove qat."
             )
+        self._check_quantizer()
         if self.qat is not None and (self.max_drop is not None or self.sensitivity or self.exclude):
             raise ValueError("quantize.qat quantizes every Conv/Linear and cannot be combined with max_drop, sensitivity or "
                              "exclude; use either qat or max_drop (post-training, mixed precision).")
         return self
 
+    def _check_quantizer(self) -> None:
+        if self.quantizer == "onnxruntime":
+            return
+        if self.mode != "static_int8" or self.runtime == "torch":
+            raise ValueError(f"quantize.quantizer: nncf writes a static int8 graph for runtime: onnxruntime or openvino; got mode "
+                             f"{self.mode!r}, runtime {self.runtime!r}. Set mode: static_int8, or remove quantizer.")
+        if self.qat is not None or self.max_drop is not None or self.sensitivity:
+            raise ValueError("quantize.quantizer: nncf is post-training quantization with NNCF's own choices; it cannot be combined "
+                             "with qat, max_drop or sensitivity (those use onnxruntime's quantizer). Remove quantizer: nncf or them.")
+        if self.calibrate_method != "minmax" or not self.per_channel or self.reduce_range:
+            raise ValueError("quantize.calibrate_method, per_channel and reduce_range set onnxruntime's quantizer; quantizer: nncf "
+                             f"uses NNCF's defaults (got calibrate_method {self.calibrate_method!r}, per_channel {self.per_channel}, "
+                             f"reduce_range {self.reduce_range}). Leave them at minmax / true / false, or use quantizer: onnxruntime.")
+
     def backend(self) -> str:
-        """Human-readable name of the library path that runs this config."""
+        """Human-readable name of the library path that runs this config (an optional package not installed: its version is '?')."""
+        from slimtorch.quantize._openvino import nncf_version
         from slimtorch.quantize._ort import ort_version
+        from slimtorch.runtime import openvino_version
+
+        def version(of: Callable[[], str]) -> str:
+            try:
+                return of()
+            except MissingExtraError:
+                return "? (not installed)"
 
         text = RUNTIME_MODES[self.runtime][self.mode] + (", GPTQ-calibrated" if self.method == "gptq" else "")
-        return text.format(version=ort_version()) if "{version}" in text else text
+        if "{version}" in text:
+            text = text.format(version=version(openvino_version) if self.runtime == "openvino" else ort_version())
+        if self.quantizer == "nncf":
+            text += f", quantized by NNCF {version(nncf_version)}"
+        elif self.runtime == "openvino" and self.mode == "static_int8":
+            text += ", from slimtorch's QAT" if self.qat is not None else f", quantized by onnxruntime {ort_version()}'s quantizer"
+        return text

@@ -17,10 +17,10 @@ from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
 from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import export_onnx, input_names_of, plain_copy
 from slimtorch.measure.llm import with_model_tokens
-from slimtorch.quantize import _ort, _torch, gptq, qat, sensitivity
+from slimtorch.quantize import _openvino, _ort, _torch, gptq, qat, sensitivity
 from slimtorch.quantize.config import QATConfig, QuantizeConfig
 from slimtorch.quantize.sensitivity import MixedPrecisionResult
-from slimtorch.runtime import OrtModule
+from slimtorch.runtime import OpenVINOModule, OrtModule
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,17 @@ def _ort_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, exampl
                                           nodes_to_exclude=excluded)
     elif cfg.mode == "static_int8":
         feeds = calibration_feeds(ctx, cfg)
-        quantized = _ort.quantize_static(fp32, feeds, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                                         calibrate_method=cfg.calibrate_method, nodes_to_exclude=excluded)
+        if cfg.quantizer == "nncf":
+            quantized = _openvino.nncf_quantize(fp32, feeds, nodes_to_exclude=excluded)
+        else:
+            quantized = _ort.quantize_static(fp32, feeds, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                                             calibrate_method=cfg.calibrate_method, nodes_to_exclude=excluded)
         details["calibration_examples"] = int(sum(len(next(iter(f.values()))) for f in feeds))
         details["calibration_batches"] = len(feeds)
-    else:
+    elif cfg.mode == "fp16":
         quantized = _ort.convert_fp16(fp32)
+    else:  # fp32 on OpenVINO: the exported graph as it is
+        quantized = fp32
     if cfg.max_drop is not None or cfg.sensitivity:
         quantized, mixed = _mixed_precision(fp32, ctx, cfg, excluded)
         details["quant_sensitivity"] = mixed.to_details()
@@ -68,7 +73,14 @@ def _ort_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, exampl
     details.update({"onnx_bytes": len(quantized), "bytes_ratio_vs_onnx_fp32": round(len(quantized) / len(fp32), 4),
                     "excluded_nodes": excluded})
     meta = {"mode": cfg.mode, "opset": cfg.opset, "backend": cfg.backend()}
-    return OrtModule(quantized, threads=cfg.threads, meta=meta), details
+    return graph_module(quantized, cfg, meta), details
+
+
+def graph_module(onnx_bytes: bytes, cfg: QuantizeConfig, meta: dict[str, Any]) -> nn.Module:
+    """The ONNX graph in the runtime ``cfg.runtime`` names: an :class:`OrtModule` or an :class:`OpenVINOModule`."""
+    if cfg.runtime == "openvino":
+        return OpenVINOModule(onnx_bytes, threads=cfg.threads, meta=meta)
+    return OrtModule(onnx_bytes, threads=cfg.threads, meta=meta)
 
 
 def _qat_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, qat_cfg: QATConfig,
@@ -79,7 +91,7 @@ def _qat_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, qat_cf
     batches = [x for x, _ in itertools.islice(loader, cfg.calibration_batches)]
     result = qat.train_qat(model, ctx, qat_cfg, batches, example, cfg.opset)
     meta = {"mode": cfg.mode, "opset": cfg.opset, "backend": cfg.backend(), "qat": True}
-    out = OrtModule(result.onnx_bytes, threads=cfg.threads, meta=meta)
+    out = graph_module(result.onnx_bytes, cfg, meta)
     check = ctx.data.example_batch(32)
     parity = fidelity(result.model, out, check)
     details = {"onnx_bytes": len(result.onnx_bytes), "calibration_batches": len(batches),
@@ -180,13 +192,14 @@ class QuantizeStage:
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         start = time.perf_counter()
         cfg = self.config
+        _openvino.require_extras(cfg.runtime, cfg.quantizer)
         reference = plain_copy(model)
         ctx = dataclasses.replace(ctx, data=with_model_tokens(ctx.data, model))  # a causal LM reads its own tokens
         example = ctx.data.example_batch(4)
         if cfg.qat is not None:
             out, details = _qat_quantize(model, ctx, cfg, cfg.qat, example)
             reference = plain_copy(model)
-        elif cfg.runtime == "onnxruntime":
+        elif cfg.runtime in ("onnxruntime", "openvino"):
             out, details = _ort_quantize(reference, ctx, cfg, example)
         else:
             out, details = _torch_quantize(plain_copy(model), cfg, ctx)
@@ -209,6 +222,11 @@ class QuantizeStage:
                                 + ("; pruned zeros kept" if q["masks_kept"] else "; WARNING: pruned zeros were not all kept"))
         if "quant_sensitivity" in details:
             record.notes.extend(mixed_precision_notes(details["quant_sensitivity"]))
+        if isinstance(out, OpenVINOModule):
+            record.details["openvino"] = facts = out.runtime_facts()
+            if cfg.mode == "static_int8" and facts["int8_weight_layers"] < facts["weight_layers"]:
+                record.notes.append(f"OpenVINO runs {facts['int8_weight_layers']} of {facts['weight_layers']} Conv/MatMul layers "
+                                    "in int8; the others stay float.")
         if details.get("skipped_linears"):
             record.notes.append(f"kept in float: {', '.join(details['skipped_linears'][:8])}")
         record.seconds = time.perf_counter() - start

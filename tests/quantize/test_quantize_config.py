@@ -24,7 +24,7 @@ def test_mode_not_available_on_runtime_names_the_valid_ones(mode, runtime):
 
 
 def test_unknown_runtime_and_unknown_key_are_rejected():
-    with pytest.raises(ValidationError, match="'torch' or 'onnxruntime'"):
+    with pytest.raises(ValidationError, match="'torch', 'onnxruntime' or 'openvino'"):
         QuantizeConfig(runtime="tensorrt")
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         QuantizeConfig(bits=4)
