@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 # Batch helpers live in slimtorch.batch (data code needs them without the run context); re-exported here.
@@ -109,13 +110,48 @@ class StageRecord:
         }
 
 
-class Stage(Protocol):
-    """A compression step. ``config_cls`` is the pydantic model its recipe entry validates into."""
-
-    name: str
-
-    def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]: ...
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
-# name -> Stage class; each class has ``config_cls`` and ``__init__(self, config)``.
-STAGES: Registry[type] = Registry("stage")
+class Stage(Generic[ConfigT]):
+    """A compression step: ``apply(model, ctx) -> (model, StageRecord)``, configured by one pydantic model.
+
+    A subclass names its config type and its recipe key once; that registers it in :data:`STAGES` and
+    sets ``name`` and ``config_cls`` (the model its recipe entry validates into):
+
+    Example:
+        >>> class NoopConfig(BaseModel):
+        ...     pass
+        >>> class NoopStage(Stage[NoopConfig], kind="noop"):  # doctest: +SKIP
+        ...     def apply(self, model, ctx):
+        ...         return model, self.record()
+    """
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[BaseModel]]
+
+    def __init_subclass__(cls, *, kind: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is None:
+            return  # an intermediate base, not a stage a recipe can name
+        config_cls = next((get_args(base)[0] for base in cls.__dict__.get("__orig_bases__", ())
+                           if get_origin(base) is Stage), None)
+        if not isinstance(config_cls, type) or not issubclass(config_cls, BaseModel):
+            raise TypeError(f"stage {cls.__name__} must subclass Stage[<its pydantic config class>]; got {config_cls!r}.")
+        cls.name, cls.config_cls = kind, config_cls
+        STAGES.register(kind)(cls)
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
+        """Run the step on ``model`` (changed in place or replaced) and return it with its record."""
+        raise NotImplementedError(f"{type(self).__name__} must define apply(model, ctx)")
+
+    def record(self, **fields: Any) -> StageRecord:
+        """A record named after this stage holding its config (as the report shows it)."""
+        return StageRecord(self.name, self.config.model_dump(mode="json"), **fields)
+
+
+# name -> Stage class; each class has ``config_cls`` and ``__init__(self, config)``. Filled by Stage subclasses.
+STAGES: Registry[type[Stage[Any]]] = Registry("stage")

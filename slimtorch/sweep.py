@@ -118,7 +118,7 @@ def _retime(base: dict[str, Any], models: list[Any], dirs: list[Path]) -> None:
     from slimtorch import artifact
     from slimtorch.data import build_data
     from slimtorch.measure.runner import retime_side_by_side
-    from slimtorch.pipeline import model_refs
+    from slimtorch.run_store import model_refs
 
     recipe = load_recipe(base)
     if any(m.llm for m in models):

@@ -117,15 +117,3 @@ def test_recipe_without_student_prunes_a_copy_of_the_teacher(tmp_path):
     teacher, pruned = result.report["models"]
     assert pruned["params"] == teacher["params"] and pruned["nonzero_params"] < teacher["nonzero_params"]
     assert isinstance(result.model, torch.nn.Module)
-
-
-def test_stale_epoch_checkpoints_are_cleared_when_the_step_changes(tmp_path):
-    from slimtorch.pipeline import _claim_work_dir
-
-    work = tmp_path / "01_distill"
-    _claim_work_dir(work, "aaa")
-    (work / "last").mkdir()
-    _claim_work_dir(work, "aaa")  # same computation: its checkpoints may resume it
-    assert (work / "last").exists()
-    _claim_work_dir(work, "bbb")  # changed settings: old checkpoints must not leak into the new run
-    assert not (work / "last").exists() and (work / "FINGERPRINT").read_text() == "bbb"

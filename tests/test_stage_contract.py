@@ -12,11 +12,12 @@ import copy
 
 import pytest
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch import artifact
-from slimtorch.core import STAGES, StageRecord, forward
+from slimtorch.core import STAGES, Stage, StageRecord, forward
 
 # The smallest useful config of each stage (one epoch, tiny ranks) so the matrix runs in seconds.
 SMALL_CONFIGS = {
@@ -54,3 +55,51 @@ def test_stage_contract(kind, mlp, ctx, tmp_path):
     reloaded = artifact.load(tmp_path / "m")
     with torch.no_grad():
         torch.testing.assert_close(forward(reloaded, x), after, atol=1e-4, rtol=1e-4)
+
+
+# -- the generic stage base ------------------------------------------------------------------------
+class _TinyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float = 2.0
+
+
+@pytest.fixture()
+def tiny_stage():
+    class TinyScaleStage(Stage[_TinyConfig], kind="tiny_scale"):
+        def apply(self, model, ctx):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(self.config.scale)
+            return model, self.record(details={"scaled": True})
+
+    yield TinyScaleStage
+    STAGES._items.pop("tiny_scale")  # keep the registry to the built-in stages for the other tests
+
+
+def test_a_stage_registers_once_from_its_config_type(tiny_stage, mlp, ctx):
+    assert STAGES.get("tiny_scale") is tiny_stage
+    assert tiny_stage.name == "tiny_scale" and tiny_stage.config_cls is _TinyConfig
+    first = next(mlp.parameters()).detach().clone()
+    model, record = tiny_stage(_TinyConfig(scale=0.5)).apply(mlp, ctx)
+    torch.testing.assert_close(next(model.parameters()), first * 0.5)
+    assert record.name == "tiny_scale" and record.config == {"scale": 0.5} and record.details == {"scaled": True}
+
+
+def test_each_built_in_stage_is_registered_under_its_own_name_with_its_config():
+    for kind in STAGES:
+        cls = STAGES.get(kind)
+        assert issubclass(cls, Stage) and cls.name == kind and issubclass(cls.config_cls, BaseModel)
+
+
+def test_a_kind_registered_twice_is_refused(tiny_stage):
+    with pytest.raises(ValueError, match="stage 'tiny_scale' is already registered"):
+        class Again(Stage[_TinyConfig], kind="tiny_scale"):
+            pass
+
+
+def test_a_stage_without_a_config_type_is_refused():
+    with pytest.raises(TypeError, match=r"must subclass Stage\[<its pydantic config class>\]"):
+        class Untyped(Stage, kind="untyped"):  # type: ignore[type-arg]
+            pass
+    assert "untyped" not in STAGES

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from slimtorch.core import STAGES, RunContext, StageRecord
+from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.distill.config import DistillConfig, FeatureSpec
 from slimtorch.distill.ddp import job_for, single_process, spawn_hop
 from slimtorch.distill.engine import train_hop
@@ -55,8 +55,7 @@ def _check_task(config: DistillConfig, task: str) -> None:
         )
 
 
-@STAGES.register("distill")
-class DistillStage:
+class DistillStage(Stage[DistillConfig], kind="distill"):
     """Knowledge distillation into the current model; see :class:`DistillConfig` for the loss.
 
     Example:
@@ -64,19 +63,12 @@ class DistillStage:
         >>> student, record = stage.apply(student, RunContext(data=data, teacher=teacher))  # doctest: +SKIP
     """
 
-    name = "distill"
-    config_cls = DistillConfig
-
-    def __init__(self, config: DistillConfig) -> None:
-        self.config = config
-
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
-        start = time.perf_counter()
         config, data = self.config, ctx.data
         _check_task(config, data.task)
         teachers = teachers_of(ctx)
         weights = _weights(config, len(teachers))
-        record = StageRecord(name=self.name, config=config.model_dump())
+        record = self.record()
         stage_dir = ctx.stage_dir(self.name)
         hops: list[dict[str, Any]] = []
         source, source_name = teachers, "teacher" if len(teachers) == 1 else f"{len(teachers)} teachers"
@@ -93,7 +85,6 @@ class DistillStage:
                               checkpoint_dir=stage_dir / "student"))
         record.details = self._details(ctx, teachers, hops)
         record.notes = self._notes(ctx, hops)
-        record.seconds = time.perf_counter() - start
         return model, record
 
     def _hop(self, student: nn.Module, teachers: Sequence[nn.Module], weights: list[float], ctx: RunContext, *, epochs: int | None,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from slimtorch.core import STAGES, RunContext, StageRecord
+from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
 
@@ -33,18 +32,10 @@ def parity_check(model: nn.Module, ort_model: nn.Module, ctx: RunContext, batch_
     return diffs
 
 
-@STAGES.register("export")
-class ExportStage:
+class ExportStage(Stage[ExportConfig], kind="export"):
     """Export to ONNX (dynamic batch axis) and return an :class:`~slimtorch.runtime.OrtModule`."""
 
-    name = "export"
-    config_cls = ExportConfig
-
-    def __init__(self, config: ExportConfig) -> None:
-        self.config = config
-
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
-        start = time.perf_counter()
         cfg = self.config
         example = ctx.data.example_batch(cfg.example_batch_size)
         ort_model = to_ort(model, example, cfg.opset, cfg.threads)
@@ -52,7 +43,7 @@ class ExportStage:
         worst = max(diffs.values())
         ort_model.meta["max_abs_diff"] = worst
         ort_model.slimtorch_spec = getattr(model, "slimtorch_spec", None)
-        record = StageRecord(self.name, cfg.model_dump(), details={
+        record = self.record(details={
             "backend": "torch.onnx.export (TorchScript) + onnxruntime",
             "opset": cfg.opset, "onnx_bytes": ort_model.size_bytes,
             "max_abs_diff": worst, "max_abs_diff_by_batch": diffs,
@@ -63,5 +54,4 @@ class ExportStage:
             if cfg.on_mismatch == "error":
                 raise UnsupportedModuleError(message)
             record.notes.append(message)
-        record.seconds = time.perf_counter() - start
         return ort_model, record

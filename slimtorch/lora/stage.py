@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
+from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
 from slimtorch.distill.losses import distillation_loss
 from slimtorch.errors import DataError
 from slimtorch.export.onnx import bake_parametrizations_
@@ -49,15 +49,8 @@ def make_loss(cfg: LoraConfig, ctx: RunContext) -> tuple[Any, str]:
     return kd, kind
 
 
-@STAGES.register("lora")
-class LoraStage:
+class LoraStage(Stage[LoraConfig], kind="lora"):
     """LoRA recovery with peft; returns the merged plain model."""
-
-    name = "lora"
-    config_cls = LoraConfig
-
-    def __init__(self, config: LoraConfig) -> None:
-        self.config = config
 
     def _metric(self, model: nn.Module, ctx: RunContext) -> float:
         return task_metric(model, ctx.data, "val", reference=ctx.teacher)
@@ -74,7 +67,6 @@ class LoraStage:
                 "convergence_note": convergence_note(result, f"lora ({tag})", train_cfg.min_loss_improvement)}
 
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
-        start = time.perf_counter()
         cfg = self.config
         loss_fn, objective = make_loss(cfg, ctx)
         before = self._metric(model, ctx)
@@ -114,7 +106,7 @@ class LoraStage:
         }
         if teacher_metric is not None and teacher_metric > before:
             details["fraction_of_gap_recovered"] = (after - before) / (teacher_metric - before)
-        record = StageRecord(self.name, cfg.model_dump(), notes=notes, details=details)
+        record = self.record(notes=notes, details=details)
         if cfg.compare_full_finetune:
             full = copy.deepcopy(model)
             for p in full.parameters():
@@ -124,5 +116,4 @@ class LoraStage:
             record.details["full_finetune"] = {"trainable_params": _peft.trainable_params(full), "lr": cfg.full_finetune_lr,
                                                "metric_after": full_after, "metric_recovered": full_after - before, **full_run}
             record.extra_models.append(("full_finetune", full))
-        record.seconds = time.perf_counter() - start
         return merged, record

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+QuantizeOption = Literal["none", "dynamic_int8", "static_int8"]
+DEFAULT_QUANTIZE: tuple[QuantizeOption, ...] = ("none", "dynamic_int8")
+
 
 class TargetConfig(BaseModel):
     """A budget: exactly one of ``latency_ms`` (at ``batch``), ``size_mb`` or ``speedup``; plus an accuracy floor.
@@ -24,7 +27,7 @@ class TargetConfig(BaseModel):
     min_accuracy: float | None = Field(None, gt=0, le=1, description="accuracy floor (fraction) of the final model")
     runtime: Literal["torch", "onnxruntime"] = "onnxruntime"
     sparsities: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.4, 0.5, 0.6, 0.7, 0.8], min_length=1)
-    quantize: list[Literal["none", "dynamic_int8", "static_int8"]] = Field(default_factory=lambda: ["none", "dynamic_int8"], min_length=1)
+    quantize: list[QuantizeOption] = Field(default_factory=lambda: list(DEFAULT_QUANTIZE), min_length=1)
     granularity: Literal["filter", "channel", "neuron", "head", "ffn", "layer"] = "filter"
     round_to: int | None = Field(8, ge=1, description="keep channel counts a multiple of this (hardware-friendly)")
     recover_epochs: int = Field(5, ge=0, description="fine-tune epochs after pruning when the recipe gives no recovery stage")

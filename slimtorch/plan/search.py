@@ -20,10 +20,14 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from slimtorch import artifact
-from slimtorch.core import RunContext
+from slimtorch.core import RunContext, Stage
+from slimtorch.export import ExportConfig, ExportStage
 from slimtorch.measure import dir_size_bytes, time_latency
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.plan.config import TargetConfig
+from slimtorch.prune import PruneConfig, PruneStage
+from slimtorch.quantize import QuantizeConfig, QuantizeStage
+from slimtorch.run_loop import run_stages
 from slimtorch.units import MB
 
 if TYPE_CHECKING:
@@ -50,17 +54,18 @@ class Plan:
 
     def stages(self, recovery: list[StageSpec]) -> list[StageSpec]:
         """prune → recovery (the recipe's own stages, or a short fine-tune) → quantize."""
-        from slimtorch.core import STAGES
+        # Imported here, not at the top: importing slimtorch.recipe.schema imports slimtorch.plan (the
+        # recipe's `target:` block), which imports this module before StageSpec exists.
         from slimtorch.recipe.schema import StageSpec
 
         out: list[StageSpec] = []
         if self.prune:
-            out.append(StageSpec(kind="prune", config=STAGES.get("prune").config_cls(**self.prune)))
+            out.append(StageSpec(kind="prune", config=PruneConfig(**self.prune)))
             out.extend(recovery)
         if self.quantize:
-            out.append(StageSpec(kind="quantize", config=STAGES.get("quantize").config_cls(**self.quantize)))
+            out.append(StageSpec(kind="quantize", config=QuantizeConfig(**self.quantize)))
         elif self.export is not None:
-            out.append(StageSpec(kind="export", config=STAGES.get("export").config_cls(**self.export)))
+            out.append(StageSpec(kind="export", config=ExportConfig(**self.export)))
         return out
 
 
@@ -73,24 +78,21 @@ def _budget_value(target: TargetConfig, latency_ms: float, size_bytes: int, base
     return latency_ms, baseline_ms / float(target.speedup or 1)
 
 
-def _candidate(model: nn.Module, ctx: RunContext, target: TargetConfig, sparsity: float, quant: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
-    from slimtorch.prune import PruneConfig, PruneStage
-    from slimtorch.quantize import QuantizeConfig, QuantizeStage
-
-    candidate = copy.deepcopy(model)
-    prune_cfg = None
+def _candidate_stages(target: TargetConfig, sparsity: float, quant: str
+                      ) -> tuple[list[Stage[Any]], dict[str, Any] | None, dict[str, Any] | None]:
+    """The stages that build one candidate (one-shot pruning, then int8 or an fp32 export), and their configs."""
+    stages: list[Stage[Any]] = []
+    prune_cfg = quant_cfg = None
     if sparsity > 0:
         prune_cfg = {"sparsity": sparsity, "granularity": target.granularity, "round_to": target.round_to, "recover": "none"}
-        candidate, _ = PruneStage(PruneConfig(**prune_cfg)).apply(candidate, ctx)
-    quant_cfg = None
+        stages.append(PruneStage(PruneConfig(**prune_cfg)))
     if quant != "none":
         quant_cfg = {"mode": quant, "runtime": "onnxruntime"}
-        candidate, _ = QuantizeStage(QuantizeConfig(**quant_cfg)).apply(candidate, ctx)
+        stages.append(QuantizeStage(QuantizeConfig(**quant_cfg)))
     elif target.runtime == "onnxruntime":
-        from slimtorch.export import to_ort
-
-        candidate = to_ort(candidate.eval(), ctx.data.example_batch(2))
-    return candidate, prune_cfg or {}, quant_cfg
+        # Timed as it would run; a parity gap only becomes a note here (the chosen plan's own export checks it).
+        stages.append(ExportStage(ExportConfig(example_batch_size=2, on_mismatch="warn")))
+    return stages, prune_cfg, quant_cfg
 
 
 def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int = 1) -> Plan:
@@ -106,7 +108,9 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
         for quant in target.quantize:
             if target.runtime == "torch" and quant != "none":
                 continue  # int8 here runs in onnxruntime; a torch-only target keeps fp32
-            candidate, prune_cfg, quant_cfg = _candidate(model, ctx, target, sparsity, quant)
+            stages, prune_cfg, quant_cfg = _candidate_stages(target, sparsity, quant)
+            # The run loop without a store: nothing saved or resumed, and no reseeding between candidates.
+            candidate = run_stages(copy.deepcopy(model), stages, ctx, reseed=False).model
             latency = time_latency(candidate, example, warmup=10, repeats=target.repeats, threads=threads)["p50"]
             with tempfile.TemporaryDirectory() as tmp:
                 artifact.save(candidate, Path(tmp) / "m")
@@ -115,7 +119,7 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
             achieved, budget = _budget_value(target, latency, size, baseline_ms)
             rows.append({"sparsity": sparsity, "quantize": quant, "latency_ms": latency, "size_bytes": size,
                          "val_metric_before_recovery": accuracy, "meets_budget": achieved <= budget,
-                         "_prune": prune_cfg or None, "_quantize": quant_cfg})
+                         "_prune": prune_cfg, "_quantize": quant_cfg})
             log.info("plan candidate sparsity=%.2f quantize=%s: %.4f ms, %d bytes, val %.4f", sparsity, quant, latency, size, accuracy)
     feasible = [r for r in rows if r["meets_budget"]]
     if target.min_accuracy is not None:
@@ -139,6 +143,6 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
     for r in rows:
         r["chosen"] = r is best
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    export = {} if target.runtime == "onnxruntime" and best["_quantize"] is None else None
+    export: dict[str, Any] | None = {} if target.runtime == "onnxruntime" and best["_quantize"] is None else None
     return Plan(prune=best["_prune"], quantize=best["_quantize"], export=export, is_feasible=bool(feasible), message=message,
                 baseline_latency_ms=baseline_ms, candidates=public)

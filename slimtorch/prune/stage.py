@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from torch import nn
 
-from slimtorch.core import STAGES, RunContext, StageRecord, seed_everything
+from slimtorch.core import RunContext, Stage, StageRecord, seed_everything
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.prune.config import PruneConfig, parse_nm
 from slimtorch.prune.importance import Importance, build_importance, calibrate
@@ -28,25 +27,17 @@ MASK_NOTE = (
 )
 
 
-@STAGES.register("prune")
-class PruneStage:
+class PruneStage(Stage[PruneConfig], kind="prune"):
     """Prune a model; see :class:`PruneConfig` for every option.
 
     Example:
         >>> model, record = PruneStage(PruneConfig(sparsity=0.5)).apply(model, ctx)  # doctest: +SKIP
     """
 
-    name = "prune"
-    config_cls = PruneConfig
-
-    def __init__(self, config: PruneConfig) -> None:
-        self.config = config
-
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config
-        t0 = time.perf_counter()
         seed_everything(ctx.seed + 7)
-        record = StageRecord(self.name, cfg.model_dump(mode="json"))
+        record = self.record()
         example = ctx.data.example_batch(2, split="val")
         before = {**count_params(model), **count_macs(model, example)}
         latency_before = quick_latency_ms(model, ctx.data.example_batch(1, split="val")) if cfg.kind != "mask" else None
@@ -71,7 +62,6 @@ class PruneStage:
         self._honesty(model, ctx, record, before, after, latency_before)
         if cfg.target is not None:
             self._target_note(record, before, after)
-        record.seconds = time.perf_counter() - t0
         return model.eval(), record
 
     # -- helpers ---------------------------------------------------------------------------------

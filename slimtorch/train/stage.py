@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from pydantic import Field
 from torch import Tensor, nn
 
-from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
+from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.train.loop import TrainConfig, convergence_note, fit
 from slimtorch.train.losses import labeled_cross_entropy
@@ -24,18 +22,10 @@ def cross_entropy(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
     return labeled_cross_entropy(forward(model, x), y)
 
 
-@STAGES.register("finetune")
-class FinetuneStage:
+class FinetuneStage(Stage[FinetuneConfig], kind="finetune"):
     """Fine-tune the model on labels; pruning masks (parametrizations) stay in force while it trains."""
 
-    name = "finetune"
-    config_cls = FinetuneConfig
-
-    def __init__(self, config: FinetuneConfig) -> None:
-        self.config = config
-
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
-        start = time.perf_counter()
         if ctx.data.task != "classification":
             from slimtorch.errors import UnsupportedModuleError
 
@@ -46,7 +36,7 @@ class FinetuneStage:
             evaluate=lambda m: task_metric(m, ctx.data, "val"),
             checkpoint_dir=ctx.stage_dir(self.name), description="finetune",
         )
-        record = StageRecord(self.name, self.config.model_dump(), seconds=time.perf_counter() - start)
+        record = self.record()
         record.details = {"best_val": result.best_metric, **result.summary()}
         note = convergence_note(result, "finetune", self.config.min_loss_improvement)
         if note:

@@ -1,0 +1,68 @@
+"""What ``--resume`` knows: fingerprints of recipe parts, ``state.json`` and the epoch-checkpoint folders.
+
+Each finished step (a teacher, the plan, a stage) is stored in ``OUT/state.json`` under its name with a
+fingerprint of every recipe part it depends on. A resumed run reuses a step only when its fingerprint
+is unchanged; a changed step makes every later step stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from slimtorch.errors import OutputDirError
+from slimtorch.io import atomic_write_json, atomic_write_text
+from slimtorch.version import __version__
+
+STATE_FILE = "state.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able ``parts`` (dict key order does not matter)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def claim_work_dir(path: Path, step_fingerprint: str) -> None:
+    """Epoch checkpoints in ``path`` may only resume the same computation: clear them if it changed."""
+    marker = path / "FINGERPRINT"
+    if path.exists() and (not marker.exists() or marker.read_text() != step_fingerprint):
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, step_fingerprint)
+
+
+class ResumeState:
+    """``state.json``: finished steps keyed by name, each with the fingerprint it was computed for.
+
+    Raises:
+        OutputDirError: (on ``resume``) the file exists but cannot be read as a state file.
+    """
+
+    def __init__(self, out: Path, resume: bool) -> None:
+        self.path = out / STATE_FILE
+        self.steps: dict[str, dict[str, Any]] = {}
+        if resume and self.path.exists():
+            try:
+                self.steps = json.loads(self.path.read_text())["steps"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+                raise OutputDirError(f"{self.path} is corrupted ({exc}); use --force to start the run again.") from exc
+
+    def done(self, name: str, step_fingerprint: str) -> dict[str, Any] | None:
+        """The stored entry of step ``name`` if it finished for this fingerprint, else None."""
+        step = self.steps.get(name)
+        return step if step and step.get("fingerprint") == step_fingerprint else None
+
+    def invalidate_after(self, name: str) -> None:
+        """A changed step makes every later step stale (it and the steps stored after it are dropped)."""
+        names = list(self.steps)
+        if name in names:
+            for later in names[names.index(name):]:
+                self.steps.pop(later)
+
+    def save(self, name: str, entry: dict[str, Any]) -> None:
+        """Record step ``name`` as finished and write the file atomically."""
+        self.steps[name] = entry
+        atomic_write_json(self.path, {"slimtorch_version": __version__, "steps": self.steps})

@@ -1,0 +1,173 @@
+"""The models a run starts from: its teachers (built, trained or reused on resume) and its student.
+
+Every model is built inside the recipe's resource limits (counted on the meta device first when it
+can be), and seeded so that a resumed run initialises exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimtorch.core import RunContext, seed_everything
+from slimtorch.data import DataBundle
+from slimtorch.distill.auto_student import derive_student
+from slimtorch.distributed import barrier, is_main
+from slimtorch.errors import RecipeError
+from slimtorch.measure import Measurement, check_model_fits_data, outputs_on
+from slimtorch.measure.accuracy import task_metric
+from slimtorch.models import build_model
+from slimtorch.models.architecture import is_safe_ref
+from slimtorch.recipe import Recipe
+from slimtorch.recipe.schema import ModelSpec
+from slimtorch.resources import check_model_fits, named_out_of_memory, time_budget
+from slimtorch.resume import claim_work_dir, fingerprint
+from slimtorch.run_store import RunStore
+from slimtorch.train import convergence_note, cross_entropy, fit
+
+# Stages that may train the model they are given (their memory need is weights + grads + AdamW state).
+TRAINING_STAGES = frozenset({"distill", "finetune", "lora", "prune"})
+
+
+class StartingModels:
+    """Builds a recipe's teachers and student; teachers are saved, measured and resumed through ``store``."""
+
+    def __init__(self, recipe: Recipe, data: DataBundle, store: RunStore, events: Callable[[str], None]) -> None:
+        self.recipe, self.data, self.store, self.events = recipe, data, store, events
+        self.rows: list[dict[str, Any]] = []  # the teachers' training rows, in report order
+        self._student: nn.Module | None = None
+
+    # -- teachers -------------------------------------------------------------------------------
+    def teachers(self, ctx: RunContext) -> list[nn.Module]:
+        """Every teacher of the recipe, trained when it asks to be, on ``ctx.device``."""
+        teachers = []
+        for i, spec in enumerate(self.recipe.teachers):
+            name = spec.name or ("teacher" if i == 0 else f"teacher_{i + 1}")
+            step_fp = fingerprint(self.recipe.seed, self.recipe.data.model_dump(), spec.model_dump())
+            done = self.store.state.done(name, step_fp)
+            reused = self.store.reuse(name, done, self.store.load)
+            row: dict[str, Any] | None
+            if reused is not None and done is not None:
+                self.events(f"{name}: reusing finished model")
+                model, row = reused, done.get("row")
+                if row:
+                    self.rows.append(row)
+            else:
+                done = None
+                self.store.state.invalidate_after(name)
+                if is_main():
+                    claim_work_dir(self.store.out / "work" / name, step_fp)
+                barrier()  # stale checkpoints are gone before any rank looks for one
+                model, row = self._teacher(spec, name, i, ctx)
+            if is_main():  # one process saves and measures; the others wait at the barrier below
+                self._record_teacher(model, name, i, done, row, step_fp, ctx)
+            barrier()
+            teachers.append(model.to(ctx.device))
+        return teachers
+
+    def _record_teacher(self, model: nn.Module, name: str, i: int, done: dict[str, Any] | None,
+                        row: dict[str, Any] | None, step_fp: str, ctx: RunContext) -> None:
+        store = self.store
+        if ctx.device.type != "cpu":
+            model.to("cpu")  # artifacts are saved, and the report measured, from the CPU
+        if i == 0:
+            store.baseline_outputs = outputs_on(model, self.data, self.recipe.evaluate)
+        if done is None:
+            m = store.save_and_measure(model, name, "teacher")
+        elif not store.is_measured_now(done):
+            m = store.remeasure(done, model)[0]
+        else:
+            m = Measurement.from_json(done["measurement"])
+            store.measurements.append(m)
+        store.state.save(name, {"fingerprint": step_fp, "measurement": m.to_json(), "seconds": m.seconds, "row": row,
+                                "evaluate": store.evaluate_fingerprint})
+
+    def _teacher(self, spec: ModelSpec, name: str, i: int, ctx: RunContext) -> tuple[nn.Module, dict[str, Any] | None]:
+        # Seed before building: a resumed run must initialise exactly as an uninterrupted one.
+        seed_everything(self.recipe.seed + 1000 * i)
+        model = self._build(spec, training=spec.train is not None)
+        if i == 0:
+            self._check_student_early(model)  # before the teacher trains
+        if spec.train is None:
+            return model.eval(), None
+        if self.data.task != "classification":
+            raise RecipeError(f"teacher {name!r}: `train` needs a labeled classification dataset; give a trained model instead (omit `train`).")
+        self.events(f"{name}: training up to {spec.train.epochs} epochs")
+        start = time.perf_counter()
+        # The teacher learns from the full labeled split even when the student's labels are reduced.
+        split = self.data.teacher_train if self.data.teacher_train is not None else self.data.train
+        loader = self.data.loader(split, spec.train.batch_size, shuffle=True, seed=self.recipe.seed)
+        with time_budget(self.recipe.resources.max_stage_seconds) as budget, \
+                named_out_of_memory(f"training {name}", spec.train.batch_size or self.data.batch_size):
+            result = fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
+                         checkpoint_dir=self.store.out / "work" / name, description=f"train {name}")
+        row: dict[str, Any] = {"name": f"train_{name}", "seconds": round(time.perf_counter() - start, 3), "status": "done",
+                               "details": {"best_val": result.best_metric, **result.summary()}}
+        note = convergence_note(result, f"training {name}", spec.train.min_loss_improvement)
+        if note:
+            row["notes"] = [note]
+        if budget is not None and budget.notes:
+            row.update(status="stopped at time budget", notes=row.get("notes", []) + list(budget.notes))
+        self.rows.append(row)
+        return model, row
+
+    # -- student --------------------------------------------------------------------------------
+    def student(self, teacher: nn.Module) -> nn.Module:
+        """The model the stages start from: the recipe's student, ``auto`` from the teacher, or a copy of it."""
+        spec = self.recipe.student
+        if spec is not None and spec.model is not None:
+            return self._student if self._student is not None else self._build_student(spec)
+        seed_everything(self.recipe.seed + 500)
+        return self._derived_student(teacher)
+
+    def _build(self, spec: ModelSpec, training: bool) -> nn.Module:
+        ref, limits = str(spec.model), self.recipe.resources
+
+        def build() -> nn.Module:
+            return build_model(ref, spec.args, input_shape=self.data.input_shape, num_classes=self.data.num_classes)
+
+        if (limits.max_params or limits.max_memory_mb) and is_safe_ref(ref) and not ref.startswith("hf:"):
+            # Count on the meta device first: a model over the limit is refused before its memory is allocated.
+            try:
+                with torch.device("meta"):
+                    shape_only: nn.Module | None = build()
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):
+                shape_only = None  # a constructor that needs real tensors: check after building instead
+            if shape_only is not None:
+                check_model_fits(shape_only, limits, ref, training=training)
+        model = build()
+        check_model_fits(model, limits, ref, training=training)
+        check_model_fits_data(model, self.data, ref)  # too few outputs for the labels: refused before training
+        return model
+
+    def _trains_student(self) -> bool:
+        return any(s.kind in TRAINING_STAGES for s in self.recipe.stages) or self.recipe.target is not None
+
+    def _build_student(self, spec: ModelSpec) -> nn.Module:
+        # The student's initialisation must not depend on whether the teacher was trained or reloaded.
+        seed_everything(self.recipe.seed + 500)
+        return self._build(spec, training=self._trains_student())
+
+    def _check_student_early(self, teacher: nn.Module) -> None:
+        """Check the student against the resource limits as soon as the (untrained) teacher exists."""
+        spec = self.recipe.student
+        if spec is not None and spec.model is not None:
+            self._student = self._build_student(spec)
+        else:
+            self._derived_student(teacher, copy_teacher=False)
+
+    def _derived_student(self, teacher: nn.Module, *, copy_teacher: bool = True) -> nn.Module:
+        """The student made from the teacher (a copy, or ``auto``), checked against the resource limits."""
+        auto = self.recipe.student.auto if self.recipe.student is not None else None
+        if auto is None:
+            model, what = (copy.deepcopy(teacher) if copy_teacher else teacher), "student (a copy of the teacher)"
+        else:
+            model = derive_student(teacher, width=auto.width, depth=auto.depth)
+            what = f"student (auto: width {auto.width:g}, depth {auto.depth:g})"
+        check_model_fits(model, self.recipe.resources, what, training=self._trains_student())
+        return model
