@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from slimtorch.core import STAGES, Batch, RunContext, StageRecord, forward
+from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
 from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import export_onnx, input_names_of, plain_copy
 from slimtorch.measure.llm import with_model_tokens
@@ -176,21 +175,13 @@ def fidelity(reference: nn.Module, candidate: nn.Module, example: Batch) -> dict
             "argmax_agreement": (got.argmax(-1) == ref.argmax(-1)).float().mean().item()}
 
 
-@STAGES.register("quantize")
-class QuantizeStage:
+class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
     """Quantize with onnxruntime (dynamic/static int8, fp16) or torch (dynamic int8, weight-only int8/int4, bf16).
 
     Pruning masks are baked into a copy first; the input model is not modified.
     """
 
-    name = "quantize"
-    config_cls = QuantizeConfig
-
-    def __init__(self, config: QuantizeConfig) -> None:
-        self.config = config
-
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
-        start = time.perf_counter()
         cfg = self.config
         _openvino.require_extras(cfg.runtime, cfg.quantizer)
         reference = plain_copy(model)
@@ -209,7 +200,7 @@ class QuantizeStage:
         out.eval()
         check = ctx.data.example_batch(32)
         details = {"backend": cfg.backend(), "inputs": input_names_of(example), **details, **fidelity(reference, out, check)}
-        record = StageRecord(self.name, cfg.model_dump(), details=details)
+        record = self.record(details=details)
         if cfg.mode == "dynamic_int8" and cfg.runtime == "onnxruntime" and cfg.embedding_bits == 4:
             record.notes.append(f"word-embedding tables were block-quantized to 4 bit (block {cfg.embedding_block_size}); "
                                 "the MatMul weights are int8.")
@@ -229,5 +220,4 @@ class QuantizeStage:
                                     "in int8; the others stay float.")
         if details.get("skipped_linears"):
             record.notes.append(f"kept in float: {', '.join(details['skipped_linears'][:8])}")
-        record.seconds = time.perf_counter() - start
         return out, record
