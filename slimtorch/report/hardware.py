@@ -20,8 +20,14 @@ def hardware_warnings(report: dict[str, Any]) -> list[str]:
     for i, m in enumerate(report["models"]):
         if m["name"] == report["baseline"]:
             continue
-        key = ("speed", m.get("macs"), m.get("runtime"))
-        if key not in said and (w := _efficiency(base, m, batches(report))):
+        key: tuple[Any, ...] = ("speed", m.get("macs"), m.get("runtime"))
+        if m.get("device", "cpu") != base.get("device", "cpu"):  # a ratio across devices says nothing about the model
+            if ("device", m.get("device")) not in said:
+                said.add(("device", m.get("device")))
+                out.append(f"{m['name']} was timed on {m.get('device', 'cpu')} ({m.get('runtime', 'torch')}) and the baseline "
+                           f"{base['name']} on {base.get('device', 'cpu')}: their latency ratio compares devices as well as "
+                           "models. Set evaluate.device to time every torch model on the device you will deploy to.")
+        elif key not in said and (w := _efficiency(base, m, batches(report))):
             said.add(key)
             out += w
         w, dense = _dense_sparsity(m, report["models"][:i])
@@ -45,7 +51,8 @@ def _efficiency(base: dict[str, Any], m: dict[str, Any], sizes: list[str]) -> li
         return []
     return [
         (f"{m['name']}: MACs fell {mac_cut:.1f}× but latency did not follow ({'; '.join(slow)}). "
-        f"Fewer MACs are not fewer milliseconds on this runtime ({m.get('runtime', 'torch')}, {m.get('threads', '?')} thread(s)): "
+        f"Fewer MACs are not fewer milliseconds on this runtime ({m.get('runtime', 'torch')} on {m.get('device', 'cpu')}, "
+        f"{m.get('threads', '?')} thread(s)): "
         "per-operator overhead, memory traffic or kernels that do not exploit the change dominate.")
     ]
 

@@ -36,3 +36,16 @@ def test_structured_pruning_is_not_flagged_as_dense(make_measurement):
     models = [make_measurement("base", "t", 100, 100, 400, 100, 1.0, 1.0, 0.9),
               make_measurement("slim", "p", 50, 50, 200, 50, 0.5, 0.5, 0.9)]
     assert hardware_warnings(_report(models)) == []
+
+
+def test_a_ratio_across_devices_is_called_out_instead_of_an_efficiency(make_measurement):
+    gpu_base = make_measurement("base", "t", 100, 100, 400, 1000, 1.0, 1.0, 0.9)
+    gpu_base.device = "cuda:0"
+    on_cpu = make_measurement("int8", "q", 10, 10, 40, 100, 0.8, 0.9, 0.9, runtime="onnxruntime")  # 10x MACs, no speedup
+    also_cpu = make_measurement("int8_b", "q", 10, 10, 40, 100, 0.8, 0.9, 0.9, runtime="onnxruntime")
+    (w,) = _report([gpu_base, on_cpu, also_cpu])["hardware_warnings"]  # one per device, no MAC-efficiency claim
+    assert w.startswith("int8 was timed on cpu (onnxruntime) and the baseline base on cuda:0")
+    on_gpu = make_measurement("small", "p", 10, 10, 40, 100, 0.8, 0.9, 0.9)
+    on_gpu.device = "cuda:0"
+    (w,) = _report([gpu_base, on_gpu])["hardware_warnings"]
+    assert w.startswith("small: MACs fell 10.0×") and "(torch on cuda:0, 1 thread(s))" in w
