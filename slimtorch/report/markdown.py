@@ -63,7 +63,7 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def latency_rows(report: dict[str, Any]) -> list[list[str]]:
-    """Per model and batch: p50, p90, spread, mean ± std, repeats, threads."""
+    """Per model and batch: where it ran, p50, p90, spread, mean ± std, repeats, threads."""
     out = []
     for m in report["models"]:
         for b in batches(report):
@@ -71,12 +71,12 @@ def latency_rows(report: dict[str, Any]) -> list[list[str]]:
             if not t:
                 continue
             spread = t["p90"] / t["p50"] if t.get("p50") else None
-            out.append([m["name"], m.get("runtime", "torch"), str(m.get("threads", "")), b, fmt_ms(t["p50"]), fmt_ms(t["p90"]),
+            out.append([m["name"], f"{m.get('runtime', 'torch')} on {m.get('device', 'cpu')}", str(m.get("threads", "")), b, fmt_ms(t["p50"]), fmt_ms(t["p90"]),
                         fmt_ratio(spread), f"{fmt_ms(t.get('mean'))} ± {fmt_ms(t.get('std'))}", str(t.get("repeats", ""))])
     return out
 
 
-LATENCY_HEADER = ["model", "runtime", "threads", "batch", "p50 ms", "p90 ms", "p90/p50", "mean ± std ms", "repeats"]
+LATENCY_HEADER = ["model", "runtime on device", "threads", "batch", "p50 ms", "p90 ms", "p90/p50", "mean ± std ms", "repeats"]
 STAGE_HEADER = ["stage", "model", "status", "seconds", "notes"]
 
 
