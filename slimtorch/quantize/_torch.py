@@ -30,7 +30,7 @@ def select_linears(model: nn.Module, exclude: Sequence[str] = (), multiple_of: i
     for fqn, module in model.named_modules():
         if type(module) is not nn.Linear:
             continue
-        if any(fnmatch.fnmatch(fqn, pattern) or fqn.startswith(pattern + ".") or fqn == pattern for pattern in exclude) or module.in_features % multiple_of:
+        if _matches(fqn, exclude) or module.in_features % multiple_of:
             skipped.append(fqn)
         else:
             chosen.append(fqn)
@@ -220,10 +220,15 @@ class WeightOnlyLinear(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, bits: int, group_size: int = 32) -> WeightOnlyLinear:
-        w = linear.weight.detach().float()  # (N, K)
-        bias = bias_of(linear)
-        out = cls(linear.in_features, linear.out_features, bits, group_size, bias is not None)
-        if bias is not None and out.bias is not None:  # out has a bias exactly when linear has one
+        return cls.from_weight(linear.weight, bias_of(linear), bits, group_size)
+
+    @classmethod
+    @torch.no_grad()
+    def from_weight(cls, weight: Tensor, bias: Tensor | None, bits: int, group_size: int = 32) -> WeightOnlyLinear:
+        """Round-to-nearest codes of ``weight`` (N, K): a Linear's weight, or an embedding table (V, D)."""
+        w = weight.detach().float()  # (N, K)
+        out = cls(w.shape[1], w.shape[0], bits, group_size, bias is not None)
+        if bias is not None and out.bias is not None:  # out has a bias exactly when one is given
             out.bias.copy_(bias.detach().float())
         if bits == 8:
             scale = (w.abs().amax(1) / 127).clamp(min=1e-12)  # (N,)
@@ -256,6 +261,15 @@ class WeightOnlyLinear(nn.Module):
             return self.qweight.float() * self.scale[:, None]
         q = self.codes().float().reshape(self.out_features, -1, self.group_size)
         return (q * self.scale.float()[..., None] + self.minimum.float()[..., None]).reshape(self.out_features, self.in_features)
+
+    def dequantized_rows(self, rows: Tensor) -> Tensor:
+        """Float rows ``rows`` (...,) of the weight, (..., K): only those rows are unpacked (an embedding lookup)."""
+        if self.bits == 8:
+            return self.qweight[rows].float() * self.scale[rows].float().unsqueeze(-1)
+        packed = self.qweight[rows]  # (..., K/2)
+        codes = torch.stack([packed & 0x0F, packed >> 4], -1).reshape(*rows.shape, -1, self.group_size)  # (..., K/gs, gs)
+        w = codes.float() * self.scale[rows].float().unsqueeze(-1) + self.minimum[rows].float().unsqueeze(-1)
+        return w.reshape(*rows.shape, self.in_features)
 
     def _int8_kernel_args(self) -> tuple[Tensor, Tensor]:
         # torch 2.13's CPU int8 kernel reads out of bounds (segfaults) unless N % 16 == 0 and K % 32 == 0,
@@ -307,6 +321,84 @@ def weight_only_(model: nn.Module, fqns: list[str], bits: int, group_size: int =
     for fqn in fqns:
         set_submodule(model, fqn, WeightOnlyLinear.from_linear(linear_at(model, fqn), bits, group_size))
     return model
+
+
+# --- embedding tables ----------------------------------------------------------------------------
+
+
+class WeightOnlyEmbedding(nn.Module):
+    """An embedding lookup on a :class:`WeightOnlyLinear`'s packed weight, dequantized row by row.
+
+    An embedding table (V, D) has the layout of a Linear weight (out, in), so one packed tensor serves
+    both: int8 rows symmetric per row, or int4 rows asymmetric per ``group_size`` columns. A causal
+    LM whose ``lm_head`` is tied to its input embedding keeps one table: ``tied_to`` names that
+    quantized ``lm_head``, which owns (and saves) the table; the lookup reads it. Otherwise the
+    table is this module's own child ``table``.
+    """
+
+    def __init__(self, table: WeightOnlyLinear, tied_to: str | None = None, padding_idx: int | None = None) -> None:
+        super().__init__()
+        if tied_to is None:
+            self.table = table
+        else:  # not registered: the tied Linear is the one place the table lives (state dict, .to(), counts)
+            self.__dict__["table"] = table
+        self.tied_to, self.padding_idx = tied_to, padding_idx
+        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.table.dequantized_rows(ids)  # (..., D)
+
+    def extra_repr(self) -> str:
+        shared = f", tied_to={self.tied_to}" if self.tied_to else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.table.bits}{shared}"
+
+
+def tied_linears(model: nn.Module) -> dict[str, str]:
+    """``{embedding fqn: fqn of the nn.Linear whose weight is that table}`` (a tied ``lm_head``)."""
+    tables = {id(m.weight): fqn for fqn, m in model.named_modules() if type(m) is nn.Embedding}
+    return {tables[id(m.weight)]: fqn for fqn, m in model.named_modules() if type(m) is nn.Linear and id(m.weight) in tables}
+
+
+def quantize_embeddings_(model: nn.Module, bits: int, group_size: int, ties: dict[str, str],
+                         exclude: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """Replace each ``nn.Embedding`` by a :class:`WeightOnlyEmbedding` at ``bits``, in place.
+
+    Args:
+        ties: :func:`tied_linears` of the model *before* its Linear layers were quantized. A tied Linear
+            already quantized at ``bits`` (and ``group_size``) lends its table as it is (e.g. GPTQ codes); a
+            tied Linear still float becomes the table; one quantized otherwise is left as is and the
+            embedding gets its own table (the tie is then broken: two tables are stored).
+        exclude: fqn patterns kept float (as in :func:`select_linears`).
+
+    Returns:
+        ``(quantized, skipped)`` embedding fqns; int4 needs ``embedding_dim`` divisible by ``group_size``.
+    """
+    done, skipped = [], []
+    for fqn, module in list(model.named_modules()):
+        if type(module) is not nn.Embedding:
+            continue
+        if _matches(fqn, exclude) or (bits == 4 and module.embedding_dim % group_size):
+            skipped.append(fqn)
+            continue
+        table, tied_to = None, ties.get(fqn)
+        if tied_to is not None:
+            linear = model.get_submodule(tied_to)
+            if type(linear) is nn.Linear:
+                table = WeightOnlyLinear.from_linear(linear, bits, group_size)
+                set_submodule(model, tied_to, table)
+            elif isinstance(linear, WeightOnlyLinear) and linear.bits == bits and (bits == 8 or linear.group_size == group_size):
+                table = linear
+            else:
+                tied_to = None
+        if table is None:
+            table = WeightOnlyLinear.from_weight(module.weight, None, bits, group_size)
+        set_submodule(model, fqn, WeightOnlyEmbedding(table, tied_to, module.padding_idx))
+        done.append(fqn)
+    return done, skipped
+
+
+def _matches(fqn: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatch(fqn, p) or fqn.startswith(p + ".") or fqn == p for p in patterns)
 
 
 # --- bf16 ----------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from slimtorch.errors import MissingExtraError
 Mode = Literal["dynamic_int8", "static_int8", "fp16", "bf16", "int8_weight_only", "int4_weight_only", "fp32"]
 Runtime = Literal["torch", "onnxruntime", "openvino"]
 Quantizer = Literal["onnxruntime", "nncf"]
+# Torch modes that also quantize embedding tables (embedding_bits): the packed weight-only formats.
+WEIGHT_ONLY_MODES = ("int8_weight_only", "int4_weight_only")
 
 # Which modes each runtime implements (and the backend that runs them).
 RUNTIME_MODES: dict[str, dict[str, str]] = {
@@ -77,8 +79,10 @@ class QuantizeConfig(BaseModel):
     act_order: bool = Field(True, description="gptq: quantize input columns by decreasing Hessian diagonal (static group grids)")
     mse_grid: bool = Field(True, description="gptq: pick each group's range by least error over shrunk min/max (else plain min/max)")
     exclude: list[str] = Field(default_factory=list, description="modules (fqn/glob, torch) or ONNX node-name substrings kept in float")
-    embedding_bits: Literal[4, 8] = Field(8, description="onnxruntime dynamic_int8: 4 = block-quantize word-embedding tables to 4 bit")
-    embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables")
+    embedding_bits: Literal[4, 8] | None = Field(8, description="embedding tables: onnxruntime dynamic_int8 (8 = int8 Gather, 4 = "
+                                                 "4-bit blocks) and torch weight-only modes (8 = int8 per row, 4 = int4 per group_size "
+                                                 "columns, null = float; a tied lm_head runs on the same packed table)")
+    embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables (onnxruntime)")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export")
     threads: int = Field(1, ge=1, description="onnxruntime intra-op (OpenVINO inference) threads of the returned model")
     max_drop: float | None = Field(None, ge=0, lt=1, description="onnxruntime int8: allowed val-metric drop; the most "
@@ -104,11 +108,18 @@ class QuantizeConfig(BaseModel):
         if self.method == "gptq" and self.mode != "int4_weight_only":
             raise ValueError(f"quantize.method 'gptq' applies to mode: int4_weight_only (runtime: torch); got mode {self.mode!r}. "
                              "Use method: rtn or mode: int4_weight_only.")
-        if self.embedding_bits == 4 and (self.mode, self.runtime) != ("dynamic_int8", "onnxruntime"):
-            raise ValueError(
-                "quantize.embedding_bits: 4 applies only to mode: dynamic_int8 with runtime: onnxruntime; "
-                f"got mode {self.mode!r}, runtime {self.runtime!r}. Remove embedding_bits or change the mode."
-            )
+        if self.embedding_bits != 8 and not (self.runtime == "torch" and self.mode in WEIGHT_ONLY_MODES):
+            if self.embedding_bits == 4 and (self.mode, self.runtime) != ("dynamic_int8", "onnxruntime"):
+                raise ValueError(
+                    "quantize.embedding_bits: 4 applies to mode: dynamic_int8 with runtime: onnxruntime and to the torch weight-only "
+                    f"modes (int8_weight_only, int4_weight_only); got mode {self.mode!r}, runtime {self.runtime!r}. Remove "
+                    "embedding_bits or change the mode."
+                )
+            if self.embedding_bits is None:
+                raise ValueError(
+                    "quantize.embedding_bits: null (float embedding tables) applies to the torch weight-only modes (int8_weight_only, "
+                    f"int4_weight_only); got mode {self.mode!r}, runtime {self.runtime!r}. Use embedding_bits: 8 or 4, or remove it."
+                )
         int8_ort = self.runtime == "onnxruntime" and self.mode in ("static_int8", "dynamic_int8")
         if (self.max_drop is not None or self.sensitivity) and not int8_ort:
             raise ValueError(

@@ -1,8 +1,9 @@
 """Artifact format ``torch_quantized``: int8/int4 weights + scales in safetensors, rebuilt on load.
 
 Layout: ``model.safetensors`` (float tensors of the unquantized layers, and per quantized Linear
-``<fqn>.qweight``/``scale``/... tensors) and ``quantization.json`` (config + which modules are
-quantized, with their shapes). Loading rebuilds the float architecture from the spec, swaps in empty
+``<fqn>.qweight``/``scale``/... tensors; a quantized embedding's under ``<fqn>.table.``, or none when it
+reads the table of the quantized ``lm_head`` it is tied to) and ``quantization.json`` (config + which
+modules are quantized, with their shapes and ties). Loading rebuilds the float architecture from the spec, swaps in empty
 quantized modules and fills them; nothing is unpickled.
 """
 
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from slimtorch.artifact import FORMATS, ArtifactFormat, _is_tied, _rebuild, fit_shapes_
 from slimtorch.errors import ArtifactError
 from slimtorch.io import atomic_write_json
-from slimtorch.models.tags import tag_
+from slimtorch.models.attrs import set_attrs_
 from slimtorch.quantize import _torch
 
 QUANT_FILE = "quantization.json"
@@ -48,7 +49,11 @@ def _save(model: nn.Module, directory: Path) -> None:
             modules[fqn] = {"kind": "dynamic_int8", "in": module.in_features, "out": module.out_features,
                             "bias": module.bias is not None}
             state.update({f"{fqn}.dynamic.{k}": v for k, v in _dynamic_tensors(module).items()})
-        elif isinstance(module, _torch.WeightOnlyLinear):
+        elif isinstance(module, _torch.WeightOnlyEmbedding):
+            modules[fqn] = {"kind": "weight_only_embedding", "num": module.num_embeddings, "dim": module.embedding_dim,
+                            "bits": module.table.bits, "group_size": module.table.group_size, "tied_to": module.tied_to,
+                            "padding_idx": module.padding_idx}
+        elif isinstance(module, _torch.WeightOnlyLinear) and not _is_embedding_table(fqn, modules):
             modules[fqn] = {"kind": "weight_only", "in": module.in_features, "out": module.out_features,
                             "bias": module.bias is not None, "bits": module.bits, "group_size": module.group_size}
     for key, value in root.state_dict().items():
@@ -60,6 +65,24 @@ def _save(model: nn.Module, directory: Path) -> None:
     hf_config = hf.config.to_dict() if hf is not None and hasattr(hf, "config") else None
     atomic_write_json(directory / QUANT_FILE, {"config": config, "modules": modules,
                                                "wrapper": "bf16" if root is not model else None, "hf_config": hf_config})
+
+
+def _is_embedding_table(fqn: str, modules: dict[str, dict[str, Any]]) -> bool:
+    """An embedding's own table (``<embedding>.table``) is saved with the embedding's entry."""
+    parent = fqn.rpartition(".")[0]
+    return fqn.endswith(".table") and modules.get(parent, {}).get("kind") == "weight_only_embedding"
+
+
+def _embedding(model: nn.Module, entry: dict[str, Any]) -> _torch.WeightOnlyEmbedding:
+    """An empty quantized embedding: its own table, or the (already swapped-in) quantized Linear it is tied to."""
+    if entry["tied_to"] is None:
+        own = _torch.WeightOnlyLinear(entry["dim"], entry["num"], entry["bits"], entry["group_size"], has_bias=False)
+        return _torch.WeightOnlyEmbedding(own, None, entry["padding_idx"])
+    table = model.get_submodule(entry["tied_to"])
+    if not isinstance(table, _torch.WeightOnlyLinear):
+        raise ArtifactError(f"the embedding table is tied to {entry['tied_to']!r}, which is not a quantized Linear in this "
+                            "artifact; re-run the quantize stage.")
+    return _torch.WeightOnlyEmbedding(table, entry["tied_to"], entry["padding_idx"])
 
 
 def _with_saved_hf_config(model: nn.Module, saved: dict[str, Any] | None) -> nn.Module:
@@ -84,6 +107,9 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
         if entry["kind"] == "weight_only":
             new = _torch.WeightOnlyLinear(entry["in"], entry["out"], entry["bits"], entry["group_size"], entry["bias"])
             _torch.set_submodule(model, fqn, new)
+    for fqn, entry in info["modules"].items():  # after the Linear layers: a tied table is one of them
+        if entry["kind"] == "weight_only_embedding":
+            _torch.set_submodule(model, fqn, _embedding(model, entry))
     # Dynamic int8 Linear layers are swapped in after the float weights are loaded: their loader wants float keys.
     plain = {k: v for k, v in state.items() if not any(k.startswith(f + ".") for f in dynamic)}
     fit_shapes_(model, plain)
@@ -98,7 +124,7 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
         _torch.set_submodule(model, fqn, _dynamic_linear(state, fqn, entry))
     if info.get("wrapper") == "bf16":
         model = _torch.BFloat16Module(model)
-    return tag_(model, slimtorch_format="torch_quantized", slimtorch_quantization=info["config"])
+    return set_attrs_(model, slimtorch_format="torch_quantized", slimtorch_quantization=info["config"])
 
 
 def _dynamic_linear(state: dict[str, Tensor], fqn: str, entry: dict[str, Any]) -> _torch.DynamicInt8Linear:

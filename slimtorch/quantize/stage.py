@@ -155,15 +155,37 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> t
     _torch.require_linears(model, chosen, cfg.mode, hint)
     if cfg.mode == "dynamic_int8":
         _torch.dynamic_int8_(model, chosen, cfg.per_channel)
-    elif cfg.method == "gptq":
+        return model, {"quantized_linears": len(chosen), "skipped_linears": skipped}
+    bits = 4 if cfg.mode == "int4_weight_only" else 8
+    ties = _torch.tied_linears(model)
+    # A tied lm_head is the embedding table: quantized at embedding_bits when that differs from the mode's bits.
+    table_linears = [fqn for fqn in ties.values() if cfg.embedding_bits not in (None, bits) and fqn in chosen]
+    linears = [fqn for fqn in chosen if fqn not in table_linears]
+    details: dict[str, Any] = {"quantized_linears": len(chosen), "skipped_linears": skipped}
+    if cfg.method == "gptq":
         inputs = gptq.calibration_inputs(model, ctx.data, cfg.calibration_split, cfg.calibration_examples)
-        errors = gptq.gptq_(model, chosen, inputs, cfg.group_size, cfg.damping, act_order=cfg.act_order, mse=cfg.mse_grid)
-        return model, {"quantized_linears": len(chosen), "skipped_linears": skipped, "calibration_batches": len(inputs),
-                       "gptq_relative_output_error_mean": round(sum(errors.values()) / len(errors), 6)}
+        errors = gptq.gptq_(model, linears, inputs, cfg.group_size, cfg.damping, act_order=cfg.act_order, mse=cfg.mse_grid)
+        details.update(calibration_batches=len(inputs), gptq_relative_output_error_mean=round(sum(errors.values()) / max(len(errors), 1), 6))
     else:
-        bits = 4 if cfg.mode == "int4_weight_only" else 8
-        _torch.weight_only_(model, chosen, bits, cfg.group_size)
-    return model, {"quantized_linears": len(chosen), "skipped_linears": skipped}
+        _torch.weight_only_(model, linears, bits, cfg.group_size)
+    if cfg.embedding_bits is not None:
+        embeddings, float_tables = _torch.quantize_embeddings_(model, cfg.embedding_bits, cfg.group_size, ties, cfg.exclude)
+        details.update(embedding_bits=cfg.embedding_bits, quantized_embeddings=embeddings, float_embeddings=float_tables,
+                       tied_tables={e: ties[e] for e in embeddings if e in ties and _is_shared_table(model, e)})
+    return model, details
+
+
+def _is_shared_table(model: nn.Module, embedding: str) -> bool:
+    module = model.get_submodule(embedding)
+    return isinstance(module, _torch.WeightOnlyEmbedding) and module.tied_to is not None
+
+
+def embedding_note(details: dict[str, Any], cfg: QuantizeConfig) -> str:
+    """One sentence on the embedding tables: their precision, which Linear shares each, which stayed float."""
+    grid = "int8 per row" if cfg.embedding_bits == 8 else f"int4 per {cfg.group_size} columns"
+    shared = "; ".join(f"{lin} runs on {emb}'s table" for emb, lin in details["tied_tables"].items())
+    kept = f"; kept in float: {', '.join(details['float_embeddings'])}" if details["float_embeddings"] else ""
+    return f"embedding tables {', '.join(details['quantized_embeddings'])}: {grid}, dequantized on lookup" + (f" ({shared})" if shared else "") + kept
 
 
 @torch.no_grad()
@@ -220,4 +242,6 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
                                     "in int8; the others stay float.")
         if details.get("skipped_linears"):
             record.notes.append(f"kept in float: {', '.join(details['skipped_linears'][:8])}")
+        if details.get("quantized_embeddings"):
+            record.notes.append(embedding_note(details, cfg))
         return out, record

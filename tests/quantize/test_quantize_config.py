@@ -33,7 +33,7 @@ def test_unknown_runtime_and_unknown_key_are_rejected():
 def test_int4_group_size_and_embedding_bits_are_checked():
     with pytest.raises(ValidationError, match="group_size must be one of 32, 64, 128, 256"):
         QuantizeConfig(mode="int4_weight_only", runtime="torch", group_size=48)
-    with pytest.raises(ValidationError, match="embedding_bits: 4 applies only to mode: dynamic_int8 with runtime: onnxruntime"):
+    with pytest.raises(ValidationError, match="embedding_bits: 4 applies to mode: dynamic_int8 with runtime: onnxruntime"):
         QuantizeConfig(mode="static_int8", embedding_bits=4)
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         QuantizeConfig(mode="static_int8", calibration_batches=0)
