@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
@@ -12,6 +12,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from slimtorch.batch import Batch
 
 UNLABELED = -1  # label of transfer-set examples: distillation may use their inputs, never a label
+
+
+def dataset_len(dataset: Dataset) -> int:
+    """``len(dataset)``: every dataset a run reads is map-style and sized, though torch's ``Dataset`` declares no ``__len__``."""
+    return len(cast(Sized, dataset))
 
 
 @dataclass

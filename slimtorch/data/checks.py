@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
+from slimtorch.data.bundle import dataset_len
 from slimtorch.errors import DataError
 
 LABEL_KEYS = ("label", "labels")
@@ -50,7 +51,7 @@ class Examples(Dataset):
         self.dataset, self.label_key, self.cast_label, self.cast_input = dataset, label_key, cast_label, cast_input
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return dataset_len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         item = self.dataset[i]
@@ -194,7 +195,7 @@ def class_labels(source: str, split: str, dataset: Dataset, *, same_shapes: bool
         return dataset.tensors[1].numpy()
     first = input_shape(dataset[0]) if same_shapes else None
     labels = []
-    for i in range(len(dataset)):  # type: ignore[arg-type]
+    for i in range(dataset_len(dataset)):
         x, y = dataset[i]
         problem, _ = _label_problem(y)
         if problem:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from slimtorch.data.bundle import UNLABELED, DataBundle
+from slimtorch.data.bundle import UNLABELED, DataBundle, dataset_len
 from slimtorch.data.checks import check_container, check_same_shapes, check_split, class_labels
 from slimtorch.errors import DataError, ModelRefError, RecipeError
 from slimtorch.registry import Registry
@@ -81,9 +81,9 @@ class Unlabeled(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return dataset_len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
         item = self.dataset[i]
         x = item[0] if isinstance(item, (tuple, list)) else item
         # a tensor like the labeled splits' labels, so a mixed (labeled + transfer) batch collates
@@ -154,11 +154,11 @@ def check_source_args(source: str, args: dict[str, Any]) -> None:
 
 def infer_num_classes(*labels: np.ndarray) -> int:
     """C from the labels of every split (each ``(N,)``); transfer examples (``UNLABELED``) are left out."""
-    labels = np.concatenate([np.asarray(y) for y in labels if len(y)])
-    labels = labels[labels != UNLABELED]
-    if labels.min() < 0:
-        raise DataError(f"labels must be class indices 0..C-1 (or {UNLABELED} for unlabeled); found {labels.min()}.")
-    return int(labels.max()) + 1
+    merged = np.concatenate([np.asarray(y) for y in labels if len(y)])
+    merged = merged[merged != UNLABELED]
+    if merged.min() < 0:
+        raise DataError(f"labels must be class indices 0..C-1 (or {UNLABELED} for unlabeled); found {merged.min()}.")
+    return int(merged.max()) + 1
 
 
 def build_data(
@@ -217,6 +217,6 @@ def build_data(
         input_shape=tuple(x0.shape) if isinstance(x0, torch.Tensor) else None,
         collate_fn=raw.get("collate_fn"),
         batch_size=batch_size,
-        info={"labeled_fraction": labeled_fraction, "train_labeled": len(train),
-              "transfer": 0 if transfer_set is None else len(transfer_set)},
+        info={"labeled_fraction": labeled_fraction, "train_labeled": dataset_len(train),
+              "transfer": 0 if transfer_set is None else dataset_len(transfer_set)},
     )

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from slimtorch.errors import RecipeError, UnsupportedModuleError
+from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.builtin import MLP, ConvNet, ResNet
 
 SUPPORTED = "slimtorch's mlp, cnn and resnet built-ins and Hugging Face encoders (hf:...)"
@@ -98,7 +99,7 @@ def _derive_hf(teacher: nn.Module, width: float, depth: float) -> nn.Module:
     for new_index, layer in enumerate(new_layers):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
-                module.layer_idx = new_index
+                set_attrs_(module, layer_idx=new_index)
     setattr(parent, name, new_layers)
     hf.config.num_hidden_layers = len(keep)
     layer_types = getattr(hf.config, "layer_types", None)
@@ -106,9 +107,8 @@ def _derive_hf(teacher: nn.Module, width: float, depth: float) -> nn.Module:
         hf.config.layer_types = [layer_types[i] for i in keep]
     student = HFModel(hf, teacher.tokenizer, teacher.kind)
     teacher_spec = getattr(teacher, "slimtorch_spec", None)
-    student.slimtorch_spec = {"ref": (teacher_spec or {}).get("ref", "hf"), "args": {"kind": teacher.kind},
-                              "derived": {"width": width, "depth": depth, "kept_layers": keep}}
-    return student
+    return set_attrs_(student, slimtorch_spec={"ref": (teacher_spec or {}).get("ref", "hf"), "args": {"kind": teacher.kind},
+                                               "derived": {"width": width, "depth": depth, "kept_layers": keep}})
 
 
 def derive_student(teacher: nn.Module, width: float = 0.5, depth: float = 1.0) -> nn.Module:
@@ -137,10 +137,12 @@ def derive_student(teacher: nn.Module, width: float = 0.5, depth: float = 1.0) -
 
     if isinstance(teacher, HFModel):
         return _derive_hf(teacher, width, depth)
-    for cls, ref, make in ((MLP, "mlp", _mlp_args), (ConvNet, "cnn", _cnn_args), (ResNet, "resnet", _resnet_args)):
-        if isinstance(teacher, cls):
-            args = make(teacher, width, depth)  # type: ignore[operator]
-            return build_model(ref, args)
+    if isinstance(teacher, MLP):
+        return build_model("mlp", _mlp_args(teacher, width, depth))
+    if isinstance(teacher, ConvNet):
+        return build_model("cnn", _cnn_args(teacher, width, depth))
+    if isinstance(teacher, ResNet):
+        return build_model("resnet", _resnet_args(teacher, width, depth))
     raise UnsupportedModuleError(
         f"auto-student cannot derive a student from a {type(teacher).__name__}; it supports {SUPPORTED}. "
         "Give `student: {model: ..., args: ...}` explicitly instead."

@@ -59,7 +59,7 @@ class DistillConfig(TrainConfig):
     loss: Literal["kd", "mse", "cosine"] = Field(
         "kd", description="kd: Hinton KD on logits; mse: MSE on logits/embeddings; cosine: 1 − cos on embeddings")
     epochs: int = Field(20, ge=0, description="ceiling on passes over the distillation set; training stops earlier once converged")
-    lr: float | Literal["auto"] | None = Field(
+    lr: float | Literal["auto"] | None = Field(  # type: ignore[assignment]  # None: chosen by loss, see the description
         None, description="AdamW peak rate, or 'auto' (a short range test); default: auto for loss kd (a student trained "
                           "from its initialisation), 1e-3 for mse/cosine (usually a pretrained encoder)")
     use_transfer: bool = Field(True, description="also train on the unlabeled transfer set (scenario 2) when there is one")

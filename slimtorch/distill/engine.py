@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from slimtorch.core import Batch, RunContext, forward
-from slimtorch.data.bundle import DataBundle
+from slimtorch.data.bundle import DataBundle, dataset_len
 from slimtorch.distill.config import DistillConfig, FeatureSpec
 from slimtorch.distill.hooks import FeatureTaps, make_adapter
 from slimtorch.distill.losses import LOSSES, feature_mse, teacher_target
@@ -37,7 +37,7 @@ class IndexedDataset(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return dataset_len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[Any, Any, int]:
         x, y = self.dataset[i][:2]
@@ -132,7 +132,7 @@ class TeacherPanel:
 
 def is_deterministic(dataset: Dataset) -> bool:
     """True when reading an example twice gives the same input (no random augmentation)."""
-    if len(dataset) == 0:  # type: ignore[arg-type]
+    if dataset_len(dataset) == 0:
         return True
     a, b = dataset[0][0], dataset[0][0]
     if isinstance(a, Tensor):
@@ -235,7 +235,7 @@ def train_hop(
     panel = TeacherPanel(teachers, weights, config, pairs)
     cached = config.cache_teacher and is_deterministic(dataset)
     if cached:
-        panel.build_cache(_loader(dataset, data, 256, False, ctx.seed), len(dataset))  # type: ignore[arg-type]
+        panel.build_cache(_loader(dataset, data, 256, False, ctx.seed), dataset_len(dataset))
     loss = LOSSES.get(config.loss)
     keys = list(wrapper.adapters)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -39,9 +40,9 @@ class FeatureTaps:
             module = find_module(model, fqn, role)
             self._handles.append(module.register_forward_hook(self._keeper(fqn)))
 
-    def _keeper(self, fqn: str):
-        def keep(module: nn.Module, args: object, output: object) -> None:
-            self.features[fqn] = output[0] if isinstance(output, (tuple, list)) else output  # type: ignore[index,assignment]
+    def _keeper(self, fqn: str) -> Callable[[nn.Module, object, Any], None]:
+        def keep(module: nn.Module, args: object, output: Any) -> None:
+            self.features[fqn] = output[0] if isinstance(output, (tuple, list)) else output
 
         return keep
 

@@ -19,8 +19,8 @@ from typing import Any
 from torch import nn
 
 from slimtorch.errors import MissingExtraError, ModelRefError
+from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.builtin import MODELS
-from slimtorch.models.tags import tag_
 
 
 def import_object(ref: str, what: str) -> Callable[..., Any]:
@@ -90,7 +90,7 @@ def build_architecture(
             f"unknown model reference {ref!r}. {MODELS.unknown_message(ref).split('. ', 1)[1]} "
             "Or use 'package.module:function', 'hf:<dir>', 'gguf:<file>', 'torchvision:<name>' or a saved slimtorch directory."
         )
-    return tag_(model, slimtorch_spec={"ref": ref, "args": copy.deepcopy(args)})
+    return set_attrs_(model, slimtorch_spec={"ref": ref, "args": copy.deepcopy(args)})
 
 
 def _check_args(factory: Callable[..., Any], args: dict[str, Any], ref: str) -> None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from slimtorch.artifact import FORMATS, ArtifactFormat
 from slimtorch.errors import ArtifactError
 from slimtorch.io import atomic_write_json
-from slimtorch.models.tags import tag_
+from slimtorch.models.attrs import set_attrs_
 from slimtorch.prune.masks import bake_masks_
 
 SHAPES_FILE = "pruned_shapes.json"
@@ -72,7 +72,7 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
     if (directory / "hf" / "tokenizer_config.json").exists():
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory / "hf", trust_remote_code=False)
     model = HFModel(hf.eval(), tokenizer, shapes["kind"])
-    return tag_(model, slimtorch_format="hf_pruned")
+    return set_attrs_(model, slimtorch_format="hf_pruned")
 
 
 FORMATS.register("hf_pruned")(ArtifactFormat(_save, _load))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from slimtorch.core import RunContext, StageRecord
 from slimtorch.errors import UnsupportedModuleError
-from slimtorch.models.tags import tag_
+from slimtorch.models.attrs import set_attrs_
 from slimtorch.prune.importance import Importance
 
 if TYPE_CHECKING:
@@ -34,22 +34,16 @@ def _is_conv1d(m: nn.Module) -> bool:
     return type(m).__name__ == "Conv1D"
 
 
-def _set_ints(m: nn.Module, **sizes: int) -> None:
-    """Set plain int attributes (``out_features``, ``num_heads``...): torch types a module's attributes as tensors or modules."""
-    for name, size in sizes.items():
-        setattr(m, name, size)
-
-
 @torch.no_grad()
 def keep_outputs_(m: nn.Module, idx: Tensor) -> None:
     """Keep only output features ``idx`` of a Linear/Conv1D."""
     weight, bias = cast(Tensor, m.weight), cast("Tensor | None", m.bias)
     if _is_conv1d(m):
         m.weight = nn.Parameter(weight[:, idx].clone())
-        _set_ints(m, nf=len(idx))
+        set_attrs_(m, nf=len(idx))
     else:
         m.weight = nn.Parameter(weight[idx].clone())
-        _set_ints(m, out_features=len(idx))
+        set_attrs_(m, out_features=len(idx))
     if bias is not None:
         m.bias = nn.Parameter(bias[idx].clone())
 
@@ -62,7 +56,7 @@ def keep_inputs_(m: nn.Module, idx: Tensor) -> None:
         m.weight = nn.Parameter(weight[idx].clone())
     else:
         m.weight = nn.Parameter(weight[:, idx].clone())
-        _set_ints(m, in_features=len(idx))
+        set_attrs_(m, in_features=len(idx))
 
 
 # -- architecture adapters ---------------------------------------------------------------------------
@@ -166,13 +160,13 @@ def prune_heads_(hf: PreTrainedModel, keep_units: int, scores: dict[nn.Module, T
         if fam == "gpt2":
             width = heads * dim
             keep_outputs_(qkv[0], torch.cat([q_rows + j * width for j in range(3)]))
-            _set_ints(block.get_submodule("attn"), num_heads=keep_units, split_size=keep_units * dim)
+            set_attrs_(block.get_submodule("attn"), num_heads=keep_units, split_size=keep_units * dim)
         else:
             keep_outputs_(qkv[0], q_rows)
             for m in qkv[1:]:
                 keep_outputs_(m, _unit_rows(keep, 1, dim))
             if fam == "bert":
-                _set_ints(block.get_submodule("attention.self"), num_attention_heads=keep_units, all_head_size=keep_units * dim)
+                set_attrs_(block.get_submodule("attention.self"), num_attention_heads=keep_units, all_head_size=keep_units * dim)
         keep_inputs_(out, q_rows)
     c = config_of(hf)
     if fam == "llama":
@@ -212,7 +206,7 @@ def drop_layers_(hf: PreTrainedModel, drop: list[int]) -> dict[str, Any]:
     for i, block in enumerate(new):
         for m in block.modules():
             if hasattr(m, "layer_idx"):
-                _set_ints(m, layer_idx=i)
+                set_attrs_(m, layer_idx=i)
     c = config_of(hf)
     if getattr(c, "layer_types", None):
         c.layer_types = [t for i, t in enumerate(c.layer_types) if i not in set(drop)]
@@ -288,7 +282,7 @@ def prune_transformer_stage(model: nn.Module, cfg: Any, ctx: RunContext, record:
         keep = max(1, round((1 - cfg.sparsity) * units))
         info = prune_heads_(hf, keep, scores)
         if info["needs_hf_pruned_format"]:
-            tag_(model, slimtorch_format="hf_pruned")
+            set_attrs_(model, slimtorch_format="hf_pruned")
             record.notes.append(
                 f"{fam} configs derive the head size from hidden_size / num_heads, so plain from_pretrained cannot rebuild "
                 "fewer heads; the model is saved in slimtorch's hf_pruned format, which restores them on load."

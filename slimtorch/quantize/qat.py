@@ -39,7 +39,7 @@ from slimtorch.batch import forward
 from slimtorch.distill.losses import distillation_loss
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.export.onnx import bake_parametrizations_
-from slimtorch.models.tags import tag_
+from slimtorch.models.attrs import set_attrs_
 from slimtorch.prune.masks import mask_of, rearm_masks_
 from slimtorch.quantize._torch import bias_of
 from slimtorch.train.losses import labeled_cross_entropy
@@ -195,7 +195,7 @@ def prepare_qat(model: nn.Module) -> fx.GraphModule:
         node.replace_all_uses_with(fq, delete_user_cb=is_not_fq)
     graph.lint()
     gm.recompile()
-    return tag_(gm, slimtorch_spec=getattr(model, "slimtorch_spec", None))
+    return set_attrs_(gm, slimtorch_spec=getattr(model, "slimtorch_spec", None))
 
 
 def freeze_(model: nn.Module) -> nn.Module:

@@ -53,6 +53,12 @@ MAX_DEPTH = 64
 MAX_NODES = 100_000
 
 
+def _line_of(event: yaml.Event) -> int:
+    """The 1-based line where ``event`` starts (the parser marks every event it yields)."""
+    assert event.start_mark is not None
+    return event.start_mark.line + 1
+
+
 def _check_bounds(text: str, where: str) -> None:
     """Walk the YAML event stream (no recursion, nothing built) and refuse oversized documents."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
@@ -64,7 +70,7 @@ def _check_bounds(text: str, where: str) -> None:
         if isinstance(event, yaml.CollectionStartEvent):
             stack.append([event.anchor, 1])
             if len(stack) - 1 > MAX_DEPTH:
-                line = event.start_mark.line + 1
+                line = _line_of(event)
                 raise RecipeError(f"{where} line {line}: the recipe nests deeper than {MAX_DEPTH} levels; flatten it.")
             continue
         if isinstance(event, yaml.CollectionEndEvent):
@@ -72,7 +78,7 @@ def _check_bounds(text: str, where: str) -> None:
             if anchor is not None:
                 sizes[anchor] = n
         elif isinstance(event, yaml.AliasEvent):
-            n = sizes.get(event.anchor, 1)
+            n = 1 if event.anchor is None else sizes.get(event.anchor, 1)
         elif isinstance(event, yaml.ScalarEvent):
             n = 1
             if event.anchor is not None:
@@ -81,7 +87,7 @@ def _check_bounds(text: str, where: str) -> None:
             continue
         stack[-1][1] += n
         if stack[-1][1] > MAX_NODES or sum(frame[1] for frame in stack) > MAX_NODES:
-            line = event.start_mark.line + 1
+            line = _line_of(event)
             raise RecipeError(f"{where} line {line}: the recipe expands to more than {MAX_NODES:,} values (YAML aliases `*name` "
                               "repeat whole blocks); write the values out or use fewer aliases.")
 

@@ -39,8 +39,8 @@ def _metric_label(report: dict[str, Any]) -> str:
 def _panel(ax: Any, report: dict[str, Any], xs: dict[str, float | None], xlabel: str, fmt: Any) -> None:
     metric = _metric_label(report)
     scale = 100.0 if metric == "accuracy" else 1.0
-    points = [(x, metric_of(m)[1] * scale, m["name"]) for m in report["models"]
-              if (x := xs.get(m["name"])) and metric_of(m)[1] is not None]
+    points = [(x, value * scale, m["name"]) for m in report["models"]
+              if (x := xs.get(m["name"])) and (value := metric_of(m)[1]) is not None]
     if not points:
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="#888")
         ax.set_xlabel(xlabel)

@@ -11,7 +11,7 @@ Accepted shapes (metric after pruning one layer alone to each sparsity):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, SupportsFloat, TypeGuard
 
 Curves = dict[str, list[tuple[float, float]]]
 _VALUE_KEYS = ("metric", "accuracy", "value", "score", "cosine")
@@ -33,7 +33,7 @@ def parse_curves(raw: Any) -> Curves:
     """Normalise one scan to ``{layer: [(sparsity, metric), ...]}``; unreadable parts are skipped."""
     curves: Curves = {}
     if isinstance(raw, dict) and "sparsities" in raw:
-        table = next((raw[k] for k in ("layers", "curves", "metrics") if isinstance(raw.get(k), dict)), {})
+        table: dict[Any, Any] = next((raw[k] for k in ("layers", "curves", "metrics") if isinstance(raw.get(k), dict)), {})
         for layer, values in table.items():
             curves[str(layer)] = [(float(s), float(v)) for s, v in zip(raw["sparsities"], values) if _num(v)]
     elif isinstance(raw, dict) and isinstance(raw.get("layers"), (dict, list)):
@@ -69,7 +69,8 @@ def _points(points: Any) -> list[tuple[float, float]]:
     return out
 
 
-def _num(x: Any) -> bool:
+def _num(x: Any) -> TypeGuard[SupportsFloat | str]:
+    """Whether ``float(x)`` reads ``x`` (a bool is not a number here)."""
     if isinstance(x, bool):
         return False
     try:

@@ -44,8 +44,9 @@ from slimtorch.version import __version__
 
 log = logging.getLogger(__name__)
 
-# loss_fn(model, x, y) -> scalar loss; ``y`` may contain UNLABELED (-1) entries.
-LossFn = Callable[[nn.Module, Batch, Tensor], Tensor]
+# loss_fn(model, x, y) -> scalar loss; ``y`` is the loader's target: labels (B,), which may contain UNLABELED (-1)
+# entries, or what a custom loader pairs with them (distillation: (labels, example indices)).
+LossFn = Callable[[nn.Module, Batch, Any], Tensor]
 
 # Bump when the checkpoint layout changes; a checkpoint of another version is refused, not guessed at.
 CHECKPOINT_VERSION = 2
@@ -319,7 +320,7 @@ def fit(
     if checkpoint_dir is not None:
         recover_dir(checkpoint_dir / "last")
         recover_dir(checkpoint_dir / "best")
-    if resuming:
+    if checkpoint_dir is not None and resuming:
         meta = load_checkpoint(checkpoint_dir / "last", net, optimizer, scheduler)
         start_epoch = result.resumed_from_epoch = meta["epoch"] + 1
         result.steps, result.history = meta["steps"], meta["history"]

@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from slimtorch.distributed import training_world_size
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor]
+LossFn = Callable[[nn.Module, Batch, Any], torch.Tensor]  # y: the loader's target, as in train.loop
 
 
 @dataclass
