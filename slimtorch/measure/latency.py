@@ -21,7 +21,7 @@ from torch import nn
 
 from slimtorch.core import Batch, forward
 from slimtorch.device import model_device, synchronize
-from slimtorch.measure.onnx_graph import is_onnxruntime
+from slimtorch.measure.onnx_graph import runs_onnx_graph
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +160,11 @@ def pinned_threads(model: nn.Module, threads: int) -> Iterator[None]:
     """Run torch (and an onnxruntime wrapper) on ``threads`` intra-op threads; restore both afterwards."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    ort_attr = next((a for a in ORT_THREAD_ATTRS if hasattr(model, a)), None) if is_onnxruntime(model) else None
+    ort_attr = next((a for a in ORT_THREAD_ATTRS if hasattr(model, a)), None) if runs_onnx_graph(model) else None
     ort_previous = getattr(model, ort_attr) if ort_attr else None
     if ort_attr:
         setattr(model, ort_attr, threads)
-    elif is_onnxruntime(model):
+    elif runs_onnx_graph(model):
         log.warning("onnxruntime wrapper %s has no thread-count attribute (%s); timing with its own setting",
                     type(model).__name__, ", ".join(ORT_THREAD_ATTRS))
     try:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from slimtorch.core import Batch, batch_len, forward
-from slimtorch.measure.onnx_graph import is_onnxruntime, onnx_macs, onnx_model_of
+from slimtorch.measure.onnx_graph import onnx_macs, onnx_model_of, runs_onnx_graph
 
 
 def count_macs(model: nn.Module, example_input: Batch) -> int | None:
@@ -37,7 +37,7 @@ def count_macs(model: nn.Module, example_input: Batch) -> int | None:
 def count_macs_noted(model: nn.Module, example_input: Batch) -> tuple[int | None, list[str]]:
     """Like :func:`count_macs`, also returning notes on what could not be counted."""
     n = max(batch_len(example_input), 1)
-    if is_onnxruntime(model):
+    if runs_onnx_graph(model):
         graph = onnx_model_of(model)
         if graph is None:
             return None, ["MACs not counted: the onnxruntime wrapper exposes no ONNX graph."]

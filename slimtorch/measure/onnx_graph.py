@@ -1,7 +1,7 @@
-"""Facts about models that run in onnxruntime, read from their ONNX graph (weights and MACs).
+r"""Facts about models that run an ONNX graph (onnxruntime, OpenVINO), read from the graph (weights and MACs).
 
-The runtime wrapper (:class:`slimtorch.runtime.OrtModule`) is an ``nn.Module`` with
-``slimtorch_runtime == "onnxruntime"``; its ONNX model is read from its ``onnx_bytes``, or else from an
+The runtime wrappers (:class:`slimtorch.runtime.OrtModule`, :class:`slimtorch.runtime.OpenVINOModule`) are
+``nn.Module``\ s with ``slimtorch_runtime`` ``"onnxruntime"`` or ``"openvino"``; the ONNX model is read from its ``onnx_bytes``, or else from an
 ``onnx_path``/``model_path`` attribute, an ``onnx.ModelProto`` attribute, or the
 ``onnxruntime.InferenceSession`` it holds.
 """
@@ -25,13 +25,17 @@ _MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3
 _CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1, "NhwcConv": 1}
 
 
-def is_onnxruntime(model: nn.Module) -> bool:
-    return getattr(model, "slimtorch_runtime", "torch") == "onnxruntime"
+ONNX_RUNTIMES = ("onnxruntime", "openvino")
+
+
+def runs_onnx_graph(model: nn.Module) -> bool:
+    """True for a wrapper that runs an ONNX graph (onnxruntime's or OpenVINO's), with ``onnx_bytes`` and a thread setting."""
+    return getattr(model, "slimtorch_runtime", "torch") in ONNX_RUNTIMES
 
 
 def onnx_model_of(model: nn.Module) -> Any | None:
     """The ``onnx.ModelProto`` behind an onnxruntime wrapper, or None for a torch model."""
-    if not is_onnxruntime(model):
+    if not runs_onnx_graph(model):
         return None
     import onnx
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -24,7 +23,6 @@ from slimtorch.export.onnx import export_onnx
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.measure.latency import pinned_threads
 from slimtorch.measure.macs import count_macs
-from slimtorch.measure.onnx_graph import is_onnxruntime
 from slimtorch.measure.params import count_params
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
 from slimtorch.runtime import OpenVINOModule, OrtModule, onnx_initializer_stats
@@ -34,7 +32,6 @@ HAS_NNCF = HAS_OPENVINO and importlib.util.find_spec("nncf") is not None
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO not installed: pip install 'slimtorch[openvino]'")
 needs_nncf = pytest.mark.skipif(not HAS_NNCF, reason="NNCF/OpenVINO not installed: pip install 'slimtorch[openvino]'")
 # measure/ reads params and MACs from the graph, and pins the thread count, of models whose runtime it knows.
-MEASURE_KNOWS_OPENVINO = is_onnxruntime(SimpleNamespace(slimtorch_runtime="openvino"))  # type: ignore[arg-type]
 MLP_LAYERS = 3  # the digits MLP 64-128-64-10: three Gemm layers
 
 
@@ -152,9 +149,6 @@ def test_setting_threads_recompiles_with_that_count(mlp, digits):
 
 
 @needs_openvino
-@pytest.mark.xfail(not MEASURE_KNOWS_OPENVINO, strict=True,
-                   reason="measure/ treats only slimtorch_runtime 'onnxruntime' as an ONNX graph: an OpenVINO model's params "
-                          "and MACs count 0 and its thread count is not pinned until it knows 'openvino' too")
 def test_measure_reads_the_graph_and_pins_threads_like_onnxruntime(mlp, digits):
     graph = export_onnx(mlp, digits.example_batch(2))
     ort, ov = OrtModule(graph), OpenVINOModule(graph, threads=1)
