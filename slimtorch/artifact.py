@@ -36,7 +36,7 @@ from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
 SPEC_FILE = "slimtorch.json"
 # Formats registered by engine packages, imported on demand so `load` works in a fresh process.
 _FORMAT_MODULES = {"onnx": "slimtorch.runtime", "openvino": "slimtorch.runtime", "torch_quantized": "slimtorch.quantize",
-                   "hf_pruned": "slimtorch.prune"}
+                   "hf_pruned": "slimtorch.prune", "gguf": "slimtorch.export"}
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,43 @@
-"""The ``export`` stage: torch model in, onnxruntime model out, with the parity recorded."""
+"""The ``export`` stage: torch model in, onnxruntime model (or a GGUF file for llama.cpp) out, with the parity recorded."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.errors import UnsupportedModuleError
+from slimtorch.export.gguf import GGUFQuant, export_gguf
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
 
 
 class ExportConfig(BaseModel):
-    """Recipe entry ``- export: {opset: 17, atol: 1e-4}``."""
+    """Recipe entry ``- export: {opset: 17, atol: 1e-4}``, or ``- export: {format: gguf, quant: q4_1}`` for llama.cpp."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    format: Literal["onnx", "gguf"] = Field("onnx", description="onnx (onnxruntime), or gguf (llama.cpp; LLaMA-architecture causal LMs)")
+    quant: GGUFQuant | None = Field(None, description="gguf: how weight matrices are stored (default q8_0; q4_1 keeps slimtorch's "
+                                    "int4 codes exactly)")
+    min_top1_agreement: float = Field(0.5, ge=0, le=1, description="gguf: least top-1 agreement of the file read back with the "
+                                      "model (a wrong layout gives chance level)")
+    check_tokens: int = Field(256, ge=8, description="gguf: tokens of the test text the read-back logits are compared on")
+
     opset: int = Field(17, ge=13, le=21, description="ONNX opset version")
     atol: float = Field(1e-4, gt=0, description="largest allowed |onnxruntime - torch| on the parity batches")
-    on_mismatch: Literal["error", "warn"] = Field("error", description="what to do when parity exceeds atol")
+    on_mismatch: Literal["error", "warn"] = Field("error", description="what to do when parity fails (onnx: atol, gguf: "
+                                                  "min_top1_agreement)")
     example_batch_size: int = Field(4, ge=1, description="rows of the example batch traced by the exporter")
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads of the returned model")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportConfig:
+        if self.quant is not None and self.format != "gguf":
+            raise ValueError(f"export.quant ({self.quant!r}) sets how a GGUF file stores its weights; add format: gguf, or remove "
+                             "quant (ONNX export writes float32; quantize with a quantize stage).")
+        return self
 
 
 def parity_check(model: nn.Module, ort_model: nn.Module, ctx: RunContext, batch_size: int) -> dict[str, float]:
@@ -33,10 +49,16 @@ def parity_check(model: nn.Module, ort_model: nn.Module, ctx: RunContext, batch_
 
 
 class ExportStage(Stage[ExportConfig], kind="export"):
-    """Export to ONNX (dynamic batch axis) and return an :class:`~slimtorch.runtime.OrtModule`."""
+    """Export to ONNX (dynamic batch axis) and return an :class:`~slimtorch.runtime.OrtModule`, or write a GGUF file.
+
+    ``format: gguf`` returns the model as transformers reads the file back (fp32 weights, saved as the
+    GGUF file itself), with its logits compared against the exported model's.
+    """
 
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config
+        if cfg.format == "gguf":
+            return self._gguf(model, ctx)
         example = ctx.data.example_batch(cfg.example_batch_size)
         ort_model = to_ort(model, example, cfg.opset, cfg.threads)
         diffs = parity_check(model, ort_model, ctx, cfg.example_batch_size)
@@ -55,3 +77,25 @@ class ExportStage(Stage[ExportConfig], kind="export"):
                 raise UnsupportedModuleError(message)
             record.notes.append(message)
         return ort_model, record
+
+    def _gguf(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
+        cfg = self.config
+        quant = cfg.quant or "q8_0"
+        out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens)
+        record = self.record(details=details)
+        parity = details["parity"]
+        record.notes.append(f"GGUF {quant} ({details['gguf_bytes'] / 1e6:.1f} MB) read back by transformers: top-1 agreement "
+                            f"{parity['top1_agreement']:.3f}, max |Δ logit| {parity['max_abs_diff']:.3g}, KL {parity['kl_nats']:.4f} "
+                            f"nats on {parity['tokens']} tokens; the report card measures its weights dequantized to fp32 in torch "
+                            "(llama.cpp runs the file itself).")
+        if details["exact_int4_tensors"]:
+            record.notes.append(f"{details['exact_int4_tensors']} int4 matrices written code for code as Q4_1.")
+        if details["f16_fallback_tensors"]:
+            record.notes.append(f"kept f16 (rows not a multiple of 32): {', '.join(details['f16_fallback_tensors'][:8])}")
+        if parity["top1_agreement"] < cfg.min_top1_agreement:
+            message = (f"the GGUF file agrees with the model on only {parity['top1_agreement']:.3f} of next tokens "
+                       f"(< min_top1_agreement {cfg.min_top1_agreement}); store more bits (quant: q8_0) or lower min_top1_agreement.")
+            if cfg.on_mismatch == "error":
+                raise UnsupportedModuleError(message)
+            record.notes.append(message)
+        return out, record

@@ -40,6 +40,8 @@ def _needs_torch_model(later: StageSpec, earlier: StageSpec) -> bool:
     """Whether ``later`` fails on what ``earlier`` (a stage with a :func:`_leaves_no_torch_model` reason) returns."""
     if earlier.kind == "quantize" and earlier.config.runtime == "torch" and earlier.config.mode == "bf16":
         return later.kind == "export" or (later.kind == "quantize" and later.config.runtime == "onnxruntime")
+    if later.kind == "export" and later.config.format == "gguf" and earlier.kind == "quantize" and earlier.config.runtime == "torch":
+        return False  # GGUF export reads the int8/int4 layers' weights (int4 codes go to Q4_1 as they are)
     return True
 
 
