@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from rich.table import Table
 
 from slimtorch.errors import SlimtorchError
 from slimtorch.version import __version__
+
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules only inside the commands that need them
+    from slimtorch.report.card import Report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make a trained PyTorch model smaller and faster, and prove it.")
 # Piped output has no terminal width; keep tables readable in logs and CI rather than 80 columns.
@@ -100,26 +103,25 @@ class _RichProgress:
             yield advance
 
 
-def print_models_table(card: Any) -> None:
-    """The report card (a :class:`~slimtorch.report.card.Report`) as a rich table: one row per model."""
-    from slimtorch.report.table import fmt_bytes, fmt_count, metric_of
+def print_models_table(report: Report) -> None:
+    """The report card as a rich table: one row per model (the figures and units of report.md)."""
+    from slimtorch.report.table import batches, fmt_bytes, fmt_count, metric_of
 
-    report = card.to_json()  # the table and report.md render the same JSON, so they print the same figures
-    table = Table(title=f"slimtorch report: {report['recipe'].get('name', '')}", show_lines=False)
-    batches = sorted({b for m in report["models"] for b in m["latency_ms"]}, key=int)
-    for col in ["model", "stage", "params", "nonzero", "size", "MACs", "runtime", *[f"p50 ms b{b}" for b in batches], "metric", "agree"]:
+    table = Table(title=f"slimtorch report: {report.recipe.get('name', '')}", show_lines=False)
+    sizes = batches(report.models)
+    for col in ["model", "stage", "params", "nonzero", "size", "MACs", "runtime", *[f"p50 ms b{b}" for b in sizes], "metric", "agree"]:
         table.add_column(col, justify="left" if col in ("model", "stage", "runtime") else "right")
-    for m in report["models"]:
+    for m in report.models:
         name, metric = metric_of(m)
         metric_s = "-" if metric is None else (f"{100 * metric:.2f}%" if name == "accuracy" else f"cos {metric:.4f}")
-        if metric is None and (m.get("metrics") or {}).get("perplexity") is not None:  # causal LMs: lower is better
-            metric_s = f"ppl {m['metrics']['perplexity']:.2f}"
-        lat = [f"{m['latency_ms'][b]['p50']:.3f}" if b in m["latency_ms"] else "-" for b in batches]
-        agree = m.get("agreement")
-        table.add_row(m["name"], m["stage"], fmt_count(m["params"]), fmt_count(m["nonzero_params"]), fmt_bytes(m.get("size_bytes")),
-                      fmt_count(m.get("macs")), m["runtime"], *lat, metric_s, "-" if agree is None else f"{100 * agree:.1f}%")
+        if metric is None and m.metrics.get("perplexity") is not None:  # causal LMs: lower is better
+            metric_s = f"ppl {m.metrics['perplexity']:.2f}"
+        lat = [f"{m.latency_ms[b]['p50']:.3f}" if b in m.latency_ms else "-" for b in sizes]
+        agree = m.agreement
+        table.add_row(m.name, m.stage, fmt_count(m.params), fmt_count(m.nonzero_params), fmt_bytes(m.size_bytes),
+                      fmt_count(m.macs), m.runtime, *lat, metric_s, "-" if agree is None else f"{100 * agree:.1f}%")
     console.print(table)
-    for w in report.get("warnings", []):
+    for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
@@ -132,7 +134,8 @@ def _run(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool, 
     events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
     with _user_errors():
         result = run_compress(recipe, out, resume=resume, force=force, progress=_RichProgress(quiet), events=events, device=device)
-    print_models_table(result.report)
+    if result.report is not None:  # one process: it measured and wrote the report
+        print_models_table(result.report)
     console.print(f"report: {result.out / 'report.md'}  {result.out / 'report.json'}  {result.out / 'pareto.png'}", highlight=False)
 
 
@@ -155,7 +158,7 @@ def _run_one_rank(recipe: Any, out: Path | None, resume: bool, force: bool, quie
     with _user_errors():
         result = run_compress(recipe, out, resume=resume, force=force, progress=_RichProgress(quiet or not is_main()), events=events,
                               device=device)
-    if is_main():
+    if result.report is not None:  # rank 0 alone measures and writes
         print_models_table(result.report)
         console.print(f"report: {result.out / 'report.md'}  {result.out / 'report.json'}", highlight=False)
 
@@ -282,10 +285,11 @@ def measure(
                 artifact.save(model, model_dir)
             m = run_measure(model, name=Path(model_ref).name or model_ref, stage="measure", data=bundle, config=config, artifact_dir=model_dir,
                             device=where)
-            report = build_report(recipe={"name": f"measure {model_ref}"}, baseline=m.name, final=m.name, models=[m], stages=[])
+            report = Report.from_json(build_report(recipe={"name": f"measure {model_ref}"}, baseline=m.name, final=m.name,
+                                                   models=[m], stages=[]))
             if out is not None:
                 write_report(out, report)
-        print_models_table(Report.from_json(report))
+        print_models_table(report)
         if m.decode_tokens_per_s:
             tps = ", ".join(f"b{b} {v:.1f}" for b, v in m.decode_tokens_per_s.items())
             console.print(f"perplexity {m.metrics['perplexity']:.3f}, decode tokens/s {tps}", highlight=False)
@@ -307,9 +311,9 @@ def report(run_dir: Path) -> None:
     from slimtorch.report.card import Report
 
     with _user_errors():
-        data = load_report(run_dir / "report.json")
-        write_report(run_dir, data)
-        print_models_table(Report.from_json(data))
+        card = Report.from_json(load_report(run_dir / "report.json"))
+        write_report(run_dir, card)
+        print_models_table(card)
     console.print(f"rewrote {run_dir / 'report.md'}", highlight=False)
 
 

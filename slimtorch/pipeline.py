@@ -204,9 +204,9 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     warnings = []
     if recipe.target is not None:
         warnings = _check_target(recipe.target, extra["plan"], next(m for m in store.measurements if m.name == final))
-    report = build_report(
+    report = Report.from_json(build_report(
         recipe=recipe.to_dict(), baseline=names[0], final=final, models=store.measurements,
         stages=starting.rows + run.rows, warnings=warnings, extra=extra,
-    )
+    ))
     write_report(out, report)
-    return RunResult(out=out, report=Report.from_json(report), model=run.model, records=run.records)
+    return RunResult(out=out, report=report, model=run.model, records=run.records)

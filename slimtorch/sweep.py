@@ -18,10 +18,18 @@ from typing import Any
 import yaml
 
 import slimtorch.stages  # noqa: F401  (registers every stage before recipes are validated)
+from slimtorch import artifact
+from slimtorch.data import build_data
+from slimtorch.distributed import launched_by_torchrun
 from slimtorch.errors import RecipeError
+from slimtorch.measure import Measurement
+from slimtorch.measure.runner import retime_side_by_side
 from slimtorch.outdir import claim_out_dir
+from slimtorch.pipeline import compress
 from slimtorch.recipe import load_recipe
+from slimtorch.report import build_report, load_report, write_report
 from slimtorch.report.card import Report
+from slimtorch.run_store import model_refs
 
 
 @dataclass(frozen=True)
@@ -99,8 +107,6 @@ def sweep(
     device: str | None = None,
 ) -> Report:
     """Run every variant (reusing finished ones) and write ``OUT/report.*`` comparing their final models."""
-    from slimtorch.distributed import launched_by_torchrun
-
     if launched_by_torchrun():
         raise RecipeError("slimtorch sweep runs in one process; under torchrun, run each variant with `slimtorch compress` instead.")
     if not grid:
@@ -113,13 +119,8 @@ def sweep(
         return _sweep(base, axes, runs, out, resume, progress, events or (lambda msg: None), device)
 
 
-def _retime(base: dict[str, Any], models: list[Any], dirs: list[Path]) -> None:
+def _retime(base: dict[str, Any], models: list[Measurement], dirs: list[Path]) -> None:
     """Variants finish minutes apart; time their final models (and the baseline) together so ratios compare models."""
-    from slimtorch import artifact
-    from slimtorch.data import build_data
-    from slimtorch.measure.runner import retime_side_by_side
-    from slimtorch.run_store import model_refs
-
     recipe = load_recipe(base)
     if any(m.llm for m in models):
         return  # causal LMs are timed by their own decode measurements
@@ -132,10 +133,6 @@ def _retime(base: dict[str, Any], models: list[Any], dirs: list[Path]) -> None:
 
 def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str, Any], dict[str, Any]]], out: Path, resume: bool,
            progress: Callable[..., Any] | None, events: Callable[[str], None], device: str | None = None) -> Report:
-    from slimtorch.measure import Measurement
-    from slimtorch.pipeline import compress
-    from slimtorch.report import build_report, load_report, write_report
-
     finals: list[Measurement] = []
     dirs: list[Path] = []
     rows = []
@@ -143,23 +140,29 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
         run_dir = out / "variants" / slug
         if resume and (run_dir / "report.json").exists():
             events(f"variant {i + 1}/{len(runs)} {slug}: finished earlier, reusing")
-            report = load_report(run_dir / "report.json")
+            report = Report.from_json(load_report(run_dir / "report.json"))
         else:
             events(f"variant {i + 1}/{len(runs)} {slug}")
-            report = compress(variant, run_dir, resume=resume, progress=progress, events=events, device=device).report
-        final = next(m for m in report["models"] if m["name"] == report["final"])
-        measurement = Measurement.from_json({**final, "name": slug, "stage": "sweep"})
-        finals.append(measurement)
-        dirs.append(run_dir / "models" / report["final"])
-        rows.append({"name": slug, "seconds": sum(s.get("seconds", 0) for s in report["stages"]), "status": "done", "assignment": assignment})
-    baseline_report = load_report(out / "variants" / runs[0][0] / "report.json")
-    teacher = next(m for m in baseline_report["models"] if m["name"] == baseline_report["baseline"])
-    models = [Measurement.from_json(teacher), *finals]
-    dirs.insert(0, out / "variants" / runs[0][0] / "models" / teacher["name"])
+            report = _report_of(compress(variant, run_dir, resume=resume, progress=progress, events=events, device=device).report)
+        # a copy named after the variant: retiming below rewrites its latency, not the variant's own report
+        finals.append(Measurement.from_json({**report.final_model.to_json(), "name": slug, "stage": "sweep"}))
+        dirs.append(run_dir / "models" / report.final)
+        rows.append({"name": slug, "seconds": sum(s.get("seconds", 0) for s in report.stages), "status": "done", "assignment": assignment})
+    baseline_report = Report.from_json(load_report(out / "variants" / runs[0][0] / "report.json"))
+    teacher = baseline_report.baseline_model
+    models = [teacher, *finals]
+    dirs.insert(0, out / "variants" / runs[0][0] / "models" / teacher.name)
     events(f"timing the baseline and {len(finals)} final models side by side")
     _retime(base, models, dirs)
     best = max(finals, key=lambda m: (m.primary_metric[1] or 0.0, -(m.size_bytes or 0)))
-    report = build_report(recipe=base, baseline=teacher["name"], final=best.name, models=models, stages=rows,
-                          extra={"sweep": {"grid": {a.path: list(a.values) for a in axes}, "variants": [r["name"] for r in rows]}})
-    write_report(out, report)
-    return Report.from_json(report)
+    card = Report.from_json(build_report(
+        recipe=base, baseline=teacher.name, final=best.name, models=models, stages=rows,
+        extra={"sweep": {"grid": {a.path: list(a.values) for a in axes}, "variants": [r["name"] for r in rows]}}))
+    write_report(out, card)
+    return card
+
+
+def _report_of(report: Report | None) -> Report:
+    if report is None:  # compress returns no report on torchrun ranks other than 0; sweep refuses torchrun
+        raise RecipeError("slimtorch sweep runs in one process; under torchrun, run each variant with `slimtorch compress` instead.")
+    return report

@@ -1,15 +1,18 @@
 """The report card: report.json (versioned), report.md, pareto.png and a self-contained report.html.
 
->>> report = build_report(recipe=recipe, baseline="teacher", final="3_quantize", models=measurements, stages=rows)  # doctest: +SKIP
->>> write_report(Path("runs/digits"), report)                                                                      # doctest: +SKIP
+Renderers take the typed :class:`Report`; dicts exist only as report.json (``build_report`` builds one,
+``load_report`` reads and validates one, ``Report.from_json`` types it).
+
+>>> data = build_report(recipe=recipe, baseline="teacher", final="3_quantize", models=measurements, stages=rows)  # doctest: +SKIP
+>>> write_report(Path("runs/digits"), Report.from_json(data))                                                     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from slimtorch.io import atomic_write_json, atomic_write_text
+from slimtorch.report.card import Report
 from slimtorch.report.hardware import hardware_warnings
 from slimtorch.report.html import render_html
 from slimtorch.report.markdown import render_markdown
@@ -17,11 +20,12 @@ from slimtorch.report.plots import pareto_front, plot_pareto
 from slimtorch.report.schema import REPORT_SCHEMA_VERSION, build_report, load_report, validate_report
 
 
-def write_report(out_dir: str | Path, report: dict[str, Any]) -> None:
-    """Write report.json, report.md, pareto.png and report.html into ``out_dir``, each atomically."""
+def write_report(out_dir: str | Path, report: Report) -> None:
+    """Write report.json (:meth:`Report.to_json`), report.md, pareto.png and report.html into ``out_dir``, each atomically."""
     out_dir = Path(out_dir)
-    validate_report(report)
-    atomic_write_json(out_dir / "report.json", report)
+    data = report.to_json()
+    validate_report(data)
+    atomic_write_json(out_dir / "report.json", data)
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     plot_pareto(report, out_dir / "pareto.png")
     atomic_write_text(out_dir / "report.html", render_html(report))
@@ -29,6 +33,7 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> None:
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
+    "Report",
     "build_report",
     "hardware_warnings",
     "load_report",

@@ -1,4 +1,5 @@
-"""The report card as a typed object: what :func:`slimtorch.compress` and :func:`slimtorch.sweep` return.
+"""The report card as a typed object: what :func:`slimtorch.compress` and :func:`slimtorch.sweep` return,
+and what every renderer (report.md, report.html, the plots, the CLI table) takes.
 
 ``report.json`` (the versioned contract outside tools read) is its :meth:`Report.to_json`; reading one
 back goes through :meth:`Report.from_json`, which validates it first. Dict-style reads
@@ -17,6 +18,7 @@ from typing import Any
 
 from slimtorch.errors import ArtifactError
 from slimtorch.measure.measurement import Measurement, primary_metric
+from slimtorch.report.hardware import hardware_warnings as derive_hardware_warnings
 from slimtorch.report.schema import validate_report
 
 STANDARD_KEYS = ("schema_version", "slimtorch_version", "created", "recipe", "baseline", "final", "models", "stages",
@@ -55,10 +57,13 @@ class Report:
             ArtifactError: it is not a report card this version can read.
         """
         validate_report(data, where)
+        models = [Measurement.from_json(m) for m in data["models"]]
+        hardware = data.get("hardware_warnings")
         return cls(
             recipe=data["recipe"], baseline=data["baseline"], final=data["final"],
-            models=[Measurement.from_json(m) for m in data["models"]], stages=list(data["stages"]),
-            warnings=list(data.get("warnings", [])), hardware_warnings=list(data.get("hardware_warnings", [])),
+            models=models, stages=list(data["stages"]), warnings=list(data.get("warnings", [])),
+            # reports written before hardware warnings were stored get them derived from their figures
+            hardware_warnings=list(hardware) if hardware is not None else derive_hardware_warnings(models, data["baseline"]),
             extra={k: v for k, v in data.items() if k not in STANDARD_KEYS},
             schema_version=data["schema_version"], slimtorch_version=str(data.get("slimtorch_version", "?")),
             created=str(data.get("created", "")),

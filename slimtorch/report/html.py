@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import json
 from html import escape
-from typing import Any
 
 import yaml
 
+from slimtorch.report.card import Report
 from slimtorch.report.markdown import (
     LATENCY_HEADER,
     STAGE_HEADER,
@@ -72,34 +72,35 @@ def _table(header: list[str], rows: list[list[str]], classes: list[str] | None =
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _cards(report: dict[str, Any]) -> str:
-    rows = {r["model"]["name"]: r for r in compare(report)}
-    final, base = rows[report["final"]], by_name(report)[report["baseline"]]
-    speed = next((s for s in final["speedup"].values() if s is not None), None)
-    delta = final["delta_points"]
+def _cards(report: Report) -> str:
+    rows = {r.model.name: r for r in compare(report.models, report.baseline, report.final)}
+    final, base = rows[report.final], by_name(report.models)[report.baseline]
+    speed = next((s for s in final.speedup.values() if s is not None), None)
+    delta = final.delta_points
     cards = [
-        ("final model", escape(report["final"]), ""),
-        ("size", fmt_ratio(final["size_x"]) + " smaller" if final["size_x"] else fmt_bytes(final["model"].get("size_bytes")), ""),
+        ("final model", escape(report.final), ""),
+        ("size", fmt_ratio(final.size_x) + " smaller" if final.size_x else fmt_bytes(final.model.size_bytes), ""),
         ("speedup (smallest batch)", fmt_ratio(speed), "good" if speed and speed > 1 else "bad" if speed else ""),
-        (f"{final['metric_name']}", fmt_metric(final["metric_name"], final["metric"]), ""),
+        (f"{final.metric_name}", fmt_metric(final.metric_name, final.metric), ""),
         ("Δ vs baseline (pts)", fmt_delta(delta), "good" if delta is not None and delta >= -1 else "bad" if delta is not None else ""),
-        ("baseline", escape(base["name"]), ""),
+        ("baseline", escape(base.name), ""),
     ]
     return '<div class="cards">' + "".join(
         f'<div class="card"><div class="k">{escape(k)}</div><div class="v {c}">{v}</div></div>' for k, v, c in cards) + "</div>"
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: Report) -> str:
     """The report card as one HTML page: summary, Pareto, latency, per-class, robustness, sensitivity, stages, recipe."""
-    recipe = report.get("recipe") or {}
-    title = f"slimtorch report{': ' + str(recipe.get('name')) if isinstance(recipe, dict) and recipe.get('name') else ''}"
-    classes = ["baseline" if r["is_baseline"] else "final" if r["is_final"] else "" for r in compare(report)]
+    recipe = report.recipe
+    title = f"slimtorch report{': ' + str(recipe.get('name')) if recipe.get('name') else ''}"
+    classes = ["baseline" if r.is_baseline else "final" if r.is_final else ""
+               for r in compare(report.models, report.baseline, report.final)]
     parts = [
         (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
         f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body><main>"),
-        (f"<h1>{escape(title)}</h1><div class=sub>baseline <b>{escape(report['baseline'])}</b> · final "
-        f"<b>{escape(report['final'])}</b> · slimtorch {escape(str(report.get('slimtorch_version', '?')))} · "
-        f"{escape(str(report.get('created', '')))}</div>"),
+        (f"<h1>{escape(title)}</h1><div class=sub>baseline <b>{escape(report.baseline)}</b> · final "
+        f"<b>{escape(report.final)}</b> · slimtorch {escape(report.slimtorch_version)} · "
+        f"{escape(report.created)}</div>"),
         _cards(report),
     ]
     warnings = all_warnings(report)
@@ -119,13 +120,13 @@ def render_html(report: dict[str, Any]) -> str:
     charts = [_img(robustness_png(report), "robustness to input noise")]
     charts += [_img(sensitivity_png(stage, curves), f"sensitivity scan of {stage}") for stage, curves in sensitivity_curves(report)]
     charts += [_img(quant_sensitivity_png(s.get("name", "quantize"), s["details"]["quant_sensitivity"]), "int8 sensitivity")
-               for s in report["stages"] if isinstance((s.get("details") or {}).get("quant_sensitivity"), dict)]
+               for s in report.stages if isinstance((s.get("details") or {}).get("quant_sensitivity"), dict)]
     if any(charts):
         parts.append("<h2 id=robustness>Robustness and sensitivity</h2><div class=grid2>"
                      + "".join(f"<div>{c}</div>" for c in charts if c) + "</div>")
-    if report["stages"]:
+    if report.stages:
         parts += ["<h2 id=stages>Stages</h2>", _table(STAGE_HEADER, stage_rows(report), wrap_last=True), _stage_details(report)]
-    notes = [(m["name"], n) for m in report["models"] for n in m.get("notes", [])]
+    notes = [(m.name, n) for m in report.models for n in m.notes]
     if notes:
         parts.append("<h2>Measurement notes</h2><ul>" + "".join(f"<li><b>{escape(w)}</b>: {escape(n)}</li>" for w, n in notes) + "</ul>")
     parts.append("<h2 id=recipe>Recipe</h2><pre>" + escape(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)) + "</pre>")
@@ -133,9 +134,9 @@ def render_html(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _stage_details(report: dict[str, Any]) -> str:
+def _stage_details(report: Report) -> str:
     out = []
-    for s in report["stages"]:
+    for s in report.stages:
         if s.get("details") or s.get("config"):
             body = json.dumps({"config": s.get("config"), "details": s.get("details")}, indent=2, default=str)
             out.append(f"<details><summary>{escape(str(s.get('name', 'stage')))}: config and details</summary><pre>{escape(body)}</pre></details>")

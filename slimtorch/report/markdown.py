@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from slimtorch.report.hardware import hardware_warnings
+from slimtorch.report.card import Report
 from slimtorch.report.table import (
     batches,
     compare,
@@ -15,6 +13,7 @@ from slimtorch.report.table import (
     fmt_ms,
     fmt_pct,
     fmt_ratio,
+    p50,
     with_ratio,
 )
 
@@ -30,48 +29,52 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 TEXT_COLUMNS = {"model", "stage", "runtime", "status", "notes", "continuation"}
 
 
-def summary_header(report: dict[str, Any]) -> list[str]:
-    rows = compare(report)
-    metric = rows[0]["metric_name"] if rows else "accuracy"
-    noise = sorted({k for m in report["models"] for k in m.get("robustness", {})}, key=_noise_level)
+def _noise_keys(report: Report) -> list[str]:
+    return sorted({k for m in report.models for k in m.robustness}, key=_noise_level)
+
+
+def summary_header(report: Report) -> list[str]:
+    rows = compare(report.models, report.baseline, report.final)
+    metric = rows[0].metric_name if rows else "accuracy"
     return ["model", "stage", "runtime", "params", "nonzero", "size", "zlib size", "MACs/example",
-            *[f"p50 ms b{b}" for b in batches(report)], metric, "Δ pts", "agreement", *[k.replace("_", " ") for k in noise]]
+            *[f"p50 ms b{b}" for b in batches(report.models)], metric, "Δ pts", "agreement",
+            *[k.replace("_", " ") for k in _noise_keys(report)]]
 
 
-def summary_rows(report: dict[str, Any]) -> list[list[str]]:
+def summary_rows(report: Report) -> list[list[str]]:
     """The cells of the summary table (shared with the HTML card)."""
-    noise = sorted({k for m in report["models"] for k in m.get("robustness", {})}, key=_noise_level)
+    noise = _noise_keys(report)
     out = []
-    for r in compare(report):
-        m, is_base = r["model"], r["is_baseline"]
-        tag = " (baseline)" if is_base else " (final)" if r["is_final"] else ""
+    for r in compare(report.models, report.baseline, report.final):
+        m, is_base = r.model, r.is_baseline
+        tag = " (baseline)" if is_base else " (final)" if r.is_final else ""
         out.append([
-            f"{m['name']}{tag}", m.get("stage", ""), m.get("runtime", "torch"),
-            with_ratio(fmt_count(m["params"]), r["params_x"], is_base),
-            f"{fmt_count(m['nonzero_params'])} ({fmt_pct(m['nonzero_params'] / m['params'] if m['params'] else None)})",
-            with_ratio(fmt_bytes(m.get("size_bytes")), r["size_x"], is_base),
-            with_ratio(fmt_bytes(m.get("compressed_bytes")), r["compressed_x"], is_base),
-            with_ratio(fmt_count(m.get("macs")), r["macs_x"], is_base),
-            *[f"{fmt_ms((m['latency_ms'].get(b) or {}).get('p50'))} (≈)" if r["same_speed"][b]
-              else with_ratio(fmt_ms((m["latency_ms"].get(b) or {}).get("p50")), r["speedup"][b], is_base) for b in batches(report)],
-            fmt_metric(r["metric_name"], r["metric"]),
-            "—" if is_base else fmt_delta(r["delta_points"]),
-            fmt_pct(m.get("agreement")) if r["metric_name"] == "accuracy" else (f"{m['agreement']:.4f}" if m.get("agreement") is not None else "—"),
-            *[fmt_metric(r["metric_name"], m.get("robustness", {}).get(k)) for k in noise],
+            f"{m.name}{tag}", m.stage, m.runtime,
+            with_ratio(fmt_count(m.params), r.params_x, is_base),
+            f"{fmt_count(m.nonzero_params)} ({fmt_pct(m.nonzero_params / m.params if m.params else None)})",
+            with_ratio(fmt_bytes(m.size_bytes), r.size_x, is_base),
+            with_ratio(fmt_bytes(m.compressed_bytes), r.compressed_x, is_base),
+            with_ratio(fmt_count(m.macs), r.macs_x, is_base),
+            *[f"{fmt_ms(p50(m, b))} (≈)" if r.same_speed[b] else with_ratio(fmt_ms(p50(m, b)), r.speedup[b], is_base)
+              for b in batches(report.models)],
+            fmt_metric(r.metric_name, r.metric),
+            "—" if is_base else fmt_delta(r.delta_points),
+            fmt_pct(m.agreement) if r.metric_name == "accuracy" else (f"{m.agreement:.4f}" if m.agreement is not None else "—"),
+            *[fmt_metric(r.metric_name, m.robustness.get(k)) for k in noise],
         ])
     return out
 
 
-def latency_rows(report: dict[str, Any]) -> list[list[str]]:
+def latency_rows(report: Report) -> list[list[str]]:
     """Per model and batch: where it ran, p50, p90, spread, mean ± std, repeats, threads."""
     out = []
-    for m in report["models"]:
-        for b in batches(report):
-            t = m["latency_ms"].get(b)
+    for m in report.models:
+        for b in batches(report.models):
+            t = m.latency_ms.get(b)
             if not t:
                 continue
             spread = t["p90"] / t["p50"] if t.get("p50") else None
-            out.append([m["name"], f"{m.get('runtime', 'torch')} on {m.get('device', 'cpu')}", str(m.get("threads", "")), b, fmt_ms(t["p50"]), fmt_ms(t["p90"]),
+            out.append([m.name, f"{m.runtime} on {m.device}", str(m.threads), b, fmt_ms(t["p50"]), fmt_ms(t["p90"]),
                         fmt_ratio(spread), f"{fmt_ms(t.get('mean'))} ± {fmt_ms(t.get('std'))}", str(t.get("repeats", ""))])
     return out
 
@@ -80,22 +83,21 @@ LATENCY_HEADER = ["model", "runtime on device", "threads", "batch", "p50 ms", "p
 STAGE_HEADER = ["stage", "model", "status", "seconds", "notes"]
 
 
-def stage_rows(report: dict[str, Any]) -> list[list[str]]:
+def stage_rows(report: Report) -> list[list[str]]:
     return [[s.get("name", ""), s.get("model", ""), s.get("status", ""), f"{float(s.get('seconds', 0)):.1f}",
-             "; ".join(s.get("notes", []))] for s in report["stages"]]
+             "; ".join(s.get("notes", []))] for s in report.stages]
 
 
-def all_warnings(report: dict[str, Any]) -> list[str]:
-    hw = report.get("hardware_warnings")
-    return [*report.get("warnings", []), *(hw if hw is not None else hardware_warnings(report))]
+def all_warnings(report: Report) -> list[str]:
+    return [*report.warnings, *report.hardware_warnings]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: Report) -> str:
     """The report card as Markdown: summary with ratios, latency detail, stages, warnings and notes."""
-    name = report["recipe"].get("name", "") if isinstance(report.get("recipe"), dict) else ""
+    name = report.recipe.get("name", "")
     lines = [f"# slimtorch report{': ' + name if name else ''}", "",
-             (f"Baseline **{report['baseline']}**, final **{report['final']}**; slimtorch {report.get('slimtorch_version', '?')}"
-             f"{', ' + report['created'] if report.get('created') else ''}."), "", "## Models", ""]
+             (f"Baseline **{report.baseline}**, final **{report.final}**; slimtorch {report.slimtorch_version}"
+             f"{', ' + report.created if report.created else ''}."), "", "## Models", ""]
     lines += _table(summary_header(report), summary_rows(report))
     lines += ["", ("Ratios in brackets are against the baseline: params, size and MACs are *times fewer*, latency is "
               "*speedup* (baseline p50 ÷ model p50); (≈) marks a latency inside the baseline's p10–p90 spread, which is no "
@@ -103,30 +105,30 @@ def render_markdown(report: dict[str, Any]) -> str:
               "example (batch 1). Robustness columns are the metric under Gaussian input noise of std level × input std."), ""]
     lines += ["## Latency", ""] + _table(LATENCY_HEADER, latency_rows(report))
     lines += llm_lines(report)
-    if report["stages"]:
+    if report.stages:
         lines += ["", "## Stages", ""] + _table(STAGE_HEADER, stage_rows(report))
     warnings = all_warnings(report)
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
-    notes = [(m["name"], n) for m in report["models"] for n in m.get("notes", [])]
+    notes = [(m.name, n) for m in report.models for n in m.notes]
     if notes:
         lines += ["", "## Measurement notes", ""] + [f"- **{who}**: {n}" for who, n in notes]
     return "\n".join(lines) + "\n"
 
 
-def llm_lines(report: dict[str, Any]) -> list[str]:
+def llm_lines(report: Report) -> list[str]:
     """Causal LMs: perplexity, agreement, KL and speed per model, then greedy samples, baseline beside each model."""
-    lms = [m for m in report["models"] if m.get("decode_tokens_per_s")]
+    lms = [m for m in report.models if m.decode_tokens_per_s]
     if not lms:
         return []
-    decode = sorted({b for m in lms for b in m["decode_tokens_per_s"]}, key=int)
-    base = next((m for m in lms if m["name"] == report["baseline"]), lms[0])
-    rows = [[m["name"], f"{m['metrics']['perplexity']:.3f}",
-             f"{m['metrics']['perplexity'] / base['metrics']['perplexity']:.3f}×",
-             fmt_pct(m["metrics"].get("token_agreement")), _fmt_kl(m["metrics"].get("kl_to_original")),
-             fmt_ms(m.get("llm", {}).get("prefill_ms", {}).get("p50")),
-             *[f"{m['decode_tokens_per_s'].get(b, float('nan')):.2f}" for b in decode]] for m in lms]
-    setup = base.get("llm", {}).get("setup", {})
+    decode = sorted({b for m in lms for b in m.decode_tokens_per_s}, key=int)
+    base = next((m for m in lms if m.name == report.baseline), lms[0])
+    rows = [[m.name, f"{m.metrics['perplexity']:.3f}",
+             f"{m.metrics['perplexity'] / base.metrics['perplexity']:.3f}×",
+             fmt_pct(m.metrics.get("token_agreement")), _fmt_kl(m.metrics.get("kl_to_original")),
+             fmt_ms(m.llm.get("prefill_ms", {}).get("p50")),
+             *[f"{m.decode_tokens_per_s.get(b, float('nan')):.2f}" for b in decode]] for m in lms]
+    setup = base.llm.get("setup", {})
     lines = ["", "## Language model", "",
              *_table(["model", "perplexity", "vs baseline", "top-1 agreement", "KL nats", "prefill ms b1",
                       *[f"decode tok/s b{b}" for b in decode]], rows),
@@ -134,9 +136,9 @@ def llm_lines(report: dict[str, Any]) -> list[str]:
                   f"{setup.get('window', '?')} tokens every {setup.get('stride', '?')}; agreement and KL against the baseline's "
                   f"next-token distribution; prefill of {setup.get('prefill_tokens', '?')} tokens; decode = greedy with the KV "
                   f"cache, {setup.get('decode_new_tokens', '?')} new tokens."), "", "### Greedy samples", ""]
-    for prompt in base.get("llm", {}).get("samples", {}):
+    for prompt in base.llm.get("samples", {}):
         lines += [f"**{prompt}**", "", *_table(["model", "continuation"], [
-            [m["name"], m.get("llm", {}).get("samples", {}).get(prompt, "—")] for m in [base, *[x for x in lms if x is not base]]]), ""]
+            [m.name, m.llm.get("samples", {}).get(prompt, "—")] for m in [base, *[x for x in lms if x is not base]]]), ""]
     return lines
 
 

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from slimtorch.io import atomic_write_bytes
+from slimtorch.report.card import Report
 from slimtorch.report.table import batches, fmt_bytes, metric_of, p50
 
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
@@ -32,15 +33,15 @@ def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, fl
     return front
 
 
-def _metric_label(report: dict[str, Any]) -> str:
-    return metric_of(report["models"][0])[0]
+def _metric_label(report: Report) -> str:
+    return metric_of(report.models[0])[0]
 
 
-def _panel(ax: Any, report: dict[str, Any], xs: dict[str, float | None], xlabel: str, fmt: Any) -> None:
+def _panel(ax: Any, report: Report, xs: dict[str, float | None], xlabel: str, fmt: Any) -> None:
     metric = _metric_label(report)
     scale = 100.0 if metric == "accuracy" else 1.0
-    points = [(x, value * scale, m["name"]) for m in report["models"]
-              if (x := xs.get(m["name"])) and (value := metric_of(m)[1]) is not None]
+    points = [(x, value * scale, m.name) for m in report.models
+              if (x := xs.get(m.name)) and (value := metric_of(m)[1]) is not None]
     if not points:
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="#888")
         ax.set_xlabel(xlabel)
@@ -51,7 +52,7 @@ def _panel(ax: Any, report: dict[str, Any], xs: dict[str, float | None], xlabel:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=FRONTIER, lw=1.5, alpha=0.6,
                 ls="--", label="Pareto frontier", zorder=1)
     for i, (x, y, name) in enumerate(points):
-        is_base, is_final = name == report["baseline"], name == report["final"]
+        is_base, is_final = name == report.baseline, name == report.final
         marker = "*" if is_base else "D" if is_final else "o"
         size = 220 if is_base else 90
         color = COLORS[i % len(COLORS)]
@@ -93,14 +94,14 @@ def _label(ax: Any, points: list[tuple[float, float, str]]) -> None:
                     ha="left" if best[0] > 0 else "right")
 
 
-def pareto_png(report: dict[str, Any]) -> bytes:
+def pareto_png(report: Report) -> bytes:
     """Two panels: size on disk and smallest-batch p50 latency (log x) against the metric; frontier dashed."""
     fig = Figure(figsize=(11, 4.4))
     ax_size, ax_lat = fig.subplots(1, 2)
-    b = (batches(report) or ["1"])[0]
-    _panel(ax_size, report, {m["name"]: m.get("size_bytes") for m in report["models"]}, "size on disk",
-           lambda v, _: fmt_bytes(int(v)))
-    _panel(ax_lat, report, {m["name"]: p50(m, b) for m in report["models"]}, f"latency p50, batch {b} (ms)",
+    b = (batches(report.models) or ["1"])[0]
+    sizes: dict[str, float | None] = {m.name: m.size_bytes for m in report.models}
+    _panel(ax_size, report, sizes, "size on disk", lambda v, _: fmt_bytes(int(v)))
+    _panel(ax_lat, report, {m.name: p50(m, b) for m in report.models}, f"latency p50, batch {b} (ms)",
            lambda v, _: f"{v:g}")
     ax_size.set_title("Size vs quality (up-left is better)", fontsize=10)
     ax_lat.set_title("Latency vs quality (up-left is better)", fontsize=10)
@@ -115,24 +116,24 @@ def pareto_png(report: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def plot_pareto(report: dict[str, Any], path: str | Path) -> None:
+def plot_pareto(report: Report, path: str | Path) -> None:
     """Write :func:`pareto_png` to ``path`` atomically."""
     atomic_write_bytes(Path(path), pareto_png(report))
 
 
-def per_class_png(report: dict[str, Any]) -> bytes | None:
+def per_class_png(report: Report) -> bytes | None:
     """Heatmap of per-class accuracy (models × classes), or None when no model has it."""
-    models = [m for m in report["models"] if (m.get("metrics") or {}).get("per_class_accuracy")]
+    models = [m for m in report.models if m.metrics.get("per_class_accuracy")]
     if not models:
         return None
-    classes = sorted({c for m in models for c in m["metrics"]["per_class_accuracy"]}, key=_class_key)
-    grid = [[m["metrics"]["per_class_accuracy"].get(c, float("nan")) * 100 for c in classes] for m in models]
+    classes = sorted({c for m in models for c in m.metrics["per_class_accuracy"]}, key=_class_key)
+    grid = [[m.metrics["per_class_accuracy"].get(c, float("nan")) * 100 for c in classes] for m in models]
     fig = Figure(figsize=(max(6.0, 0.62 * len(classes) + 2.5), 0.5 * len(models) + 1.4))
     ax = fig.subplots()
     flat = [v for row in grid for v in row if not math.isnan(v)]
     image = ax.imshow(grid, cmap="RdYlGn", vmin=max(0.0, min(flat) - 5) if flat else 0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(classes)), classes)
-    ax.set_yticks(range(len(models)), [m["name"] for m in models])
+    ax.set_yticks(range(len(models)), [m.name for m in models])
     ax.set_xlabel("class")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
@@ -144,9 +145,9 @@ def per_class_png(report: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-def robustness_png(report: dict[str, Any]) -> bytes | None:
+def robustness_png(report: Report) -> bytes | None:
     """The metric against the input-noise level (0 = clean) for each model, or None when not measured."""
-    models = [m for m in report["models"] if m.get("robustness")]
+    models = [m for m in report.models if m.robustness]
     if not models:
         return None
     fig = Figure(figsize=(6.5, 3.8))
@@ -154,12 +155,12 @@ def robustness_png(report: dict[str, Any]) -> bytes | None:
     metric = _metric_label(report)
     scale = 100.0 if metric == "accuracy" else 1.0
     for i, m in enumerate(models):
-        levels = sorted((float(k.rsplit("_", 1)[1]), v) for k, v in m["robustness"].items())
+        levels = sorted((float(k.rsplit("_", 1)[1]), v) for k, v in m.robustness.items())
         clean = metric_of(m)[1]
         if clean is not None and all(lv != 0 for lv, _ in levels):
             levels.insert(0, (0.0, clean))
         ax.plot([lv for lv, _ in levels], [v * scale for _, v in levels], marker="o", color=COLORS[i % len(COLORS)],
-                label=m["name"], lw=2 if m["name"] == report["final"] else 1.3)
+                label=m.name, lw=2 if m.name == report.final else 1.3)
     ax.set_xlabel("Gaussian input noise (std, × input std)")
     ax.set_ylabel(f"{metric} (%)" if metric == "accuracy" else metric)
     ax.set_title("Robustness to input noise", fontsize=10)

@@ -9,6 +9,7 @@ from typing import Any
 
 from slimtorch.errors import ArtifactError
 from slimtorch.measure.measurement import Measurement
+from slimtorch.report.hardware import hardware_warnings
 from slimtorch.version import __version__
 
 REPORT_SCHEMA_VERSION = 1
@@ -39,7 +40,8 @@ def build_report(
     Raises:
         ArtifactError: ``baseline`` or ``final`` names no model in ``models``.
     """
-    entries = [m.to_json() if isinstance(m, Measurement) else Measurement.from_json(m).to_json() for m in models]
+    typed = [m if isinstance(m, Measurement) else Measurement.from_json(m) for m in models]
+    entries = [m.to_json() for m in typed]
     names = [m["name"] for m in entries]
     for role, name in (("baseline", baseline), ("final", final)):
         if name not in names:
@@ -59,9 +61,7 @@ def build_report(
         if key in report:
             raise ArtifactError(f"extra report key {key!r} would replace a standard field; rename it.")
         report[key] = value
-    from slimtorch.report.hardware import hardware_warnings
-
-    report["hardware_warnings"] = hardware_warnings(report)
+    report["hardware_warnings"] = hardware_warnings(typed, baseline)
     return report
 
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from typing import Any, SupportsFloat, TypeGuard
 
+from slimtorch.report.card import Report
+
 Curves = dict[str, list[tuple[float, float]]]
 _VALUE_KEYS = ("metric", "accuracy", "value", "score", "cosine")
 _LAYER_KEYS = ("layer", "name", "module", "fqn")
 
 
-def sensitivity_curves(report: dict[str, Any]) -> list[tuple[str, Curves]]:
+def sensitivity_curves(report: Report) -> list[tuple[str, Curves]]:
     """``[(stage name, {layer: [(sparsity, metric), ...]})]`` for every stage that ran a scan."""
     out = []
-    for stage in report.get("stages", []):
+    for stage in report.stages:
         raw = (stage.get("details") or {}).get("sensitivity")
         curves = parse_curves(raw) if raw is not None else {}
         if curves:

@@ -1,39 +1,40 @@
-"""The numbers behind every table: each model against the baseline, and how to print them."""
+"""The numbers behind every table: each :class:`Measurement` against the baseline, and how to print them."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from slimtorch.measure.measurement import primary_metric
+from slimtorch.measure.measurement import Measurement
 from slimtorch.units import fmt_bytes, fmt_count  # noqa: F401  (re-exported: renderers take every formatter from here)
 
 
-def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {m["name"]: m for m in report["models"]}
+def by_name(models: Sequence[Measurement]) -> dict[str, Measurement]:
+    return {m.name: m for m in models}
 
 
-def batches(report: dict[str, Any]) -> list[str]:
-    """Every timed batch size in the report, smallest first."""
-    return sorted({b for m in report["models"] for b in m.get("latency_ms", {})}, key=int)
+def batches(models: Sequence[Measurement]) -> list[str]:
+    """Every timed batch size among ``models``, smallest first."""
+    return sorted({b for m in models for b in m.latency_ms}, key=int)
 
 
-def metric_of(m: dict[str, Any]) -> tuple[str, float | None]:
+def metric_of(m: Measurement) -> tuple[str, float | None]:
     """``("accuracy", v)`` for classifiers, ``("cosine", v)`` for encoders (:func:`primary_metric`)."""
-    return primary_metric(m.get("metrics"))
+    return m.primary_metric
 
 
-def p50(m: dict[str, Any], batch: str) -> float | None:
-    t = (m.get("latency_ms") or {}).get(batch)
+def p50(m: Measurement, batch: str) -> float | None:
+    t = m.latency_ms.get(batch)
     return None if not t else t.get("p50")
 
 
-def within_spread(base: dict[str, Any], m: dict[str, Any], batch: str) -> bool:
+def within_spread(base: Measurement, m: Measurement, batch: str) -> bool:
     """True when two timings overlap: each p50 lies inside the other's p10–p90 range (no measurable difference).
 
     Timings without a p10 (reports written before side-by-side timing) never count as overlapping.
     """
-    a, b = (base.get("latency_ms") or {}).get(batch), (m.get("latency_ms") or {}).get(batch)
+    a, b = base.latency_ms.get(batch), m.latency_ms.get(batch)
     if not a or not b or "p10" not in a or "p10" not in b:
         return False
     return a["p10"] <= b["p50"] <= a["p90"] and b["p10"] <= a["p50"] <= b["p90"]
@@ -46,30 +47,52 @@ def ratio(base: float | None, value: float | None) -> float | None:
     return base / value
 
 
-def compare(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model with its figures and its ratios against the baseline."""
-    base = by_name(report)[report["baseline"]]
+@dataclass(frozen=True)
+class Comparison:
+    """One model's figures against the baseline: ``*_x`` are "times fewer" ratios, ``speedup`` per batch size.
+
+    A latency inside the baseline's spread has ``speedup`` None and ``same_speed`` True (shown as "≈").
+    """
+
+    model: Measurement
+    is_baseline: bool
+    is_final: bool
+    params_x: float | None
+    nonzero_x: float | None
+    size_x: float | None
+    compressed_x: float | None
+    macs_x: float | None
+    speedup: dict[str, float | None]
+    same_speed: dict[str, bool]
+    metric_name: str
+    metric: float | None
+    delta_points: float | None
+
+
+def compare(models: Sequence[Measurement], baseline: str, final: str) -> list[Comparison]:
+    """One :class:`Comparison` per model (in order) against the model called ``baseline``."""
+    base = by_name(models)[baseline]
     _, base_metric = metric_of(base)
+    sizes = batches(models)
     rows = []
-    for m in report["models"]:
+    for m in models:
         metric_name, metric = metric_of(m)
-        rows.append({
-            "model": m,
-            "is_baseline": m["name"] == report["baseline"],
-            "is_final": m["name"] == report["final"],
-            "params_x": ratio(base["params"], m["params"]),
-            "nonzero_x": ratio(base["nonzero_params"], m["nonzero_params"]),
-            "size_x": ratio(base.get("size_bytes"), m.get("size_bytes")),
-            "compressed_x": ratio(base.get("compressed_bytes"), m.get("compressed_bytes")),
-            "macs_x": ratio(base.get("macs"), m.get("macs")),
+        rows.append(Comparison(
+            model=m,
+            is_baseline=m.name == baseline,
+            is_final=m.name == final,
+            params_x=ratio(base.params, m.params),
+            nonzero_x=ratio(base.nonzero_params, m.nonzero_params),
+            size_x=ratio(base.size_bytes, m.size_bytes),
+            compressed_x=ratio(base.compressed_bytes, m.compressed_bytes),
+            macs_x=ratio(base.macs, m.macs),
             # a difference inside the timing spread is not a speedup: shown as "≈" (see within_spread)
-            "speedup": {b: None if within_spread(base, m, b) and m is not base else ratio(p50(base, b), p50(m, b))
-                        for b in batches(report)},
-            "same_speed": {b: m is not base and within_spread(base, m, b) for b in batches(report)},
-            "metric_name": metric_name,
-            "metric": metric,
-            "delta_points": None if metric is None or base_metric is None else (metric - base_metric) * 100,
-        })
+            speedup={b: None if within_spread(base, m, b) and m is not base else ratio(p50(base, b), p50(m, b)) for b in sizes},
+            same_speed={b: m is not base and within_spread(base, m, b) for b in sizes},
+            metric_name=metric_name,
+            metric=metric,
+            delta_points=None if metric is None or base_metric is None else (metric - base_metric) * 100,
+        ))
     return rows
 
 

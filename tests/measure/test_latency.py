@@ -74,11 +74,16 @@ def test_interleaved_timing_ranks_models_and_restores_modes():
 
 
 def test_timings_inside_each_others_spread_are_not_a_speedup():
+    from slimtorch.measure import Measurement
     from slimtorch.report.table import within_spread
 
+    def timed(**stats):
+        return Measurement(name="m", stage="s", params=1, nonzero_params=1, size_bytes=None, compressed_bytes=None, macs=None,
+                           runtime="torch", threads=1, latency_ms={"1": stats}, metrics={}, agreement=None, robustness={})
+
     def m(p10, p50, p90):
-        return {"latency_ms": {"1": {"p10": p10, "p50": p50, "p90": p90}}}
+        return timed(p10=p10, p50=p50, p90=p90)
 
     assert within_spread(m(0.9, 1.0, 1.3), m(0.85, 1.1, 1.4), "1")
     assert not within_spread(m(0.9, 1.0, 1.1), m(0.4, 0.5, 0.6), "1")
-    assert not within_spread({"latency_ms": {"1": {"p50": 1.0, "p90": 1.2}}}, m(0.9, 1.0, 1.1), "1")  # old reports: no p10
+    assert not within_spread(timed(p50=1.0, p90=1.2), m(0.9, 1.0, 1.1), "1")  # old reports: no p10

@@ -16,6 +16,7 @@ from slimtorch.measure.llm import LLMReference, eval_token_ids, scored_logprobs,
 from slimtorch.models import build_model
 from slimtorch.quantize import _torch
 from slimtorch.report import build_report
+from slimtorch.report.card import Report
 from slimtorch.report.markdown import render_markdown
 from slimtorch.report.schema import validate_report
 from tests.tiny_llm import write_text, write_tiny_gguf
@@ -72,7 +73,7 @@ def test_llm_report_card_against_the_original_and_int4(setup, tmp_path):
     report = build_report(recipe={"name": "llm"}, baseline="original", final="int4", models=[same, q], stages=[])
     validate_report(json.loads(json.dumps(report)))
     assert report["models"][1]["decode_tokens_per_s"]["1"] > 0 and "perplexity" in report["models"][1]["metrics"]
-    md = render_markdown(report)
+    md = render_markdown(Report.from_json(report))
     assert "## Language model" in md and "### Greedy samples" in md and "The capital of France is" in md
 
 

@@ -26,7 +26,7 @@ def test_sparsity_stored_dense_is_flagged_once(make_measurement):
     models = [make_measurement("base", "t", 100, 100, 400, 100, 1.0, 1.0, 0.9),
               make_measurement("pruned", "p", 100, 30, 400, 100, 1.0, 1.0, 0.9, compressed=200),
               make_measurement("tuned", "f", 100, 30, 400, 100, 1.0, 1.0, 0.9, compressed=200)]
-    (w,) = hardware_warnings(_report(models))
+    (w,) = hardware_warnings(models, models[0].name)
     assert w.startswith("pruned: 70% of its weights are zero")
     assert "saves space only after compression" in w and "no speed on dense kernels" in w
     assert "(2.00× smaller)" in w
@@ -35,7 +35,7 @@ def test_sparsity_stored_dense_is_flagged_once(make_measurement):
 def test_structured_pruning_is_not_flagged_as_dense(make_measurement):
     models = [make_measurement("base", "t", 100, 100, 400, 100, 1.0, 1.0, 0.9),
               make_measurement("slim", "p", 50, 50, 200, 50, 0.5, 0.5, 0.9)]
-    assert hardware_warnings(_report(models)) == []
+    assert hardware_warnings(models, models[0].name) == []
 
 
 def test_a_ratio_across_devices_is_called_out_instead_of_an_efficiency(make_measurement):

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from slimtorch.report import render_html, write_report
+from slimtorch.report.card import Report
 from slimtorch.report.sensitivity import parse_curves, sensitivity_curves
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None)
 
 
 def test_html_is_self_contained_with_tables_and_images(report):
-    html = render_html(report)
+    html = render_html(Report.from_json(report))
     assert html.startswith("<!DOCTYPE html>")
     assert "<table>" in html and html.count("<tr") >= 4 + 1
     for name in ("teacher (baseline)", "1_distill", "2_prune", "3_quantize (final)"):
@@ -33,7 +34,7 @@ def test_html_is_self_contained_with_tables_and_images(report):
 def test_html_escapes_names(report):
     report["models"][1]["name"] = "<script>x</script>"
     report["stages"][0]["model"] = report["models"][1]["name"]
-    html = render_html(report)
+    html = render_html(Report.from_json(report))
     assert "<script>x</script>" not in html and "&lt;script&gt;" in html
 
 
@@ -51,15 +52,15 @@ def test_sensitivity_shapes_are_understood(raw):
 
 def test_unreadable_sensitivity_is_skipped(report):
     report["stages"][1]["details"]["sensitivity"] = "not a scan"
-    assert sensitivity_curves(report) == []
-    assert "<img" in render_html(report)
+    assert sensitivity_curves(Report.from_json(report)) == []
+    assert "<img" in render_html(Report.from_json(report))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
     from PIL import Image, ImageStat
 
-    write_report(tmp_path, report)
+    write_report(tmp_path, Report.from_json(report))
     shot = tmp_path / "shot.png"
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
@@ -81,7 +82,7 @@ def test_report_fits_a_1280px_window(report, tmp_path):
         first = next(iter(m["latency_ms"].values()))
         m["latency_ms"] = {b: dict(first) for b in ("1", "64", "256")}
         m["robustness"] = {f"noise_{level}": 0.9123 for level in (0.1, 0.3, 0.5)}
-    write_report(tmp_path, report)
+    write_report(tmp_path, Report.from_json(report))
     probe = tmp_path / "probe.html"
     # widest element's right edge, written into the DOM where --dump-dom can read it
     script = ("<script>let w=0;for(const e of document.querySelectorAll('.scroll,pre,img'))w=Math.max(w,e.scrollWidth-e.clientWidth);"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from slimtorch.report import render_markdown
+from slimtorch.report.card import Report
 
 
 def _model_rows(md: str) -> list[str]:
@@ -11,7 +12,7 @@ def _model_rows(md: str) -> list[str]:
 
 
 def test_one_row_per_model_with_ratios(report):
-    md = render_markdown(report)
+    md = render_markdown(Report.from_json(report))
     rows = _model_rows(md)
     assert len(rows) == len(report["models"]) == 4
     assert rows[0].startswith("| teacher (baseline)")
@@ -26,7 +27,7 @@ def test_one_row_per_model_with_ratios(report):
 
 
 def test_sections_stages_and_warnings(report):
-    md = render_markdown(report)
+    md = render_markdown(Report.from_json(report))
     for heading in ("## Models", "## Latency", "## Stages", "## Warnings"):
         assert heading in md
     assert "| prune | 2_prune | done | 1.5 | masks kept |" in md
@@ -38,5 +39,5 @@ def test_markdown_renders_without_optional_fields(report):
     for m in report["models"]:
         m.update(size_bytes=None, compressed_bytes=None, macs=None, agreement=None, robustness={})
     report.pop("hardware_warnings")
-    rows = _model_rows(render_markdown(report))
+    rows = _model_rows(render_markdown(Report.from_json(report)))
     assert len(rows) == 4 and all("—" in r for r in rows)

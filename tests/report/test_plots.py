@@ -6,13 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slimtorch.report import pareto_front, plot_pareto
+from slimtorch.report.card import Report
 from slimtorch.report.plots import per_class_png, robustness_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_pareto_png_is_written_and_valid(report, tmp_path):
-    plot_pareto(report, tmp_path / "pareto.png")
+    plot_pareto(Report.from_json(report), tmp_path / "pareto.png")
     data = (tmp_path / "pareto.png").read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
     from PIL import Image
@@ -22,8 +23,8 @@ def test_pareto_png_is_written_and_valid(report, tmp_path):
 
 
 def test_charts_are_pngs(report):
-    assert per_class_png(report).startswith(PNG_MAGIC)
-    assert robustness_png(report).startswith(PNG_MAGIC)
+    assert per_class_png(Report.from_json(report)).startswith(PNG_MAGIC)
+    assert robustness_png(Report.from_json(report)).startswith(PNG_MAGIC)
 
 
 def test_frontier_known_answer():

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from slimtorch.errors import ArtifactError
 from slimtorch.measure import Measurement
 from slimtorch.report import REPORT_SCHEMA_VERSION, build_report, load_report, write_report
+from slimtorch.report.card import Report
 from slimtorch.version import __version__
 
 MODEL_KEYS = {"name", "stage", "params", "nonzero_params", "size_bytes", "compressed_bytes", "macs", "runtime",
@@ -31,7 +32,7 @@ def test_report_has_the_contract_fields(report):
 
 
 def test_write_then_load_round_trips(report, tmp_path):
-    write_report(tmp_path, report)
+    write_report(tmp_path, Report.from_json(report))
     assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "pareto.png", "report.html"}
     loaded = load_report(tmp_path / "report.json")
     assert loaded == json.loads(json.dumps(report))
@@ -113,9 +114,6 @@ def test_typed_report_round_trips_report_json_and_reads_like_it(tmp_path):
     """The typed card is report.json at the disk boundary: same fields, same values, dict-style reads still work."""
     import json
 
-    from slimtorch.report import build_report, write_report
-    from slimtorch.report.card import Report
-
     models = [Measurement(name="teacher", stage="teacher", params=100, nonzero_params=100, size_bytes=400, compressed_bytes=380,
                           macs=100, runtime="torch", threads=1, latency_ms={"1": {"p50": 1.0, "p90": 1.2}},
                           metrics={"accuracy": 0.9}, agreement=1.0, robustness={}),
@@ -124,7 +122,7 @@ def test_typed_report_round_trips_report_json_and_reads_like_it(tmp_path):
                           metrics={"accuracy": 0.88}, agreement=0.97, robustness={})]
     raw = build_report(recipe={"name": "r"}, baseline="teacher", final="small", models=models, stages=[{"name": "prune"}],
                        extra={"data": {"source": "digits"}})
-    write_report(tmp_path, raw)
+    write_report(tmp_path, Report.from_json(raw))
     card = Report.from_json(json.loads((tmp_path / "report.json").read_text()))
     assert card.to_json() == json.loads((tmp_path / "report.json").read_text())
     assert card.final_model.nonzero_params == 25 and card.baseline_model.name == "teacher"
