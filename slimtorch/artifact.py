@@ -30,6 +30,8 @@ from torch import nn
 from slimtorch.errors import ArtifactError, SlimtorchError
 from slimtorch.io import atomic_dir, atomic_write_json
 from slimtorch.models.architecture import build_architecture, is_safe_ref
+from slimtorch.models.attrs import set_attrs_
+from slimtorch.models.hf import HFModel
 from slimtorch.registry import Registry
 from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
 
@@ -53,8 +55,6 @@ FORMATS: Registry[ArtifactFormat] = Registry("artifact format")
 
 def format_of(model: nn.Module) -> str:
     """The artifact format a model is saved in (stages that change representation set it)."""
-    from slimtorch.models.hf import HFModel
-
     explicit = getattr(model, "slimtorch_format", None)
     if explicit:
         return explicit
@@ -143,8 +143,7 @@ def load(directory: str | Path, *, trust_code: bool = False, trusted_refs: Colle
     except (KeyError, TypeError, AttributeError, IndexError, ValueError, OSError) as exc:
         # A hand-edited or truncated side file (quantization table, shapes) is damage, not a bug to trace.
         raise ArtifactError(f"{directory} is corrupted or incomplete ({type(exc).__name__}: {exc}); re-run the stage that wrote it.") from exc
-    model.slimtorch_spec = spec.get("model")
-    return model.eval()
+    return set_attrs_(model, slimtorch_spec=spec.get("model")).eval()
 
 
 def _check_trusted(spec: dict[str, Any], directory: Path, trust_code: bool, trusted_refs: Collection[str]) -> None:
@@ -237,7 +236,7 @@ def _dedupe(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     seen: set[tuple[int, int]] = set()
     out = {}
     for key, tensor in state.items():
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        ident = (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))
         if tensor.numel() and ident in seen:
             continue
         seen.add(ident)
@@ -273,6 +272,8 @@ def _is_tied(model: nn.Module, key: str, state: dict[str, torch.Tensor]) -> bool
 
 
 def _save_hf(model: nn.Module, directory: Path) -> None:
+    if not isinstance(model, HFModel):
+        raise TypeError(f"the hf artifact format saves an HFModel; got {type(model).__name__}.")
     model.hf.save_pretrained(directory / "hf", state_dict=baked_state_dict(model.hf))
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(directory / "hf")

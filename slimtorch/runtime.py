@@ -281,6 +281,8 @@ class OpenVINOModule(nn.Module):
 def _save_onnx(model: nn.Module, directory: Any) -> None:
     from slimtorch.io import atomic_write_bytes, atomic_write_json
 
+    if not isinstance(model, OrtModule):
+        raise TypeError(f"the onnx artifact format saves an OrtModule; got {type(model).__name__}.")
     atomic_write_bytes(directory / "model.onnx", model.onnx_bytes)
     atomic_write_json(directory / "onnx_meta.json", {"meta": model.meta, "threads": model.threads})
 

@@ -11,6 +11,7 @@ import copy
 import io
 import logging
 import warnings
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,7 @@ from torch.nn.utils import parametrize
 from slimtorch.core import Batch, forward, output_tensor
 from slimtorch.device import to_device
 from slimtorch.errors import UnsupportedModuleError
+from slimtorch.models.attrs import set_attrs_
 from slimtorch.runtime import OrtModule
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def bake_parametrizations_(model: nn.Module) -> nn.Module:
             # parametrization deletes the property from that class: give this module its own class first.
             cls = module.__class__
             module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-            for name in list(module.parametrizations.keys()):
+            for name in list(cast(nn.ModuleDict, module.parametrizations).keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
 
@@ -47,8 +49,7 @@ def plain_copy(model: nn.Module) -> nn.Module:
             "instead (put the quantize/export stage after the torch stages)."
         )
     out = bake_parametrizations_(copy.deepcopy(model))
-    out.slimtorch_spec = getattr(model, "slimtorch_spec", None)
-    return out.eval()
+    return set_attrs_(out, slimtorch_spec=getattr(model, "slimtorch_spec", None)).eval()
 
 
 class _KeywordInputs(nn.Module):
@@ -111,9 +112,10 @@ def export_onnx(model: nn.Module, example: Batch, opset: int = 17) -> bytes:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, args, buffer, input_names=names, output_names=["output"],
+            # torch types `f` as a path; the TorchScript exporter (dynamo=False) writes to a file object as well
+            torch.onnx.export(module, args, buffer, input_names=names, output_names=["output"],  # type: ignore[arg-type]
                               dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
-        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:  # type: ignore[attr-defined]
+        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
             raise UnsupportedModuleError(
                 f"torch.onnx.export failed for {type(model).__name__}: {str(exc).splitlines()[0]}. "
                 "Use a model whose ops ONNX supports, or keep runtime: torch."

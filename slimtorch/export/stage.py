@@ -11,6 +11,7 @@ from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.export.gguf import GGUFQuant, export_gguf
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
+from slimtorch.models.attrs import set_attrs_
 
 
 class ExportConfig(BaseModel):
@@ -64,7 +65,7 @@ class ExportStage(Stage[ExportConfig], kind="export"):
         diffs = parity_check(model, ort_model, ctx, cfg.example_batch_size)
         worst = max(diffs.values())
         ort_model.meta["max_abs_diff"] = worst
-        ort_model.slimtorch_spec = getattr(model, "slimtorch_spec", None)
+        set_attrs_(ort_model, slimtorch_spec=getattr(model, "slimtorch_spec", None))
         record = self.record(details={
             "backend": "torch.onnx.export (TorchScript) + onnxruntime",
             "opset": cfg.opset, "onnx_bytes": ort_model.size_bytes,

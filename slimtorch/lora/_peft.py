@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.errors import MissingExtraError, UnsupportedModuleError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 HF_DEFAULT_TARGETS = ("query", "value", "q_proj", "v_proj", "c_attn")
@@ -76,7 +79,7 @@ def _masked_linear_class() -> type:
 
 
 def attach_lora_(model: nn.Module, targets: list[str], rank: int, lora_alpha: float, dropout: float,
-                masks: dict[str, Tensor] | None = None) -> nn.Module:
+                masks: dict[str, Tensor] | None = None) -> PeftModel:
     """Wrap ``model`` in a peft model with LoRA on ``targets``; only the adapters require grad.
 
     ``masks`` (fqn -> 0/1 weight mask of a pruned Linear) restrict those layers' updates to kept weights.
@@ -95,7 +98,7 @@ def trainable_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def merge_lora_(peft_model: nn.Module) -> nn.Module:
+def merge_lora_(peft_model: PeftModel) -> nn.Module:
     """Fold the adapters into the base weights and return the plain model (every weight trainable again)."""
     plain = peft_model.merge_and_unload(safe_merge=True)
     for p in plain.parameters():

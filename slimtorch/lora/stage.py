@@ -20,6 +20,7 @@ from slimtorch.export.onnx import bake_parametrizations_
 from slimtorch.lora import _peft
 from slimtorch.lora.config import LoraConfig
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.models.attrs import set_attrs_
 from slimtorch.prune.masks import masks_from_zeros, rearm_masks_
 from slimtorch.train.loop import TrainConfig, convergence_note, fit
 from slimtorch.train.losses import labeled_cross_entropy
@@ -95,7 +96,7 @@ class LoraStage(Stage[LoraConfig], kind="lora"):
                          "merged model keeps its sparsity; the masks are re-applied as parametrizations.")
         elif masks:
             notes.append("lora.keep_sparsity is false: the merged model is dense again.")
-        merged.slimtorch_spec = getattr(model, "slimtorch_spec", None)
+        set_attrs_(merged, slimtorch_spec=getattr(model, "slimtorch_spec", None))
         after = self._metric(merged, ctx)
         teacher_metric = self._metric(ctx.teacher, ctx) if ctx.teacher is not None else None
         details: dict[str, Any] = {

@@ -9,10 +9,10 @@ from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord, seed_everything
 from slimtorch.errors import UnsupportedModuleError
-from slimtorch.prune.config import PruneConfig, parse_nm
+from slimtorch.prune.config import PruneConfig, PruneTargetConfig, parse_nm
 from slimtorch.prune.importance import Importance, build_importance, calibrate
 from slimtorch.prune.macs import count_macs, count_params, quick_latency_ms
-from slimtorch.prune.masks import bake_masks_, compute_masks, masked_modules, set_mask_, sparsity_report
+from slimtorch.prune.masks import bake_masks_, compute_masks, masked_modules, set_mask_, sparsity_report, weight_of
 from slimtorch.prune.schedule import recover, sparsity_schedule, step_ratios
 from slimtorch.prune.structured import outcome as structured_outcome
 from slimtorch.prune.structured import prune_structured_
@@ -61,7 +61,7 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
                                "nonzero_macs_after": after["nonzero_macs"]})
         self._honesty(model, ctx, record, before, after, latency_before)
         if cfg.target is not None:
-            self._target_note(record, before, after)
+            self._target_note(cfg.target, record, before, after)
         return model.eval(), record
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -136,8 +136,8 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
         if cfg.kind == "mask":
             layers = sparsity_report(targets)
             record.details["layer_sparsity"] = {f: round(v, 4) for f, v in layers.items()}
-            total = sum(m.weight.numel() for m in targets.values())
-            record.details["achieved_sparsity"] = round(sum(layers[f] * m.weight.numel() for f, m in targets.items()) / total, 4)
+            total = sum(weight_of(m).numel() for m in targets.values())
+            record.details["achieved_sparsity"] = round(sum(layers[f] * weight_of(m).numel() for f, m in targets.items()) / total, 4)
 
     def _epochs(self) -> int:
         cfg = self.config
@@ -157,8 +157,7 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
         for f, mask in masks.items():
             set_mask_(targets[f], mask)
 
-    def _target_note(self, record: StageRecord, before: dict, after: dict) -> None:
-        target = self.config.target
+    def _target_note(self, target: PruneTargetConfig, record: StageRecord, before: dict, after: dict) -> None:
         if target.kind == "latency_ms":
             got, goal = record.details.get("latency_ms_after_b1"), target.value
         else:
@@ -181,9 +180,10 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
             record.notes.append(MASK_NOTE.format(what=what, macs=after["macs"], extra=extra))
             record.details["mac_reduction_if_sparse_kernels"] = round(before["macs"] / max(after["nonzero_macs"], 1), 3)
             return
+        assert latency_before is not None, "apply times the model before pruning for every kind but mask"
         latency_after = quick_latency_ms(model, ctx.data.example_batch(1, split="val"))
         mac_reduction = before["macs"] / max(after["macs"], 1)
-        speedup = latency_before / max(latency_after, 1e-9) if latency_before else None
+        speedup = latency_before / max(latency_after, 1e-9)
         record.details.update({"latency_ms_before_b1": round(latency_before, 4), "latency_ms_after_b1": round(latency_after, 4),
                                "mac_reduction": round(mac_reduction, 3), "latency_speedup_b1": round(speedup, 3)})
         efficiency = speedup / mac_reduction if mac_reduction > 1.01 else None
