@@ -16,6 +16,7 @@ from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
 from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import export_onnx, input_names_of, plain_copy
 from slimtorch.measure.llm import with_model_tokens
+from slimtorch.models.attrs import set_attrs_
 from slimtorch.quantize import _openvino, _ort, _torch, gptq, qat, sensitivity
 from slimtorch.quantize.config import QATConfig, QuantizeConfig
 from slimtorch.quantize.sensitivity import MixedPrecisionResult
@@ -216,9 +217,8 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
             out, details = _ort_quantize(reference, ctx, cfg, example)
         else:
             out, details = _torch_quantize(plain_copy(model), cfg, ctx)
-            out.slimtorch_format = "torch_quantized"
-            out.slimtorch_quantization = cfg.model_dump()
-        out.slimtorch_spec = getattr(model, "slimtorch_spec", None)
+            set_attrs_(out, slimtorch_format="torch_quantized", slimtorch_quantization=cfg.model_dump())
+        set_attrs_(out, slimtorch_spec=getattr(model, "slimtorch_spec", None))
         out.eval()
         check = ctx.data.example_batch(32)
         details = {"backend": cfg.backend(), "inputs": input_names_of(example), **details, **fidelity(reference, out, check)}
