@@ -21,7 +21,7 @@ from torch import nn
 
 from slimtorch import artifact
 from slimtorch.core import RunContext, Stage
-from slimtorch.export import ExportConfig, ExportStage
+from slimtorch.export import ExportConfig, to_ort
 from slimtorch.measure import dir_size_bytes, time_latency
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.plan.config import TargetConfig
@@ -78,9 +78,9 @@ def _budget_value(target: TargetConfig, latency_ms: float, size_bytes: int, base
     return latency_ms, baseline_ms / float(target.speedup or 1)
 
 
-def _candidate_stages(target: TargetConfig, sparsity: float, quant: str
+def _candidate_stages(sparsity: float, quant: str, target: TargetConfig
                       ) -> tuple[list[Stage[Any]], dict[str, Any] | None, dict[str, Any] | None]:
-    """The stages that build one candidate (one-shot pruning, then int8 or an fp32 export), and their configs."""
+    """The stages that build one candidate (one-shot pruning, then int8), and their configs."""
     stages: list[Stage[Any]] = []
     prune_cfg = quant_cfg = None
     if sparsity > 0:
@@ -89,9 +89,6 @@ def _candidate_stages(target: TargetConfig, sparsity: float, quant: str
     if quant != "none":
         quant_cfg = {"mode": quant, "runtime": "onnxruntime"}
         stages.append(QuantizeStage(QuantizeConfig(**quant_cfg)))
-    elif target.runtime == "onnxruntime":
-        # Timed as it would run; a parity gap only becomes a note here (the chosen plan's own export checks it).
-        stages.append(ExportStage(ExportConfig(example_batch_size=2, on_mismatch="warn")))
     return stages, prune_cfg, quant_cfg
 
 
@@ -108,9 +105,12 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
         for quant in target.quantize:
             if target.runtime == "torch" and quant != "none":
                 continue  # int8 here runs in onnxruntime; a torch-only target keeps fp32
-            stages, prune_cfg, quant_cfg = _candidate_stages(target, sparsity, quant)
+            stages, prune_cfg, quant_cfg = _candidate_stages(sparsity, quant, target)
             # The run loop without a store: nothing saved or resumed, and no reseeding between candidates.
             candidate = run_stages(copy.deepcopy(model), stages, ctx, reseed=False).model
+            if quant_cfg is None and target.runtime == "onnxruntime":
+                # An fp32 candidate is timed on onnxruntime, as the chosen plan's export stage will run it.
+                candidate = to_ort(candidate.eval(), ctx.data.example_batch(2))
             latency = time_latency(candidate, example, warmup=10, repeats=target.repeats, threads=threads)["p50"]
             with tempfile.TemporaryDirectory() as tmp:
                 artifact.save(candidate, Path(tmp) / "m")
