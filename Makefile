@@ -52,8 +52,10 @@ bench: $(VENV)/.installed-dev
 figures: $(VENV)/.installed-dev
 	OMP_NUM_THREADS=1 $(BIN)/python tools/figures.py
 
+# ruff, then mypy over the package (both pinned in the dev extra; mypy's settings are in pyproject.toml)
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check slimtorch tests benchmarks tools
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .venv-vision runs .pytest_cache
