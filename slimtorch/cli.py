@@ -61,6 +61,9 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except SlimtorchError as exc:
+        from slimtorch.launch import record_worker_error
+
+        record_worker_error(exc)  # a worker of `processes: N` tells the launching process what was refused
         _fail(str(exc))
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"

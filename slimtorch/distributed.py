@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -75,7 +75,7 @@ def barrier() -> None:
 def from_main(value: T | None) -> T:
     """Rank 0's ``value`` on every rank (objects are pickled by torch.distributed; only ever our own results)."""
     if world_size() == 1:
-        return value  # type: ignore[return-value]
+        return cast(T, value)  # the only process is the main one, whose value is the result
     box: list[Any] = [value if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
