@@ -73,9 +73,10 @@ class QuantizeConfig(BaseModel):
     calibration_split: Literal["train", "val", "transfer"] = Field("train", description="static_int8 calibration data")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="static_int8 range method")
     group_size: int = Field(32, description="int4_weight_only: weights per scale along the input axis")
-    method: Literal["rtn", "gptq"] = Field("rtn", description="int4_weight_only: round-to-nearest, or GPTQ calibrated on calibration_split")
+    method: Literal["rtn", "gptq", "awq"] = Field("rtn", description="int4_weight_only: round-to-nearest, or GPTQ / AWQ calibrated on "
+                                                  "calibration_split")
     damping: float = Field(0.01, gt=0, lt=1, description="gptq: λ added to the Hessian's diagonal, as a fraction of its mean")
-    calibration_examples: int = Field(256, ge=1, description="gptq: examples (sentences) of calibration_split to calibrate on")
+    calibration_examples: int = Field(256, ge=1, description="gptq, awq: examples (sentences) of calibration_split to calibrate on")
     act_order: bool = Field(True, description="gptq: quantize input columns by decreasing Hessian diagonal (static group grids)")
     mse_grid: bool = Field(True, description="gptq: pick each group's range by least error over shrunk min/max (else plain min/max)")
     exclude: list[str] = Field(default_factory=list, description="modules (fqn/glob, torch) or ONNX node-name substrings kept in float")
@@ -105,9 +106,9 @@ class QuantizeConfig(BaseModel):
             )
         if self.mode == "int4_weight_only" and self.group_size not in (32, 64, 128, 256):
             raise ValueError(f"quantize.group_size must be one of 32, 64, 128, 256 for int4; got {self.group_size}.")
-        if self.method == "gptq" and self.mode != "int4_weight_only":
-            raise ValueError(f"quantize.method 'gptq' applies to mode: int4_weight_only (runtime: torch); got mode {self.mode!r}. "
-                             "Use method: rtn or mode: int4_weight_only.")
+        if self.method != "rtn" and self.mode != "int4_weight_only":
+            raise ValueError(f"quantize.method {self.method!r} applies to mode: int4_weight_only (runtime: torch); got mode "
+                             f"{self.mode!r}. Use method: rtn or mode: int4_weight_only.")
         if self.embedding_bits != 8 and not (self.runtime == "torch" and self.mode in WEIGHT_ONLY_MODES):
             if self.embedding_bits == 4 and (self.mode, self.runtime) != ("dynamic_int8", "onnxruntime"):
                 raise ValueError(
@@ -163,7 +164,7 @@ class QuantizeConfig(BaseModel):
             except MissingExtraError:
                 return "? (not installed)"
 
-        text = RUNTIME_MODES[self.runtime][self.mode] + (", GPTQ-calibrated" if self.method == "gptq" else "")
+        text = RUNTIME_MODES[self.runtime][self.mode] + {"rtn": "", "gptq": ", GPTQ-calibrated", "awq": ", AWQ-scaled"}[self.method]
         if "{version}" in text:
             text = text.format(version=version(openvino_version) if self.runtime == "openvino" else ort_version())
         if self.quantizer == "nncf":

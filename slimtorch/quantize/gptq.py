@@ -36,16 +36,18 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def input_hessians(model: nn.Module, fqns: list[str], batches: Iterable[Batch]) -> dict[str, Tensor]:
-    """``H = 2 X Xᵀ / n`` (K, K) of each named Linear's inputs over ``batches`` (one forward pass each)."""
+def input_statistics(model: nn.Module, fqns: list[str], batches: Iterable[Batch]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(H = 2 X Xᵀ / n (K, K), mean |x| per input channel (K,))`` of each named Linear's inputs, in one pass over ``batches``."""
     sums = {fqn: torch.zeros(linear_at(model, fqn).in_features, linear_at(model, fqn).in_features, dtype=torch.float64)
             for fqn in fqns}
+    abs_sums = {fqn: torch.zeros(linear_at(model, fqn).in_features, dtype=torch.float64) for fqn in fqns}
     counts = dict.fromkeys(fqns, 0)
 
     def hook(fqn: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def collect(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (B·T, K)
             sums[fqn] += (x.T @ x).double()  # float32 product per batch, float64 sum over batches
+            abs_sums[fqn] += x.abs().sum(0).double()
             counts[fqn] += x.shape[0]
         return collect
 
@@ -60,8 +62,14 @@ def input_hessians(model: nn.Module, fqns: list[str], batches: Iterable[Batch]) 
             h.remove()
         model.train(was_training)
     if not any(counts.values()):
-        raise NotCalibratedError("GPTQ saw no calibration inputs; give a non-empty quantize.calibration_split.")
-    return {fqn: (2 * sums[fqn] / max(counts[fqn], 1)).float() for fqn in fqns}
+        raise NotCalibratedError("calibration saw no inputs; give a non-empty quantize.calibration_split.")
+    hessians = {fqn: (2 * sums[fqn] / max(counts[fqn], 1)).float() for fqn in fqns}
+    return hessians, {fqn: (abs_sums[fqn] / max(counts[fqn], 1)).float() for fqn in fqns}
+
+
+def input_hessians(model: nn.Module, fqns: list[str], batches: Iterable[Batch]) -> dict[str, Tensor]:
+    """``H = 2 X Xᵀ / n`` (K, K) of each named Linear's inputs over ``batches`` (one forward pass each)."""
+    return input_statistics(model, fqns, batches)[0]
 
 
 def int4_grid_mse(w: Tensor, steps: int = 20, max_shrink: float = 0.2, norm: float = 2.4) -> tuple[Tensor, Tensor]:
@@ -163,7 +171,7 @@ def calibration_inputs(model: nn.Module, data: DataBundle, split: str, max_examp
     """
     dataset = getattr(data, split, None)
     if dataset is None or len(dataset) == 0:
-        raise NotCalibratedError(f"GPTQ needs calibration inputs, but the {split!r} split is empty or missing; "
+        raise NotCalibratedError(f"GPTQ and AWQ need calibration inputs, but the {split!r} split is empty or missing; "
                                  "set quantize.calibration_split to train, val or transfer.")
     tokenizer = getattr(getattr(model, "inner", model), "tokenizer", None)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_examples].tolist()

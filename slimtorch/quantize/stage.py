@@ -17,7 +17,7 @@ from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import export_onnx, input_names_of, plain_copy
 from slimtorch.measure.llm import with_model_tokens
 from slimtorch.models.attrs import set_attrs_
-from slimtorch.quantize import _openvino, _ort, _torch, gptq, qat, sensitivity
+from slimtorch.quantize import _openvino, _ort, _torch, awq, gptq, qat, sensitivity
 from slimtorch.quantize.config import QATConfig, QuantizeConfig
 from slimtorch.quantize.sensitivity import MixedPrecisionResult
 from slimtorch.runtime import OpenVINOModule, OrtModule
@@ -163,10 +163,14 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> t
     table_linears = [fqn for fqn in ties.values() if cfg.embedding_bits not in (None, bits) and fqn in chosen]
     linears = [fqn for fqn in chosen if fqn not in table_linears]
     details: dict[str, Any] = {"quantized_linears": len(chosen), "skipped_linears": skipped}
-    if cfg.method == "gptq":
+    if cfg.method in ("gptq", "awq"):
         inputs = gptq.calibration_inputs(model, ctx.data, cfg.calibration_split, cfg.calibration_examples)
-        errors = gptq.gptq_(model, linears, inputs, cfg.group_size, cfg.damping, act_order=cfg.act_order, mse=cfg.mse_grid)
-        details.update(calibration_batches=len(inputs), gptq_relative_output_error_mean=round(sum(errors.values()) / max(len(errors), 1), 6))
+        if cfg.method == "gptq":
+            errors = gptq.gptq_(model, linears, inputs, cfg.group_size, cfg.damping, act_order=cfg.act_order, mse=cfg.mse_grid)
+        else:
+            errors = awq.awq_(model, linears, inputs, cfg.group_size)
+        details.update({"calibration_batches": len(inputs),
+                        f"{cfg.method}_relative_output_error_mean": round(sum(errors.values()) / max(len(errors), 1), 6)})
     else:
         _torch.weight_only_(model, linears, bits, cfg.group_size)
     if cfg.embedding_bits is not None:
