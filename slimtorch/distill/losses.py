@@ -8,6 +8,7 @@ a weighted mean output for ``mse``/``cosine``) and ``labels`` may hold ``UNLABEL
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -34,13 +35,13 @@ def kl_div(p: Tensor, log_q: Tensor) -> Tensor:
 def mix_soft_targets(teacher_logits: Sequence[Tensor], weights: Sequence[float], temperature: float) -> Tensor:
     """Weighted average of the teachers' softened distributions ``Σ_i w_i softmax(z_i / T)``. -> (B, C)."""
     total = float(sum(weights))
-    return sum(w / total * F.softmax(z / temperature, dim=-1) for z, w in zip(teacher_logits, weights))  # type: ignore[return-value]
+    return cast(Tensor, sum(w / total * F.softmax(z / temperature, dim=-1) for z, w in zip(teacher_logits, weights)))  # one teacher or more
 
 
 def mix_outputs(teacher_outputs: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     """Weighted mean of the teachers' raw outputs (logits or embeddings). -> (B, D)."""
     total = float(sum(weights))
-    return sum(w / total * o for o, w in zip(teacher_outputs, weights))  # type: ignore[return-value]
+    return cast(Tensor, sum(w / total * o for o, w in zip(teacher_outputs, weights)))  # sum() starts at 0; a tensor from the first teacher on
 
 
 def teacher_target(outputs: Sequence[Tensor], weights: Sequence[float], config: DistillConfig) -> Tensor:

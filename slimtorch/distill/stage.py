@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord
+from slimtorch.data.bundle import dataset_len
 from slimtorch.distill.config import DistillConfig, FeatureSpec
 from slimtorch.distill.ddp import job_for, single_process, spawn_hop
 from slimtorch.distill.engine import train_hop
@@ -121,8 +122,8 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
         has_transfer = data.transfer is not None and config.use_transfer
         return {
             "scenario": 2 if has_transfer else 1,
-            "train_labeled": len(data.train),  # type: ignore[arg-type]
-            "transfer_unlabeled": len(data.transfer) if has_transfer else 0,  # type: ignore[arg-type]
+            "train_labeled": dataset_len(data.train),
+            "transfer_unlabeled": dataset_len(data.transfer) if has_transfer and data.transfer is not None else 0,
             "teachers": len(teachers),
             "teacher_weights": _weights(config, len(teachers)),
             "loss": config.loss,
