@@ -35,13 +35,14 @@ def kl_div(p: Tensor, log_q: Tensor) -> Tensor:
 def mix_soft_targets(teacher_logits: Sequence[Tensor], weights: Sequence[float], temperature: float) -> Tensor:
     """Weighted average of the teachers' softened distributions ``Σ_i w_i softmax(z_i / T)``. -> (B, C)."""
     total = float(sum(weights))
-    return cast(Tensor, sum(w / total * F.softmax(z / temperature, dim=-1) for z, w in zip(teacher_logits, weights)))  # one teacher or more
+    # sum() starts from 0 (typed int); from the first teacher on it is a tensor
+    return cast(Tensor, sum(w / total * F.softmax(z / temperature, dim=-1) for z, w in zip(teacher_logits, weights)))
 
 
 def mix_outputs(teacher_outputs: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     """Weighted mean of the teachers' raw outputs (logits or embeddings). -> (B, D)."""
     total = float(sum(weights))
-    return cast(Tensor, sum(w / total * o for o, w in zip(teacher_outputs, weights)))  # sum() starts at 0; a tensor from the first teacher on
+    return cast(Tensor, sum(w / total * o for o, w in zip(teacher_outputs, weights)))  # a tensor, as above
 
 
 def teacher_target(outputs: Sequence[Tensor], weights: Sequence[float], config: DistillConfig) -> Tensor:
