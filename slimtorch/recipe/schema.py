@@ -27,8 +27,9 @@ def _describe(spec: StageSpec) -> str:
 
 def _leaves_no_torch_model(spec: StageSpec) -> str | None:
     """Why no torch stage can follow ``spec`` (it turns the model into something else), or None."""
-    if spec.kind == "export" or (spec.kind == "quantize" and spec.config.runtime == "onnxruntime"):
-        return "turns the model into an onnxruntime graph with no torch layers left to prune, train, quantize or export"
+    if spec.kind == "export" or (spec.kind == "quantize" and spec.config.runtime in ("onnxruntime", "openvino")):
+        runtime = "onnxruntime" if spec.kind == "export" else spec.config.runtime
+        return f"turns the model into an {runtime} graph with no torch layers left to prune, train, quantize or export"
     if spec.kind == "quantize" and spec.config.mode != "bf16":
         return "replaces its layers with int8/int4 kernels that have no float weights to prune, train or export"
     if spec.kind == "quantize":  # bf16 torch: trainable, but onnxruntime has no bfloat16 kernels for it
@@ -40,9 +41,9 @@ def _needs_torch_model(later: StageSpec, earlier: StageSpec) -> bool:
     """Whether ``later`` fails on what ``earlier`` (a stage with a :func:`_leaves_no_torch_model` reason) returns."""
     if earlier.kind == "quantize" and earlier.config.runtime == "torch" and earlier.config.mode == "bf16":
         return later.kind == "export" or (later.kind == "quantize" and later.config.runtime == "onnxruntime")
-    if later.kind == "export" and later.config.format == "gguf" and earlier.kind == "quantize" and earlier.config.runtime == "torch":
-        return False  # GGUF export reads the int8/int4 layers' weights (int4 codes go to Q4_1 as they are)
-    return True
+    # GGUF export reads the int8/int4 layers' weights (int4 codes go to Q4_1 as they are)
+    return not (later.kind == "export" and later.config.format == "gguf" and earlier.kind == "quantize"
+                and earlier.config.runtime == "torch")
 
 
 class _Strict(BaseModel):
@@ -143,6 +144,7 @@ class Recipe(_Strict):
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     device: str = Field("auto", description="where training runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training arithmetic: fp32, or bf16/fp16 autocast (GPUs)")
+    processes: int = Field(1, ge=1, le=256, description="train on this many local processes (DDP, launched like torchrun); under torchrun, torchrun decides")
     target: TargetConfig | None = Field(None, description="a budget (latency_ms at batch, size_mb or speedup; min_accuracy): the planner chooses pruning and quantization")
 
     @field_validator("name")
