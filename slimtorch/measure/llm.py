@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from slimtorch.data.bundle import dataset_len
 from slimtorch.errors import DataError
 from slimtorch.measure.latency import pinned_threads, time_latency
 
@@ -136,7 +137,7 @@ def greedy_samples(lm: HFModel, new_tokens: int, prompts: tuple[str, ...] = PROM
     out = {}
     for prompt in prompts:
         enc = lm.tokenizer(prompt, return_tensors="pt")
-        ids = lm.hf.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=_pad_id(lm))
+        ids = _generator(lm).generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=_pad_id(lm))
         out[prompt] = lm.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return out
 
@@ -154,7 +155,7 @@ def decode_tokens_per_s(lm: HFModel, prompt: Tensor, batch: int, new_tokens: int
 
     def run(n: int) -> float:
         t0 = time.perf_counter()
-        lm.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+        _generator(lm).generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                        use_cache=True, pad_token_id=_pad_id(lm))
         return time.perf_counter() - t0
 
@@ -234,6 +235,11 @@ class LMTokenCollate:
 def with_model_tokens(data: DataBundle, model: nn.Module) -> DataBundle:
     """``data`` with its text tokenized by the causal LM's own tokenizer (latency and MACs inputs), else unchanged."""
     lm = causal_lm_of(model)
-    if lm is None or lm.tokenizer is None or not len(data.test) or not isinstance(data.test[0][0], str):
+    if lm is None or lm.tokenizer is None or not dataset_len(data.test) or not isinstance(data.test[0][0], str):
         return data
     return dataclasses.replace(data, collate_fn=LMTokenCollate(lm.tokenizer))
+
+
+def _generator(lm: HFModel) -> Any:
+    """The causal LM's ``generate`` owner: transformers types ``PreTrainedModel`` without its ``GenerationMixin``."""
+    return lm.hf

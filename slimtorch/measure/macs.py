@@ -91,7 +91,8 @@ def _quantized_hook(acc: list[int]) -> Any:
         if hasattr(module, "in_features"):  # Linear: every input row times the (out, in) weight
             acc.append(inputs[0].numel() // module.in_features * module.in_features * module.out_features)
         elif hasattr(module, "kernel_size"):  # Conv: every output element sums (C_in / groups) × kernel
-            per_out = module.in_channels // module.groups * math.prod(module.kernel_size)
+            conv: Any = module  # a quantized conv (torch.ao or a backend's): not an nn.Conv subclass, same attributes
+            per_out = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
             acc.append(output.numel() * per_out)
 
     return hook

@@ -11,6 +11,7 @@ onnxruntime the counts come from the ONNX graph's initializers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,7 @@ def _effective_tensors(model: nn.Module) -> Iterator[Tensor]:
 def _masked_weights(module: nn.Module, replaced: set[int]) -> list[Tensor]:
     out: list[Tensor] = []
     if parametrize.is_parametrized(module):
-        for name, plist in module.parametrizations.items():  # type: ignore[union-attr]
+        for name, plist in cast(nn.ModuleDict, module.parametrizations).items():
             replaced.add(id(plist.original))
             out.append(getattr(module, name).detach())
     for name, p in list(module.named_parameters(recurse=False)):
