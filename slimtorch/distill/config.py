@@ -2,26 +2,69 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slimtorch.train.loop import TrainConfig, train_fields
 
+FeatureLossName = Literal["mse", "cosine", "relation"]
+Projection = Literal["query", "key", "value"]
+
 
 class FeatureSpec(BaseModel):
     """One hint pair: match the student's module ``student`` to the teacher's module ``teacher``.
 
     Both are fully-qualified module names (``fqn``, as in ``model.named_modules()``), e.g. ``net.1``.
+    ``loss`` says how (:data:`~slimtorch.distill.losses.FEATURE_LOSSES`): ``mse`` (FitNets hints,
+    https://arxiv.org/abs/1412.6550; TinyBERT's hidden-state loss), ``cosine`` (1 − cos per token or
+    example) or ``relation`` (MiniLMv2's self-attention relations of a query/key/value projection,
+    https://arxiv.org/abs/2012.15828). Token features (B, T, H) of text batches skip padded tokens.
     When widths differ a learned linear (last dim) or 1×1 conv (channel dim) adapter maps the
-    student's feature to the teacher's width (FitNets, https://arxiv.org/abs/1412.6550).
+    student's feature to the teacher's width for ``mse``/``cosine``; ``relation`` compares (T, T)
+    maps and needs none.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     student: str = Field(min_length=1)
     teacher: str = Field(min_length=1)
-    weight: float = Field(1.0, ge=0, description="weight of this pair's MSE in the total loss")
+    weight: float = Field(1.0, ge=0, description="weight of this pair's loss in the total loss")
+    loss: FeatureLossName = Field("mse", description="mse | cosine | relation")
+    relation_heads: int = Field(12, ge=1, description="relation: heads the width is split into (it must divide both widths)")
+
+
+class TransformerFeatures(BaseModel):
+    """Layer-wise distillation of a transformer, expanded into :class:`FeatureSpec` pairs for the two models.
+
+    ``distill: {features: transformer}`` (these defaults) or ``features: {transformer: {...}}``: every
+    student layer's output hidden states against its teacher layer's (``hidden``), and MiniLMv2
+    self-attention relations of the last layers' query/key/value projections (``relations``), beside
+    the stage's output loss. The layer map says which teacher layer each student layer learns from:
+    given, else the teacher layers the student kept (a layer-pruned copy or an ``auto`` student, found
+    from its weights), else uniform (TinyBERT: student layer i of k ← teacher layer ⌈(i+1)·n/k⌉ − 1).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden: Literal["mse", "cosine", "none"] = Field("mse", description="loss on every mapped layer's output hidden states")
+    hidden_weight: float = Field(1.0, ge=0)
+    relations: list[Projection] = Field(
+        default_factory=list, description="MiniLMv2 relations of the last layers, e.g. [query, key, value] (default none: on a "
+                                          "layer-pruned MiniLM they added nothing to the hidden-state loss; docs/PIPELINE.md)")
+    relation_weight: float = Field(1.0, ge=0, description="weight of each relation loss (MiniLMv2 sums them)")
+    relation_heads: int = Field(12, ge=1, description="relation heads (MiniLMv2: the teacher's attention heads)")
+    layer_map: list[int] | None = Field(None, description="teacher layer index for each student layer, in order (default: "
+                                                          "the layers the student kept, else uniform)")
+
+    @field_validator("layer_map")
+    @classmethod
+    def _check_map(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(b <= a for a, b in itertools.pairwise(value)) or min(value) < 0):
+            raise ValueError(f"distill.features.transformer.layer_map must be non-negative, strictly increasing teacher layer "
+                             f"indices, one per student layer; got {value}. Example for 3 of 6 layers: [1, 3, 5].")
+        return value
 
 
 class AssistantSpec(BaseModel):
@@ -65,9 +108,32 @@ class DistillConfig(TrainConfig):
     use_transfer: bool = Field(True, description="also train on the unlabeled transfer set (scenario 2) when there is one")
     teacher_weights: list[float] | None = Field(None, description="weights of the teachers' soft targets (default: equal)")
     assistant: AssistantSpec | None = None
-    features: list[FeatureSpec] = Field(default_factory=list)
-    cache_teacher: bool = Field(True, description="compute teacher outputs once per run (skipped if the data is random)")
+    features: list[FeatureSpec] | TransformerFeatures = Field(
+        default_factory=list, description="hint pairs, or the transformer preset (`transformer` or {transformer: {...}})")
+    cache_teacher: bool = Field(True, description="compute teacher outputs (and features) once per run, in fp16 (skipped if "
+                                                  "the data is random)")
+    cache_max_mb: float = Field(1024.0, gt=0, description="a teacher cache larger than this goes to a file in the stage's "
+                                                          "work directory instead of memory")
+    freeze: list[str] = Field(default_factory=list, description="parameter-name globs kept fixed, e.g. ['*embeddings*']")
+    use_dropout: bool = Field(True, description="false: the student's dropout is off while it trains (a pretrained student "
+                                                "matching its teacher closely)")
+    examples_per_epoch: int | None = Field(None, ge=1, description="an epoch is this many examples drawn at random from the "
+                                                                   "distillation set (validation, checkpoints and the "
+                                                                   "convergence check that often on a large corpus)")
     ddp: DDPSpec | None = None
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if value == "transformer":
+            return TransformerFeatures()
+        if isinstance(value, dict) and set(value) == {"transformer"}:
+            return TransformerFeatures(**(value["transformer"] or {}))
+        if isinstance(value, str):  # pydantic turns only ValueError into a validation error, so not TypeError
+            raise ValueError(  # noqa: TRY004
+                f"distill.features must be a list of {{student, teacher}} pairs, 'transformer', or {{transformer: {{...}}}}; "
+                f"got {value!r}.")
+        return value  # a list of pairs, or a dumped TransformerFeatures (round trip)
 
     @field_validator("temperature")
     @classmethod

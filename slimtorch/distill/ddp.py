@@ -78,8 +78,8 @@ def _worker(rank: int, world_size: int, backend: str, port: int, job: HopJob, ou
             fit = hop.fit
             atomic_write_json(Path(out_dir) / "result.json", {
                 "best_metric": fit.best_metric, **fit.summary(), "history": fit.history, "cached": hop.cached,
-                "world_size": hop.world_size, "adapter_params": hop.adapter_params,
-                "convergence_note": convergence_note(fit, job.description, job.config.min_loss_improvement)})
+                "world_size": hop.world_size, "adapter_params": hop.adapter_params, "frozen_params": hop.frozen_params,
+                "teacher_cache": hop.cache, "convergence_note": convergence_note(fit, job.description, job.config.min_loss_improvement)})
         dist.barrier()
     finally:
         dist.destroy_process_group()

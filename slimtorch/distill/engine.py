@@ -1,8 +1,9 @@
 """One distillation hop: teachers → student, trained with :func:`slimtorch.train.fit`.
 
 The student and its feature adapters travel as one module (:class:`DistillWrapper`) so checkpoints
-and DDP see both. Teacher outputs come from :class:`TeacherPanel`, which can cache them per example
-index once per run; batches carry ``(x, (labels, index))`` for that.
+and DDP see both. Teacher outputs and features come from :class:`TeacherPanel`, run live or once
+into a :class:`~slimtorch.distill.cache.TeacherCache` looked up by example index; batches carry
+``(x, (labels, index))`` for that.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from slimtorch.core import Batch, RunContext, forward
 from slimtorch.data.bundle import DataBundle, dataset_len
+from slimtorch.distill.cache import TeacherCache, attention_mask_of
 from slimtorch.distill.config import DistillConfig, FeatureSpec
+from slimtorch.distill.freeze import dropout_off, frozen, frozen_names
 from slimtorch.distill.hooks import FeatureTaps, make_adapter
-from slimtorch.distill.losses import LOSSES, feature_mse, teacher_target
+from slimtorch.distill.losses import FEATURE_LOSSES, LOSSES, mix_outputs, teacher_target
 from slimtorch.distributed import training_world_size
-from slimtorch.errors import DataError, ShapeMismatchError
+from slimtorch.errors import ShapeMismatchError
 from slimtorch.measure.accuracy import accuracy_of, mean_cosine, predict
 from slimtorch.train import FitResult, fit
 
@@ -63,7 +66,7 @@ class DistillWrapper(nn.Module):
         self.student = student
         self.pairs = list(pairs)
         self.adapters = nn.ModuleDict(adapters or {})
-        self.taps = FeatureTaps(student, [p.student for p in self.pairs], "student") if self.pairs else None
+        self.taps = FeatureTaps(student, list(dict.fromkeys(p.student for p in self.pairs)), "student") if self.pairs else None
 
     def forward(self, x: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         out = forward(self.student, x)
@@ -89,10 +92,8 @@ class TeacherPanel:
     def __init__(self, teachers: Sequence[nn.Module], weights: Sequence[float], config: DistillConfig, pairs: Sequence[FeatureSpec] = ()) -> None:
         self.teachers, self.weights, self.config = list(teachers), list(weights), config
         self.pairs = list(pairs)
-        self.taps = FeatureTaps(self.teachers[0], [p.teacher for p in self.pairs], "teacher") if self.pairs else None
-        self.cache: tuple[Tensor, dict[str, Tensor]] | None = None
+        self.taps = FeatureTaps(self.teachers[0], list(dict.fromkeys(p.teacher for p in self.pairs)), "teacher") if self.pairs else None
 
-    @torch.no_grad()
     @torch.no_grad()  # teachers are targets: recording their autograd graph would only cost time and memory
     def compute(self, x: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         outs = []
@@ -102,32 +103,26 @@ class TeacherPanel:
         feats = self.taps.pop() if self.taps is not None else {}
         return teacher_target(outs, self.weights, self.config), feats
 
-    @torch.no_grad()
-    def build_cache(self, loader: DataLoader, n: int) -> None:
-        """Run every teacher once over ``loader`` (unshuffled, yields ``(x, (y, index))``)."""
-        target: Tensor | None = None
-        feats: dict[str, Tensor] = {}
-        for x, (_, idx) in loader:
-            t, f = self.compute(x)
-            if target is None:
-                target = t.new_empty((n, *t.shape[1:]))
-                feats = {k: v.new_empty((n, *v.shape[1:])) for k, v in f.items()}
-            target[idx] = t
-            for k, v in f.items():
-                feats[k][idx] = v
-        if target is None:
-            raise DataError("distill: the distillation set is empty; there is nothing to learn from.")
-        self.cache = (target, feats)
-
-    def __call__(self, x: Batch, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        if self.cache is None:
-            return self.compute(x)
-        target, feats = self.cache
-        return target[idx], {k: v[idx] for k, v in feats.items()}
-
     def close(self) -> None:
         if self.taps is not None:
             self.taps.remove()
+
+
+class RandomSubsetSampler(Sampler[int]):
+    """``num_samples`` distinct indices of ``range(n)`` drawn afresh each epoch from ``generator`` (reseeded per epoch by fit).
+
+    An "epoch" of a large corpus then is a fixed number of steps: validation, checkpoints and the
+    convergence check come that often, and a resumed run draws the same examples.
+    """
+
+    def __init__(self, n: int, num_samples: int, generator: torch.Generator) -> None:
+        self.n, self.num_samples, self.generator = n, min(num_samples, n), generator
+
+    def __iter__(self) -> Any:
+        return iter(torch.randperm(self.n, generator=self.generator)[: self.num_samples].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 def is_deterministic(dataset: Dataset) -> bool:
@@ -169,8 +164,8 @@ def build_adapters(student: nn.Module, teacher: nn.Module, pairs: Sequence[Featu
     if not pairs:
         return {}
     x = data.example_batch(2, split="val")
-    s_taps = FeatureTaps(student, [p.student for p in pairs], "student")
-    t_taps = FeatureTaps(teacher, [p.teacher for p in pairs], "teacher")
+    s_taps = FeatureTaps(student, list(dict.fromkeys(p.student for p in pairs)), "student")
+    t_taps = FeatureTaps(teacher, list(dict.fromkeys(p.teacher for p in pairs)), "teacher")
     try:
         with torch.no_grad():
             was = student.training
@@ -182,8 +177,9 @@ def build_adapters(student: nn.Module, teacher: nn.Module, pairs: Sequence[Featu
     finally:
         s_taps.remove()
         t_taps.remove()
-    return {
-        _pair_key(i): make_adapter(s_feats[p.student].shape[1:], t_feats[p.teacher].shape[1:], f"{p.student!r}→{p.teacher!r}")
+    return {  # relations compare (T, T) maps: they need no adapter whatever the widths
+        _pair_key(i): nn.Identity() if p.loss == "relation" else
+        make_adapter(s_feats[p.student].shape[1:], t_feats[p.teacher].shape[1:], f"{p.student!r}→{p.teacher!r}")
         for i, p in enumerate(pairs)
     }
 
@@ -194,12 +190,20 @@ class HopResult:
     cached: bool
     world_size: int
     adapter_params: int
+    frozen_params: int = 0
+    cache: dict[str, Any] | None = None
 
 
-def _loader(dataset: Dataset, data: DataBundle, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    """The (index-carrying) loader of one process; under torchrun :func:`~slimtorch.train.fit` shards it."""
+def _loader(dataset: Dataset, data: DataBundle, batch_size: int, shuffle: bool, seed: int, num_samples: int | None = None) -> DataLoader:
+    """The (index-carrying) loader of one process; under torchrun :func:`~slimtorch.train.fit` shards it.
+
+    With ``num_samples`` an epoch is that many examples drawn at random (:class:`RandomSubsetSampler`).
+    """
     indexed, collate = IndexedDataset(dataset), IndexedCollate(data.collate_fn)
     generator = torch.Generator().manual_seed(seed)
+    if num_samples is not None:
+        sampler = RandomSubsetSampler(len(indexed), num_samples, generator)
+        return DataLoader(indexed, batch_size=batch_size, sampler=sampler, generator=generator, collate_fn=collate)
     return DataLoader(indexed, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
 
 
@@ -208,8 +212,6 @@ def make_evaluate(data: DataBundle, teachers: Sequence[nn.Module], weights: Sequ
     val = data.loader("val")
     if data.task == "classification":
         return lambda student: accuracy_of(*predict(student, val))
-    from slimtorch.distill.losses import mix_outputs
-
     reference = mix_outputs([predict(t, val)[0] for t in teachers], weights)
     return lambda student: mean_cosine(predict(student, val)[0], reference)
 
@@ -231,32 +233,42 @@ def train_hop(
     check_output_shapes(student, teachers, data)
     dataset = data.distill_set() if config.use_transfer else data.train
     batch_size = config.batch_size or data.batch_size
+    frozen_list = frozen_names(student, config.freeze)
     wrapper = DistillWrapper(student, pairs, build_adapters(student, teachers[0], pairs, data))
     panel = TeacherPanel(teachers, weights, config, pairs)
-    cached = config.cache_teacher and is_deterministic(dataset)
-    if cached:
-        panel.build_cache(_loader(dataset, data, 256, False, ctx.seed), dataset_len(dataset))
+    cache: TeacherCache | None = None
+    if config.cache_teacher and is_deterministic(dataset):
+        cache = TeacherCache.build(panel.compute, _loader(dataset, data, 256, False, ctx.seed), len(dataset),  # type: ignore[arg-type]
+                                   checkpoint_dir, config.cache_max_mb * 1e6)
     loss = LOSSES.get(config.loss)
+    feature_losses = [FEATURE_LOSSES.get(p.loss) for p in pairs]
     keys = list(wrapper.adapters)
 
     def loss_fn(model: nn.Module, x: Batch, y: tuple[Tensor, Tensor]) -> Tensor:
         labels, idx = y
+        mask = attention_mask_of(x)
         out, adapted = model(x)
-        target, t_feats = panel(x, idx)
+        target, t_feats = cache.lookup(idx, mask) if cache is not None else panel.compute(x)
         per_example = loss(out, target, labels, config)  # (B,)
-        for key, pair in zip(keys, pairs):
-            per_example = per_example + pair.weight * feature_mse(adapted[key], t_feats[pair.teacher])
+        for key, pair, feature_loss in zip(keys, pairs, feature_losses):
+            per_example = per_example + pair.weight * feature_loss(adapted[key], t_feats[pair.teacher], mask, pair)
         return per_example.mean()
 
     student_eval = make_evaluate(data, teachers, weights)
     model: nn.Module = wrapper
     world = training_world_size()  # fit trains with DDP when this process is one of several (torchrun or ddp.world_size)
-    loader = _loader(dataset, data, batch_size, True, ctx.seed)
+    loader = _loader(dataset, data, batch_size, True, ctx.seed, config.examples_per_epoch)
+    cache_facts = None if cache is None else cache.describe()
     try:
-        result = fit(model, loss_fn, loader, config.train_config(epochs), ctx, evaluate=lambda m: student_eval(wrapper.student),
-                     checkpoint_dir=checkpoint_dir, description=description)
+        with frozen(student, frozen_list), dropout_off(student, not config.use_dropout):
+            result = fit(model, loss_fn, loader, config.train_config(epochs), ctx, evaluate=lambda m: student_eval(wrapper.student),
+                         checkpoint_dir=checkpoint_dir, description=description)
     finally:
         panel.close()
         wrapper.release()
+        if cache is not None:
+            cache.close()
     n_adapter = sum(p.numel() for p in wrapper.adapters.parameters())
-    return HopResult(fit=result, cached=cached, world_size=world, adapter_params=n_adapter)
+    params = dict(student.named_parameters())
+    return HopResult(fit=result, cached=cache is not None, world_size=world, adapter_params=n_adapter,
+                     frozen_params=sum(params[n].numel() for n in frozen_list), cache=cache_facts)

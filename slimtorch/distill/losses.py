@@ -3,6 +3,10 @@
 A registered loss is ``loss(student_out, target, labels, config) -> (B,)`` per-example losses, where
 ``target`` is what :func:`teacher_target` made of the teachers' outputs (mixed soft targets for ``kd``,
 a weighted mean output for ``mse``/``cosine``) and ``labels`` may hold ``UNLABELED`` (-1).
+
+A registered feature loss (``FEATURE_LOSSES``) is ``loss(student_feature, teacher_feature, mask, pair)
+-> (B,)``; ``mask`` is the batch's ``attention_mask`` (B, T) for text, so token features (B, T, H)
+average over real tokens only, or ``None``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from slimtorch.distill.config import DistillConfig
+from slimtorch.distill.config import DistillConfig, FeatureSpec
+from slimtorch.errors import ShapeMismatchError
 from slimtorch.registry import Registry
 from slimtorch.train.losses import labeled_cross_entropy_rows
 
@@ -84,6 +89,83 @@ def cosine_loss(student_out: Tensor, target: Tensor, labels: Tensor, config: Dis
 def feature_mse(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     """Hint loss: MSE between an adapted student feature and the teacher's. -> (B,)."""
     return (student_feature - teacher_feature).pow(2).flatten(1).mean(-1)
+
+
+FeatureLoss = Callable[[Tensor, Tensor, "Tensor | None", FeatureSpec], Tensor]
+FEATURE_LOSSES: Registry[FeatureLoss] = Registry("feature loss")
+
+
+def is_token_feature(feature: Tensor, mask: Tensor | None) -> bool:
+    """True for a (B, T, H) feature whose first two dims are the text batch's (B, T) ``attention_mask``."""
+    return mask is not None and feature.dim() == 3 and tuple(feature.shape[:2]) == tuple(mask.shape)
+
+
+def token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the real (mask 1) tokens of each example. per_token (B, T), mask (B, T) -> (B,)."""
+    weights = mask.to(per_token.dtype)
+    return (per_token * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+@FEATURE_LOSSES.register("mse")
+def feature_mse_loss(student_feature: Tensor, teacher_feature: Tensor, mask: Tensor | None, pair: FeatureSpec) -> Tensor:
+    """MSE per example; on token features the mean over real tokens of the per-token MSE (TinyBERT's hidden loss). -> (B,)."""
+    if is_token_feature(teacher_feature, mask):
+        assert mask is not None
+        return token_mean((student_feature - teacher_feature).pow(2).mean(-1), mask)
+    return feature_mse(student_feature, teacher_feature)
+
+
+@FEATURE_LOSSES.register("cosine")
+def feature_cosine_loss(student_feature: Tensor, teacher_feature: Tensor, mask: Tensor | None, pair: FeatureSpec) -> Tensor:
+    """``1 − cos`` per example; on token features the mean over real tokens of the per-token ``1 − cos``. -> (B,)."""
+    if is_token_feature(teacher_feature, mask):
+        assert mask is not None
+        return token_mean(1 - F.cosine_similarity(student_feature, teacher_feature, dim=-1), mask)
+    return 1 - F.cosine_similarity(student_feature.flatten(1), teacher_feature.flatten(1), dim=-1)
+
+
+def relation_log_probs(x: Tensor, mask: Tensor, heads: int) -> Tensor:
+    """MiniLMv2 relation ``log softmax(X_a X_aᵀ / √d)`` per relation head a; padded keys get no weight.
+
+    x (B, T, H) with H divisible by ``heads``, mask (B, T) -> (B, heads, T, T).
+    """
+    b, t, h = x.shape
+    d = h // heads
+    xa = x.float().view(b, t, heads, d).transpose(1, 2)  # (B, A, T, d)
+    scores = xa @ xa.transpose(-1, -2) / d**0.5  # (B, A, T, T)
+    scores = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1)
+
+
+@FEATURE_LOSSES.register("relation")
+def relation_loss(student_feature: Tensor, teacher_feature: Tensor, mask: Tensor | None, pair: FeatureSpec) -> Tensor:
+    """MiniLMv2 self-attention relation transfer (Wang et al. 2021, https://arxiv.org/abs/2012.15828). -> (B,).
+
+    ``KL(R_T ‖ R_S)`` with ``R = softmax(X Xᵀ / √d)`` per relation head, X a query, key or value
+    projection (B, T, H) split into ``pair.relation_heads`` heads; summed over keys, averaged over heads
+    and real query tokens. Student and teacher widths may differ (the maps are (T, T)).
+
+    Raises:
+        ShapeMismatchError: the feature is not a text token feature, or a width is not divisible by the heads.
+    """
+    if not is_token_feature(teacher_feature, mask) or not is_token_feature(student_feature, mask):
+        raise ShapeMismatchError(
+            f"distill.features {pair.student!r}→{pair.teacher!r}: loss 'relation' needs token features (B, T, H) of a text "
+            f"batch with an attention_mask; got student {tuple(student_feature.shape)}, teacher {tuple(teacher_feature.shape)}. "
+            "Tap a query/key/value projection of a transformer layer, or use loss mse/cosine."
+        )
+    assert mask is not None
+    heads = pair.relation_heads
+    for role, feature in (("student", student_feature), ("teacher", teacher_feature)):
+        if feature.shape[-1] % heads:
+            raise ShapeMismatchError(
+                f"distill.features {pair.student!r}→{pair.teacher!r}: the {role}'s width {feature.shape[-1]} is not divisible by "
+                f"relation_heads={heads}; pick a number of heads that divides both widths."
+            )
+    log_t = relation_log_probs(teacher_feature, mask, heads)  # (B, A, T, T)
+    log_s = relation_log_probs(student_feature, mask, heads)
+    kl = kl_div(log_t.exp(), log_s)  # (B, A, T)
+    return token_mean(kl.mean(1), mask)
 
 
 def distillation_loss(student_out: Tensor, teacher_out: Tensor, labels: Tensor, task: str, temperature: float, alpha: float) -> Tensor:

@@ -12,9 +12,10 @@ from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.data.bundle import dataset_len
-from slimtorch.distill.config import DistillConfig, FeatureSpec
+from slimtorch.distill.config import DistillConfig, FeatureSpec, TransformerFeatures
 from slimtorch.distill.ddp import job_for, single_process, spawn_hop
 from slimtorch.distill.engine import train_hop
+from slimtorch.distill.layers import transformer_pairs
 from slimtorch.distributed import world_size
 from slimtorch.errors import RecipeError
 from slimtorch.train.loop import convergence_note
@@ -82,11 +83,22 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
                                   checkpoint_dir=stage_dir / "assistant"))
             record.extra_models.append(("assistant", assistant))
             source, weights, source_name = [assistant], [1.0], "assistant"
-        hops.append(self._hop(model, source, weights, ctx, epochs=None, pairs=config.features, names=(source_name, "student"),
+        pairs, layers = self._pairs(model, source[0])
+        hops.append(self._hop(model, source, weights, ctx, epochs=None, pairs=pairs, names=(source_name, "student"),
                               checkpoint_dir=stage_dir / "student"))
         record.details = self._details(ctx, teachers, hops)
+        if layers is not None:
+            record.details["layers"] = layers
         record.notes = self._notes(ctx, hops)
         return model, record
+
+    def _pairs(self, student: nn.Module, teacher: nn.Module) -> tuple[list[FeatureSpec], dict[str, Any] | None]:
+        """The feature pairs of the student's hop: as written, or the transformer preset expanded for these two models."""
+        features = self.config.features
+        if isinstance(features, TransformerFeatures):
+            expanded = transformer_pairs(features, student, teacher)
+            return expanded.pairs, expanded.details()
+        return list(features), None
 
     def _hop(self, student: nn.Module, teachers: Sequence[nn.Module], weights: list[float], ctx: RunContext, *, epochs: int | None,
              pairs: Sequence[FeatureSpec], names: tuple[str, str], checkpoint_dir: Path) -> dict[str, Any]:
@@ -102,7 +114,8 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
             hop = train_hop(student, teachers, weights, ctx.data, self.config, ctx, epochs=epochs, pairs=pairs,
                             description=description, checkpoint_dir=checkpoint_dir)
             summary = {"best_metric": hop.fit.best_metric, **hop.fit.summary(), "history": hop.fit.history, "cached": hop.cached,
-                       "world_size": hop.world_size, "adapter_params": hop.adapter_params,
+                       "world_size": hop.world_size, "adapter_params": hop.adapter_params, "frozen_params": hop.frozen_params,
+                       "teacher_cache": hop.cache,
                        "resumed_from_epoch": hop.fit.resumed_from_epoch,
                        "convergence_note": convergence_note(hop.fit, description, self.config.min_loss_improvement)}
         metric = "val_accuracy" if ctx.data.task == "classification" else "val_cosine_to_teacher"
@@ -113,6 +126,7 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
             "converged_epoch": summary.get("converged_epoch"), "stop_reason": summary.get("stop_reason"), "lr": summary.get("lr"),
             "convergence_note": summary.get("convergence_note"), "steps": summary["steps"], "cached_teacher": summary["cached"],
             "world_size": summary["world_size"], "adapter_params": summary["adapter_params"],
+            "frozen_params": summary.get("frozen_params", 0), "teacher_cache": summary.get("teacher_cache"),
             "resumed_from_epoch": summary.get("resumed_from_epoch", 0), "seconds": round(time.perf_counter() - start, 3),
             "history": [{k: round(v, 6) for k, v in h.items()} for h in summary["history"]],
         }
@@ -129,7 +143,8 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
             "loss": config.loss,
             "temperature": config.temperature,
             "alpha": config.alpha,
-            "features": [p.model_dump() for p in config.features],
+            "features": config.features.model_dump() if isinstance(config.features, TransformerFeatures)
+            else [p.model_dump() for p in config.features],
             "converged_epoch": hops[-1]["converged_epoch"],
             "hops": hops,
         }
