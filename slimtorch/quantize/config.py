@@ -85,6 +85,9 @@ class QuantizeConfig(BaseModel):
                                                  "columns, null = float; a tied lm_head runs on the same packed table)")
     embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables (onnxruntime)")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export")
+    attention: Literal["model", "eager", "fused"] = Field(
+        "model", description="Hugging Face transformers on onnxruntime: export attention as the model runs it, as eager "
+                             "MatMul/Softmax (faster int8 on CPU), or eager then fused by onnxruntime's transformer optimizer")
     threads: int = Field(1, ge=1, description="onnxruntime intra-op (OpenVINO inference) threads of the returned model")
     max_drop: float | None = Field(None, ge=0, lt=1, description="onnxruntime int8: allowed val-metric drop; the most "
                                    "sensitive layers stay float until it holds")

@@ -14,10 +14,11 @@ from torch.nn import functional as F
 
 from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
 from slimtorch.errors import NotCalibratedError
-from slimtorch.export.onnx import export_onnx, input_names_of, plain_copy
+from slimtorch.export.onnx import input_names_of, plain_copy
 from slimtorch.measure.llm import with_model_tokens
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.quantize import _openvino, _ort, _torch, awq, gptq, qat, sensitivity
+from slimtorch.quantize._ort_transformer import encoder_onnx
 from slimtorch.quantize.config import QATConfig, QuantizeConfig
 from slimtorch.quantize.sensitivity import MixedPrecisionResult
 from slimtorch.runtime import OpenVINOModule, OrtModule
@@ -43,8 +44,8 @@ def calibration_feeds(ctx: RunContext, cfg: QuantizeConfig) -> list[dict[str, np
 
 
 def _ort_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, example: Batch) -> tuple[nn.Module, dict[str, Any]]:
-    fp32 = export_onnx(model, example, cfg.opset)
-    details: dict[str, Any] = {"onnx_fp32_bytes": len(fp32)}
+    fp32, graph_facts = encoder_onnx(model, example, cfg.opset, cfg.attention)
+    details: dict[str, Any] = {"onnx_fp32_bytes": len(fp32), **graph_facts}
     excluded = _ort_nodes_matching(fp32, cfg.exclude)
     if cfg.mode == "dynamic_int8":
         graph = fp32
