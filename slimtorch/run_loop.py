@@ -8,6 +8,7 @@ store (nothing saved, nothing resumed).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from torch import nn
 from slimtorch.core import RunContext, Stage, StageRecord, seed_everything
 from slimtorch.distributed import barrier, is_main
 from slimtorch.measure import Measurement
+from slimtorch.measure.llm import with_model_tokens
 from slimtorch.resources import named_out_of_memory, time_budget
 from slimtorch.resume import claim_work_dir, fingerprint
 from slimtorch.run_store import RunStore
@@ -109,6 +111,9 @@ def _apply_timed(stage: Stage[Any], model: nn.Module, ctx: RunContext, what: str
     """``stage.apply`` under the time budget, with out-of-memory errors named; the record gets the wall time."""
     batch_size = getattr(stage.config, "batch_size", None) or ctx.data.batch_size
     start = time.perf_counter()
+    # A causal LM reads text through its own tokenizer: calibration, importance and training batches
+    # tokenized any other way would be valid-looking ids that mean other words (SmolLM2 vs the default vocabulary).
+    ctx = dataclasses.replace(ctx, data=with_model_tokens(ctx.data, model))
     with time_budget(max_stage_seconds) as budget, named_out_of_memory(what, batch_size):
         model, record = stage.apply(model, ctx)
     record.seconds = time.perf_counter() - start

@@ -127,3 +127,28 @@ def test_the_loop_names_out_of_memory_after_the_stage(kind, mlp, ctx, monkeypatc
     monkeypatch.setattr(stage, "apply", runs_out)
     with pytest.raises(TrainingError, match=rf"stage 1 \({kind}\)"):
         run_stages(mlp, [stage], ctx)
+
+
+def test_a_causal_lm_stage_reads_text_in_the_models_own_tokens(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from slimtorch.core import RunContext
+    from slimtorch.data import build_data
+    from slimtorch.measure.llm import causal_lm_of
+    from slimtorch.models import build_model
+    from tests.tiny_llm import write_text, write_tiny_gguf
+
+    monkeypatch.setenv("SLIMTORCH_CACHE", str(tmp_path / "cache"))
+    model = build_model(f"gguf:{write_tiny_gguf(tmp_path / 'tiny.gguf')}")
+    data = build_data("text", args={"path": str(write_text(tmp_path / "text.txt", repeat=1))})
+    stage = _stages(("finetune", {"epochs": 1}))[0]
+    seen = {}
+
+    def records_its_batch(m, ctx):
+        (x, _), (text, _) = next(iter(ctx.data.loader("train"))), ctx.data.train[0]
+        seen["ids"], seen["text"] = x["input_ids"][0], text
+        return m, stage.record()
+
+    monkeypatch.setattr(stage, "apply", records_its_batch)
+    run_stages(model, [stage], RunContext(data=data, work_dir=tmp_path / "work"))
+    own = causal_lm_of(model).tokenizer(seen["text"])["input_ids"]
+    assert seen["ids"][: len(own)].tolist() == own  # not the default vocabulary's ids for the same words
