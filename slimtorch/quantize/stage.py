@@ -197,7 +197,7 @@ def embedding_note(details: dict[str, Any], cfg: QuantizeConfig) -> str:
 @torch.no_grad()
 def fidelity(reference: nn.Module, candidate: nn.Module, example: Batch) -> dict[str, float]:
     """How close the quantized outputs are to the float ones on one test batch."""
-    ref, got = forward(reference, example).float(), forward(candidate, example).float()
+    ref, got = forward(reference, example).float().cpu(), forward(candidate, example).float().cpu()
     return {"output_max_abs_diff": (got - ref).abs().max().item(),
             "output_cosine": F.cosine_similarity(got.flatten(1), ref.flatten(1), dim=-1).mean().item(),
             "argmax_agreement": (got.argmax(-1) == ref.argmax(-1)).float().mean().item()}
@@ -212,16 +212,17 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config
         _openvino.require_extras(cfg.runtime, cfg.quantizer)
-        reference = plain_copy(model)
+        # Quantized artifacts run on CPU kernels (onnxruntime, OpenVINO, torch's packed int8/int4): built from the CPU.
+        reference = plain_copy(model).to("cpu")
         ctx = dataclasses.replace(ctx, data=with_model_tokens(ctx.data, model))  # a causal LM reads its own tokens
         example = ctx.data.example_batch(4)
         if cfg.qat is not None:
             out, details = _qat_quantize(model, ctx, cfg, cfg.qat, example)
-            reference = plain_copy(model)
+            reference = plain_copy(model).to("cpu")
         elif cfg.runtime in ("onnxruntime", "openvino"):
             out, details = _ort_quantize(reference, ctx, cfg, example)
         else:
-            out, details = _torch_quantize(plain_copy(model), cfg, ctx)
+            out, details = _torch_quantize(plain_copy(model).to("cpu"), cfg, ctx)
             set_attrs_(out, slimtorch_format="torch_quantized", slimtorch_quantization=cfg.model_dump())
         set_attrs_(out, slimtorch_spec=getattr(model, "slimtorch_spec", None))
         out.eval()
