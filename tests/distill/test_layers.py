@@ -206,3 +206,22 @@ def test_layer_pruned_encoder_recovers_with_layer_wise_distillation(tmp_path: Pa
             assert torch.equal(p, embeddings[n]), n
     assert all(p.requires_grad for p in model.parameters())
     assert forward(model, data.example_batch(2)).shape == (2, 32)
+
+
+def test_random_epochs_resume_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = build_data("text", args={"path": _corpus(tmp_path, 200), "max_length": 16}, batch_size=16)
+    teacher = _tiny()
+    cfg = DistillConfig(loss="cosine", epochs=3, lr=1e-3, features="transformer", examples_per_epoch=48, patience=None, use_dropout=False)
+
+    def run(student: nn.Module, config: DistillConfig, work: str) -> dict:
+        ctx = RunContext(data=data, teacher=teacher, work_dir=tmp_path / work, task="embedding")
+        return DistillStage(config).apply(student, ctx)[1].details["hops"][0]
+
+    straight, interrupted = _dropped(teacher, [2]), _dropped(teacher, [2])
+    full = run(straight, cfg, "a")
+    run(interrupted, cfg.model_copy(update={"epochs": 2}), "b")  # stopped after epoch 2 of 3, checkpoint kept
+    resumed = run(interrupted, cfg, "b")
+    assert resumed["resumed_from_epoch"] == 2 and full["steps"] == resumed["steps"] == 9
+    assert resumed["history"] == full["history"]
+    for (name, a), b in zip(straight.state_dict().items(), interrupted.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
