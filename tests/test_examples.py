@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from slimtorch.data.corpora import wordnet_dir
 from slimtorch.pipeline import compress
 from slimtorch.recipe import load_recipe
 
@@ -43,6 +44,8 @@ def test_example_runs_end_to_end(path, tmp_path, monkeypatch):
     if "runtime: openvino" in path.read_text() or "quantizer: nncf" in path.read_text():
         for package in ("openvino", "nncf"):
             pytest.importorskip(package, reason="needs the openvino extra: pip install 'slimtorch[openvino]'")
+    if "wordnet" in path.read_text() and not (wordnet_dir() / "data.noun").is_file():
+        pytest.skip("the wordnet text corpus needs the Debian package wordnet-base: apt-get install wordnet-base")
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # module:function references resolve from the root
     raw = smoke(yaml.safe_load(path.read_text()))
     result = compress(raw, tmp_path / path.stem)
