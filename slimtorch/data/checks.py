@@ -7,7 +7,9 @@ A split is a map-style torch ``Dataset`` (``len()`` and ``[i]``) of ``(x, y)`` p
   that entry is ``y``; the other entries are ``x`` (one entry: its value; several: a dict, passed to
   the model as keyword arguments);
 - **float labels that are whole numbers** (``3.0``): used as the integer class index;
-- **float64 inputs**: cast to float32, the dtype of the model's weights.
+- **float64 inputs**: cast to float32, the dtype of the model's weights;
+- **an ``(x, y)`` pair of arrays or tensors** of equal length (scikit-learn style, numpy or torch):
+  wrapped as ``TensorDataset(x, y)``.
 
 Everything else (``None``, raw tensors, iterable-only datasets, items that are not pairs, string,
 fractional or one-hot labels, inputs of different shapes without a ``collate_fn``) raises a
@@ -75,8 +77,11 @@ def check_container(source: str, split: str, dataset: Any) -> None:
     raw = isinstance(dataset, (Tensor, np.ndarray)) or (
         isinstance(dataset, (tuple, list)) and 0 < len(dataset) <= 2 and all(isinstance(d, (Tensor, np.ndarray)) for d in dataset))
     if raw:
-        raise DataError(f"{where} {describe(dataset)} for the {split!r} split, not a Dataset; wrap inputs and labels as "
-                        "torch.utils.data.TensorDataset(x, y).")
+        found = describe(dataset)
+        if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
+            found += f" of lengths {len(dataset[0])} and {len(dataset[1])}"
+        raise DataError(f"{where} {found} for the {split!r} split, not a Dataset; return an (inputs, labels) pair of "
+                        "equal length or torch.utils.data.TensorDataset(x, y).")
     if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise DataError(f"{where} a {type(dataset).__name__} for the {split!r} split; slimtorch needs a map-style Dataset "
                         "with len() and __getitem__ (e.g. torch.utils.data.TensorDataset(x, y)), not an iterable-only one.")
@@ -119,12 +124,42 @@ def _tensor_split(dataset: TensorDataset, task: str) -> TensorDataset:
     return dataset if (x is dataset.tensors[0] and y is dataset.tensors[1]) else TensorDataset(x, y)
 
 
+def _array_pair(dataset: Any) -> TensorDataset | None:
+    """``(x, y)`` as two arrays or tensors of equal length -> ``TensorDataset(x, y)``; anything else -> None."""
+    if not (isinstance(dataset, (tuple, list)) and len(dataset) == 2):
+        return None
+    x, y = dataset
+    if not all(isinstance(a, (Tensor, np.ndarray)) and a.ndim >= 1 for a in (x, y)) or len(x) != len(y) or len(x) == 0:
+        return None
+    if isinstance(y, np.ndarray) and y.dtype.kind not in "biuf":
+        raise DataError(f"labels are a numpy array of dtype {y.dtype} (e.g. {y.flat[0].item()!r}); map class names to indices "
+                        "0..C-1 (e.g. {'cat': 0, 'dog': 1}).")
+    return TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
+
+
+def transfer_split(source: str, dataset: Any) -> Any:
+    """The optional unlabeled ``transfer`` split: a Dataset, an ``(x, y)`` pair, or inputs alone (an array or tensor)."""
+    if isinstance(dataset, (Tensor, np.ndarray)) and dataset.ndim >= 1 and len(dataset) > 0:
+        inputs = torch.as_tensor(dataset)
+        return TensorDataset(inputs.float() if inputs.dtype == torch.float64 else inputs)
+    try:
+        dataset = _array_pair(dataset) or dataset
+    except DataError as exc:
+        raise DataError(f"data source {source!r}, 'transfer' split: {exc}") from None
+    check_container(source, "transfer", dataset)
+    return dataset
+
+
 def check_split(source: str, split: str, dataset: Any, task: str, collate_fn: Callable | None) -> Dataset:
     """Check one split from its first item; returns it, or a view that makes its items ``(x, y)`` pairs.
 
     Raises:
         DataError: naming the split, what its first item is, and what is expected.
     """
+    try:
+        dataset = _array_pair(dataset) or dataset
+    except DataError as exc:
+        raise DataError(f"data source {source!r}, {split!r} split: {exc}") from None
     check_container(source, split, dataset)
     where = f"data source {source!r}: item 0 of the {split!r} split"
     if isinstance(dataset, TensorDataset):

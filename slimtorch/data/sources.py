@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from slimtorch.data.bundle import UNLABELED, DataBundle, dataset_len
-from slimtorch.data.checks import check_container, check_same_shapes, check_split, class_labels
+from slimtorch.data.checks import check_same_shapes, check_split, class_labels, transfer_split
 from slimtorch.errors import DataError, ModelRefError, RecipeError
 from slimtorch.registry import Registry
 
@@ -185,7 +185,7 @@ def build_data(
     collate = raw.get("collate_fn")
     splits = {name: check_split(source, name, raw[name], task, collate) for name in ("train", "val", "test")}
     if raw.get("transfer") is not None:
-        check_container(source, "transfer", raw["transfer"])
+        raw = {**raw, "transfer": transfer_split(source, raw["transfer"])}
     if collate is None:
         check_same_shapes(source, splits)
     raw = {**raw, **splits}

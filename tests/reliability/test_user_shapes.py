@@ -50,7 +50,7 @@ def recipe(tmp: Path, data: str = "{source: 'user_shapes:dict_items'}", teacher:
 
 # -- accepted shapes ---------------------------------------------------------------------------------
 
-ACCEPTED_DATA = ["dict_items", "float_labels", "float64_inputs"]
+ACCEPTED_DATA = ["dict_items", "float_labels", "float64_inputs", "array_pairs"]
 
 
 @pytest.mark.parametrize("source", ACCEPTED_DATA)
@@ -125,8 +125,10 @@ REFUSED = [
     Shape("split-is-none", DataError, r"returned None for the 'val' split", r"must be a torch Dataset of \(x, y\) pairs", data("none_split")),
     Shape("split-is-a-raw-tensor", DataError, r"returned a torch\.float32 Tensor of shape \(96, 8\) for the 'train' split, not a Dataset",
           r"TensorDataset\(x, y\)", data("raw_tensor_split")),
-    Shape("split-is-a-tuple-of-tensors", DataError, r"returned a tuple of 2 elements for the 'train' split, not a Dataset",
-          r"TensorDataset\(x, y\)", data("raw_pair_split")),
+    Shape("split-is-a-pair-of-unequal-length", DataError, r"returned a tuple of 2 elements of lengths 96 and 90 for the 'train' split",
+          r"\(inputs, labels\) pair of equal length", data("unequal_pair_split")),
+    Shape("string-label-arrays", DataError, r"'train' split: labels are a numpy array of dtype <U3 \(e\.g\. 'cat'\)",
+          r"map class names to indices 0\.\.C-1", data("string_label_arrays")),
     Shape("split-is-iterable-only", DataError, r"returned a Stream for the 'train' split", r"map-style Dataset with len\(\) and __getitem__",
           data("iterable_split")),
     Shape("items-are-inputs-only", DataError, r"item 0 of the 'train' split is a torch\.float32 Tensor of shape \(8,\)",

@@ -62,6 +62,15 @@ def float64_inputs() -> dict:
     return out
 
 
+def array_pairs() -> dict:
+    """scikit-learn style: (X, y) numpy arrays (float64 features, int64 labels), and a pair of tensors;
+    the transfer split is inputs alone."""
+    out = _splits(lambda x, y: (x.numpy().astype(np.float64), y.numpy()))
+    out["test"] = _xy(48, 2)
+    out["transfer"] = _xy(64, 3)[0].numpy().astype(np.float64)
+    return out
+
+
 # -- data in shapes that are refused ---------------------------------------------------------------
 
 def none_split() -> dict:
@@ -73,8 +82,14 @@ def raw_tensor_split() -> dict:
     return {**_splits(TensorDataset), "train": x}
 
 
-def raw_pair_split() -> dict:
-    return {**_splits(TensorDataset), "train": _xy(96)}
+def unequal_pair_split() -> dict:
+    x, y = _xy(96)
+    return {**_splits(TensorDataset), "train": (x, y[:90])}
+
+
+def string_label_arrays() -> dict:
+    x, y = _xy(96)
+    return {**_splits(TensorDataset), "train": (x.numpy(), np.array(["cat", "dog", "emu"])[y.numpy()])}
 
 
 class Stream(IterableDataset):
