@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MARKER_FILE = ".slimtorch-run.json"
 LOCK_FILE = ".slimtorch.lock"
+RECIPE_COPY = "recipe.yaml"  # the run's recipe, written before anything else
 # Sub-folders a run writes into; `--resume` cleans temporaries there (recursively) and at the top level only.
 OWNED_SUBDIRS = ("models", "work", "variants")
 
@@ -78,6 +79,8 @@ def _check_before_lock(out: Path, *, resume: bool, force: bool) -> None:
     contents = [p for p in out.iterdir() if p.name != LOCK_FILE] if out.is_dir() else []
     if not contents:
         return
+    if is_run_dir(out) and {p.name for p in contents} <= {MARKER_FILE, RECIPE_COPY}:
+        return  # a run that stopped before its first stage (e.g. refused data): nothing of it is lost by starting over
     if not resume and not force:
         raise OutputDirError(f"output directory {out} already exists; pass --resume to continue that run or --force to replace it.")
     if not is_run_dir(out):

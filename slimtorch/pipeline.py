@@ -27,7 +27,7 @@ from slimtorch.errors import RecipeError
 from slimtorch.io import atomic_write_text
 from slimtorch.launch import read_finished_run, run_local_processes
 from slimtorch.measure import Measurement
-from slimtorch.outdir import claim_out_dir
+from slimtorch.outdir import RECIPE_COPY, claim_out_dir
 from slimtorch.plan import Plan, TargetConfig, plan
 from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import StageSpec
@@ -175,7 +175,7 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     if not is_main():
         say, progress = (lambda msg: None), None  # one process speaks
     else:
-        atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+        atomic_write_text(out / RECIPE_COPY, dump_recipe(recipe))
     seed_everything(recipe.seed)
     d = recipe.data
     data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size,

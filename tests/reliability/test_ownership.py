@@ -376,3 +376,18 @@ def test_out_of_memory_while_training_names_the_step(tmp_path):
     path.write_text(path.read_text().replace("hostile_code:greedy", "hostile_code:greedy, args: {train_bytes: 34359738368, eval_bytes: 0}"))
     line = one_line(_compress_under_rlimit("RLIMIT_DATA", 4 * 2**30, path, tmp_path / "o"))
     assert "training teacher ran out of memory" in line and "raise `accumulate`" in line
+
+
+def test_a_run_refused_before_its_first_stage_can_be_started_again_without_force(tmp_path):
+    """Bad data stops the run after it marked its directory and copied its recipe: nothing else exists, so
+    the corrected recipe may start over in the same directory; a directory with any result still needs a flag."""
+    out = tmp_path / "out"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPE.replace('"user_code:tiny"', '"user_code:no_such_source"').replace("TEACHER", "mlp").replace("EPOCHS", "1"))
+    with pytest.raises(Exception, match="no_such_source"):
+        compress(bad, out)
+    assert {p.name for p in out.iterdir()} <= {MARKER_FILE, LOCK_FILE, "recipe.yaml"}
+    compress(recipe(tmp_path), out)  # no --force needed
+    assert (out / "report.json").is_file()
+    with pytest.raises(OutputDirError, match="already exists; pass --resume"):
+        compress(recipe(tmp_path), out)
