@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from slimtorch.measure.measurement import Measurement
-from slimtorch.report.table import batches, by_name, fmt_bytes, p50, ratio
+from slimtorch.report.table import batches, by_name, fmt_bytes, p50, ratio, within_spread
 
 MIN_MAC_REDUCTION = 1.5  # below this, a small speedup is not worth a warning
 MIN_EFFICIENCY = 0.5  # speedup ÷ MAC reduction
 MIN_SPARSITY = 0.1  # fraction of zero weights that counts as "sparse"
 SIZE_UNCHANGED = 0.9  # size kept above this fraction of the dense predecessor = stored dense
+MAX_SLOWDOWN = 1.25  # a stage whose model is this much slower than its input's (outside the spread) is called out
 
 
 def hardware_warnings(models: Sequence[Measurement], baseline: str) -> list[str]:
@@ -38,6 +39,8 @@ def hardware_warnings(models: Sequence[Measurement], baseline: str) -> list[str]
         elif key not in said and (w := _efficiency(base, m, sizes)):
             said.add(key)
             out += w
+        if i > 0 and m.device == models[i - 1].device and (w := _slower_than_input(models[i - 1], m, sizes)):
+            out += w
         w, dense = _dense_sparsity(m, models[:i])
         key = ("sparse", dense, m.nonzero_params, m.size_bytes)
         if w and key not in said:
@@ -63,6 +66,22 @@ def _efficiency(base: Measurement, m: Measurement, sizes: list[str]) -> list[str
         f"{m.threads} thread(s)): "
         "per-operator overhead, memory traffic or kernels that do not exploit the change dominate.")
     ]
+
+
+def _slower_than_input(before: Measurement, m: Measurement, sizes: list[str]) -> list[str]:
+    """A warning when ``m`` runs clearly slower than ``before``, the model its stage started from."""
+    slow = []
+    for b in sizes:
+        t0, t1 = p50(before, b), p50(m, b)
+        if t0 and t1 and t1 > MAX_SLOWDOWN * t0 and not within_spread(before, m, b):
+            slow.append(f"batch {b}: {t1:.3g} ms against {t0:.3g} ms, {t1 / t0:.2f}× slower")
+    if not slow:
+        return []
+    hint = ""
+    if m.runtime == "onnxruntime" and m.stage == "quantize":
+        hint = (" onnxruntime's dynamic int8 runs convolutions as ConvInteger, which is often slower than float "
+                "convolution on CPUs: try `mode: static_int8` (calibrated QDQ) for convolutional models, or keep the float model.")
+    return [f"{m.name} is slower than {before.name}, the model its {m.stage} stage started from ({'; '.join(slow)}).{hint}"]
 
 
 def _dense_sparsity(m: Measurement, earlier: Sequence[Measurement]) -> tuple[list[str], str | None]:

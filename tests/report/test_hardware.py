@@ -49,3 +49,20 @@ def test_a_ratio_across_devices_is_called_out_instead_of_an_efficiency(make_meas
     on_gpu.device = "cuda:0"
     (w,) = _report([gpu_base, on_gpu])["hardware_warnings"]
     assert w.startswith("small: MACs fell 10.0×") and "(torch on cuda:0, 1 thread(s))" in w
+
+
+def test_a_stage_that_made_its_model_slower_is_called_out_with_a_runtime_hint(make_measurement):
+    """ORT dynamic int8 of a CNN (ConvInteger) ran 5x slower than its float input: said plainly, with the fix."""
+    models = [make_measurement("base", "teacher", 100, 100, 400, 100, 1.0, 4.0, 0.9),
+              make_measurement("1_distill", "distill", 50, 50, 200, 50, 0.5, 2.0, 0.9),
+              make_measurement("2_quantize", "quantize", 50, 50, 60, 50, 0.5, 10.0, 0.9, runtime="onnxruntime")]
+    slower = [w for w in hardware_warnings(models, "base") if " is slower than " in w]
+    assert slower == [w for w in slower if w.startswith("2_quantize is slower than 1_distill, the model its quantize stage started from")]
+    assert len(slower) == 1 and "10 ms against 2 ms, 5.00× slower" in slower[0] and "static_int8" in slower[0]
+
+
+def test_a_stage_inside_the_noise_or_faster_is_not_called_slower(make_measurement):
+    models = [make_measurement("base", "teacher", 100, 100, 400, 100, 1.0, 4.0, 0.9),
+              make_measurement("1_distill", "distill", 50, 50, 200, 50, 0.5, 2.0, 0.9),
+              make_measurement("2_prune", "prune", 25, 25, 100, 25, 0.6, 2.2, 0.9)]  # 1.2x and 1.1x: within tolerance
+    assert not [w for w in hardware_warnings(models, "base") if " is slower than " in w]
