@@ -87,6 +87,44 @@ class DDPSpec(BaseModel):
     port: int | None = Field(None, ge=1024, le=65535, description="rendezvous port (default: a free one)")
 
 
+class TokenSpec(BaseModel):
+    """Token-level distillation of a causal LM (student and teachers ``kind: causal_lm``): how text becomes sequences.
+
+    The distillation text (its lines joined with newlines) is tokenized with the student's tokenizer and
+    cut into sequences of ``seq_tokens`` tokens (packed: no sentence padding; only the last, shorter
+    sequence is padded and its padding masked). The loss is ``λ·CE(next token) + (1 − λ)·T²·KL(p_T ‖ q_S)``
+    averaged over every real position. With ``cache_teacher`` the teachers' ``top_k`` log-probabilities
+    per position (and the mass of the other tokens as one bucket) are computed once, so steps run the
+    student alone; without it the teachers run live and the KL is over the full vocabulary.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq_tokens: int = Field(128, description="tokens per training sequence (the student's tokenizer)")
+    top_k: int = Field(64, description="teacher log-probabilities cached per position (the rest of the vocabulary is one "
+                                       "bucket); k = the vocabulary size caches the full distribution")
+    max_sequences: int | None = Field(None, ge=1, description="keep at most this many training sequences (the first, in the "
+                                                              "data's order); the teacher cache is built for these only")
+    heldout_sequences: int = Field(16, ge=1, description="sequences of the val split on which the KL to the teacher is "
+                                                         "measured (before, after, and each epoch as the val metric)")
+
+    @field_validator("seq_tokens")
+    @classmethod
+    def _check_seq_tokens(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"distill.tokens.seq_tokens must be at least 2; got {value}. A sequence of T tokens gives the "
+                             "student T next-token distributions to learn; 128 is a good start.")
+        return value
+
+    @field_validator("top_k")
+    @classmethod
+    def _check_top_k(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"distill.tokens.top_k must be at least 1; got {value}. It is how many of the teacher's most "
+                             "likely next tokens are cached per position; 64 is the usual choice.")
+        return value
+
+
 class DistillConfig(TrainConfig):
     """Knowledge distillation (Hinton et al. 2015, https://arxiv.org/abs/1503.02531).
 
@@ -95,6 +133,10 @@ class DistillConfig(TrainConfig):
     label ``-1``, scenario 2, only have that term). So ``alpha`` weighs the two terms as written
     whatever fraction of a batch is labeled. The training fields (``epochs`` as a ceiling, ``lr``,
     ``schedule``, ``patience``, ...) are :class:`~slimtorch.train.TrainConfig`'s.
+
+    A causal-LM student learns token by token (:class:`TokenSpec`): there the CE is on the text's next
+    tokens and, unless set, ``alpha`` is 0 (the text has no labels beyond itself), ``temperature`` 1
+    (the distribution perplexity is measured on) and ``lr`` 5e-5 (a pretrained model recovering).
     """
 
     temperature: float = Field(2.0, description="softmax temperature T of the soft targets (T > 0)")
@@ -121,6 +163,8 @@ class DistillConfig(TrainConfig):
                                                                    "distillation set (validation, checkpoints and the "
                                                                    "convergence check that often on a large corpus)")
     ddp: DDPSpec | None = None
+    tokens: TokenSpec = Field(default_factory=TokenSpec, description="causal LMs: sequence length, top-k teacher cache, "
+                                                                     "held-out text (see TokenSpec)")
 
     @field_validator("features", mode="before")
     @classmethod

@@ -194,17 +194,23 @@ class HopResult:
     cache: dict[str, Any] | None = None
 
 
-def _loader(dataset: Dataset, data: DataBundle, batch_size: int, shuffle: bool, seed: int, num_samples: int | None = None) -> DataLoader:
+def indexed_loader(dataset: Dataset, collate_fn: Any, batch_size: int, shuffle: bool, seed: int,
+                   num_samples: int | None = None) -> DataLoader:
     """The (index-carrying) loader of one process; under torchrun :func:`~slimtorch.train.fit` shards it.
 
     With ``num_samples`` an epoch is that many examples drawn at random (:class:`RandomSubsetSampler`).
     """
-    indexed, collate = IndexedDataset(dataset), IndexedCollate(data.collate_fn)
+    indexed, collate = IndexedDataset(dataset), IndexedCollate(collate_fn)
     generator = torch.Generator().manual_seed(seed)
     if num_samples is not None:
         sampler = RandomSubsetSampler(len(indexed), num_samples, generator)
         return DataLoader(indexed, batch_size=batch_size, sampler=sampler, generator=generator, collate_fn=collate)
     return DataLoader(indexed, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+
+
+def _loader(dataset: Dataset, data: DataBundle, batch_size: int, shuffle: bool, seed: int, num_samples: int | None = None) -> DataLoader:
+    """:func:`indexed_loader` with the data's own collate."""
+    return indexed_loader(dataset, data.collate_fn, batch_size, shuffle, seed, num_samples)
 
 
 def make_evaluate(data: DataBundle, teachers: Sequence[nn.Module], weights: Sequence[float]) -> Any:

@@ -15,22 +15,36 @@ from torch import nn
 from slimtorch.errors import RecipeError
 
 
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """``{alias: name}`` for parameters known by two names (tied weights, e.g. a causal LM's ``lm_head.weight``
+    sharing its embedding table): ``name`` is the one ``model.named_parameters()`` lists."""
+    listed = {id(p): n for n, p in model.named_parameters()}
+    return {n: listed[id(p)] for n, p in model.named_parameters(remove_duplicate=False) if listed[id(p)] != n}
+
+
 def frozen_names(model: nn.Module, globs: Sequence[str]) -> list[str]:
     """Names of the parameters of ``model`` that match any of ``globs`` (``fnmatch``, e.g. ``hf.embeddings.*``).
+
+    A glob may name a tied weight by either of its names (``*lm_head*`` or ``*embed_tokens*``); the
+    result lists the shared tensor once, by the name ``named_parameters()`` gives it, so freezing one
+    freezes both (:func:`tied_aliases` says which).
 
     Raises:
         RecipeError: a glob matches no parameter (with the closest names), or every parameter would be frozen.
     """
+    aliases = tied_aliases(model)
     names = [n for n, _ in model.named_parameters()]
+    every = names + list(aliases)
     for glob in globs:
-        if not fnmatch.filter(names, glob):
-            close = difflib.get_close_matches(glob, names, n=3, cutoff=0.3)
+        if not fnmatch.filter(every, glob):
+            close = difflib.get_close_matches(glob, every, n=3, cutoff=0.3)
             hint = f" Close names: {', '.join(close)}." if close else ""
             raise RecipeError(
                 f"distill.freeze: {glob!r} matches no parameter of the student.{hint} Globs match names from "
                 f"model.named_parameters(), e.g. {names[0]!r}; use '*' for any text ('*embeddings*')."
             )
-    frozen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    matched = {aliases.get(n, n) for n in every if any(fnmatch.fnmatchcase(n, g) for g in globs)}
+    frozen = [n for n in names if n in matched]
     if frozen and len(frozen) == len(names):
         raise RecipeError(f"distill.freeze {list(globs)} freezes every parameter of the student, so nothing would train; "
                           "freeze a part of it (e.g. '*embeddings*').")

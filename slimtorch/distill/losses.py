@@ -168,6 +168,54 @@ def relation_loss(student_feature: Tensor, teacher_feature: Tensor, mask: Tensor
     return token_mean(kl.mean(1), mask)
 
 
+def masked_token_mean(per_position: Tensor, mask: Tensor) -> Tensor:
+    """Mean over every real (mask 1) position of the batch. per_position (B, T), mask (B, T) -> scalar."""
+    weights = mask.to(per_position.dtype)
+    return (per_position * weights).sum() / weights.sum().clamp(min=1)
+
+
+def token_kl(student_logits: Tensor, teacher_log_probs: Tensor, temperature: float) -> Tensor:
+    """``KL(p_T ‖ q_S)`` over the full vocabulary at every position, ``q_S = softmax(z_S / T)``. (B, T, V) -> (B, T)."""
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return kl_div(teacher_log_probs.exp(), log_q)
+
+
+def top_k_token_kl(student_logits: Tensor, top_log_probs: Tensor, top_ids: Tensor, rest_log_prob: Tensor, temperature: float) -> Tensor:
+    """KL to a teacher known by its top-k tokens per position, the other tokens' mass as one bucket. -> (B, T).
+
+    Both distributions are coarsened to k + 1 outcomes, the teacher's k most likely tokens and "any
+    other token": ``Σ_{j ∈ top-k} p_j log(p_j / q_j) + p_rest log(p_rest / q_rest)``. Unlike renormalising
+    the teacher's top-k (a biased estimate of its distribution, Anshumann et al. 2025,
+    https://arxiv.org/abs/2503.16870), the student is still told how much mass lies outside the top-k,
+    and its own tail is not pushed to zero. It is a lower bound on the full KL (coarsening never raises
+    a KL divergence) and equals it at k = V.
+
+    Args:
+        student_logits: (B, T, V).
+        top_log_probs: (B, T, k) the teacher's log-probabilities (at ``temperature``) of ``top_ids`` (B, T, k).
+        rest_log_prob: (B, T) log of the teacher's mass on every other token (-inf at k = V).
+    """
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, T, V)
+    ids = top_ids.long()
+    kl = kl_div(top_log_probs.exp(), log_q.gather(-1, ids))  # (B, T)
+    if ids.shape[-1] < log_q.shape[-1]:  # at k = V there is no rest (and its log-sum would be of nothing)
+        log_q_rest = log_q.scatter(-1, ids, float("-inf")).logsumexp(-1)  # (B, T): the student's mass off the top-k
+        p_rest = rest_log_prob.exp()
+        kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
+    return kl
+
+
+def next_token_ce(student_logits: Tensor, input_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of each real next token (the language-modelling loss). -> (ce (B, T), scored (B, T)).
+
+    Position t predicts token t + 1: the last position, and any whose token or next token is padding,
+    score nothing (``scored`` 0, ``ce`` 0 there).
+    """
+    ce = F.cross_entropy(student_logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, T-1)
+    scored = F.pad(mask[:, 1:] * mask[:, :-1], (0, 1))  # (B, T)
+    return F.pad(ce, (0, 1)) * scored.to(ce.dtype), scored
+
+
 def distillation_loss(student_out: Tensor, teacher_out: Tensor, labels: Tensor, task: str, temperature: float, alpha: float) -> Tensor:
     """The distillation loss every recovery uses (prune recovery, LoRA), from raw teacher outputs. -> scalar.
 

@@ -16,6 +16,7 @@ from slimtorch.distill.config import DistillConfig, FeatureSpec, TransformerFeat
 from slimtorch.distill.ddp import job_for, single_process, spawn_hop
 from slimtorch.distill.engine import train_hop
 from slimtorch.distill.layers import transformer_pairs
+from slimtorch.distill.token_hop import causal_lm_inner, train_token_hop
 from slimtorch.distributed import world_size
 from slimtorch.errors import RecipeError
 from slimtorch.train.loop import convergence_note
@@ -67,6 +68,8 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
 
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         config, data = self.config, ctx.data
+        if causal_lm_inner(model) is not None:
+            return self._apply_tokens(model, ctx)
         _check_task(config, data.task)
         teachers = teachers_of(ctx)
         weights = _weights(config, len(teachers))
@@ -90,6 +93,28 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
         if layers is not None:
             record.details["layers"] = layers
         record.notes = self._notes(ctx, hops)
+        return model, record
+
+    def _apply_tokens(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
+        """A causal LM learns token by token from its teachers (:mod:`slimtorch.distill.token_hop`)."""
+        teachers = teachers_of(ctx)
+        weights = _weights(self.config, len(teachers))
+        record = self.record()
+        start = time.perf_counter()
+        description = "distill teacher→student (tokens)"
+        hop = train_token_hop(model, teachers, weights, ctx.data, self.config, ctx, description=description,
+                              checkpoint_dir=ctx.stage_dir(self.name) / "student")
+        summary = {**hop.fit.summary(), "val_kl_to_teacher": round(-hop.fit.best_metric, 6), "resumed_from_epoch": hop.fit.resumed_from_epoch,
+                   "history": [{k: round(v, 6) for k, v in h.items()} for h in hop.fit.history],
+                   "seconds": round(time.perf_counter() - start, 3)}
+        record.details = {"teachers": len(teachers), "teacher_weights": weights, "teacher_params": sum(_count(t) for t in teachers),
+                          "student_params": _count(model), **hop.details(), **summary}
+        tied = record.details["frozen"]["tied"]
+        record.notes = [f"distill.freeze froze {name}, which {alias} shares (tied weights): both stayed fixed."
+                        for alias, name in tied.items()]
+        note = convergence_note(hop.fit, description, self.config.min_loss_improvement)
+        if note:
+            record.notes.append(note)
         return model, record
 
     def _pairs(self, student: nn.Module, teacher: nn.Module) -> tuple[list[FeatureSpec], dict[str, Any] | None]:
