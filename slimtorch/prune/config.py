@@ -130,7 +130,9 @@ class PruneConfig(BaseModel):
     def _sparsity(cls, v: object) -> object:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
             hint = "."
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1:
+            if v == 1 and not isinstance(v, bool):
+                hint = "; 1 would remove every weight (0.9 removes nine in ten)."
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1:
                 guess = float(v)
                 while guess >= 1:
                     guess /= 10

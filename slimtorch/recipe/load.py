@@ -182,7 +182,9 @@ def _explain(exc: ValidationError, prefix: tuple[Any, ...], model_cls: type[Base
             msg = err["msg"].removeprefix("Value error, ")
             got = err.get("input")
             shown = "" if isinstance(got, dict) or "got" in msg else f"; got {got!r}"
-            messages.append(f"{_locate(where, nodes, full)}: {dotted or 'recipe'}: {msg}{shown}.")
+            text = f"{msg}{shown}"
+            end = "" if text.rstrip().endswith((".", "?", "!", ".)", "?)")) else "."  # validators write whole sentences
+            messages.append(f"{_locate(where, nodes, full)}: {dotted or 'recipe'}: {text}{end}")
     return " ".join(messages)
 
 

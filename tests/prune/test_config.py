@@ -5,7 +5,7 @@ from slimtorch.prune import PruneConfig
 from slimtorch.prune.config import PruneTargetConfig
 
 
-@pytest.mark.parametrize("value, hint", [(1.5, "did you mean 0.15"), (50, "did you mean 0.5"), (-0.1, "weights removed\\.")])
+@pytest.mark.parametrize("value, hint", [(1.5, "did you mean 0.15"), (50, "did you mean 0.5"), (1.0, "1 would remove every weight"), (-0.1, "weights removed\\.")])
 def test_sparsity_out_of_range(value, hint):
     with pytest.raises(ValidationError, match=r"prune.sparsity must be a float in \[0, 1\); got .*" + hint):
         PruneConfig(sparsity=value)
