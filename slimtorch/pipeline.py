@@ -169,6 +169,19 @@ def _owned(out: Path, *, resume: bool, force: bool) -> Iterator[None]:
         yield
 
 
+NEAR_CHANCE = 1.5  # a baseline accuracy below this many times chance has not learned the task
+
+
+def _untrained_baseline(baseline: Measurement, num_classes: int | None) -> list[str]:
+    """A warning when the model everything is compared with scores near chance: its ratios prove nothing."""
+    accuracy = baseline.metrics.get("accuracy")
+    if not num_classes or num_classes < 2 or not isinstance(accuracy, (int, float)) or accuracy >= NEAR_CHANCE / num_classes:
+        return []
+    return [(f"the baseline {baseline.name} scores {100 * accuracy:.2f}% accuracy, near chance ({100 / num_classes:.1f}% for "
+             f"{num_classes} classes): it has not learned the task, so the compressed models' accuracy and agreement say "
+             "little. Train it longer (teacher.train.epochs), or check that inputs and labels match.")]
+
+
 def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., Any] | None,
               events: Callable[[str], None] | None, device: torch.device) -> RunResult:
     say: Callable[[str], None] = events or (lambda msg: log.info(msg))
@@ -201,9 +214,9 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     store.retime()
     names = [m.name for m in store.measurements]
     final = run.final or "teacher"
-    warnings = []
+    warnings = _untrained_baseline(store.measurements[0], data.num_classes)
     if recipe.target is not None:
-        warnings = _check_target(recipe.target, extra["plan"], next(m for m in store.measurements if m.name == final))
+        warnings += _check_target(recipe.target, extra["plan"], next(m for m in store.measurements if m.name == final))
     report = Report.from_json(build_report(
         recipe=recipe.to_dict(), baseline=names[0], final=final, models=store.measurements,
         stages=starting.rows + run.rows, warnings=warnings, extra=extra,

@@ -117,3 +117,13 @@ def test_recipe_without_student_prunes_a_copy_of_the_teacher(tmp_path):
     teacher, pruned = result.report["models"]
     assert pruned["params"] == teacher["params"] and pruned["nonzero_params"] < teacher["nonzero_params"]
     assert isinstance(result.model, torch.nn.Module)
+
+
+def test_a_baseline_near_chance_is_called_out_and_a_trained_one_is_not(small_run, tmp_path):
+    _out, result, _ = small_run
+    assert not [w for w in result.report.warnings if "near chance" in w]  # the trained teacher (> 80 %)
+    untrained = {**SMALL, "name": "untrained", "teacher": {"model": "mlp", "args": {"hidden": [16]}},  # random init: ~10 %
+                 "stages": [], "evaluate": {"latency": {"batch_sizes": [1], "repeats": 3, "warmup": 0}, "noise_levels": []}}
+    report = compress(untrained, tmp_path / "untrained").report
+    (w,) = [w for w in report.warnings if "near chance" in w]
+    assert w.startswith("the baseline teacher scores") and "(10.0% for 10 classes)" in w and "teacher.train.epochs" in w
