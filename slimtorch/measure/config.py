@@ -43,6 +43,8 @@ class LLMEvalConfig(BaseModel):
     decode_prompt_tokens: int = Field(16, ge=1)
     decode_repeats: int = Field(3, ge=1)
     sample_tokens: int = Field(24, ge=1, description="new tokens of each greedy sample in report.md")
+    compile: bool = Field(False, description="time decoding with a static KV cache and the decode step compiled by torch.compile "
+                                             "(inductor); the eager figures are kept beside (llm.decode_eager_tokens_per_s)")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> LLMEvalConfig:

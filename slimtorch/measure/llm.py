@@ -13,11 +13,15 @@ Everything is measured with the model's own tokenizer on text from the run's ``t
 - **prefill latency**: one forward pass over ``prefill_tokens`` tokens at batch 1 (ms, p50/p90...).
 - **decode tokens/s** with the KV cache, per batch size: greedy ``generate`` of ``n`` and of 1 new
   tokens from the same prompt; ``batch · (n − 1) / (t_n − t_1)`` (the prompt's prefill cancels out).
+  With ``compile`` the cache is static (preallocated, fixed shapes) and ``generate`` runs each decode
+  step through ``torch.compile`` (inductor, whole graph, one graph per batch size; the prefill stays
+  eager); the first call's compile time is recorded, and the eager figures are measured too.
 - **samples**: greedy continuations of :data:`PROMPTS`, for people to read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -78,6 +82,7 @@ class LLMResult:
     prefill_ms: dict[str, float]
     samples: dict[str, str]
     setup: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # compiled decode: eager tokens/s and compile seconds
 
 
 def eval_token_ids(lm: HFModel, data: DataBundle, split: str, max_tokens: int) -> Tensor:
@@ -147,21 +152,77 @@ def _pad_id(lm: HFModel) -> int:
     return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id or 0)
 
 
+# Compiled models per process: every one adds a cache entry to the same code (``Module.__call__``), and
+# dynamo falls back to eager past its recompile limit (8 by default); decoding raises it while it runs.
+COMPILED_DECODE_LIMIT = 256
+
+
+def compiled_decode_kwargs(max_cache_len: int) -> dict[str, Any]:
+    """``generate`` arguments for a static KV cache of ``max_cache_len`` tokens and a compiled decode step.
+
+    The whole graph is compiled (``fullgraph``: a graph break raises instead of silently running eager
+    pieces) with static shapes (one graph per batch size); transformers compiles on CPU only when asked.
+    """
+    from transformers.generation.configuration_utils import CompileConfig  # the transformers adapter's optional dependency
+
+    config = CompileConfig(fullgraph=True, dynamic=False, mode="default")
+    config._compile_all_devices = True  # transformers' switch for compiling on a CPU
+    return {"cache_implementation": "static", "max_cache_len": max_cache_len, "compile_config": config}
+
+
+def pack_for_kernels_(model: nn.Module) -> None:
+    """Build every quantized layer's packed kernel weights before compiling (no lazy packing inside the graph)."""
+    for module in model.modules():
+        pack = getattr(module, "pack_for_kernels_", None)
+        if callable(pack):
+            pack()
+
+
+def forget_foreign_compiled_call_(hf: nn.Module) -> None:
+    """Drop a compiled forward that ``hf`` inherited by ``copy.deepcopy`` from the model it was copied from.
+
+    transformers keeps the compiled ``__call__`` on the model (``_compiled_call``) and reuses it while the
+    compile settings match; a deep copy carries it over still bound to the *original* model, so the copy
+    would decode with the original's weights. The owner's id is recorded beside it.
+    """
+    if getattr(hf, "_slimtorch_compiled_for", id(hf)) != id(hf):
+        hf.__dict__.pop("_compiled_call", None)
+        hf.__dict__.pop("_last_compile_config", None)
+    hf.__dict__["_slimtorch_compiled_for"] = id(hf)
+
+
 @torch.inference_mode()
-def decode_tokens_per_s(lm: HFModel, prompt: Tensor, batch: int, new_tokens: int, repeats: int) -> float:
-    """Greedy decode throughput with the KV cache: ``batch · (n − 1) / (t_n − t_1)`` (median of ``repeats``)."""
+def decode_tokens_per_s(lm: HFModel, prompt: Tensor, batch: int, new_tokens: int, repeats: int,
+                        compiled: bool = False) -> float:
+    """Greedy decode throughput with the KV cache: ``batch · (n − 1) / (t_n − t_1)`` (median of ``repeats``).
+
+    ``compiled``: static cache and a ``torch.compile``d decode step (:func:`compiled_decode_kwargs`); the
+    warm-up call compiles (:func:`decode_timing` returns its seconds).
+    """
+    return decode_timing(lm, prompt, batch, new_tokens, repeats, compiled)[0]
+
+
+@torch.inference_mode()
+def decode_timing(lm: HFModel, prompt: Tensor, batch: int, new_tokens: int, repeats: int,
+                  compiled: bool = False) -> tuple[float, float]:
+    """``(tokens/s, seconds of the warm-up call)``; with ``compiled`` the warm-up includes compiling."""
     ids = prompt[None].expand(batch, -1).contiguous()  # (B, T)
     mask = torch.ones_like(ids)
+    extra = compiled_decode_kwargs(ids.shape[1] + new_tokens) if compiled else {}
+    if compiled:
+        pack_for_kernels_(lm.hf)
+        forget_foreign_compiled_call_(lm.hf)
 
     def run(n: int) -> float:
         t0 = time.perf_counter()
         _generator(lm).generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                       use_cache=True, pad_token_id=_pad_id(lm))
+                                use_cache=True, pad_token_id=_pad_id(lm), **extra)
         return time.perf_counter() - t0
 
-    run(2)  # warm-up
-    steps = [run(new_tokens) - run(1) for _ in range(max(repeats, 1))]
-    return round(batch * (new_tokens - 1) / max(statistics.median(steps), 1e-9), 3)
+    with torch._dynamo.config.patch(recompile_limit=COMPILED_DECODE_LIMIT) if compiled else contextlib.nullcontext():
+        warmup_s = run(2)  # warm-up (and, compiled, the compile of this batch size's decode step)
+        steps = [run(new_tokens) - run(1) for _ in range(max(repeats, 1))]
+    return round(batch * (new_tokens - 1) / max(statistics.median(steps), 1e-9), 3), round(warmup_s, 2)
 
 
 def reference_of(model: nn.Module, data: DataBundle, config: EvaluateConfig) -> LLMReference:
@@ -187,13 +248,21 @@ def measure_llm(model: nn.Module, data: DataBundle, config: EvaluateConfig, refe
         prompt = _repeat_to(ids, cfg.prefill_tokens)
         prefill = time_latency(model, {"input_ids": prompt[None]}, warmup=2, repeats=cfg.prefill_repeats,
                                threads=config.latency.threads)
-        decode = {str(b): decode_tokens_per_s(lm, prompt[: cfg.decode_prompt_tokens], b, cfg.decode_tokens, cfg.decode_repeats)
-                  for b in cfg.decode_batch_sizes}
+        decode_prompt = prompt[: cfg.decode_prompt_tokens]
+        eager = {str(b): decode_tokens_per_s(lm, decode_prompt, b, cfg.decode_tokens, cfg.decode_repeats)
+                 for b in cfg.decode_batch_sizes}
+        compiled = {str(b): decode_timing(lm, decode_prompt, b, cfg.decode_tokens, cfg.decode_repeats, compiled=True)
+                    for b in cfg.decode_batch_sizes} if cfg.compile else {}
         samples = greedy_samples(lm, cfg.sample_tokens)
     setup = {"scored_tokens": len(nll), "window": cfg.window, "stride": cfg.stride, "split": config.split,
              "prefill_tokens": cfg.prefill_tokens, "decode_new_tokens": cfg.decode_tokens,
-             "decode_prompt_tokens": cfg.decode_prompt_tokens, "kl_tokens": len(logprobs)}
-    return LLMResult(metrics=metrics, decode_tokens_per_s=decode, prefill_ms=prefill, samples=samples, setup=setup)
+             "decode_prompt_tokens": cfg.decode_prompt_tokens, "kl_tokens": len(logprobs),
+             "decode": "compiled" if cfg.compile else "eager"}
+    extra: dict[str, Any] = {}
+    if compiled:  # the headline figure is the compiled one; the eager one stays beside it
+        extra = {"decode_eager_tokens_per_s": eager, "compile_s": {b: s for b, (_, s) in compiled.items()}}
+    decode = {b: tps for b, (tps, _) in compiled.items()} if compiled else eager
+    return LLMResult(metrics=metrics, decode_tokens_per_s=decode, prefill_ms=prefill, samples=samples, setup=setup, extra=extra)
 
 
 def _compare(top1: Tensor, logprobs: Tensor, reference: LLMReference) -> dict[str, float]:

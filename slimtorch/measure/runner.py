@@ -107,7 +107,7 @@ def measure(
         **common, metrics=result.metrics, agreement=result.metrics.get("token_agreement"), robustness={},
         notes=[*notes, "causal LM: robustness to input noise does not apply to token ids; see perplexity, agreement and KL."],
         seconds=round(time.perf_counter() - start, 3), decode_tokens_per_s=result.decode_tokens_per_s,
-        llm={"prefill_ms": result.prefill_ms, "samples": result.samples, "setup": result.setup},
+        llm={"prefill_ms": result.prefill_ms, "samples": result.samples, "setup": result.setup, **result.extra},
     )
 
 

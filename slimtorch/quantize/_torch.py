@@ -273,7 +273,9 @@ class WeightOnlyLinear(nn.Module):
 
     def _int8_kernel_args(self) -> tuple[Tensor, Tensor]:
         # torch 2.13's CPU int8 kernel reads out of bounds (segfaults) unless N % 16 == 0 and K % 32 == 0,
-        # measured on this AVX2 machine: pad with zero rows/columns, slice the outputs.
+        # measured on this machine: pad with zero rows/columns, slice the outputs.
+        if torch.compiler.is_compiling() and self._int8_cache is not None:
+            return self._int8_cache[1], self._int8_cache[2]  # packed before compiling (pack_for_kernels_): no data_ptr guard
         key = self.qweight.data_ptr()
         if self._int8_cache is None or self._int8_cache[0] != key:
             pad_n, pad_k = -self.out_features % 16, -self.in_features % 32
@@ -283,6 +285,8 @@ class WeightOnlyLinear(nn.Module):
         return self._int8_cache[1], self._int8_cache[2]
 
     def _int4_kernel_args(self) -> tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling() and self._kernel_cache is not None:
+            return self._kernel_cache[1], self._kernel_cache[2]
         key = self.qweight.data_ptr()
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             pad = -self.out_features % 16  # the packed kernel needs N divisible by 16: pad rows, slice outputs
@@ -293,6 +297,14 @@ class WeightOnlyLinear(nn.Module):
             scales_zeros = torch.stack([scale, zero], -1).to(torch.bfloat16).contiguous()  # (K/gs, N + pad, 2)
             self._kernel_cache = (key, packed, scales_zeros)
         return self._kernel_cache[1], self._kernel_cache[2]
+
+    def pack_for_kernels_(self) -> WeightOnlyLinear:
+        """Build the kernels' packed weights now (they are otherwise built on first use), e.g. before ``torch.compile``."""
+        if self.bits == 8:
+            self._int8_kernel_args()
+        else:
+            self._int4_kernel_args()
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from slimtorch.report.card import Report
 from slimtorch.report.table import (
     batches,
@@ -16,6 +18,9 @@ from slimtorch.report.table import (
     p50,
     with_ratio,
 )
+
+if TYPE_CHECKING:
+    from slimtorch.measure.measurement import Measurement
 
 
 def _row(cells: list[str]) -> str:
@@ -123,23 +128,36 @@ def llm_lines(report: Report) -> list[str]:
         return []
     decode = sorted({b for m in lms for b in m.decode_tokens_per_s}, key=int)
     base = next((m for m in lms if m.name == report.baseline), lms[0])
+    compiled = any(m.llm.get("setup", {}).get("decode") == "compiled" for m in lms)
     rows = [[m.name, f"{m.metrics['perplexity']:.3f}",
              f"{m.metrics['perplexity'] / base.metrics['perplexity']:.3f}×",
              fmt_pct(m.metrics.get("token_agreement")), _fmt_kl(m.metrics.get("kl_to_original")),
              fmt_ms(m.llm.get("prefill_ms", {}).get("p50")),
-             *[f"{m.decode_tokens_per_s.get(b, float('nan')):.2f}" for b in decode]] for m in lms]
+             *[f"{m.decode_tokens_per_s.get(b, float('nan')):.2f}" for b in decode],
+             *[f"{m.llm.get('decode_eager_tokens_per_s', {}).get(b, float('nan')):.2f}" for b in decode if compiled]]
+            for m in lms]
     setup = base.llm.get("setup", {})
+    kind = "compiled" if compiled else "eager"
+    how = ("the decode step compiled by torch.compile (inductor) with a static KV cache, first call (compiling) excluded; "
+           f"eager columns: the same models without compiling; compile s per batch size: {', '.join(_compile_s(m) for m in lms)}"
+           if compiled else "eager PyTorch")
     lines = ["", "## Language model", "",
              *_table(["model", "perplexity", "vs baseline", "top-1 agreement", "KL nats", "prefill ms b1",
-                      *[f"decode tok/s b{b}" for b in decode]], rows),
+                      *[f"decode tok/s b{b} ({kind})" for b in decode], *[f"eager tok/s b{b}" for b in decode if compiled]], rows),
              "", (f"Perplexity over {setup.get('scored_tokens', '?')} tokens of the {setup.get('split', 'test')} split in windows of "
                   f"{setup.get('window', '?')} tokens every {setup.get('stride', '?')}; agreement and KL against the baseline's "
                   f"next-token distribution; prefill of {setup.get('prefill_tokens', '?')} tokens; decode = greedy with the KV "
-                  f"cache, {setup.get('decode_new_tokens', '?')} new tokens."), "", "### Greedy samples", ""]
+                  f"cache, {setup.get('decode_new_tokens', '?')} new tokens, {how}."), "", "### Greedy samples", ""]
     for prompt in base.llm.get("samples", {}):
         lines += [f"**{prompt}**", "", *_table(["model", "continuation"], [
             [m.name, m.llm.get("samples", {}).get(prompt, "—")] for m in [base, *[x for x in lms if x is not base]]]), ""]
     return lines
+
+
+def _compile_s(m: Measurement) -> str:
+    """``name 34/61 s``: seconds of each batch size's first compiled call (compiling included)."""
+    seconds = m.llm.get("compile_s", {})
+    return f"{m.name} {'/'.join(f'{v:.0f}' for v in seconds.values())} s" if seconds else f"{m.name} —"
 
 
 def _fmt_kl(kl: float | None) -> str:
