@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
+import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
 import torch
@@ -173,6 +176,55 @@ def _register_int_mm_flops() -> None:
 _register_int_mm_flops()
 
 
+# --- int8 x int8 on fbgemm (dynamic activations) --------------------------------------------------
+
+# fbgemm's prepacked int8 weights per int8 weight tensor: ``{(data_ptr, shape): (weakref to the codes, packed)}``.
+# The packed weights are an opaque object torch.compile cannot trace, so the matmul is a custom op that
+# finds them here; the weak reference tells a live tensor from a freed one whose address was reused.
+_FBGEMM_PACKED: dict[tuple[int, tuple[int, ...]], tuple[weakref.ref[Tensor], object]] = {}
+
+
+def has_vnni() -> bool:
+    """Whether this CPU multiplies int8 with VNNI (``avx512_vnni`` / ``avx_vnni`` in /proc/cpuinfo; False elsewhere)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+# Without VNNI, fbgemm's AVX2 path adds u8·s8 pairs in saturating int16: 7-bit activations keep it exact.
+REDUCE_RANGE = not has_vnni()
+
+
+def _fbgemm_packed(qweight: Tensor, scale: Tensor) -> object:
+    key = (qweight.data_ptr(), tuple(qweight.shape))
+    hit = _FBGEMM_PACKED.get(key)
+    if hit is not None and hit[0]() is qweight:
+        return hit[1]
+    for k in [k for k, (ref, _) in _FBGEMM_PACKED.items() if ref() is None]:  # forget freed weights
+        del _FBGEMM_PACKED[k]
+    zeros = torch.zeros(qweight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # fbgemm's prepack takes a quantized tensor, whose constructors torch marks deprecated
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        packed = torch.ops.quantized.linear_prepack(
+            torch._make_per_channel_quantized_tensor(qweight, scale.double(), zeros, 0), None)
+    _FBGEMM_PACKED[key] = (weakref.ref(qweight), packed)
+    return packed
+
+
+@torch.library.custom_op("slimtorch::int8_dynamic_mm", mutates_args=())
+def int8_dynamic_mm(x: Tensor, qweight: Tensor, scale: Tensor) -> Tensor:
+    """``(M, K) @ dequant(qweight).T`` → (M, N) float32: ``x`` quantized to uint8 per call (asymmetric, whole
+    tensor), int8 × int8 products with int32 sums on fbgemm (VNNI where the CPU has it), then rescaled."""
+    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), _fbgemm_packed(qweight, scale), REDUCE_RANGE)
+
+
+@int8_dynamic_mm.register_fake
+def _int8_dynamic_mm_shape(x: Tensor, qweight: Tensor, scale: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], qweight.shape[0], dtype=torch.float32)
+
+
 # --- weight-only int8 / int4 ---------------------------------------------------------------------
 
 
@@ -193,6 +245,9 @@ class WeightOnlyLinear(nn.Module):
     int8: ``qweight`` (N, K) int8, ``scale`` (N,) — symmetric, ``W ≈ q · scale``.
     int4: ``qweight`` (N, K/2) uint8, two 4-bit codes per byte (low nibble = even column);
     ``scale``/``minimum`` (N, K/group_size) bf16 — asymmetric, ``W ≈ q · scale + minimum``.
+    ``activations`` (int8 only): ``"bf16"`` multiplies bf16 activations on torch's weight-only kernel;
+    ``"int8"`` quantizes them per call and multiplies int8 × int8 on fbgemm (:func:`int8_dynamic_mm`),
+    ~3.5x faster for SmolLM2's 49,152 × 576 ``lm_head`` at batch 1 on this VNNI CPU.
     """
 
     qweight: Tensor
@@ -200,11 +255,15 @@ class WeightOnlyLinear(nn.Module):
     minimum: Tensor  # int4 only
     bias: Tensor | None
 
-    def __init__(self, in_features: int, out_features: int, bits: int = 8, group_size: int = 32, has_bias: bool = True) -> None:
+    def __init__(self, in_features: int, out_features: int, bits: int = 8, group_size: int = 32, has_bias: bool = True,
+                 activations: str = "bf16") -> None:
         super().__init__()
         if bits not in (4, 8):
             raise ValueError(f"bits must be 4 or 8; got {bits}.")
+        if activations not in ("bf16", "int8") or (activations == "int8" and bits != 8):
+            raise ValueError(f"activations must be 'bf16', or 'int8' for int8 weights; got {activations!r} with {bits}-bit weights.")
         self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
+        self.activations = activations
         if bits == 8:
             self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
             self.register_buffer("scale", torch.ones(out_features))
@@ -300,7 +359,9 @@ class WeightOnlyLinear(nn.Module):
 
     def pack_for_kernels_(self) -> WeightOnlyLinear:
         """Build the kernels' packed weights now (they are otherwise built on first use), e.g. before ``torch.compile``."""
-        if self.bits == 8:
+        if self.bits == 8 and self.activations == "int8":
+            _fbgemm_packed(self.qweight, self.scale)
+        elif self.bits == 8:
             self._int8_kernel_args()
         else:
             self._int4_kernel_args()
@@ -308,6 +369,10 @@ class WeightOnlyLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
+        if self.activations == "int8":
+            y = int8_dynamic_mm(x.reshape(-1, self.in_features), self.qweight, self.scale)  # (B·T, N) float32
+            y = y + self.bias if self.bias is not None else y
+            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
         # bf16 activations: torch's fast CPU path for these kernels (fp32 activations hit a slow reference path)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (B·T, K)
         if self.bits == 8:
@@ -325,7 +390,8 @@ class WeightOnlyLinear(nn.Module):
 
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.bits == 4 else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}"
+        acts = ", activations=int8" if self.activations == "int8" else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}{acts}"
 
 
 def weight_only_(model: nn.Module, fqns: list[str], bits: int, group_size: int = 32) -> nn.Module:
@@ -333,6 +399,16 @@ def weight_only_(model: nn.Module, fqns: list[str], bits: int, group_size: int =
     for fqn in fqns:
         set_submodule(model, fqn, WeightOnlyLinear.from_linear(linear_at(model, fqn), bits, group_size))
     return model
+
+
+def int8_activations_(model: nn.Module) -> list[str]:
+    """Switch every int8 :class:`WeightOnlyLinear` to int8 activations on fbgemm, in place; returns their fqns."""
+    switched = []
+    for fqn, module in model.named_modules():
+        if isinstance(module, WeightOnlyLinear) and module.bits == 8:
+            module.activations = "int8"
+            switched.append(fqn)
+    return switched
 
 
 # --- embedding tables ----------------------------------------------------------------------------

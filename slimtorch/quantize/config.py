@@ -83,11 +83,18 @@ class QuantizeConfig(BaseModel):
     embedding_bits: Literal[4, 8] | None = Field(8, description="embedding tables: onnxruntime dynamic_int8 (8 = int8 Gather, 4 = "
                                                  "4-bit blocks) and torch weight-only modes (8 = int8 per row, 4 = int4 per group_size "
                                                  "columns, null = float; a tied lm_head runs on the same packed table)")
+    int8_activations: Literal["bf16", "int8"] = Field("bf16", description="torch int8 weight-only layers (int8_weight_only's "
+                                                       "Linears, an int8 table's tied lm_head): bf16 activations on torch's "
+                                                       "weight-only kernel, or int8 activations quantized per call on fbgemm's "
+                                                       "int8 GEMM (VNNI; faster at batch 1)")
     embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables (onnxruntime)")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export")
     attention: Literal["model", "eager", "fused"] = Field(
         "model", description="Hugging Face transformers on onnxruntime: export attention as the model runs it, as eager "
                              "MatMul/Softmax (faster int8 on CPU), or eager then fused by onnxruntime's transformer optimizer")
+    smooth: float | None = Field(None, gt=0, lt=1, description="onnxruntime int8: SmoothQuant migration strength α (e.g. 0.8): "
+                                 "each Linear's input channels are divided by max|X|^α / max|W|^(1-α), measured on "
+                                 "calibration_batches, and its weight columns multiplied by it (see smooth.py)")
     threads: int = Field(1, ge=1, description="onnxruntime intra-op (OpenVINO inference) threads of the returned model")
     max_drop: float | None = Field(None, ge=0, lt=1, description="onnxruntime int8: allowed val-metric drop; the most "
                                    "sensitive layers stay float until it holds")
@@ -124,7 +131,20 @@ class QuantizeConfig(BaseModel):
                     "quantize.embedding_bits: null (float embedding tables) applies to the torch weight-only modes (int8_weight_only, "
                     f"int4_weight_only); got mode {self.mode!r}, runtime {self.runtime!r}. Use embedding_bits: 8 or 4, or remove it."
                 )
+        has_int8_weight_only = self.runtime == "torch" and (self.mode == "int8_weight_only" or (
+            self.mode == "int4_weight_only" and self.embedding_bits == 8))
+        if self.int8_activations == "int8" and not has_int8_weight_only:
+            raise ValueError(
+                "quantize.int8_activations: int8 applies to torch int8 weight-only layers (mode: int8_weight_only, or "
+                f"int4_weight_only with embedding_bits: 8, whose tied lm_head is int8); got mode {self.mode!r}, runtime "
+                f"{self.runtime!r}, embedding_bits {self.embedding_bits}. Remove int8_activations or use one of those.")
         int8_ort = self.runtime == "onnxruntime" and self.mode in ("static_int8", "dynamic_int8")
+        if self.smooth is not None and not (int8_ort and self.qat is None):
+            raise ValueError(
+                f"quantize.smooth rescales Linear inputs for onnxruntime int8 (mode: dynamic_int8 or static_int8, runtime: "
+                f"onnxruntime, no qat); got mode {self.mode!r}, runtime {self.runtime!r}"
+                + (" with qat" if self.qat is not None else "") + ". Remove smooth or change the mode."
+            )
         if (self.max_drop is not None or self.sensitivity) and not int8_ort:
             raise ValueError(
                 "quantize.max_drop and quantize.sensitivity work on onnxruntime int8 (mode: static_int8 or dynamic_int8, "

@@ -55,7 +55,8 @@ def _save(model: nn.Module, directory: Path) -> None:
                             "padding_idx": module.padding_idx}
         elif isinstance(module, _torch.WeightOnlyLinear) and not _is_embedding_table(fqn, modules):
             modules[fqn] = {"kind": "weight_only", "in": module.in_features, "out": module.out_features,
-                            "bias": module.bias is not None, "bits": module.bits, "group_size": module.group_size}
+                            "bias": module.bias is not None, "bits": module.bits, "group_size": module.group_size,
+                            "activations": module.activations}
     for key, value in root.state_dict().items():
         if isinstance(value, Tensor) and not any(key.startswith(f + ".") for f, e in modules.items() if e["kind"] == "dynamic_int8"):
             state[key] = value
@@ -105,7 +106,8 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
     dynamic = [fqn for fqn, entry in info["modules"].items() if entry["kind"] == "dynamic_int8"]
     for fqn, entry in info["modules"].items():
         if entry["kind"] == "weight_only":
-            new = _torch.WeightOnlyLinear(entry["in"], entry["out"], entry["bits"], entry["group_size"], entry["bias"])
+            new = _torch.WeightOnlyLinear(entry["in"], entry["out"], entry["bits"], entry["group_size"], entry["bias"],
+                                          entry.get("activations", "bf16"))  # artifacts before int8 activations: bf16
             _torch.set_submodule(model, fqn, new)
     for fqn, entry in info["modules"].items():  # after the Linear layers: a tied table is one of them
         if entry["kind"] == "weight_only_embedding":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
@@ -17,7 +18,7 @@ from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import input_names_of, plain_copy
 from slimtorch.measure.llm import with_model_tokens
 from slimtorch.models.attrs import set_attrs_
-from slimtorch.quantize import _openvino, _ort, _torch, awq, gptq, qat, sensitivity
+from slimtorch.quantize import _openvino, _ort, _torch, awq, gptq, qat, sensitivity, smooth
 from slimtorch.quantize._ort_transformer import encoder_onnx
 from slimtorch.quantize.config import QATConfig, QuantizeConfig
 from slimtorch.quantize.sensitivity import MixedPrecisionResult
@@ -43,9 +44,20 @@ def calibration_feeds(ctx: RunContext, cfg: QuantizeConfig) -> list[dict[str, np
     return feeds
 
 
+def _smoothed_copy(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, alpha: float) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of ``model`` whose Linear inputs are smoothed (SmoothQuant) on ``cfg.calibration_batches`` of its split."""
+    smoothed = copy.deepcopy(model).eval()
+    loader = ctx.data.loader(cfg.calibration_split, shuffle=True, seed=ctx.seed)
+    result = smooth.smooth_(smoothed, (x for x, _ in itertools.islice(loader, cfg.calibration_batches)), alpha)
+    return smoothed, result.to_details()
+
+
 def _ort_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, example: Batch) -> tuple[nn.Module, dict[str, Any]]:
+    facts: dict[str, Any] = {}
+    if cfg.smooth is not None:
+        model, facts["smoothing"] = _smoothed_copy(model, ctx, cfg, cfg.smooth)
     fp32, graph_facts = encoder_onnx(model, example, cfg.opset, cfg.attention)
-    details: dict[str, Any] = {"onnx_fp32_bytes": len(fp32), **graph_facts}
+    details: dict[str, Any] = {"onnx_fp32_bytes": len(fp32), **facts, **graph_facts}
     excluded = _ort_nodes_matching(fp32, cfg.exclude)
     if cfg.mode == "dynamic_int8":
         graph = fp32
@@ -178,6 +190,8 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> t
         embeddings, float_tables = _torch.quantize_embeddings_(model, cfg.embedding_bits, cfg.group_size, ties, cfg.exclude)
         details.update(embedding_bits=cfg.embedding_bits, quantized_embeddings=embeddings, float_embeddings=float_tables,
                        tied_tables={e: ties[e] for e in embeddings if e in ties and _is_shared_table(model, e)})
+    if cfg.int8_activations == "int8":
+        details["int8_activation_linears"] = _torch.int8_activations_(model)
     return model, details
 
 
@@ -239,6 +253,11 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
                                 f"{q['parity_vs_fake_quant']['output_max_abs_diff']:.3g}, argmax agreement "
                                 f"{q['parity_vs_fake_quant']['argmax_agreement']:.3f}"
                                 + ("; pruned zeros kept" if q["masks_kept"] else "; WARNING: pruned zeros were not all kept"))
+        if "smoothing" in details:
+            sm = details["smoothing"]
+            record.notes.append(f"SmoothQuant α {sm['alpha']}: {sm['linears']} Linears on {sm['inputs']} inputs; the largest input "
+                                f"channel's range over the median channel's went from {sm['outlier_ratio_before_max']} to "
+                                f"{sm['outlier_ratio_after_max']}")
         if "quant_sensitivity" in details:
             record.notes.extend(mixed_precision_notes(details["quant_sensitivity"]))
         if isinstance(out, OpenVINOModule):

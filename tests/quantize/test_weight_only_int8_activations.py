@@ -1,0 +1,71 @@
+"""int8 weight-only layers with int8 activations on fbgemm (``quantize.int8_activations: int8``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from slimtorch import artifact
+from slimtorch.core import RunContext
+from slimtorch.data import build_data
+from slimtorch.models import build_model
+from slimtorch.quantize import QuantizeConfig, QuantizeStage
+from slimtorch.quantize._torch import WeightOnlyEmbedding, WeightOnlyLinear, int8_dynamic_mm
+
+LLAMA = {"model_type": "llama", "vocab_size": 30522, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": True}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_data("text", args={"max_sentences": 32, "max_length": 12}, batch_size=8)
+
+
+def _int8_layer(activations: str) -> WeightOnlyLinear:
+    torch.manual_seed(0)
+    layer = WeightOnlyLinear.from_linear(nn.Linear(96, 200), bits=8)
+    layer.activations = activations
+    return layer
+
+
+def test_int8_activations_stay_close_to_the_bf16_kernel_and_to_float():
+    x = torch.randn(3, 5, 96)
+    bf16, int8 = _int8_layer("bf16"), _int8_layer("int8")
+    exact = x @ bf16.dequantized_weight().T + bf16.bias  # the layer's own float weights
+    got = int8(x)
+    assert got.shape == (3, 5, 200) and got.dtype == torch.float32
+    assert ((got - exact).norm() / exact.norm()).item() < 0.02  # 8-bit activations: ~1 % error
+    assert ((bf16(x) - exact).norm() / exact.norm()).item() < 0.02
+
+
+def test_the_fbgemm_matmul_compiles_as_one_graph():
+    layer = _int8_layer("int8")
+    x = torch.randn(1, 96)
+    layer.pack_for_kernels_()
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")  # the custom op is opaque to dynamo: no graph break
+    torch.testing.assert_close(compiled(x), layer(x))
+    assert int8_dynamic_mm(x, layer.qweight, layer.scale).shape == (1, 200)
+
+
+def test_int4_model_with_an_int8_lm_head_on_int8_activations_round_trips(tmp_path, data):
+    torch.manual_seed(0)
+    model = build_model("hf:tiny-llama", {"kind": "causal_lm", "config": LLAMA})
+    cfg = QuantizeConfig(mode="int4_weight_only", runtime="torch", group_size=32, embedding_bits=8, int8_activations="int8")
+    out, record = QuantizeStage(cfg).apply(model, RunContext(data=data))
+    head, table = out.hf.lm_head, out.hf.model.embed_tokens
+    assert isinstance(head, WeightOnlyLinear) and head.bits == 8 and head.activations == "int8"
+    assert isinstance(table, WeightOnlyEmbedding) and table.table is head  # still one table, stored once
+    assert record.details["int8_activation_linears"] == ["hf.lm_head"]  # the int4 layers keep bf16 activations
+    ids = torch.randint(0, 30522, (2, 10))
+    with torch.inference_mode():
+        before = out.hf(input_ids=ids).logits
+    loaded = artifact.load(artifact.save(out, tmp_path / "q"))
+    assert loaded.hf.lm_head.activations == "int8"
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.hf(input_ids=ids).logits, before)
+
+
+def test_int8_activations_without_an_int8_layer_is_refused():
+    with pytest.raises(ValueError, match="int8_activations: int8 applies to torch int8 weight-only layers"):
+        QuantizeConfig(mode="int4_weight_only", runtime="torch", group_size=32, embedding_bits=4, int8_activations="int8")
