@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -165,6 +165,24 @@ class PruneConfig(BaseModel):
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"prune.granularity {v!r} is unknown.{hint} Use one of {', '.join(known)} or an N:M pattern like '2:4'.")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _n_m_sets_the_sparsity(cls, data: Any) -> Any:
+        """N:M fixes the sparsity at 1 - N/M: filled in when left out (so dumps reload), refused when it contradicts."""
+        if not isinstance(data, dict) or not isinstance(data.get("granularity"), str) or not (nm := parse_nm(data["granularity"].strip())):
+            return data
+        n, m = nm
+        if not 0 < n < m:
+            return data  # the granularity validator explains
+        given = data.get("sparsity")
+        if given is None:
+            return {**data, "sparsity": 1 - n / m}
+        if isinstance(given, (int, float)) and not isinstance(given, bool) and abs(given - (1 - n / m)) > 1e-9:
+            hint = ", or use '2:4' for 0.5" if abs(given - 0.5) < 1e-9 else ""
+            raise ValueError(f"prune.sparsity {given:g} conflicts with granularity {data['granularity'].strip()!r}, which keeps {n} of every "
+                             f"{m} weights (sparsity {1 - n / m:g}); leave sparsity out{hint}.")
+        return data
 
     @model_validator(mode="after")
     def _combinations(self) -> PruneConfig:

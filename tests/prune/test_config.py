@@ -43,11 +43,19 @@ def test_extra_keys_forbidden():
 
 
 def test_round_trip():
-    cfg = PruneConfig(sparsity=0.3, granularity=" 2:4 ", schedule="cubic", layers={"exclude": ["net.1"]})
-    assert cfg.granularity == "2:4" and cfg.kind == "mask"
+    cfg = PruneConfig(granularity=" 2:4 ", schedule="cubic", layers={"exclude": ["net.1"]})
+    assert cfg.granularity == "2:4" and cfg.kind == "mask" and cfg.sparsity == 0.5  # N:M sets it
     assert PruneConfig(**cfg.model_dump()) == cfg
 
 
 def test_lottery_needs_mask_granularity():
     with pytest.raises(ValidationError, match="lottery works on weight masks"):
         PruneConfig(granularity="filter", lottery={})
+
+
+def test_an_explicit_sparsity_that_contradicts_n_m_is_refused_and_a_matching_one_is_not():
+    with pytest.raises(ValidationError, match=r"prune\.sparsity 0\.5 conflicts with granularity '3:4', which keeps 3 of every 4 "
+                                              r"weights \(sparsity 0\.25\); leave sparsity out, or use '2:4' for 0\.5\."):
+        PruneConfig(sparsity=0.5, granularity="3:4")
+    assert PruneConfig(sparsity=0.5, granularity="2:4").granularity == "2:4"
+    assert PruneConfig(granularity="3:4").kind == "mask"  # sparsity left out: N:M decides
