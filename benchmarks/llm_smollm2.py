@@ -78,6 +78,8 @@ def variants(group_size: int, drop_layers: int, kd_steps: int, kd_seconds: float
         f"int4 GPTQ {g}": QuantizeConfig(**gptq, embedding_bits=None),
         f"int4 AWQ {g}": QuantizeConfig(**awq, embedding_bits=None),
         f"int4 GPTQ {g} + emb8": QuantizeConfig(**gptq, embedding_bits=8),
+        f"int4 GPTQ {g} + emb8, lm_head int8 acts": QuantizeConfig(**gptq, embedding_bits=8, int8_activations="int8"),
+        "int8 weight-only, int8 acts": QuantizeConfig(mode="int8_weight_only", runtime="torch", int8_activations="int8"),
         f"int4 AWQ {g} + emb8": QuantizeConfig(**awq, embedding_bits=8),
         f"int4 GPTQ {g} + emb4": QuantizeConfig(**gptq, embedding_bits=4),
         f"-{drop_layers} layers + KD, AWQ {g} + emb8": Structural(drop_layers, kd_steps, QuantizeConfig(**awq, embedding_bits=8), kd_seconds),
@@ -165,6 +167,8 @@ def main() -> None:
     parser.add_argument("--kd-seconds", type=float, help="wall-clock budget of that KD (resources.max_stage_seconds)")
     parser.add_argument("--only", nargs="*", help="variant names to run (the original always runs)")
     parser.add_argument("--no-gguf", action="store_true", help="skip the GGUF files")
+    parser.add_argument("--compile", action="store_true", help="also time decoding compiled (evaluate.llm.compile: static KV "
+                        "cache, torch.compile'd decode step), interleaved with the eager timings")
     parser.add_argument("--model", default="hf:smollm2", help="another LLaMA causal LM loaded from GGUF (a quick check of this script)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -174,7 +178,7 @@ def main() -> None:
     config = EvaluateConfig(
         latency=LatencyConfig(batch_sizes=[1], warmup=3, repeats=10, threads=args.threads),
         llm=LLMEvalConfig(window=256, stride=192, max_tokens=args.max_tokens, kl_tokens=512, prefill_repeats=5,
-                          decode_tokens=16, decode_repeats=2, decode_batch_sizes=[1, 8]),
+                          decode_tokens=16, decode_repeats=2, decode_batch_sizes=[1, 8], compile=args.compile),
     )
     t0 = time.perf_counter()
     original = build_model(args.model)
@@ -195,6 +199,8 @@ def main() -> None:
             rows.append({"variant": name, "bytes": dir_size_bytes(directory), "perplexity": m.metrics["perplexity"],
                          "token_agreement": m.metrics["token_agreement"], "kl_to_original": m.metrics["kl_to_original"],
                          "prefill_ms_b1": m.llm["prefill_ms"]["p50"], "decode_tokens_per_s": m.decode_tokens_per_s,
+                         "decode": m.llm["setup"]["decode"], "compile_s": m.llm.get("compile_s", {}),
+                         "decode_eager_tokens_per_s": m.llm.get("decode_eager_tokens_per_s", m.decode_tokens_per_s),
                          "samples": m.llm["samples"], "build_s": round(build_s, 1), "measure_s": m.seconds,
                          "backend": details.get("backend", "torch fp32"), "scored_tokens": m.llm["setup"]["scored_tokens"],
                          **{k: details[k] for k in ("dropped_layers", "kd_s", "kd", "perplexity_pruned", "perplexity_kd") if k in details}})
@@ -204,24 +210,36 @@ def main() -> None:
         # hits them alike: median (min-max) over the rounds.
         prompt = eval_token_ids(original, data, config.split, 64)[: config.llm.decode_prompt_tokens]
         rounds: dict[str, list[float]] = {name: [] for name in models}
+        compiled_rounds: dict[str, list[float]] = {name: [] for name in models}
         with pinned_threads(original, args.threads):
             for _ in range(args.speed_rounds):
                 for name, model in models.items():
                     rounds[name].append(decode_tokens_per_s(causal_lm_of(model), prompt, 1, config.llm.decode_tokens, 1))
+                    if args.compile:  # the same prompt and cache length as inside measure(): its compiled graph is reused
+                        compiled_rounds[name].append(decode_tokens_per_s(causal_lm_of(model), prompt, 1, config.llm.decode_tokens,
+                                                                         1, compiled=True))
         # Every matrix of this one, the embedding table included, is int4: all of them go to Q4_1 code for code.
         exact = f"int4 GPTQ g{args.group_size} + emb4"
         gguf = [] if args.no_gguf or exact not in models else gguf_rows(models, original, exact, data, config, Path(tmp))
     for r in rows:
         t = sorted(rounds[r["variant"]])
         r["decode_b1_interleaved"] = {"median": statistics.median(t), "min": t[0], "max": t[-1], "rounds": len(t)}
+        if compiled_rounds[r["variant"]]:
+            c = sorted(compiled_rounds[r["variant"]])
+            r["decode_b1_interleaved_compiled"] = {"median": statistics.median(c), "min": c[0], "max": c[-1], "rounds": len(c)}
     base = rows[0]
     for r in rows:
         r["size_ratio"] = round(r["bytes"] / base["bytes"], 4)
         r["perplexity_ratio"] = round(r["perplexity"] / base["perplexity"], 4)
         r["decode_speedup"] = {b: round(v / base["decode_tokens_per_s"][b], 3) for b, v in r["decode_tokens_per_s"].items()}
         r["decode_b1_interleaved_speedup"] = round(r["decode_b1_interleaved"]["median"] / base["decode_b1_interleaved"]["median"], 3)
+        if "decode_b1_interleaved_compiled" in r:  # compiled against the compiled original, and against the eager one
+            c, fp32 = r["decode_b1_interleaved_compiled"]["median"], base["decode_b1_interleaved_compiled"]["median"]
+            r["decode_b1_interleaved_compiled_speedup"] = round(c / fp32, 3)
+            r["decode_b1_interleaved_compiled_vs_eager_fp32"] = round(c / base["decode_b1_interleaved"]["median"], 3)
     header = (f"{'variant':34} {'size MB':>8} {'size x':>7} {'ppl':>8} {'ppl x':>6} {'top-1':>6} {'KL':>7} {'prefill ms':>10} "
               f"{'tok/s b1':>8} {'x':>5} {'tok/s b8':>8} {'x':>5}")
+    print("decode columns: " + ("compiled (static KV cache, torch.compile); eager figures in the JSON" if args.compile else "eager"))
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -233,6 +251,14 @@ def main() -> None:
     for r in rows:
         t = r["decode_b1_interleaved"]
         print(f"  {r['variant']:34} {t['median']:6.2f} ({t['min']:.2f}-{t['max']:.2f})  {r['decode_b1_interleaved_speedup']:.2f}x")
+    if args.compile:
+        print("\ncompiled decode (static KV cache, torch.compile), same rounds: median (min-max), x compiled fp32, "
+              "x eager fp32, compile s b1/b8:")
+        for r in rows:
+            t = r["decode_b1_interleaved_compiled"]
+            print(f"  {r['variant']:34} {t['median']:6.2f} ({t['min']:.2f}-{t['max']:.2f})  "
+                  f"{r['decode_b1_interleaved_compiled_speedup']:.2f}x  {r['decode_b1_interleaved_compiled_vs_eager_fp32']:.2f}x  "
+                  f"{'/'.join(f'{v:.0f}' for v in r['compile_s'].values())}")
     for g in gguf:
         p = g["parity_vs_source"]
         print(f"  {g['variant']:34} {g['gguf_bytes'] / 1e6:7.1f} MB  {g['gguf_bytes'] / base['bytes']:.3f} x  ppl {g['perplexity']:.3f} "

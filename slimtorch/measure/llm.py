@@ -166,7 +166,7 @@ def compiled_decode_kwargs(max_cache_len: int) -> dict[str, Any]:
     from transformers.generation.configuration_utils import CompileConfig  # the transformers adapter's optional dependency
 
     config = CompileConfig(fullgraph=True, dynamic=False, mode="default")
-    config._compile_all_devices = True  # transformers' switch for compiling on a CPU
+    config._compile_all_devices = True  # type: ignore[assignment]  # transformers' switch for compiling on a CPU (typed None)
     return {"cache_implementation": "static", "max_cache_len": max_cache_len, "compile_config": config}
 
 
