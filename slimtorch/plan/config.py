@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from slimtorch.quantize.config import QuantizeConfig
 
 QuantizeOption = Literal["none", "dynamic_int8", "static_int8"]
 DEFAULT_QUANTIZE: tuple[QuantizeOption, ...] = ("none", "dynamic_int8")
@@ -29,6 +31,11 @@ class TargetConfig(BaseModel):
     sparsities: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.4, 0.5, 0.6, 0.7, 0.8], min_length=1)
     quantize: list[QuantizeOption] = Field(default_factory=lambda: list(DEFAULT_QUANTIZE), min_length=1)
     granularity: Literal["filter", "channel", "neuron", "head", "ffn", "layer"] = "filter"
+    criterion: Literal["magnitude", "activation", "taylor", "random"] | None = Field(
+        None, description="how pruning ranks what it removes; default: activation for granularity: layer (block influence: "
+                          "what a layer changes in the hidden states), magnitude otherwise")
+    quantize_args: dict[str, Any] = Field(default_factory=dict, description="settings of the int8 candidates' quantize stage "
+                                          "besides mode and runtime (e.g. {attention: eager, smooth: 0.8})")
     round_to: int | None = Field(8, ge=1, description="keep channel counts a multiple of this (hardware-friendly)")
     recover_epochs: int = Field(5, ge=0, description="fine-tune epochs after pruning when the recipe gives no recovery stage")
     repeats: int = Field(30, ge=5, description="timed runs per candidate")
@@ -41,7 +48,28 @@ class TargetConfig(BaseModel):
         bad = [s for s in self.sparsities if not 0 <= s < 1]
         if bad:
             raise ValueError(f"target.sparsities must be in [0, 1); got {bad}.")
+        self._check_quantize_args()
         return self
+
+    def _check_quantize_args(self) -> None:
+        fixed = sorted({"mode", "runtime"} & set(self.quantize_args))
+        if fixed:
+            raise ValueError(f"target.quantize_args sets the quantize stage's other settings; {' and '.join(fixed)} come(s) from "
+                             "target.quantize and target.runtime. Remove them from quantize_args.")
+        for mode in self.quantize:
+            if mode != "none":
+                try:
+                    QuantizeConfig(mode=mode, runtime="onnxruntime", **self.quantize_args)
+                except ValidationError as exc:
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'quantize'}: {e['msg']}" for e in exc.errors())
+                    raise ValueError(f"target.quantize_args does not make a valid quantize stage for mode {mode}: {problems}.") from None
+
+    @property
+    def prune_criterion(self) -> str:
+        """The criterion candidates are pruned with: a layer is ranked by what it does to the hidden states."""
+        if self.criterion is not None:
+            return self.criterion
+        return "activation" if self.granularity == "layer" else "magnitude"
 
     @property
     def kind(self) -> str:

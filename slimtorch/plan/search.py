@@ -84,10 +84,11 @@ def _candidate_stages(sparsity: float, quant: str, target: TargetConfig
     stages: list[Stage[Any]] = []
     prune_cfg = quant_cfg = None
     if sparsity > 0:
-        prune_cfg = {"sparsity": sparsity, "granularity": target.granularity, "round_to": target.round_to, "recover": "none"}
+        prune_cfg = {"sparsity": sparsity, "granularity": target.granularity, "round_to": target.round_to, "recover": "none",
+                     "criterion": target.prune_criterion}
         stages.append(PruneStage(PruneConfig(**prune_cfg)))
     if quant != "none":
-        quant_cfg = {"mode": quant, "runtime": "onnxruntime"}
+        quant_cfg = {"mode": quant, "runtime": "onnxruntime", **target.quantize_args}
         stages.append(QuantizeStage(QuantizeConfig(**quant_cfg)))
     return stages, prune_cfg, quant_cfg
 

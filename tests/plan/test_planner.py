@@ -69,3 +69,26 @@ def test_impossible_budget_is_reported_honestly_end_to_end(tmp_path):
 def test_bad_targets(kwargs, match):
     with pytest.raises(ValidationError, match=match):
         TargetConfig(**kwargs)
+
+
+def test_layer_candidates_rank_layers_by_block_influence_unless_told_otherwise():
+    from slimtorch.plan.search import _candidate_stages
+
+    layer = TargetConfig(speedup=3, granularity="layer", quantize_args={"attention": "eager", "smooth": 0.8})
+    stages, prune_cfg, quant_cfg = _candidate_stages(0.17, "dynamic_int8", layer)
+    assert prune_cfg is not None and prune_cfg["criterion"] == "activation"
+    assert quant_cfg == {"mode": "dynamic_int8", "runtime": "onnxruntime", "attention": "eager", "smooth": 0.8}
+    assert [s.config.criterion for s in stages[:1]] == ["activation"] and stages[1].config.smooth == 0.8
+    assert TargetConfig(speedup=3).prune_criterion == "magnitude"  # filters and channels keep the magnitude default
+    assert TargetConfig(speedup=3, granularity="layer", criterion="magnitude").prune_criterion == "magnitude"
+
+
+@pytest.mark.parametrize(
+    "quantize_args, match",
+    [({"smooth": 1.5}, r"quantize_args does not make a valid quantize stage for mode dynamic_int8: smooth: Input should be less than 1"),
+     ({"mode": "fp16"}, r"mode come\(s\) from target.quantize and target.runtime"),
+     ({"attention": "sdpa"}, r"attention: Input should be 'model', 'eager' or 'fused'")],
+)
+def test_bad_quantize_args(quantize_args, match):
+    with pytest.raises(ValidationError, match=match):
+        TargetConfig(speedup=3, quantize_args=quantize_args)
