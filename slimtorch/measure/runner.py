@@ -20,7 +20,7 @@ from slimtorch.measure.evaluate import check_outputs_cover_labels, eval_batches,
 from slimtorch.measure.latency import pinned_threads, time_interleaved, time_latency
 from slimtorch.measure.macs import count_macs_noted
 from slimtorch.measure.measurement import Measurement
-from slimtorch.measure.onnx_graph import runs_onnx_graph
+from slimtorch.measure.onnx_graph import duplicated_tables, onnx_model_of, runs_onnx_graph
 from slimtorch.measure.params import count_nonzero, count_params
 from slimtorch.measure.placement import measuring_device, peak_memory, placed_on
 from slimtorch.measure.size import compressed_bytes, dir_size_bytes
@@ -79,6 +79,10 @@ def measure(
     params, nonzero = timed("params", lambda: (count_params(model), count_nonzero(model)))
     if runs_onnx_graph(model):
         notes.append("params and nonzeros are counted from the ONNX graph's initializers (quantization scales and zero points included).")
+        graph = onnx_model_of(model)
+        if graph is not None and (twice := duplicated_tables(graph)):
+            notes.append(f"the ONNX graph stores a tied table twice ({'; '.join(twice)}): once for the embedding lookup and once, "
+                         "transposed, for the output layer, so its params and bytes count it twice.")
     size, packed = timed("size", lambda: _sizes(artifact_dir))
     macs, mac_notes = timed("macs", lambda: count_macs_noted(model, data.example_batch(1, split=config.split)))
     notes += mac_notes

@@ -114,3 +114,43 @@ def test_unsorted_onnx_graph_is_counted():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert onnx_macs(model, torch.zeros(2, 5)) == (2 * 5 * 6, [])
     assert isinstance(model, onnx.ModelProto)
+
+
+def _reshape_by_input_graph():
+    """x (N·4/4) is reshaped by a shape that arrives as an input: static inference cannot know the MatMul's shape."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(torch.ones(4, 5).numpy(), "w")
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["xr"]), helper.make_node("MatMul", ["xr", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6]),
+                                           helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_shapes_known_only_at_run_time_are_read_from_one_run():
+    from slimtorch.measure.onnx_graph import onnx_macs
+
+    macs, notes = onnx_macs(_reshape_by_input_graph(), {"x": torch.zeros(2, 6), "s": torch.tensor([3, 4])})
+    assert (macs, notes) == (3 * 4 * 5, [])
+
+
+def test_onnx_macs_that_cannot_all_be_counted_are_unknown_not_partial():
+    from slimtorch.measure.onnx_graph import onnx_macs
+
+    macs, (note,) = onnx_macs(_reshape_by_input_graph(), {"x": torch.zeros(2, 6)})  # no 's': the run cannot happen
+    assert macs is None and note.startswith("MACs not counted: 1 node(s) of the ONNX graph") and "(MatMul)" in note
+
+
+def test_a_tied_table_written_twice_by_the_exporter_is_found():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slimtorch.measure.onnx_graph import duplicated_tables
+
+    table = torch.zeros(1200, 8).numpy()
+    inits = [numpy_helper.from_array(table, "wte"), numpy_helper.from_array(table.T.copy(), "head_t"),
+             numpy_helper.from_array(torch.zeros(8, 8).numpy(), "proj")]
+    graph = helper.make_graph([], "g", [], [helper.make_tensor_value_info("wte", TensorProto.FLOAT, None)], inits)
+    assert duplicated_tables(helper.make_model(graph)) == ["wte [1200, 8] and head_t [8, 1200]"]
+    del graph.initializer[1]
+    assert duplicated_tables(helper.make_model(graph)) == []

@@ -55,3 +55,14 @@ def test_eager_export_needs_a_hugging_face_model() -> None:
     mlp = build_model("mlp", {"hidden": [8]}, input_shape=(1, 8, 8), num_classes=10)
     with pytest.raises(UnsupportedModuleError, match="re-exports a Hugging Face transformer's attention; this is a MLP"):
         encoder_onnx(mlp, torch.randn(2, 1, 8, 8), 17, "eager")
+
+
+def test_fused_attention_counts_the_same_macs_as_the_eager_graph(encoder: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    """onnxruntime's Attention node holds the QKV projection and both attention matmuls: counted, not skipped."""
+    from slimtorch.measure.onnx_graph import onnx_macs
+
+    eager, _ = encoder_onnx(encoder, batch, 17, "eager")  # type: ignore[arg-type]
+    fused, _ = encoder_onnx(encoder, batch, 17, "fused")  # type: ignore[arg-type]
+    counts = {name: onnx_macs(onnx.load_from_string(g), batch) for name, g in (("eager", eager), ("fused", fused))}
+    assert counts["eager"][1] == [] and counts["fused"][1] == []
+    assert counts["eager"][0] == counts["fused"][0] > 0
