@@ -162,6 +162,9 @@ class DistillConfig(TrainConfig):
     examples_per_epoch: int | None = Field(None, ge=1, description="an epoch is this many examples drawn at random from the "
                                                                    "distillation set (validation, checkpoints and the "
                                                                    "convergence check that often on a large corpus)")
+    compare_labels_only: bool = Field(False, description="also train the same student, from the same starting weights and with the "
+                                                         "same training settings, on the labels alone (no teacher) and report it "
+                                                         "beside the distilled one: the control that shows what distillation added")
     ddp: DDPSpec | None = None
     tokens: TokenSpec = Field(default_factory=TokenSpec, description="causal LMs: sequence length, top-k teacher cache, "
                                                                      "held-out text (see TokenSpec)")

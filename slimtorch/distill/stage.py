@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -19,7 +20,9 @@ from slimtorch.distill.layers import transformer_pairs
 from slimtorch.distill.token_hop import causal_lm_inner, train_token_hop
 from slimtorch.distributed import world_size
 from slimtorch.errors import RecipeError
-from slimtorch.train.loop import convergence_note
+from slimtorch.measure.accuracy import task_metric
+from slimtorch.train.loop import convergence_note, fit, train_fields
+from slimtorch.train.stage import FinetuneConfig, cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,10 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
         if causal_lm_inner(model) is not None:
             return self._apply_tokens(model, ctx)
         _check_task(config, data.task)
+        if config.compare_labels_only and (data.task != "classification" or config.loss != "kd"):
+            raise RecipeError("distill.compare_labels_only trains a control on class labels; it needs loss: kd on a classification "
+                              f"task (this run: loss {config.loss!r}, task {data.task!r}). Leave it out here.")
+        start_weights = copy.deepcopy(model) if config.compare_labels_only else None
         teachers = teachers_of(ctx)
         weights = _weights(config, len(teachers))
         record = self.record()
@@ -93,7 +100,24 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
         if layers is not None:
             record.details["layers"] = layers
         record.notes = self._notes(ctx, hops)
+        if start_weights is not None:
+            record.extra_models.append(("labels_only", self._labels_only(start_weights, ctx, record)))
         return model, record
+
+    def _labels_only(self, student: nn.Module, ctx: RunContext, record: StageRecord) -> nn.Module:
+        """The control: the same student and start, trained on the labeled train split alone with the same settings."""
+        config = FinetuneConfig(**train_fields(self.config))
+        start = time.perf_counter()
+        loader = ctx.data.loader("train", config.batch_size, shuffle=True, seed=ctx.seed)
+        result = fit(student, cross_entropy, loader, config, ctx, evaluate=lambda m: task_metric(m, ctx.data, "val"),
+                     checkpoint_dir=ctx.stage_dir(self.name) / "labels_only", description="labels only (control)")
+        distilled = record.details["hops"][-1]["val_accuracy"]
+        record.details["labels_only"] = {"val_accuracy": round(result.best_metric, 6), **result.summary(),
+                                         "seconds": round(time.perf_counter() - start, 3)}
+        record.notes.append(f"control without the teacher (same student, start and settings, labels only): val accuracy "
+                            f"{100 * result.best_metric:.2f}% against {100 * distilled:.2f}% distilled "
+                            f"({100 * (distilled - result.best_metric):+.2f} points from distillation).")
+        return student
 
     def _apply_tokens(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         """A causal LM learns token by token from its teachers (:mod:`slimtorch.distill.token_hop`)."""
