@@ -37,9 +37,13 @@ RUNTIME_MODES: dict[str, dict[str, str]] = {
 
 
 class QATConfig(BaseModel):
-    """``quantize.qat``: fake-quantized training before the int8 export (onnxruntime ``static_int8``).
+    """``quantize.qat``: fake-quantized training before the int8 export (onnxruntime ``static_int8`` or ``dynamic_int8``).
 
-    Weights are fake-quantized per output channel (symmetric int8), activations per tensor (asymmetric
+    ``dynamic_int8`` (dynamic_qat.py): every Linear computes as onnxruntime's dynamic int8 does (uint8 activations
+    with each batch's range, int8 per-channel weights) while training, embedding tables frozen; the float weights
+    it leaves are then quantized as usual. ``smooth``, when set, is applied first, so training sees smoothed inputs.
+
+    ``static_int8`` (qat.py): weights are fake-quantized per output channel (symmetric int8), activations per tensor (asymmetric
     int8, ranges calibrated on ``calibration_batches`` first and held); BatchNorm is folded into the
     convolutions first. Trained with the recipe's loss: distillation from the teacher when the run has
     one (by default pure distillation, ``alpha: 0``: the int8 model learns to match the float outputs),
@@ -53,6 +57,7 @@ class QATConfig(BaseModel):
     temperature: float = Field(4.0, gt=0, description="distillation temperature (with a teacher)")
     alpha: float = Field(0.0, ge=0, le=1, description="weight of the label loss against distillation (with a teacher)")
     batch_size: int | None = Field(None, gt=0, description="defaults to data.batch_size")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (a short pass over a large corpus)")
 
 
 class QuantizeConfig(BaseModel):
@@ -83,10 +88,10 @@ class QuantizeConfig(BaseModel):
     embedding_bits: Literal[4, 8] | None = Field(8, description="embedding tables: onnxruntime dynamic_int8 (8 = int8 Gather, 4 = "
                                                  "4-bit blocks) and torch weight-only modes (8 = int8 per row, 4 = int4 per group_size "
                                                  "columns, null = float; a tied lm_head runs on the same packed table)")
-    int8_activations: Literal["bf16", "int8"] = Field("bf16", description="torch int8 weight-only layers (int8_weight_only's "
-                                                       "Linears, an int8 table's tied lm_head): bf16 activations on torch's "
-                                                       "weight-only kernel, or int8 activations quantized per call on fbgemm's "
-                                                       "int8 GEMM (VNNI; faster at batch 1)")
+    int8_activations: Literal["bf16", "int8", "int8x2"] = Field(
+        "bf16", description="torch int8 weight-only layers (int8_weight_only's Linears, an int8 table's tied lm_head): bf16 "
+        "activations on torch's weight-only kernel, or activations quantized per call on fbgemm's int8 GEMM (VNNI; faster at "
+        "batch 1): int8 (one pass), int8x2 (a second pass over the rounding residual: ~16-bit activations, twice the work)")
     embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables (onnxruntime)")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export")
     attention: Literal["model", "eager", "fused"] = Field(
@@ -133,16 +138,16 @@ class QuantizeConfig(BaseModel):
                 )
         has_int8_weight_only = self.runtime == "torch" and (self.mode == "int8_weight_only" or (
             self.mode == "int4_weight_only" and self.embedding_bits == 8))
-        if self.int8_activations == "int8" and not has_int8_weight_only:
+        if self.int8_activations != "bf16" and not has_int8_weight_only:
             raise ValueError(
-                "quantize.int8_activations: int8 applies to torch int8 weight-only layers (mode: int8_weight_only, or "
+                f"quantize.int8_activations: {self.int8_activations} applies to torch int8 weight-only layers (mode: int8_weight_only, or "
                 f"int4_weight_only with embedding_bits: 8, whose tied lm_head is int8); got mode {self.mode!r}, runtime "
                 f"{self.runtime!r}, embedding_bits {self.embedding_bits}. Remove int8_activations or use one of those.")
         int8_ort = self.runtime == "onnxruntime" and self.mode in ("static_int8", "dynamic_int8")
-        if self.smooth is not None and not (int8_ort and self.qat is None):
+        if self.smooth is not None and not (int8_ort and (self.qat is None or self.mode == "dynamic_int8")):
             raise ValueError(
                 f"quantize.smooth rescales Linear inputs for onnxruntime int8 (mode: dynamic_int8 or static_int8, runtime: "
-                f"onnxruntime, no qat); got mode {self.mode!r}, runtime {self.runtime!r}"
+                f"onnxruntime; with qat only dynamic_int8); got mode {self.mode!r}, runtime {self.runtime!r}"
                 + (" with qat" if self.qat is not None else "") + ". Remove smooth or change the mode."
             )
         if (self.max_drop is not None or self.sensitivity) and not int8_ort:
@@ -150,10 +155,10 @@ class QuantizeConfig(BaseModel):
                 "quantize.max_drop and quantize.sensitivity work on onnxruntime int8 (mode: static_int8 or dynamic_int8, "
                 f"runtime: onnxruntime); got mode {self.mode!r}, runtime {self.runtime!r}. Remove them or change the mode."
             )
-        if self.qat is not None and (self.mode != "static_int8" or self.runtime == "torch"):
+        if self.qat is not None and not (self.mode == "static_int8" and self.runtime != "torch" or int8_ort):
             raise ValueError(
-                f"quantize.qat trains for mode: static_int8 with runtime: onnxruntime or openvino; got mode {self.mode!r}, runtime "
-                f"{self.runtime!r}. Set mode: static_int8, runtime: onnxruntime, or remove qat."
+                f"quantize.qat trains for mode: static_int8 (runtime: onnxruntime or openvino) or dynamic_int8 (runtime: "
+                f"onnxruntime); got mode {self.mode!r}, runtime {self.runtime!r}. Change the mode or runtime, or remove qat."
             )
         self._check_quantizer()
         if self.qat is not None and (self.max_drop is not None or self.sensitivity or self.exclude):

@@ -18,7 +18,7 @@ from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import input_names_of, plain_copy
 from slimtorch.measure.llm import with_model_tokens
 from slimtorch.models.attrs import set_attrs_
-from slimtorch.quantize import _openvino, _ort, _torch, awq, gptq, qat, sensitivity, smooth
+from slimtorch.quantize import _openvino, _ort, _torch, awq, dynamic_qat, gptq, qat, sensitivity, smooth
 from slimtorch.quantize._ort_transformer import encoder_onnx
 from slimtorch.quantize.config import QATConfig, QuantizeConfig
 from slimtorch.quantize.sensitivity import MixedPrecisionResult
@@ -115,6 +115,18 @@ def _qat_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, qat_cf
     return out, details
 
 
+def _dynamic_qat_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, qat_cfg: QATConfig,
+                          example: Batch) -> tuple[nn.Module, dict[str, Any]]:
+    """Smoothing (if set), dynamic-int8-aware training of the float weights (dynamic_qat.py), then ordinary dynamic int8."""
+    facts: dict[str, Any] = {}
+    trained = copy.deepcopy(model)
+    if cfg.smooth is not None:
+        trained, facts["smoothing"] = _smoothed_copy(model, ctx, cfg, cfg.smooth)
+    facts["dynamic_qat"] = dynamic_qat.train_dynamic_qat(trained, ctx, qat_cfg)
+    out, details = _ort_quantize(trained.to("cpu").eval(), ctx, cfg.model_copy(update={"smooth": None, "qat": None}), example)
+    return out, {**facts, **details}
+
+
 def _mixed_precision(fp32: bytes, ctx: RunContext, cfg: QuantizeConfig, excluded: list[str]) -> tuple[bytes, MixedPrecisionResult]:
     """Scan each layer's int8 cost on the val split; with ``max_drop``, keep the costliest in float (see sensitivity.py)."""
     feeds = calibration_feeds(ctx, cfg) if cfg.mode == "static_int8" else []
@@ -190,8 +202,8 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> t
         embeddings, float_tables = _torch.quantize_embeddings_(model, cfg.embedding_bits, cfg.group_size, ties, cfg.exclude)
         details.update(embedding_bits=cfg.embedding_bits, quantized_embeddings=embeddings, float_embeddings=float_tables,
                        tied_tables={e: ties[e] for e in embeddings if e in ties and _is_shared_table(model, e)})
-    if cfg.int8_activations == "int8":
-        details["int8_activation_linears"] = _torch.int8_activations_(model)
+    if cfg.int8_activations != "bf16":
+        details["int8_activation_linears"] = _torch.int8_activations_(model, cfg.int8_activations)
     return model, details
 
 
@@ -230,7 +242,9 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
         reference = plain_copy(model).to("cpu")
         ctx = dataclasses.replace(ctx, data=with_model_tokens(ctx.data, model))  # a causal LM reads its own tokens
         example = ctx.data.example_batch(4)
-        if cfg.qat is not None:
+        if cfg.qat is not None and cfg.mode == "dynamic_int8":
+            out, details = _dynamic_qat_quantize(reference, ctx, cfg, cfg.qat, example)
+        elif cfg.qat is not None:
             out, details = _qat_quantize(model, ctx, cfg, cfg.qat, example)
             reference = plain_copy(model).to("cpu")
         elif cfg.runtime in ("onnxruntime", "openvino"):
@@ -253,6 +267,10 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
                                 f"{q['parity_vs_fake_quant']['output_max_abs_diff']:.3g}, argmax agreement "
                                 f"{q['parity_vs_fake_quant']['argmax_agreement']:.3f}"
                                 + ("; pruned zeros kept" if q["masks_kept"] else "; WARNING: pruned zeros were not all kept"))
+        if "dynamic_qat" in details:
+            q = details["dynamic_qat"]
+            record.notes.append(f"dynamic-int8-aware training ({q['loss']}, {q['steps']} steps, {q['fake_quant_linears']} Linears): val "
+                                f"{q['val_after_calibration']:.4f} with int8 arithmetic before -> {q['val_after_training']:.4f} after")
         if "smoothing" in details:
             sm = details["smoothing"]
             record.notes.append(f"SmoothQuant α {sm['alpha']}: {sm['linears']} Linears on {sm['inputs']} inputs; the largest input "

@@ -29,39 +29,43 @@ def _int8_layer(activations: str) -> WeightOnlyLinear:
     return layer
 
 
-def test_int8_activations_stay_close_to_the_bf16_kernel_and_to_float():
+def _error(layer: WeightOnlyLinear, x: torch.Tensor) -> float:
+    exact = x @ layer.dequantized_weight().T + layer.bias  # the layer's own float weights
+    return ((layer(x) - exact).norm() / exact.norm()).item()
+
+
+def test_int8_activations_stay_close_to_float_and_a_residual_pass_closer_than_bf16():
     x = torch.randn(3, 5, 96)
-    bf16, int8 = _int8_layer("bf16"), _int8_layer("int8")
-    exact = x @ bf16.dequantized_weight().T + bf16.bias  # the layer's own float weights
-    got = int8(x)
-    assert got.shape == (3, 5, 200) and got.dtype == torch.float32
-    assert ((got - exact).norm() / exact.norm()).item() < 0.02  # 8-bit activations: ~1 % error
-    assert ((bf16(x) - exact).norm() / exact.norm()).item() < 0.02
+    x[..., 7] *= 30  # an outlier channel sets the int8 range, as in an LLM's hidden states
+    bf16, int8, int8x2 = _int8_layer("bf16"), _int8_layer("int8"), _int8_layer("int8x2")
+    assert int8(x).shape == (3, 5, 200) and int8(x).dtype == torch.float32
+    one, two, ref = _error(int8, x), _error(int8x2, x), _error(bf16, x)
+    assert one < 0.05 and two < ref < one  # bf16's 8-bit mantissa lies between one and two int8 digits
 
 
 def test_the_fbgemm_matmul_compiles_as_one_graph():
-    layer = _int8_layer("int8")
+    layer = _int8_layer("int8x2")
     x = torch.randn(1, 96)
     layer.pack_for_kernels_()
     compiled = torch.compile(layer, fullgraph=True, backend="eager")  # the custom op is opaque to dynamo: no graph break
     torch.testing.assert_close(compiled(x), layer(x))
-    assert int8_dynamic_mm(x, layer.qweight, layer.scale).shape == (1, 200)
+    assert int8_dynamic_mm(x, layer.qweight, layer.scale, 2).shape == (1, 200)
 
 
 def test_int4_model_with_an_int8_lm_head_on_int8_activations_round_trips(tmp_path, data):
     torch.manual_seed(0)
     model = build_model("hf:tiny-llama", {"kind": "causal_lm", "config": LLAMA})
-    cfg = QuantizeConfig(mode="int4_weight_only", runtime="torch", group_size=32, embedding_bits=8, int8_activations="int8")
+    cfg = QuantizeConfig(mode="int4_weight_only", runtime="torch", group_size=32, embedding_bits=8, int8_activations="int8x2")
     out, record = QuantizeStage(cfg).apply(model, RunContext(data=data))
     head, table = out.hf.lm_head, out.hf.model.embed_tokens
-    assert isinstance(head, WeightOnlyLinear) and head.bits == 8 and head.activations == "int8"
+    assert isinstance(head, WeightOnlyLinear) and head.bits == 8 and head.activations == "int8x2"
     assert isinstance(table, WeightOnlyEmbedding) and table.table is head  # still one table, stored once
     assert record.details["int8_activation_linears"] == ["hf.lm_head"]  # the int4 layers keep bf16 activations
     ids = torch.randint(0, 30522, (2, 10))
     with torch.inference_mode():
         before = out.hf(input_ids=ids).logits
     loaded = artifact.load(artifact.save(out, tmp_path / "q"))
-    assert loaded.hf.lm_head.activations == "int8"
+    assert loaded.hf.lm_head.activations == "int8x2"
     with torch.inference_mode():
         torch.testing.assert_close(loaded.hf(input_ids=ids).logits, before)
 
