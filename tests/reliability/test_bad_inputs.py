@@ -293,8 +293,10 @@ CASES = [
          recipe=run(teacher="{model: 'user_code:no_params'}", stages="[{finetune: {epochs: 1}}]")),
     Case("lora-target-does-not-exist", UnsupportedModuleError, r"lora\.target_modules \['nope'\] matched no", r"Layers LoRA can adapt: net\.1",
          how="compress", recipe=run(stages="[{lora: {rank: 2, epochs: 1, target_modules: [nope]}}]")),
+    Case("non-finite-inputs", DataError, r"'train' split: inputs hold 1 non-finite value\(s\) \(NaN\) in 1 example\(s\), the first is item 0",
+         r"drop or impute them", how="compress", recipe=run(data="{source: 'user_code:nan_inputs'}", teacher=TRAINED)),
     Case("non-finite-loss-in-run", TrainingError, r"train teacher: loss became nan at epoch 0, step 0", r"check the inputs for NaN/inf",
-         how="compress", recipe=run(data="{source: 'user_code:nan_inputs'}", teacher=TRAINED)),
+         how="compress", recipe=run(teacher="{model: 'user_code:overflowing', train: {epochs: 1}}")),
     Case("non-finite-loss-keeps-last-good-checkpoint", TrainingError, r"loss became nan at epoch 2, step 6.*restored to its last good weights",
          r"Lower the learning rate", api=_nan_after_two_epochs),
     Case("over-max-params", RecipeError, r"model 'mlp' has 99 parameters, over resources\.max_params=10", r"Pick a smaller model or raise the limit",
@@ -396,7 +398,7 @@ def test_cli_prints_one_line_and_exits_2(case, tmp_path):
 def test_real_process_non_finite_loss_one_line_exit_2(tmp_path):
     """The same contract from a real `python -m slimtorch.cli` process (no pytest capture in between)."""
     recipe = tmp_path / "nan.yaml"
-    recipe.write_text(run(data="{source: 'user_code:nan_inputs'}", teacher=TRAINED))
+    recipe.write_text(run(teacher="{model: 'user_code:overflowing', train: {epochs: 1}}"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "slimtorch.cli", "compress", str(recipe), "--out", str(tmp_path / "o"), "--quiet"],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)

@@ -33,6 +33,22 @@ def nan_inputs() -> dict:
     return {"train": _split(48, nan=True), "val": _split(24), "test": _split(24)}
 
 
+class Overflowing(nn.Module):
+    """A valid-looking model whose first training step overflows to NaN (a learning rate or scaling bug of the user's)."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x)
+        return out * (float("nan") if self.training else 1.0)
+
+
+def overflowing(classes: int = 3) -> nn.Module:
+    return Overflowing(classes)
+
+
 def not_a_dict() -> list:
     return [1, 2, 3]
 
