@@ -178,10 +178,11 @@ _register_int_mm_flops()
 
 # --- int8 x int8 on fbgemm (dynamic activations) --------------------------------------------------
 
-# fbgemm's prepacked int8 weights per int8 weight tensor: ``{(data_ptr, shape): (weakref to the codes, packed)}``.
-# The packed weights are an opaque object torch.compile cannot trace, so the matmul is a custom op that
-# finds them here; the weak reference tells a live tensor from a freed one whose address was reused.
-_FBGEMM_PACKED: dict[tuple[int, tuple[int, ...]], tuple[weakref.ref[Tensor], object]] = {}
+# fbgemm's prepacked int8 weights per int8 weight tensor: ``{(data_ptr, shape): (weakref to the codes, their
+# version, packed)}``. The packed weights are an opaque object torch.compile cannot trace, so the matmul is a
+# custom op that finds them here; the weak reference tells a live tensor from a freed one whose address was
+# reused, and the version counter codes changed in place (``load_state_dict``).
+_FBGEMM_PACKED: dict[tuple[int, tuple[int, ...]], tuple[weakref.ref[Tensor], int, object]] = {}
 
 
 def has_vnni() -> bool:
@@ -200,16 +201,16 @@ REDUCE_RANGE = not has_vnni()
 def _fbgemm_packed(qweight: Tensor, scale: Tensor) -> object:
     key = (qweight.data_ptr(), tuple(qweight.shape))
     hit = _FBGEMM_PACKED.get(key)
-    if hit is not None and hit[0]() is qweight:
-        return hit[1]
-    for k in [k for k, (ref, _) in _FBGEMM_PACKED.items() if ref() is None]:  # forget freed weights
+    if hit is not None and hit[0]() is qweight and hit[1] == qweight._version:
+        return hit[2]
+    for k in [k for k, (ref, _, _) in _FBGEMM_PACKED.items() if ref() is None]:  # forget freed weights
         del _FBGEMM_PACKED[k]
     zeros = torch.zeros(qweight.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # fbgemm's prepack takes a quantized tensor, whose constructors torch marks deprecated
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
         packed = torch.ops.quantized.linear_prepack(
             torch._make_per_channel_quantized_tensor(qweight, scale.double(), zeros, 0), None)
-    _FBGEMM_PACKED[key] = (weakref.ref(qweight), packed)
+    _FBGEMM_PACKED[key] = (weakref.ref(qweight), qweight._version, packed)
     return packed
 
 

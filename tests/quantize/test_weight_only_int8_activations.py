@@ -43,6 +43,15 @@ def test_int8_activations_stay_close_to_float_and_a_residual_pass_closer_than_bf
     assert one < 0.05 and two < ref < one  # bf16's 8-bit mantissa lies between one and two int8 digits
 
 
+def test_codes_changed_in_place_are_packed_again():
+    layer = _int8_layer("int8")
+    x = torch.randn(2, 96)
+    before = layer(x)
+    with torch.no_grad():
+        layer.qweight.neg_()  # what load_state_dict does to a built layer: same tensor, new codes
+    torch.testing.assert_close(layer(x) - layer.bias, -(before - layer.bias), rtol=0.02, atol=0.02)
+
+
 def test_the_fbgemm_matmul_compiles_as_one_graph():
     layer = _int8_layer("int8x2")
     x = torch.randn(1, 96)
