@@ -91,9 +91,9 @@ def kd_section(steps: int) -> dict:
     """The structural point's recovery as a recipe's ``distill:`` section: token-level KD from the original, the tied table fixed.
 
     ``steps`` optimizer steps of 4 sequences of 128 tokens, each sequence seen once (its teacher top-64 cached first),
-    in epochs of 16 sequences (the held-out KL, the val metric, is taken after each).
+    in epochs of 32 sequences (the held-out KL, the val metric, is taken after each).
     """
-    return {"epochs": math.ceil(steps / 4), "max_steps": steps, "batch_size": 4, "examples_per_epoch": 16, "lr": 5e-5,
+    return {"epochs": math.ceil(steps / 8), "max_steps": steps, "batch_size": 4, "examples_per_epoch": 32, "lr": 5e-5,
             "patience": None, "use_dropout": False, "freeze": ["*embed_tokens*"],
             "tokens": {"seq_tokens": 128, "top_k": 64, "max_sequences": steps * 4, "heldout_sequences": 8}}
 
