@@ -29,6 +29,7 @@ from slimtorch.launch import read_finished_run, run_local_processes
 from slimtorch.measure import Measurement
 from slimtorch.outdir import RECIPE_COPY, claim_out_dir
 from slimtorch.plan import Plan, TargetConfig, plan
+from slimtorch.prune import PruneConfig
 from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import StageSpec
 from slimtorch.report import build_report, write_report
@@ -182,6 +183,35 @@ def _untrained_baseline(baseline: Measurement, num_classes: int | None) -> list[
              "little. Train it longer (teacher.train.epochs), or check that inputs and labels match.")]
 
 
+UNRECOVERED_DROP = 0.01  # a metric fall (fraction) a pruning step with no recovery after it is called out for
+TRAINING_STAGES = ("distill", "finetune", "lora")
+
+
+def _unrecovered_pruning(stages: list[StageSpec], measured: list[Measurement]) -> list[str]:
+    """A warning for a prune stage that cost metric when neither it nor any later stage trained the model back."""
+    by_name = {m.name: i for i, m in enumerate(measured)}
+    out = []
+    for n, spec in enumerate(stages, start=1):
+        cfg = spec.config
+        if spec.kind != "prune" or not isinstance(cfg, PruneConfig) or f"{n}_prune" not in by_name:
+            continue
+        recovers = cfg.recover != "none" and (cfg.finetune_epochs if cfg.finetune_epochs is not None else int(cfg.schedule != "oneshot")) > 0
+        later = any(s.kind in TRAINING_STAGES or (s.kind == "prune" and getattr(s.config, "finetune_epochs", None))
+                    or (s.kind == "quantize" and getattr(s.config, "qat", None)) for s in stages[n:])
+        i = by_name[f"{n}_prune"]
+        if recovers or later or i == 0:
+            continue
+        name, before = measured[i - 1].primary_metric
+        _, after = measured[i].primary_metric
+        if before is None or after is None or before - after < UNRECOVERED_DROP:
+            continue
+        points = f"{100 * (before - after):.2f} points of {name}" if name == "accuracy" else f"{before - after:.4f} of {name}"
+        out.append(f"{n}_prune lost {points} ({before:.4f} → {after:.4f}) and nothing trained it back: a one-shot prune "
+                   "stage recovers only with finetune_epochs (0 by default) or recover: distill. Add e.g. `finetune_epochs: 5`, "
+                   "or a finetune/distill stage after it.")
+    return out
+
+
 def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., Any] | None,
               events: Callable[[str], None] | None, device: torch.device) -> RunResult:
     say: Callable[[str], None] = events or (lambda msg: log.info(msg))
@@ -214,7 +244,7 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     store.retime()
     names = [m.name for m in store.measurements]
     final = run.final or "teacher"
-    warnings = _untrained_baseline(store.measurements[0], data.num_classes)
+    warnings = _untrained_baseline(store.measurements[0], data.num_classes) + _unrecovered_pruning(planned.stages, store.measurements)
     if recipe.target is not None:
         warnings += _check_target(recipe.target, extra["plan"], next(m for m in store.measurements if m.name == final))
     report = Report.from_json(build_report(

@@ -127,3 +127,13 @@ def test_a_baseline_near_chance_is_called_out_and_a_trained_one_is_not(small_run
     report = compress(untrained, tmp_path / "untrained").report
     (w,) = [w for w in report.warnings if "near chance" in w]
     assert w.startswith("the baseline teacher scores") and "(10.0% for 10 classes)" in w and "teacher.train.epochs" in w
+
+
+def test_pruning_that_cost_accuracy_with_no_recovery_after_it_is_called_out(tmp_path):
+    base = {**SMALL, "student": None, "evaluate": {"latency": {"batch_sizes": [1], "repeats": 3, "warmup": 0}, "noise_levels": []}}
+    bare = compress({**base, "name": "bare", "stages": [{"prune": {"sparsity": 0.95}}]}, tmp_path / "bare").report
+    (w,) = [w for w in bare.warnings if "nothing trained it back" in w]
+    assert w.startswith("1_prune lost ") and "points of accuracy" in w and "finetune_epochs: 5" in w
+    tuned = compress({**base, "name": "tuned", "stages": [{"prune": {"sparsity": 0.95}}, {"finetune": {"epochs": 1}}]},
+                     tmp_path / "tuned").report
+    assert not [w for w in tuned.warnings if "nothing trained it back" in w]
