@@ -120,10 +120,10 @@ def _tensor_split(dataset: TensorDataset, task: str) -> TensorDataset:
                                 "(slimtorch does not do regression).")
             y = y.long()
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        bad = ~torch.isfinite(x.reshape(len(x), -1))
-        rows = bad.any(1).nonzero().flatten()
+        nonfinite = ~torch.isfinite(x.reshape(len(x), -1))
+        rows = nonfinite.any(1).nonzero().flatten()
         kinds = " and ".join(k for k, f in (("NaN", torch.isnan), ("inf", torch.isinf)) if bool(f(x).any()))
-        raise DataError(f"inputs hold {int(bad.sum())} non-finite value(s) ({kinds}) in {len(rows)} example(s), the first is item "
+        raise DataError(f"inputs hold {int(nonfinite.sum())} non-finite value(s) ({kinds}) in {len(rows)} example(s), the first is item "
                         f"{int(rows[0])}; drop or impute them (e.g. sklearn.impute.SimpleImputer) before training.")
     if x.dtype == torch.float64:
         x = x.float()
