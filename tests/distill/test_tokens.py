@@ -183,3 +183,22 @@ def test_bad_inputs_get_one_clear_error(setup, tmp_path):
         run(student, encoder, data, tmp_path)
     with pytest.raises(RecipeError, match=r"distill.features is not supported for a causal-LM student"):
         run(student, teacher, data, tmp_path, features="transformer")
+
+
+def test_the_recipe_section_is_the_python_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from slimtorch.cli import app
+    from slimtorch.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    body = ("name: t\ndata: {source: text}\nteacher: {model: hf:smollm2}\nstages:\n"
+            "  - prune: {granularity: layer, criterion: activation, sparsity: 0.1}\n"
+            "  - distill: {tokens: {seq_tokens: %s, top_k: 32}, freeze: ['*embed_tokens*']}\n")
+    recipe.write_text(body % 64)
+    config = load_recipe(recipe).stages[1].config
+    assert config == DistillConfig(tokens={"seq_tokens": 64, "top_k": 32}, freeze=["*embed_tokens*"])
+    recipe.write_text(body % 1)
+    result = CliRunner().invoke(app, ["validate", str(recipe)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "line 6: stages[1].distill.tokens.seq_tokens: distill.tokens.seq_tokens must be at least 2; got 1" in result.output
