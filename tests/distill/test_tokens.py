@@ -160,6 +160,16 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(setup, tmp_path):
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_the_stage_time_budget_stops_it_after_a_step(setup, tmp_path):
+    from slimtorch.resources import time_budget
+
+    teacher, data, _ = setup
+    with time_budget(1e-3) as budget:
+        d = run(student_of(teacher), teacher, data, tmp_path, epochs=5).details
+    assert d["stop_reason"] == "time_budget" and d["steps"] == 1 and d["sequences_seen"] == 4
+    assert budget is not None and "max_stage_seconds" in budget.notes[0]
+
+
 def test_a_live_teacher_trains_on_the_full_kl(setup, tmp_path):
     teacher, data, _ = setup
     d = run(student_of(teacher), teacher, data, tmp_path, epochs=2, cache_teacher=False, alpha=0.2).details
