@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--kd-seconds", type=float, help="wall-clock budget of that KD (resources.max_stage_seconds)")
     parser.add_argument("--only", nargs="*", help="variant names to run (the original always runs)")
     parser.add_argument("--no-gguf", action="store_true", help="skip the GGUF files")
+    parser.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8], help="batch sizes of the decode timings")
     parser.add_argument("--compile", action="store_true", help="also time decoding compiled (evaluate.llm.compile: static KV "
                         "cache, torch.compile'd decode step), interleaved with the eager timings")
     parser.add_argument("--model", default="hf:smollm2", help="another LLaMA causal LM loaded from GGUF (a quick check of this script)")
@@ -179,7 +180,7 @@ def main() -> None:
     config = EvaluateConfig(
         latency=LatencyConfig(batch_sizes=[1], warmup=3, repeats=10, threads=args.threads),
         llm=LLMEvalConfig(window=256, stride=192, max_tokens=args.max_tokens, kl_tokens=512, prefill_repeats=5,
-                          decode_tokens=16, decode_repeats=2, decode_batch_sizes=[1, 8], compile=args.compile),
+                          decode_tokens=16, decode_repeats=2, decode_batch_sizes=args.decode_batches, compile=args.compile),
     )
     t0 = time.perf_counter()
     original = build_model(args.model)
@@ -239,15 +240,15 @@ def main() -> None:
             r["decode_b1_interleaved_compiled_speedup"] = round(c / fp32, 3)
             r["decode_b1_interleaved_compiled_vs_eager_fp32"] = round(c / base["decode_b1_interleaved"]["median"], 3)
     header = (f"{'variant':34} {'size MB':>8} {'size x':>7} {'ppl':>8} {'ppl x':>6} {'top-1':>6} {'KL':>7} {'prefill ms':>10} "
-              f"{'tok/s b1':>8} {'x':>5} {'tok/s b8':>8} {'x':>5}")
+              + "".join(f"{f'tok/s b{b}':>9} {'x':>5}" for b in args.decode_batches))
     print("decode columns: " + ("compiled (static KV cache, torch.compile); eager figures in the JSON" if args.compile else "eager"))
     print(header)
     print("-" * len(header))
     for r in rows:
         d, s = r["decode_tokens_per_s"], r["decode_speedup"]
         print(f"{r['variant']:34} {r['bytes'] / 1e6:8.1f} {r['size_ratio']:7.3f} {r['perplexity']:8.3f} {r['perplexity_ratio']:6.3f} "
-              f"{r['token_agreement']:6.3f} {r['kl_to_original']:7.4f} {r['prefill_ms_b1']:10.1f} {d['1']:8.2f} {s['1']:5.2f} "
-              f"{d['8']:8.2f} {s['8']:5.2f}")
+              f"{r['token_agreement']:6.3f} {r['kl_to_original']:7.4f} {r['prefill_ms_b1']:10.1f}"
+              + "".join(f" {d[str(b)]:8.2f} {s[str(b)]:5.2f}" for b in args.decode_batches))
     print(f"\ndecode tokens/s at batch 1, variants interleaved, median (min-max) of {args.speed_rounds} rounds:")
     for r in rows:
         t = r["decode_b1_interleaved"]
