@@ -58,8 +58,12 @@ def planner_recipe(hand: dict[str, Any], speedup: float, recovery_steps: int | N
     # Its batches are 128 tokens (about 6x the hand recipe's, padded to the longest sentence), so each step costs more.
     limit = {} if recovery_steps is None else {"max_steps": recovery_steps}
     recipe["stages"] = [{"distill": {**s["distill"], **limit}} for s in recipe["stages"] if "distill" in s]
+    # The int8 candidates are quantized as the hand recipe quantizes (eager attention, smoothing); layers rank by block
+    # influence (the planner's default criterion for granularity: layer).
+    quantize = next((s["quantize"] for s in hand["stages"] if "quantize" in s), {})
     recipe["target"] = {"speedup": speedup, "batch": 8, "min_accuracy": GOAL_COSINE, "runtime": "onnxruntime",
-                        "granularity": "layer", "sparsities": [0.0, 0.17], "quantize": ["dynamic_int8"], "repeats": 5}
+                        "granularity": "layer", "sparsities": [0.0, 0.17], "quantize": ["dynamic_int8"], "repeats": 5,
+                        "quantize_args": {k: v for k, v in quantize.items() if k not in ("mode", "runtime")}}
     return recipe
 
 
