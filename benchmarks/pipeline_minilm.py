@@ -14,7 +14,9 @@ dynamic int8 of the unmodified model as a second reference:
 
 Run from the project root: ``.venv/bin/python benchmarks/pipeline_minilm.py`` (each run trains for at
 most the recipe's ``resources.max_stage_seconds``, 30 minutes). ``--no-planner`` skips the planner run;
-``--out DIR`` keeps both runs' report cards and ``--resume`` then reuses their finished steps.
+``--out DIR`` keeps both runs' report cards and ``--resume`` then reuses their finished steps;
+``--requantize DIR`` adds a saved float student quantized with the recipe's quantize stage (an earlier
+run's recovery, re-quantized, without training again).
 """
 
 from __future__ import annotations
@@ -118,6 +120,16 @@ def stage_summary(result: slimtorch.RunResult) -> list[dict[str, Any]]:
     return rows
 
 
+def requantized(student_dir: Path, hand: dict[str, Any]) -> torch.nn.Module:
+    """A saved float student through the hand recipe's quantize stage, calibrated on the recipe's training data."""
+    quantize = next(s["quantize"] for s in hand["stages"] if "quantize" in s)
+    d = hand["data"]
+    data = build_data(d["source"], args=d.get("args", {}), seed=hand.get("seed", 0), batch_size=d.get("batch_size", 32))
+    out, _ = QuantizeStage(QuantizeConfig(**quantize)).apply(slimtorch.load(student_dir).eval(),
+                                                             RunContext(data=data, task="embedding", seed=hand.get("seed", 0)))
+    return out.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", type=Path, default=RECIPE)
@@ -129,6 +141,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--held-out", type=int, default=500, help="test sentences for fidelity")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
+    parser.add_argument("--requantize", type=Path, default=None, help="a saved float student (e.g. an earlier run's "
+                        "models/2_distill): quantized with the recipe's quantize stage and measured beside the runs")
     args = parser.parse_args()
     torch.set_num_threads(2)
     hand = yaml.safe_load(args.recipe.read_text())
@@ -161,6 +175,8 @@ def main() -> None:
         original, RunContext(data=data, task="embedding", seed=hand.get("seed", 0)))
     models: dict[str, torch.nn.Module] = {"torch fp32 (original)": original, "ort int8 (original)": ort_int8.eval()}
     models.update({name: r.model.eval() for name, (r, _) in runs.items()})
+    if args.requantize is not None:
+        models["saved student, int8"] = requantized(args.requantize, hand)
     timings, cpu_times = interleaved_ms(models, batch, repeats=args.repeats, warmup=3)
     p50 = {k: statistics.median(v) for k, v in timings.items()}
     cpu50 = {k: statistics.median(v) for k, v in cpu_times.items()}
