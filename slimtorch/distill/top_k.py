@@ -43,7 +43,7 @@ def top_k_of(log_probs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     if k < log_probs.shape[-1]:
         rest = log_probs.scatter(-1, ids, float("-inf")).logsumexp(-1)
     else:
-        rest = torch.full(log_probs.shape[:-1], float("-inf"))
+        rest = log_probs.new_full(log_probs.shape[:-1], float("-inf"))
     return values, ids, rest
 
 
