@@ -50,32 +50,39 @@ def _what(model: nn.Module) -> str:
     return f"a Hugging Face {inner.kind} model" if isinstance(inner, HFModel) else f"a {type(inner).__name__}"
 
 
-def check_token_distillation(student: nn.Module, teachers: Sequence[nn.Module], config: DistillConfig) -> HFModel:
-    """The student's causal LM, once the teachers and settings fit token-level distillation.
+def check_token_distillation(student: nn.Module, teachers: Sequence[nn.Module], config: DistillConfig, data: DataBundle) -> Any:
+    """The tokenizer the text is read with, once the teachers and settings fit token-level distillation.
+
+    It is the student's own; a causal LM without one (a random-init config) reads the text with the
+    data's tokenizer, as every other stage of the run does.
 
     Raises:
-        RecipeError: a teacher is not a causal LM, the student has no tokenizer, ``top_k`` exceeds the
-            vocabulary, or a setting that only other models support is given.
+        RecipeError: a teacher is not a causal LM, there is no tokenizer or it has more tokens than the
+            model's vocabulary, ``top_k`` exceeds the vocabulary, or a setting only other models support is given.
         ShapeMismatchError: a teacher's vocabulary differs from the student's.
     """
     lm = causal_lm_inner(student)
-    if lm is None or lm.tokenizer is None:
-        raise RecipeError("distill: token-level distillation tokenizes the text with the student's tokenizer, and this causal LM "
-                          "has none; load it from a directory or GGUF file that has one.")
+    assert lm is not None  # the stage routes causal LMs here
+    tokenizer = lm.tokenizer if lm.tokenizer is not None else getattr(data.collate_fn, "tokenizer", None)
+    vocab = int(lm.hf.config.vocab_size)
+    if tokenizer is None or len(tokenizer) > vocab:
+        what = "no tokenizer" if tokenizer is None else f"a tokenizer of {len(tokenizer)} tokens for a vocabulary of {vocab}"
+        raise RecipeError(f"distill: token-level distillation reads the text with the student's tokenizer, and there is {what}; "
+                          "load the causal LM from a directory or GGUF file that has its tokenizer (or give data a tokenizer "
+                          "that fits its vocabulary).")
     unsupported = {"assistant": config.assistant is not None, "ddp": config.ddp is not None, "loss": config.loss != "kd",
                    "features": isinstance(config.features, TransformerFeatures) or bool(config.features)}
     for name, is_set in unsupported.items():
         if is_set:
             raise RecipeError(f"distill.{name} is not supported for a causal-LM student (token-level distillation: KL on the "
                               "next-token distributions, loss kd); remove it.")
-    vocab = int(lm.hf.config.vocab_size)
     for i, teacher in enumerate(teachers):
         t_lm = causal_lm_inner(teacher)
         if t_lm is None:
             raise RecipeError(f"distill: the student is a causal LM but teacher {i} is {_what(teacher)}; token-level distillation "
                               "needs a causal-LM teacher (kind: causal_lm) with the student's vocabulary.")
         t_vocab = int(t_lm.hf.config.vocab_size)
-        same_tokens = t_lm.tokenizer is None or t_lm.tokenizer.get_vocab() == lm.tokenizer.get_vocab()
+        same_tokens = t_lm.tokenizer is None or t_lm.tokenizer.get_vocab() == tokenizer.get_vocab()
         if t_vocab != vocab or not same_tokens:
             raise ShapeMismatchError(f"distill: teacher {i} has a vocabulary of {t_vocab} tokens and the student {vocab}"
                                      f"{'' if same_tokens else ' (and their tokenizers differ)'}; token-level distillation "
@@ -83,7 +90,7 @@ def check_token_distillation(student: nn.Module, teachers: Sequence[nn.Module], 
     if config.tokens.top_k > vocab:
         raise RecipeError(f"distill.tokens.top_k is {config.tokens.top_k} but the vocabulary has {vocab} tokens; give at most "
                           f"{vocab} (k = {vocab} caches the full distribution; 64 is the usual choice).")
-    return lm
+    return tokenizer
 
 
 TeacherTarget = Tensor | tuple[Tensor, Tensor, Tensor]  # full log-probs (B, T, V), or top-k (values, ids, rest)
@@ -180,11 +187,11 @@ def train_token_hop(student: nn.Module, teachers: Sequence[nn.Module], weights: 
                     config: DistillConfig, ctx: RunContext, *, description: str = "distill tokens",
                     checkpoint_dir: Path | None = None) -> TokenHopResult:
     """Distill ``teachers`` into the causal LM ``student`` token by token, in place (best val weights kept)."""
-    lm = check_token_distillation(student, teachers, config)
+    tokenizer = check_token_distillation(student, teachers, config, data)
     spec, temperature, alpha = config.tokens, float(causal_setting(config, "temperature")), float(causal_setting(config, "alpha"))
     split = data.distill_set() if config.use_transfer else data.train
-    train = pack_text(lm.tokenizer, text_lines(split, "train"), spec.seq_tokens, spec.max_sequences)
-    heldout = pack_text(lm.tokenizer, text_lines(data.val, "val"), spec.seq_tokens, spec.heldout_sequences)
+    train = pack_text(tokenizer, text_lines(split, "train"), spec.seq_tokens, spec.max_sequences)
+    heldout = pack_text(tokenizer, text_lines(data.val, "val"), spec.seq_tokens, spec.heldout_sequences)
     frozen_list = frozen_names(student, config.freeze)
     cache = None
     if config.cache_teacher:

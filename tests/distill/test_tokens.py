@@ -212,3 +212,21 @@ def test_the_recipe_section_is_the_python_config(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(recipe)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "line 6: stages[1].distill.tokens.seq_tokens: distill.tokens.seq_tokens must be at least 2; got 1" in result.output
+
+
+def test_a_causal_lm_without_a_tokenizer_reads_the_text_with_the_datas(setup, tmp_path):
+    _, data, _ = setup  # the text source's tokenizer: all-MiniLM-L6-v2's 30,522 word pieces
+    config = {"model_type": "llama", "vocab_size": 30522, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": True}
+    torch.manual_seed(0)
+    teacher = build_model("hf:random-llama", {"kind": "causal_lm", "config": config})
+    with torch.no_grad():
+        teacher.hf.model.norm.weight.mul_(30.0)
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.hf.model.layers[0].mlp.down_proj.weight.normal_(0, 0.5)
+    d = run(student, teacher, data, tmp_path, epochs=2, freeze=["*embed_tokens*"],
+            tokens={"seq_tokens": 32, "top_k": 16, "max_sequences": 8}).details
+    text = "\n".join(s for s, _ in (data.train[i] for i in range(len(data.train))))
+    assert d["train_tokens"] == min(len(data.collate_fn.tokenizer(text, add_special_tokens=False)["input_ids"]), 8 * 32)
+    assert d["heldout_kl_to_teacher"]["after"] < d["heldout_kl_to_teacher"]["before"]
