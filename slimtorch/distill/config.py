@@ -134,13 +134,16 @@ class DistillConfig(TrainConfig):
     whatever fraction of a batch is labeled. The training fields (``epochs`` as a ceiling, ``lr``,
     ``schedule``, ``patience``, ...) are :class:`~slimtorch.train.TrainConfig`'s.
 
-    A causal-LM student learns token by token (:class:`TokenSpec`): there the CE is on the text's next
-    tokens and, unless set, ``alpha`` is 0 (the text has no labels beyond itself), ``temperature`` 1
-    (the distribution perplexity is measured on) and ``lr`` 5e-5 (a pretrained model recovering).
+    Unset, ``temperature`` is 2 and ``alpha`` 0.5. A causal-LM student learns token by token
+    (:class:`TokenSpec`): there the CE is on the text's next tokens and, unless set, ``alpha`` is 0 (the
+    text has no labels beyond itself), ``temperature`` 1 (the distribution perplexity is measured on)
+    and ``lr`` 5e-5 (a pretrained model recovering).
     """
 
-    temperature: float = Field(2.0, description="softmax temperature T of the soft targets (T > 0)")
-    alpha: float = Field(0.5, description="λ: weight of the hard-label cross-entropy, in [0, 1]")
+    temperature: float | None = Field(None, description="softmax temperature T of the soft targets (T > 0); default 2, and 1 "
+                                                         "for a causal LM")
+    alpha: float | None = Field(None, description="λ: weight of the hard-label cross-entropy, in [0, 1]; default 0.5, and 0 "
+                                                  "for a causal LM (its CE is on the text's next tokens)")
     loss: Literal["kd", "mse", "cosine"] = Field(
         "kd", description="kd: Hinton KD on logits; mse: MSE on logits/embeddings; cosine: 1 − cos on embeddings")
     epochs: int = Field(20, ge=0, description="ceiling on passes over the distillation set; training stops earlier once converged")
@@ -184,8 +187,8 @@ class DistillConfig(TrainConfig):
 
     @field_validator("temperature")
     @classmethod
-    def _check_temperature(cls, value: float) -> float:
-        if not value > 0:
+    def _check_temperature(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
             raise ValueError(
                 f"distill.temperature must be > 0; got {value}. T divides the logits before the softmax: "
                 "T = 1 is the plain softmax, T = 2-5 softens it (2 is a good start)."
@@ -194,8 +197,8 @@ class DistillConfig(TrainConfig):
 
     @field_validator("alpha")
     @classmethod
-    def _check_alpha(cls, value: float) -> float:
-        if not 0.0 <= value <= 1.0:
+    def _check_alpha(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(
                 f"distill.alpha must be in [0, 1]; got {value}. alpha is λ, the weight of the hard-label loss: "
                 "0 = soft targets only, 1 = labels only; 0.5 weighs them equally."
@@ -210,6 +213,16 @@ class DistillConfig(TrainConfig):
                 f"distill.teacher_weights must be non-negative with a positive sum, one per teacher; got {value}."
             )
         return value
+
+    @property
+    def temperature_value(self) -> float:
+        """T as given, else 2 (the default for classifiers and encoders; causal LMs: :mod:`~slimtorch.distill.token_hop`)."""
+        return 2.0 if self.temperature is None else self.temperature
+
+    @property
+    def alpha_value(self) -> float:
+        """λ as given, else 0.5 (the default for classifiers and encoders; causal LMs: :mod:`~slimtorch.distill.token_hop`)."""
+        return 0.5 if self.alpha is None else self.alpha
 
     def train_config(self, epochs: int | None = None) -> TrainConfig:
         """The optimiser settings for :func:`slimtorch.train.fit`."""

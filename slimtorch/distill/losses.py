@@ -53,7 +53,7 @@ def mix_outputs(teacher_outputs: Sequence[Tensor], weights: Sequence[float]) -> 
 def teacher_target(outputs: Sequence[Tensor], weights: Sequence[float], config: DistillConfig) -> Tensor:
     """What the student is trained to match, given every teacher's output on a batch."""
     if config.loss == "kd":
-        return mix_soft_targets(outputs, weights, config.temperature)
+        return mix_soft_targets(outputs, weights, config.temperature_value)
     return mix_outputs(outputs, weights)
 
 
@@ -66,12 +66,12 @@ def kd_loss(student_logits: Tensor, soft_targets: Tensor, labels: Tensor, config
     unlabeled rows (``UNLABELED``) add no CE and do not dilute the labeled ones. The T² factor keeps the
     soft-target gradients the same size as T changes (they scale as 1/T²).
     """
-    t = config.temperature
+    t, alpha = config.temperature_value, config.alpha_value
     log_q = F.log_softmax(student_logits / t, dim=-1)  # (B, C)
     soft = kl_div(soft_targets, log_q) * t * t  # (B,)
-    if config.alpha == 0:
-        return (1 - config.alpha) * soft
-    return config.alpha * labeled_cross_entropy_rows(student_logits, labels) + (1 - config.alpha) * soft
+    if alpha == 0:
+        return (1 - alpha) * soft
+    return alpha * labeled_cross_entropy_rows(student_logits, labels) + (1 - alpha) * soft
 
 
 @LOSSES.register("mse")

@@ -190,8 +190,8 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
             "teachers": len(teachers),
             "teacher_weights": _weights(config, len(teachers)),
             "loss": config.loss,
-            "temperature": config.temperature,
-            "alpha": config.alpha,
+            "temperature": config.temperature_value,
+            "alpha": config.alpha_value,
             "features": config.features.model_dump() if isinstance(config.features, TransformerFeatures)
             else [p.model_dump() for p in config.features],
             "converged_epoch": hops[-1]["converged_epoch"],
@@ -200,9 +200,9 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
 
     def _notes(self, ctx: RunContext, hops: list[dict[str, Any]]) -> list[str]:
         config, notes = self.config, []
-        if ctx.data.task == "classification" and config.loss == "kd" and config.alpha == 1.0:
+        if ctx.data.task == "classification" and config.loss == "kd" and config.alpha_value == 1.0:
             notes.append("distill.alpha is 1: the student trained on labels only; the teacher's soft targets were not used.")
-        if ctx.data.task == "embedding" and "alpha" in config.model_fields_set:
+        if ctx.data.task == "embedding" and config.alpha is not None:
             notes.append("distill.alpha has no effect on an embedding task: there are no labels, only the teacher's embeddings.")
         if config.cache_teacher and not all(h["cached_teacher"] for h in hops):
             notes.append("teacher outputs were not cached: the data gives a different input each time it is read (augmentation).")

@@ -121,7 +121,7 @@ def token_loss(student_logits: Tensor, x: dict[str, Tensor], target: TeacherTarg
 def causal_setting(config: DistillConfig, name: str) -> Any:
     """``temperature``, ``alpha`` or ``lr`` as the recipe gave it, else :data:`CAUSAL_LM_DEFAULTS`."""
     value = getattr(config, name)
-    return value if name in config.model_fields_set and value is not None else CAUSAL_LM_DEFAULTS[name]
+    return CAUSAL_LM_DEFAULTS[name] if value is None else value
 
 
 @torch.no_grad()

@@ -199,7 +199,7 @@ def test_the_recipe_section_is_the_python_config(tmp_path):
     from typer.testing import CliRunner
 
     from slimtorch.cli import app
-    from slimtorch.recipe import load_recipe
+    from slimtorch.recipe import dump_recipe, load_recipe
 
     recipe = tmp_path / "r.yaml"
     body = ("name: t\ndata: {source: text}\nteacher: {model: hf:smollm2}\nstages:\n"
@@ -208,6 +208,10 @@ def test_the_recipe_section_is_the_python_config(tmp_path):
     recipe.write_text(body % 64)
     config = load_recipe(recipe).stages[1].config
     assert config == DistillConfig(tokens={"seq_tokens": 64, "top_k": 32}, freeze=["*embed_tokens*"])
+    # a copy of the recipe (sweeps, worker processes) leaves T and λ unset: a causal LM still gets its own defaults
+    copied = tmp_path / "copy.yaml"
+    copied.write_text(dump_recipe(load_recipe(recipe)))
+    assert load_recipe(copied).stages[1].config.temperature is None and load_recipe(copied).stages[1].config.alpha is None
     recipe.write_text(body % 1)
     result = CliRunner().invoke(app, ["validate", str(recipe)])
     assert result.exit_code == 2 and "Traceback" not in result.output
