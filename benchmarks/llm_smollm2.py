@@ -53,6 +53,7 @@ from slimtorch.measure.llm import causal_lm_of, decode_tokens_per_s, eval_token_
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
+from slimtorch.quantize._torch import int8_activations_
 from slimtorch.resources import time_budget
 
 
@@ -96,6 +97,23 @@ def kd_section(steps: int) -> dict:
     return {"epochs": math.ceil(steps / 8), "max_steps": steps, "batch_size": 4, "examples_per_epoch": 32, "lr": 5e-5,
             "patience": None, "use_dropout": False, "freeze": ["*embed_tokens*"],
             "tokens": {"seq_tokens": 128, "top_k": 64, "max_sequences": steps * 4, "heldout_sequences": 8}}
+
+
+def same_codes_other_activations(spec: QuantizeConfig | Structural | None, built: dict[str, nn.Module],
+                                 specs: dict[str, QuantizeConfig | Structural | None]) -> tuple[nn.Module, dict] | None:
+    """A variant that differs from one already built only in ``int8_activations``: a copy of it, switched (no second GPTQ run).
+
+    The quantize stage sets ``int8_activations`` last, on the finished int8 layers, so this is the model it would build.
+    """
+    if not isinstance(spec, QuantizeConfig) or spec.int8_activations == "bf16":
+        return None
+    plain = spec.model_copy(update={"int8_activations": "bf16"})
+    source = next((n for n, m in built.items() if specs.get(n) == plain), None)
+    if source is None:
+        return None
+    model = copy.deepcopy(built[source])
+    return model, {"backend": f"{source}, int8 layers on {spec.int8_activations} activations",
+                   "int8_activation_linears": int8_activations_(model, spec.int8_activations)}
 
 
 def build_variant(spec: QuantizeConfig | Structural | None, original: nn.Module, data: DataBundle) -> tuple[nn.Module, dict]:
@@ -193,7 +211,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in chosen.items():
             start = time.perf_counter()
-            model, details = build_variant(spec, original, data)
+            model, details = same_codes_other_activations(spec, models, chosen) or build_variant(spec, original, data)
             build_s = time.perf_counter() - start
             directory = artifact.save(model, Path(tmp) / name.replace(" ", "_").replace("+", "").replace("/", ""))
             m = measure(model, name=name, stage="benchmark", data=data, config=config, artifact_dir=directory,
