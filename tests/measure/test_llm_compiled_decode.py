@@ -91,3 +91,16 @@ def test_report_card_keeps_compiled_and_eager_decode_apart(tiny):
 def test_compile_must_be_a_boolean():
     with pytest.raises(ValueError, match="compile"):
         LLMEvalConfig(compile="sometimes")
+
+
+def test_a_recipe_with_a_bad_compile_value_is_one_line_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from slimtorch.cli import app
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nteacher: {model: mlp}\nstages: []\nevaluate: {llm: {compile: sometimes}}\n")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "compile" in lines[0], result.stderr

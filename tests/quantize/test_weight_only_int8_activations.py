@@ -82,3 +82,21 @@ def test_int4_model_with_an_int8_lm_head_on_int8_activations_round_trips(tmp_pat
 def test_int8_activations_without_an_int8_layer_is_refused():
     with pytest.raises(ValueError, match="int8_activations: int8 applies to torch int8 weight-only layers"):
         QuantizeConfig(mode="int4_weight_only", runtime="torch", group_size=32, embedding_bits=4, int8_activations="int8")
+
+
+@pytest.mark.parametrize(("line", "what"), [
+    ("  - quantize: {mode: int4_weight_only, runtime: torch, group_size: 64, embedding_bits: 4, int8_activations: int8x2}",
+     "int8_activations: int8x2 applies to torch int8 weight-only layers"),
+    ("  - quantize: {mode: int8_weight_only, runtime: torch, int8_activations: int4}", "int8_activations"),
+])
+def test_a_recipe_with_a_bad_int8_activations_is_one_line_exit_2(tmp_path, line, what):
+    from typer.testing import CliRunner
+
+    from slimtorch.cli import app
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nteacher: {{model: mlp}}\nstages:\n{line}\n")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and what in lines[0], result.stderr
