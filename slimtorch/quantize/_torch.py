@@ -263,8 +263,8 @@ class WeightOnlyLinear(nn.Module):
     ``scale``/``minimum`` (N, K/group_size) bf16 — asymmetric, ``W ≈ q · scale + minimum``.
     ``activations`` (int8 only): ``"bf16"`` multiplies bf16 activations on torch's weight-only kernel;
     ``"int8"`` quantizes them per call and multiplies int8 × int8 on fbgemm (:func:`int8_dynamic_mm`),
-    ~3.5x faster for SmolLM2's 49,152 × 576 ``lm_head`` at batch 1 on this VNNI CPU; ``"int8x2"`` adds a
-    second pass over the rounding residual (~16-bit activations, still ~1.7x faster than bf16 there).
+    ~2-3.5x faster for SmolLM2's 49,152 × 576 ``lm_head`` at batch 1 on this VNNI CPU; ``"int8x2"`` adds a
+    second pass over the rounding residual (~16-bit activations; about the bf16 kernel's time on a quiet machine).
     """
 
     qweight: Tensor
