@@ -219,12 +219,18 @@ def drop_layers_(hf: PreTrainedModel, drop: list[int]) -> dict[str, Any]:
 
 @torch.no_grad()
 def block_influence(model: nn.Module, hf: PreTrainedModel, batches: list[Any]) -> Tensor:
-    """``1 - cos(h_in, h_out)`` of each block on calibration data (ShortGPT, https://arxiv.org/abs/2403.03853)."""
+    """``1 - cos(h_in, h_out)`` of each block on calibration data (ShortGPT, https://arxiv.org/abs/2403.03853).
+
+    Averaged over real tokens only: padding positions carry no text, and on batches padded to a fixed
+    length they would outnumber the words and decide the ranking (MiniLM at 128 tokens: layer 0
+    instead of layer 2).
+    """
     from slimtorch.core import forward
 
     bl = blocks(hf)
     sums = torch.zeros(len(bl))
     ins: dict[int, Tensor] = {}
+    mask: list[Tensor | None] = [None]  # the current batch's attention mask (B, T), or None
 
     def pre(i: int) -> Any:
         def run(_: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -234,13 +240,20 @@ def block_influence(model: nn.Module, hf: PreTrainedModel, batches: list[Any]) -
     def post(i: int) -> Any:
         def run(_: nn.Module, __: Any, out: Any) -> None:
             h = out[0] if isinstance(out, tuple) else out
-            sums[i] += (1 - torch.nn.functional.cosine_similarity(ins[i], h.detach(), dim=-1)).mean()
+            distance = 1 - torch.nn.functional.cosine_similarity(ins[i], h.detach(), dim=-1)  # (B, T)
+            m = mask[0]
+            if m is not None and m.shape == distance.shape:
+                weights = m.to(distance.device, distance.dtype)
+                sums[i] += float((distance * weights).sum() / weights.sum().clamp(min=1))
+            else:
+                sums[i] += float(distance.mean())
         return run
 
     handles = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, b in enumerate(bl)]
     handles += [b.register_forward_hook(post(i)) for i, b in enumerate(bl)]
     try:
         for x, _ in batches:
+            mask[0] = x.get("attention_mask") if isinstance(x, dict) else None
             forward(model, x)
     finally:
         for h in handles:

@@ -123,3 +123,19 @@ def test_minilm(granularity, minilm, text_data, tmp_path):
     artifact.save(out, tmp_path / "saved")
     again, _ = predict(artifact.load(tmp_path / "saved"), text_data.loader("test"))
     torch.testing.assert_close(again, got, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_block_influence_counts_real_tokens_only(name):
+    """The same sentences, bare or padded to 4x their length: padding must not change which layer looks least influential."""
+    from slimtorch.prune.transformers import block_influence
+
+    model = _tiny(name).eval()
+    ids = torch.randint(1, 120, (3, 8), generator=torch.Generator().manual_seed(1))
+    bare = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    padded_ids = torch.cat([ids, torch.zeros(3, 24, dtype=torch.long)], 1)
+    padded = {"input_ids": padded_ids, "attention_mask": (torch.arange(32) < 8).long().expand(3, 32).clone()}
+    labels = torch.zeros(3, dtype=torch.long)
+    hf = model.hf
+    torch.testing.assert_close(block_influence(model, hf, [(padded, labels)]), block_influence(model, hf, [(bare, labels)]),
+                               atol=1e-4, rtol=1e-3)
