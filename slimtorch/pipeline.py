@@ -34,6 +34,7 @@ from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import StageSpec
 from slimtorch.report import build_report, write_report
 from slimtorch.report.card import Report
+from slimtorch.report.hardware import input_of
 from slimtorch.resume import ResumeState, fingerprint
 from slimtorch.run_loop import run_stages
 from slimtorch.run_store import RunStore, model_refs
@@ -199,9 +200,12 @@ def _unrecovered_pruning(stages: list[StageSpec], measured: list[Measurement]) -
         later = any(s.kind in TRAINING_STAGES or (s.kind == "prune" and getattr(s.config, "finetune_epochs", None))
                     or (s.kind == "quantize" and getattr(s.config, "qat", None)) for s in stages[n:])
         i = by_name[f"{n}_prune"]
-        if recovers or later or i == 0:
+        if recovers or later:
             continue
-        name, before = measured[i - 1].primary_metric
+        start = input_of(measured[:i])
+        if start is None:
+            continue
+        name, before = start.primary_metric
         _, after = measured[i].primary_metric
         if before is None or after is None or before - after < UNRECOVERED_DROP:
             continue

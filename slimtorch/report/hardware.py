@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ MIN_MAC_REDUCTION = 1.5  # below this, a small speedup is not worth a warning
 MIN_EFFICIENCY = 0.5  # speedup ÷ MAC reduction
 MIN_SPARSITY = 0.1  # fraction of zero weights that counts as "sparse"
 SIZE_UNCHANGED = 0.9  # size kept above this fraction of the dense predecessor = stored dense
+SIDE_MODEL = re.compile(r"^\d+_[a-z]+_.+")  # <n>_<stage>_<extra>: a comparison or intermediate model of stage n
 MAX_SLOWDOWN = 1.25  # a stage whose model is this much slower than its input's (outside the spread) is called out
 
 
@@ -39,7 +41,8 @@ def hardware_warnings(models: Sequence[Measurement], baseline: str) -> list[str]
         elif key not in said and (w := _efficiency(base, m, sizes)):
             said.add(key)
             out += w
-        if i > 0 and m.device == models[i - 1].device and (w := _slower_than_input(models[i - 1], m, sizes)):
+        before = input_of(models[:i])
+        if before is not None and m.device == before.device and (w := _slower_than_input(before, m, sizes)):
             out += w
         w, dense = _dense_sparsity(m, models[:i])
         key = ("sparse", dense, m.nonzero_params, m.size_bytes)
@@ -66,6 +69,12 @@ def _efficiency(base: Measurement, m: Measurement, sizes: list[str]) -> list[str
         f"{m.threads} thread(s)): "
         "per-operator overhead, memory traffic or kernels that do not exploit the change dominate.")
     ]
+
+
+def input_of(earlier: Sequence[Measurement]) -> Measurement | None:
+    """The model the next stage started from: the latest earlier model that is not a stage's side model
+    (``2_distill_labels_only``, ``1_lora_full_finetune``, ``1_distill_assistant`` are reported, not passed on)."""
+    return next((e for e in reversed(earlier) if not SIDE_MODEL.match(e.name)), None)
 
 
 def _slower_than_input(before: Measurement, m: Measurement, sizes: list[str]) -> list[str]:

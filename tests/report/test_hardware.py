@@ -66,3 +66,12 @@ def test_a_stage_inside_the_noise_or_faster_is_not_called_slower(make_measuremen
               make_measurement("1_distill", "distill", 50, 50, 200, 50, 0.5, 2.0, 0.9),
               make_measurement("2_prune", "prune", 25, 25, 100, 25, 0.6, 2.2, 0.9)]  # 1.2x and 1.1x: within tolerance
     assert not [w for w in hardware_warnings(models, "base") if " is slower than " in w]
+
+
+def test_a_stage_is_compared_with_the_model_it_started_from_not_a_side_model(make_measurement):
+    """2_quantize started from 1_distill; the labels-only control reported between them is not its input."""
+    models = [make_measurement("base", "teacher", 100, 100, 400, 100, 1.0, 4.0, 0.9),
+              make_measurement("1_distill", "distill", 50, 50, 200, 50, 0.5, 2.0, 0.9),
+              make_measurement("1_distill_labels_only", "distill", 50, 50, 200, 50, 0.1, 0.4, 0.8),
+              make_measurement("2_quantize", "quantize", 50, 50, 60, 50, 0.5, 2.0, 0.9, runtime="onnxruntime")]
+    assert not [w for w in hardware_warnings(models, "base") if " is slower than " in w]
