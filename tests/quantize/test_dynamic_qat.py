@@ -7,34 +7,12 @@ import copy
 import pytest
 import torch
 from pydantic import ValidationError
-from torch import nn
 
 from slimtorch.core import RunContext
 from slimtorch.measure.accuracy import predict
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
 from slimtorch.quantize.dynamic_qat import DynamicInt8Linear, prepare_, strip_, train_dynamic_qat
 from slimtorch.quantize.smooth import SmoothedLinear, smooth_
-
-
-class _OutlierChannels(nn.Module):
-    """Two of 64 input features 50× larger than the rest, as in the outlier dimensions of transformers."""
-
-    gain: torch.Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        gain = torch.ones(64)
-        gain[[5, 40]] = 50.0
-        self.register_buffer("gain", gain)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) * self.gain
-
-
-@pytest.fixture()
-def outlier_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(_OutlierChannels(), nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 10)).eval()
 
 
 def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:

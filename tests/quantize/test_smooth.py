@@ -78,24 +78,8 @@ def test_smoothed_bert_quantizes_with_one_mul_and_one_activation_quantization_pe
     assert ops[0.8]["DynamicQuantizeLinear"] == ops[None]["DynamicQuantizeLinear"] == 8
 
 
-class _OutlierChannels(nn.Module):
-    """Two of 64 input features 50× larger than the rest: one per-tensor int8 range must cover them."""
-
-    gain: torch.Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        gain = torch.ones(64)
-        gain[[5, 40]] = 50.0
-        self.register_buffer("gain", gain)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) * self.gain
-
-
-def test_smoothing_cuts_the_int8_error_of_outlier_channels(digits, tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(_OutlierChannels(), nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 10)).eval()
+def test_smoothing_cuts_the_int8_error_of_outlier_channels(outlier_mlp, digits, tmp_path):
+    model = outlier_mlp
     ctx = RunContext(data=digits, seed=0, work_dir=tmp_path)
     reference, _ = predict(model, digits.loader("test"))
     error = {}
