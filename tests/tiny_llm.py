@@ -7,8 +7,10 @@ Written with the ``gguf`` package, read back by transformers exactly like a real
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 
 def write_tiny_gguf(path: Path, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
@@ -72,6 +74,16 @@ ENGLISH = [
     "Actions speak louder than words in the theatre of life.",
     "Curiosity killed the cat, but satisfaction brought it back.",
 ]
+
+
+def load_tiny_gguf(root: Path, name: str = "tiny.gguf", **shape: Any) -> Any:
+    """Write a tiny GGUF file under ``root`` and load it as ``gguf:<file>``, converted into ``root/cache``
+    (``SLIMTORCH_CACHE`` is set for the load only, so tests never touch the user's cache)."""
+    from slimtorch.models import build_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLIMTORCH_CACHE", str(root / "cache"))
+        return build_model(f"gguf:{write_tiny_gguf(root / name, **shape)}")
 
 
 def write_text(path: Path, repeat: int = 2) -> Path:

@@ -19,7 +19,7 @@ from slimtorch.distill.top_k import TopKTeacherCache, top_k_of
 from slimtorch.errors import RecipeError, ShapeMismatchError
 from slimtorch.models import build_model
 from slimtorch.models.hf import HFModel
-from tests.tiny_llm import ENGLISH, write_tiny_gguf
+from tests.tiny_llm import ENGLISH, load_tiny_gguf
 
 pytest.importorskip("gguf")
 
@@ -40,9 +40,7 @@ def tiny_lm(tokenizer, vocab: int = VOCAB, seed: int = 0) -> HFModel:
 def setup(tmp_path_factory):
     """A teacher and text (and a model read from a GGUF file); students differ from the teacher in their layer only."""
     root = tmp_path_factory.mktemp("tokens")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLIMTORCH_CACHE", str(root / "cache"))
-        from_gguf = build_model(f"gguf:{write_tiny_gguf(root / 'tiny.gguf', hidden=32, layers=1, heads=4, kv_heads=2, ffn=64)}")
+    from_gguf = load_tiny_gguf(root, hidden=32, layers=1, heads=4, kv_heads=2, ffn=64)
     teacher = tiny_lm(from_gguf.tokenizer, seed=0)
     with torch.no_grad():  # random weights give a near-uniform next token; a sharper teacher has more to teach
         teacher.hf.model.norm.weight.mul_(20.0)  # logits ~100x larger than at initialisation

@@ -12,12 +12,11 @@ from slimtorch.data import build_data
 from slimtorch.measure import EvaluateConfig, LatencyConfig, measure, outputs_on
 from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.llm import compiled_decode_kwargs, forget_foreign_compiled_call_
-from slimtorch.models import build_model
 from slimtorch.quantize import _torch
 from slimtorch.report import build_report
 from slimtorch.report.card import Report
 from slimtorch.report.markdown import render_markdown
-from tests.tiny_llm import write_text, write_tiny_gguf
+from tests.tiny_llm import load_tiny_gguf, write_text
 
 pytest.importorskip("gguf")
 
@@ -29,9 +28,7 @@ CONFIG = EvaluateConfig(latency=LatencyConfig(batch_sizes=[1], warmup=1, repeats
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm_compiled")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLIMTORCH_CACHE", str(root / "cache"))
-        model = build_model(f"gguf:{write_tiny_gguf(root / 'tiny.gguf')}")
+    model = load_tiny_gguf(root)
     data = build_data("text", args={"path": str(write_text(root / "text.txt", repeat=1))})
     return model, data
 
