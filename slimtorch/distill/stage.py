@@ -17,10 +17,11 @@ from slimtorch.distill.config import DistillConfig, FeatureSpec, TransformerFeat
 from slimtorch.distill.ddp import job_for, single_process, spawn_hop
 from slimtorch.distill.engine import train_hop
 from slimtorch.distill.layers import transformer_pairs
-from slimtorch.distill.token_hop import causal_lm_inner, train_token_hop
+from slimtorch.distill.token_hop import train_token_hop
 from slimtorch.distributed import world_size
 from slimtorch.errors import RecipeError
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.models.hf import causal_lm_inner
 from slimtorch.train.loop import convergence_note, fit, train_fields
 from slimtorch.train.stage import FinetuneConfig, cross_entropy
 

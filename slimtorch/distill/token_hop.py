@@ -30,19 +30,13 @@ from slimtorch.distill.losses import masked_token_mean, next_token_ce, token_kl,
 from slimtorch.distill.sequences import TokenSequences, pack_text, text_lines
 from slimtorch.distill.top_k import TopKTeacherCache, teacher_log_probs
 from slimtorch.errors import RecipeError, ShapeMismatchError
-from slimtorch.models.hf import HFModel
+from slimtorch.models.hf import HFModel, causal_lm_inner
 from slimtorch.train import FitResult, fit
 
 # What a causal LM gets when the recipe does not say: the text has no labels beyond itself (λ 0), perplexity is
 # measured on the T = 1 distribution, and a pretrained model recovering wants a small rate (a range test would
 # cost a hundred steps of a large model).
 CAUSAL_LM_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "alpha": 0.0, "lr": 5e-5}
-
-
-def causal_lm_inner(model: nn.Module) -> HFModel | None:
-    """The Hugging Face causal LM inside ``model`` (itself, or the inner model of a wrapper), else None."""
-    inner = getattr(model, "inner", model)
-    return inner if isinstance(inner, HFModel) and inner.kind == "causal_lm" else None
 
 
 def _what(model: nn.Module) -> str:

@@ -50,12 +50,10 @@ def causal_lm_of(model: nn.Module) -> HFModel | None:
     """The Hugging Face causal LM with a tokenizer inside ``model`` (itself, or the inner model of a bf16
     wrapper), else None. A causal LM without a tokenizer (a random-init config) is measured like any other
     model: cosine of its logits to the baseline's."""
-    from slimtorch.models.hf import HFModel
+    from slimtorch.models.hf import causal_lm_inner
 
-    inner = getattr(model, "inner", model)
-    if isinstance(inner, HFModel) and inner.kind == "causal_lm" and inner.tokenizer is not None:
-        return inner
-    return None
+    lm = causal_lm_inner(model)
+    return lm if lm is not None and lm.tokenizer is not None else None
 
 
 @dataclass

@@ -71,6 +71,12 @@ class HFModel(nn.Module):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+def causal_lm_inner(model: nn.Module) -> HFModel | None:
+    """The Hugging Face causal LM inside ``model`` (itself, or the inner model of a wrapper such as bf16), else None."""
+    inner = getattr(model, "inner", model)
+    return inner if isinstance(inner, HFModel) and inner.kind == "causal_lm" else None
+
+
 def resolve_hf_path(name: str) -> str:
     """Map an id to a local directory when an installed package ships its weights."""
     if name in OFFLINE_PACKAGES:
