@@ -196,12 +196,11 @@ def _unrecovered_pruning(stages: list[StageSpec], measured: list[Measurement]) -
         cfg = spec.config
         if spec.kind != "prune" or not isinstance(cfg, PruneConfig) or f"{n}_prune" not in by_name:
             continue
-        recovers = cfg.recover != "none" and (cfg.finetune_epochs if cfg.finetune_epochs is not None else int(cfg.schedule != "oneshot")) > 0
-        later = any(s.kind in TRAINING_STAGES or (s.kind == "prune" and getattr(s.config, "finetune_epochs", None))
+        later = any(s.kind in TRAINING_STAGES or (isinstance(s.config, PruneConfig) and s.config.recovery_epochs)
                     or (s.kind == "quantize" and getattr(s.config, "qat", None)) for s in stages[n:])
-        i = by_name[f"{n}_prune"]
-        if recovers or later:
+        if cfg.recovery_epochs or later:
             continue
+        i = by_name[f"{n}_prune"]
         start = input_of(measured[:i])
         if start is None:
             continue
@@ -211,8 +210,8 @@ def _unrecovered_pruning(stages: list[StageSpec], measured: list[Measurement]) -
             continue
         points = f"{100 * (before - after):.2f} points of {name}" if name == "accuracy" else f"{before - after:.4f} of {name}"
         out.append(f"{n}_prune lost {points} ({before:.4f} → {after:.4f}) and nothing trained it back: a one-shot prune "
-                   "stage recovers only with finetune_epochs (0 by default) or recover: distill. Add e.g. `finetune_epochs: 5`, "
-                   "or a finetune/distill stage after it.")
+                   "stage trains only for finetune_epochs (0 by default; recover: finetune or distill says how). Add e.g. "
+                   "`finetune_epochs: 5`, or a finetune/distill stage after it.")
     return out
 
 

@@ -195,6 +195,16 @@ class PruneConfig(BaseModel):
         return self
 
     @property
+    def recovery_epochs(self) -> int:
+        """Training epochs after each pruning step: ``finetune_epochs``, else 0 for a one-shot schedule and 1 otherwise;
+        0 for the transformer granularities (head, ffn, layer), which do not train (recovery is a later distill stage)."""
+        if self.kind == "transformer":
+            return 0
+        if self.finetune_epochs is not None:
+            return self.finetune_epochs
+        return 0 if self.schedule == "oneshot" else 1
+
+    @property
     def kind(self) -> Literal["mask", "structured", "transformer"]:
         """How the granularity is realised: masks (incl. N:M), structural removal, or HF surgery."""
         if self.granularity in STRUCTURED:

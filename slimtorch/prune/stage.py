@@ -99,7 +99,7 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
         teacher = ctx.teacher if cfg.recover == "distill" else None
         if cfg.recover == "distill" and teacher is None:
             record.notes.append("recover: distill was asked but the run has no teacher; recovered by fine-tuning on labels.")
-        epochs = self._epochs()
+        epochs = cfg.recovery_epochs
         if epochs and ctx.task != "classification" and teacher is None:
             record.notes.append("no recovery training: an embedding task needs a teacher to distil from (recover: distill).")
             epochs = 0
@@ -138,12 +138,6 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
             record.details["layer_sparsity"] = {f: round(v, 4) for f, v in layers.items()}
             total = sum(weight_of(m).numel() for m in targets.values())
             record.details["achieved_sparsity"] = round(sum(layers[f] * weight_of(m).numel() for f, m in targets.items()) / total, 4)
-
-    def _epochs(self) -> int:
-        cfg = self.config
-        if cfg.finetune_epochs is not None:
-            return cfg.finetune_epochs
-        return 0 if cfg.schedule == "oneshot" else 1
 
     def _mask_step(self, model: nn.Module, targets: dict[str, nn.Module], crit: Importance, s: float,
                    ratios: dict[str, float] | None, step: int, steps: int) -> None:

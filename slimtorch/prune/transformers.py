@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from slimtorch.core import RunContext, StageRecord
+from slimtorch.distill.losses import masked_token_mean
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.prune.importance import Importance
@@ -242,11 +243,8 @@ def block_influence(model: nn.Module, hf: PreTrainedModel, batches: list[Any]) -
             h = out[0] if isinstance(out, tuple) else out
             distance = 1 - torch.nn.functional.cosine_similarity(ins[i], h.detach(), dim=-1)  # (B, T)
             m = mask[0]
-            if m is not None and m.shape == distance.shape:
-                weights = m.to(distance.device, distance.dtype)
-                sums[i] += float((distance * weights).sum() / weights.sum().clamp(min=1))
-            else:
-                sums[i] += float(distance.mean())
+            real = m.to(distance.device) if m is not None and m.shape == distance.shape else torch.ones_like(distance)
+            sums[i] += float(masked_token_mean(distance, real))
         return run
 
     handles = [b.register_forward_pre_hook(pre(i), with_kwargs=True) for i, b in enumerate(bl)]
