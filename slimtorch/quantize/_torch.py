@@ -1,7 +1,8 @@
 """Torch-side quantization: dynamic int8, weight-only int8/int4 on torch's CPU kernels, bf16.
 
 - ``dynamic_int8``: :class:`DynamicInt8Linear` (int8 weights, activations quantized per call, int32
-  products on ``aten._int_mm``), the numerics of the deprecated ``torch.ao`` dynamic Linear it replaces.
+  products on fbgemm's packed GEMM or ``aten._int_mm``, whichever this machine runs faster), the numerics
+  of the deprecated ``torch.ao`` dynamic Linear it replaces.
 - ``int8_weight_only`` / ``int4_weight_only``: :class:`WeightOnlyLinear` keeps int8 (per output
   channel) or grouped asymmetric int4 weights and multiplies with torch's packed CPU kernels
   ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu`` (the kernels torchao uses on CPU),
@@ -12,10 +13,10 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import warnings
 import weakref
 from collections.abc import Sequence
-from pathlib import Path
 from typing import cast
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.errors import UnsupportedModuleError
+from slimtorch.measure.machine import probe
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
@@ -104,8 +106,9 @@ class DynamicInt8Linear(nn.Module):
 
     The numerics of ``torch.ao.nn.quantized.dynamic.Linear`` on fbgemm (which it replaces): weights
     symmetric int8 per output channel (or per tensor); activations asymmetric 7-bit per call
-    (``reduce_range``) over the whole input; the product on ``aten._int_mm`` (int8 × int8 → int32).
-    ``q_x − z_x`` lies in [-127, 127], so it is an exact int8 operand.
+    (``reduce_range``) over the whole input; the int8 × int8 → int32 product on ``kernel``: fbgemm's packed
+    GEMM (fast with or without VNNI) or ``aten._int_mm`` (``q_x − z_x`` lies in [-127, 127], an exact int8
+    operand), whichever :func:`dynamic_int8_kernel` timed faster on this machine.
 
     Buffers: ``qweight`` (N, K) int8, ``scale`` (N,) float32, ``bias`` (N,) or None.
     """
@@ -140,24 +143,52 @@ class DynamicInt8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()  # (M, K)
+        if self.kernel == "fbgemm" and not x2.is_cuda:
+            # torch.ao's numerics (7-bit activations) on fbgemm's packed GEMM, whatever this CPU's VNNI
+            y = int8_dynamic_mm(x2, self.qweight, self.scale, 1, True)  # (M, N) float32
+            y = y + self.bias if self.bias is not None else y
+        else:
+            y = self._int_mm_forward(x2)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)  # (..., N)
+
+    def _int_mm_forward(self, x2: Tensor) -> Tensor:
         scale, zero = activation_qparams(x2)
         inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32)
         q = torch.mul(x2, inv).round_().add_(zero).clamp_(0, 127).sub_(zero).to(torch.int8)  # (M, K) in [-127, 127]
         y = torch._int_mm(q, self.qweight.t()).float()  # (M, N) int32 -> float32
         if self.bias is not None:
-            y = torch.addcmul(self.bias, y, scale * self.scale, out=y)  # in place: one pass, no new buffer
-        else:
-            y.mul_(scale * self.scale)
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)  # (..., N)
+            return torch.addcmul(self.bias, y, scale * self.scale, out=y)  # in place: one pass, no new buffer
+        return y.mul_(scale * self.scale)
+
+    @property
+    def kernel(self) -> str:
+        """``fbgemm`` or ``int_mm``: set by :func:`dynamic_int8_` from timing both here, else the faster of them on this machine."""
+        chosen = self.__dict__.get("_kernel")
+        if chosen is None:
+            chosen = "fbgemm" if torch.compiler.is_compiling() else dynamic_int8_kernel()
+            self.__dict__["_kernel"] = chosen
+        return chosen
+
+    @kernel.setter
+    def kernel(self, value: str) -> None:
+        if value not in DYNAMIC_INT8_KERNELS:
+            raise ValueError(f"kernel must be one of {DYNAMIC_INT8_KERNELS}; got {value!r}.")
+        self.__dict__["_kernel"] = value
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, per_channel={self.per_channel}"
 
 
-def dynamic_int8_(model: nn.Module, fqns: list[str], per_channel: bool = True) -> nn.Module:
-    """Replace the Linear layers named in ``fqns`` by :class:`DynamicInt8Linear`, in place."""
+def dynamic_int8_(model: nn.Module, fqns: list[str], per_channel: bool = True, kernel: str | None = None) -> nn.Module:
+    """Replace the Linear layers named in ``fqns`` by :class:`DynamicInt8Linear`, in place.
+
+    ``kernel`` (``fbgemm`` / ``int_mm``) fixes the int8 GEMM; None lets each layer use the faster on this machine.
+    """
     for fqn in fqns:
-        set_submodule(model, fqn, DynamicInt8Linear.from_linear(linear_at(model, fqn), per_channel))
+        layer = DynamicInt8Linear.from_linear(linear_at(model, fqn), per_channel)
+        if kernel is not None:
+            layer.kernel = kernel
+        set_submodule(model, fqn, layer)
     return model
 
 
@@ -186,22 +217,22 @@ _FBGEMM_PACKED: dict[tuple[int, tuple[int, ...]], tuple[weakref.ref[Tensor], int
 
 
 def has_vnni() -> bool:
-    """Whether this CPU multiplies int8 with VNNI (``avx512_vnni`` / ``avx_vnni`` in /proc/cpuinfo; False elsewhere)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_vnni" in flags or " avx_vnni" in flags
+    """Whether this CPU multiplies int8 with a dot-product instruction (VNNI, AMX; see :mod:`slimtorch.measure.machine`)."""
+    return probe().int8_dot
 
 
 # Without VNNI, fbgemm's AVX2 path adds u8·s8 pairs in saturating int16: 7-bit activations keep it exact.
 REDUCE_RANGE = not has_vnni()
 
 
+def _version(t: Tensor) -> int:
+    return 0 if t.is_inference() else t._version  # inference tensors cannot change in place, and have no counter
+
+
 def _fbgemm_packed(qweight: Tensor, scale: Tensor) -> object:
     key = (qweight.data_ptr(), tuple(qweight.shape))
     hit = _FBGEMM_PACKED.get(key)
-    if hit is not None and hit[0]() is qweight and hit[1] == qweight._version:
+    if hit is not None and hit[0]() is qweight and hit[1] == _version(qweight):
         return hit[2]
     for k in [k for k, (ref, _, _) in _FBGEMM_PACKED.items() if ref() is None]:  # forget freed weights
         del _FBGEMM_PACKED[k]
@@ -210,12 +241,12 @@ def _fbgemm_packed(qweight: Tensor, scale: Tensor) -> object:
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
         packed = torch.ops.quantized.linear_prepack(
             torch._make_per_channel_quantized_tensor(qweight, scale.double(), zeros, 0), None)
-    _FBGEMM_PACKED[key] = (weakref.ref(qweight), qweight._version, packed)
+    _FBGEMM_PACKED[key] = (weakref.ref(qweight), _version(qweight), packed)
     return packed
 
 
 @torch.library.custom_op("slimtorch::int8_dynamic_mm", mutates_args=())
-def int8_dynamic_mm(x: Tensor, qweight: Tensor, scale: Tensor, passes: int = 1) -> Tensor:
+def int8_dynamic_mm(x: Tensor, qweight: Tensor, scale: Tensor, passes: int = 1, reduce_range: bool = REDUCE_RANGE) -> Tensor:
     """``(M, K) @ dequant(qweight).T`` → (M, N) float32 with int8 activations, on fbgemm (VNNI where the CPU has it).
 
     ``x`` is quantized to uint8 per call (asymmetric, over the whole tensor), multiplied int8 × int8 with
@@ -226,19 +257,93 @@ def int8_dynamic_mm(x: Tensor, qweight: Tensor, scale: Tensor, passes: int = 1) 
     """
     packed = _fbgemm_packed(qweight, scale)
     x = x.float().contiguous()  # (M, K)
-    y = torch.ops.quantized.linear_dynamic(x, packed, REDUCE_RANGE)  # (M, N)
+    y = torch.ops.quantized.linear_dynamic(x, packed, reduce_range)  # (M, N)
     for _ in range(passes - 1):
-        x = (x - torch.quantize_per_tensor_dynamic(x, torch.quint8, REDUCE_RANGE).dequantize()).contiguous()
-        y = y + torch.ops.quantized.linear_dynamic(x, packed, REDUCE_RANGE)
+        x = (x - torch.quantize_per_tensor_dynamic(x, torch.quint8, reduce_range).dequantize()).contiguous()
+        y = y + torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
     return y
 
 
 @int8_dynamic_mm.register_fake
-def _int8_dynamic_mm_shape(x: Tensor, qweight: Tensor, scale: Tensor, passes: int = 1) -> Tensor:
+def _int8_dynamic_mm_shape(x: Tensor, qweight: Tensor, scale: Tensor, passes: int = 1, reduce_range: bool = REDUCE_RANGE) -> Tensor:
     return x.new_empty(x.shape[0], qweight.shape[0], dtype=torch.float32)
 
 
 INT8_ACTIVATION_PASSES = {"int8": 1, "int8x2": 2}
+
+
+def _int8_dynamic_mm_flop(x_shape: Sequence[int], qweight_shape: Sequence[int], *args: object, out_shape: object = None,
+                          **kwargs: object) -> int:
+    return 2 * x_shape[0] * x_shape[1] * qweight_shape[0]  # (M, K) @ (N, K).T, per pass counted once, as the float layer
+
+
+def _register_int8_dynamic_mm_flops() -> None:
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    op = torch.ops.slimtorch.int8_dynamic_mm
+    if op not in flop_registry and op.default not in flop_registry:
+        register_flop_formula(op)(_int8_dynamic_mm_flop)
+
+
+_register_int8_dynamic_mm_flops()
+
+# --- which int8 GEMM is fast here ------------------------------------------------------------------
+
+# aten._int_mm is a fast VNNI/AMX kernel on some CPUs and a reference loop on others (165x slower than fp32 on an
+# AVX2-only Zen 3); fbgemm's packed GEMM is fast on both. Neither is assumed: both are timed.
+DYNAMIC_INT8_KERNELS = ("fbgemm", "int_mm")
+KERNEL_PROBE_SHAPES = ((1, 512, 512), (64, 512, 512))  # (rows, in, out): one decode row and one batch
+
+
+def time_dynamic_int8_kernels(shapes: Sequence[tuple[int, int, int]] = KERNEL_PROBE_SHAPES, calls: int = 5) -> dict[str, float]:
+    """Median seconds of one :class:`DynamicInt8Linear` forward per kernel, summed over ``shapes``, on 1 CPU thread.
+
+    A kernel that fails here (no fbgemm/qnnpack engine in this torch build) is left out.
+    """
+    import time
+
+    out: dict[str, float] = {}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    with torch.inference_mode(False), torch.no_grad():
+        cases = [(DynamicInt8Linear.from_linear(nn.Linear(k, n, device="cpu")), torch.randn(rows, k, generator=gen, device="cpu"))
+                 for rows, k, n in shapes]
+    try:
+        with torch.no_grad():
+            for kernel in DYNAMIC_INT8_KERNELS:
+                total = 0.0
+                try:
+                    for layer, x in cases:
+                        layer.kernel = kernel
+                        layer(x)  # first call packs the weight
+                        times = []
+                        for _ in range(calls):
+                            t0 = time.perf_counter()
+                            layer(x)
+                            times.append(time.perf_counter() - t0)
+                            if times[-1] > 0.5:  # a reference loop: enough to rank it
+                                break
+                        total += sorted(times)[len(times) // 2]
+                except RuntimeError:
+                    continue
+                out[kernel] = total
+    finally:
+        torch.set_num_threads(previous)
+    return out
+
+
+def fastest_dynamic_int8_kernel(timings: dict[str, float]) -> str:
+    """The kernel to use given :func:`time_dynamic_int8_kernels`: ``int_mm`` only when clearly (> 10 %) faster than fbgemm."""
+    if "fbgemm" not in timings:
+        return "int_mm" if "int_mm" in timings else "fbgemm"
+    return "int_mm" if timings.get("int_mm", float("inf")) < 0.9 * timings["fbgemm"] else "fbgemm"
+
+
+@functools.cache
+def dynamic_int8_kernel() -> str:
+    """The faster torch dynamic-int8 GEMM on this machine, timed once per process."""
+    return fastest_dynamic_int8_kernel(time_dynamic_int8_kernels())
 
 
 # --- weight-only int8 / int4 ---------------------------------------------------------------------

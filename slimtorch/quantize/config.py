@@ -28,7 +28,7 @@ RUNTIME_MODES: dict[str, dict[str, str]] = {
         "static_int8": "OpenVINO {version} int8 (QDQ ONNX graph)",
     },
     "torch": {
-        "dynamic_int8": "torch dynamic int8 (aten._int_mm, torch.ao numerics)",
+        "dynamic_int8": "torch dynamic int8 (torch.ao numerics; fbgemm packed GEMM or aten._int_mm, the faster here)",
         "int8_weight_only": "torch aten._weight_int8pack_mm weight-only int8",
         "int4_weight_only": "torch aten._weight_int4pack_mm_for_cpu weight-only int4",
         "bf16": "torch bfloat16",

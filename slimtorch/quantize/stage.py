@@ -180,8 +180,11 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> t
     hint = f" (int4 needs in_features divisible by group_size={cfg.group_size}; skipped {skipped})" if skipped else ""
     _torch.require_linears(model, chosen, cfg.mode, hint)
     if cfg.mode == "dynamic_int8":
-        _torch.dynamic_int8_(model, chosen, cfg.per_channel)
-        return model, {"quantized_linears": len(chosen), "skipped_linears": skipped}
+        timings = _torch.time_dynamic_int8_kernels()
+        kernel = _torch.fastest_dynamic_int8_kernel(timings)
+        _torch.dynamic_int8_(model, chosen, cfg.per_channel, kernel)
+        return model, {"quantized_linears": len(chosen), "skipped_linears": skipped, "int8_kernel": kernel,
+                       "int8_kernel_us": {k: round(v * 1e6, 1) for k, v in timings.items()}}
     bits = 4 if cfg.mode == "int4_weight_only" else 8
     ties = _torch.tied_linears(model)
     # A tied lm_head is the embedding table: quantized at embedding_bits when that differs from the mode's bits.

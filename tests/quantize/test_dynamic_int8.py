@@ -12,7 +12,13 @@ from torch import nn
 from slimtorch import artifact
 from slimtorch.measure.macs import count_macs
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
-from slimtorch.quantize._torch import DynamicInt8Linear, int8_weight_grid
+from slimtorch.quantize._torch import (
+    DYNAMIC_INT8_KERNELS,
+    DynamicInt8Linear,
+    fastest_dynamic_int8_kernel,
+    int8_weight_grid,
+    time_dynamic_int8_kernels,
+)
 
 
 def _torch_ao(model: nn.Module, per_channel: bool) -> nn.Module:
@@ -25,17 +31,35 @@ def _torch_ao(model: nn.Module, per_channel: bool) -> nn.Module:
         return quantize_dynamic(copy.deepcopy(model), {nn.Linear: qconfig}, dtype=torch.qint8)
 
 
+@pytest.mark.parametrize("kernel", DYNAMIC_INT8_KERNELS)
 @pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize(("k", "n", "rows"), [(64, 128, 1), (64, 128, 64), (7, 5, 3), (384, 96, 33)])
-def test_same_codes_and_outputs_as_torch_ao(per_channel, k, n, rows):
+def test_same_codes_and_outputs_as_torch_ao(per_channel, k, n, rows, kernel):
     torch.manual_seed(k + n + rows)
     linear = nn.Linear(k, n)
     reference = _torch_ao(nn.Sequential(linear), per_channel)[0]
     codes, _ = int8_weight_grid(linear.weight, per_channel)
     assert torch.equal(codes, reference.weight().int_repr())
     ours = DynamicInt8Linear.from_linear(linear, per_channel)
+    ours.kernel = kernel
     x = torch.randn(rows, k) * 3 + 0.5
     torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_kernel_is_chosen_by_timing_both_and_recorded(mlp, ctx):
+    timings = time_dynamic_int8_kernels(((4, 64, 64),), calls=3)
+    assert set(timings) == set(DYNAMIC_INT8_KERNELS) and all(t > 0 for t in timings.values())
+    # _int_mm is a reference loop on CPUs without a fast int8 kernel for it: fbgemm unless _int_mm is clearly faster
+    assert fastest_dynamic_int8_kernel({"fbgemm": 1.0, "int_mm": 0.95}) == "fbgemm"
+    assert fastest_dynamic_int8_kernel({"fbgemm": 1.0, "int_mm": 0.5}) == "int_mm"
+    assert fastest_dynamic_int8_kernel({"fbgemm": 1.0, "int_mm": 165.0}) == "fbgemm"
+    assert fastest_dynamic_int8_kernel({"int_mm": 1.0}) == "int_mm"
+    quantized, record = QuantizeStage(QuantizeConfig(mode="dynamic_int8", runtime="torch")).apply(mlp, ctx)
+    chosen = record.details["int8_kernel"]
+    assert chosen in DYNAMIC_INT8_KERNELS and set(record.details["int8_kernel_us"]) == set(DYNAMIC_INT8_KERNELS)
+    assert {m.kernel for m in quantized.modules() if isinstance(m, DynamicInt8Linear)} == {chosen}
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        DynamicInt8Linear(4, 4).kernel = "vnni"
 
 
 def test_stage_matches_torch_ao_on_the_trained_mlp_and_round_trips(mlp, ctx, digits, tmp_path):
