@@ -14,6 +14,7 @@ from slimtorch.report.markdown import (
     STAGE_HEADER,
     all_warnings,
     latency_rows,
+    machine_summary,
     stage_rows,
     summary_header,
     summary_rows,
@@ -100,7 +101,9 @@ def render_html(report: Report) -> str:
         f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body><main>"),
         (f"<h1>{escape(title)}</h1><div class=sub>baseline <b>{escape(report.baseline)}</b> · final "
         f"<b>{escape(report.final)}</b> · slimtorch {escape(report.slimtorch_version)} · "
-        f"{escape(report.created)}</div>"),
+        f"{escape(report.created)}"
+        + (f" · measured on {escape(summary)}" if (summary := machine_summary(report)) else "")
+        + "</div>"),
         _cards(report),
     ]
     warnings = all_warnings(report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING
 
 from slimtorch.report.card import Report
@@ -97,12 +98,24 @@ def all_warnings(report: Report) -> list[str]:
     return [*report.warnings, *report.hardware_warnings]
 
 
+def machine_summary(report: Report) -> str | None:
+    """The CPU, its instruction sets and cores every figure was measured on (report.json's ``machine``), if recorded."""
+    machine = report.extra.get("machine")
+    summary = machine.get("summary") if isinstance(machine, dict) else None
+    return str(summary) if summary else None
+
+
+def machine_line(report: Report) -> list[str]:
+    summary = machine_summary(report)
+    return ["", f"Measured on: {html.escape(summary)}."] if summary else []
+
+
 def render_markdown(report: Report) -> str:
     """The report card as Markdown: summary with ratios, latency detail, stages, warnings and notes."""
     name = report.recipe.get("name", "")
     lines = [f"# slimtorch report{': ' + name if name else ''}", "",
              (f"Baseline **{report.baseline}**, final **{report.final}**; slimtorch {report.slimtorch_version}"
-             f"{', ' + report.created if report.created else ''}."), "", "## Models", ""]
+             f"{', ' + report.created if report.created else ''}."), *machine_line(report), "", "## Models", ""]
     lines += _table(summary_header(report), summary_rows(report))
     lines += ["", ("Ratios in brackets are against the baseline: params, size and MACs are *times fewer*, latency is "
               "*speedup* (baseline p50 ÷ model p50); (≈) marks a latency inside the baseline's p10–p90 spread, which is no "

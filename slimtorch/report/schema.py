@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtorch.errors import ArtifactError
+from slimtorch.measure.machine import probe
 from slimtorch.measure.measurement import Measurement
 from slimtorch.report.hardware import hardware_warnings
 from slimtorch.version import __version__
@@ -57,7 +58,8 @@ def build_report(
         "stages": [{**STAGE_DEFAULTS, **row} for row in stages],
         "warnings": list(warnings or []),
     }
-    for key, value in (extra or {}).items():
+    # the CPU (instruction sets) and GPU every figure was measured on; a re-rendered report keeps its own
+    for key, value in {"machine": probe().to_json(), **(extra or {})}.items():
         if key in report:
             raise ArtifactError(f"extra report key {key!r} would replace a standard field; rename it.")
         report[key] = value
