@@ -244,7 +244,9 @@ def measure(
     data: Annotated[str, typer.Option(help="Data source to measure on (digits, mnist1d, text, module:function).")] = "digits",
     args: Annotated[str, typer.Option(help="Model constructor args as JSON, e.g. '{\"hidden\": [64]}'.")] = "{}",
     data_args: Annotated[str, typer.Option(help="Data source args as JSON, e.g. '{\"path\": \"held_out.txt\"}' for --data text.")] = "{}",
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,64",
+    batch_sizes: Annotated[str | None, typer.Option(help="Comma-separated batch sizes to time (default 1,64; 1 for a causal LM).")] = None,
+    evaluate: Annotated[str | None, typer.Option(
+        "--evaluate", help="The recipe's evaluate block as JSON or a YAML/JSON file, e.g. '{\"latency\": {\"max_seconds\": 5}}'.")] = None,
     out: OutOpt = None,
     force: ForceOpt = False,
     trust_code: Annotated[bool, typer.Option(
@@ -258,7 +260,7 @@ def measure(
     from slimtorch.device import check_device_spec, resolve_device
     from slimtorch.errors import RecipeError
     from slimtorch.measure import measure as run_measure
-    from slimtorch.measure.config import EvaluateConfig, LatencyConfig
+    from slimtorch.measure.config import LatencyConfig
     from slimtorch.models import build_model
     from slimtorch.outdir import claim_out_dir
     from slimtorch.report import build_report, write_report
@@ -267,7 +269,7 @@ def measure(
     with _user_errors():
         kwargs, source_args = _json_option("--args", args), _json_option("--data-args", data_args)
         try:
-            sizes = [int(b) for b in batch_sizes.split(",")]
+            sizes = [int(b) for b in batch_sizes.split(",")] if batch_sizes is not None else []
         except ValueError as exc:
             raise RecipeError(f"--batch-sizes must be integers like 1,64; got {batch_sizes!r}.") from exc
         if not isinstance(source_args, dict):
@@ -278,10 +280,12 @@ def measure(
             where = resolve_device(check_device_spec(device or "auto"))
         except ValueError as exc:
             raise RecipeError(f"--device: {exc}") from None
+        config = _evaluate_option(evaluate)
         with claim_out_dir(out, resume=False, force=force, kind="measure") if out is not None else nullcontext():
             bundle = build_data(data, args=source_args)
             model = build_model(model_ref, kwargs, input_shape=bundle.input_shape, num_classes=bundle.num_classes, trust_code=trust_code)
-            config = EvaluateConfig(latency=LatencyConfig(batch_sizes=sizes))
+            if sizes:
+                config = config.model_copy(update={"latency": LatencyConfig(**{**config.latency.model_dump(), "batch_sizes": sizes})})
             model_dir = Path(model_ref) if Path(model_ref).is_dir() else None
             if out is not None and model_dir is None:
                 model_dir = out / "models" / "model"
@@ -296,6 +300,40 @@ def measure(
         if m.decode_tokens_per_s:
             tps = ", ".join(f"b{b} {v:.1f}" for b, v in m.decode_tokens_per_s.items())
             console.print(f"perplexity {m.metrics['perplexity']:.3f}, decode tokens/s {tps}", highlight=False)
+
+
+def _evaluate_option(text: str | None) -> Any:
+    """``--evaluate``: a JSON object, or a YAML/JSON file holding the recipe's ``evaluate:`` block, as an EvaluateConfig."""
+    import yaml
+    from pydantic import ValidationError
+
+    from slimtorch.errors import RecipeError
+    from slimtorch.measure.config import EvaluateConfig
+
+    if text is None:
+        return EvaluateConfig()
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise RecipeError(f"--evaluate takes a JSON object like '{{\"latency\": {{\"max_seconds\": 5}}}}' or a YAML/JSON file; "
+                              f"{text!r} is neither (no such file).")
+        if path.stat().st_size > 1_000_000:
+            raise RecipeError(f"--evaluate file {path} is {path.stat().st_size:,} bytes; an evaluate block is a few lines.")
+        try:
+            block = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"--evaluate file {path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+        block = block.get("evaluate", block) if isinstance(block, dict) else block
+    else:
+        block = _json_option("--evaluate", text)
+    if not isinstance(block, dict):
+        raise RecipeError(f"--evaluate must hold a mapping like {{latency: {{max_seconds: 5}}}}; got {type(block).__name__}.")
+    try:
+        return EvaluateConfig.model_validate(block)
+    except ValidationError as exc:
+        problems = "; ".join(f"evaluate.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        fields = ", ".join(EvaluateConfig.model_fields)
+        raise RecipeError(f"--evaluate: {problems} (evaluate's fields: {fields}).") from None
 
 
 def _json_option(flag: str, text: str) -> Any:

@@ -44,6 +44,10 @@ def test_bad_recipe_is_one_line_exit_2_no_traceback(tmp_path):
         (["measure", "mlp", "--args", "{bad json"], "--args must be a JSON object"),
         (["measure", "mlp", "--data", "digitz"], "unknown data source 'digitz'. Did you mean 'digits'"),
         (["report", "no_such_dir"], "report"),
+        (["measure", "mlp", "--evaluate", '{"latency": {"max_secs": 1}}'], "evaluate.latency.max_secs: Extra inputs"),
+        (["measure", "mlp", "--evaluate", '{"latency": {"max_seconds": -1}}'], "evaluate.latency.max_seconds"),
+        (["measure", "mlp", "--evaluate", "no_such_file.yaml"], "is neither (no such file)"),
+        (["measure", "mlp", "--evaluate", "[1, 2]"], "is neither"),
     ],
 )
 def test_user_errors_exit_2(args, match):
@@ -66,6 +70,21 @@ def test_measure_prints_a_row_and_writes_report(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["models"][0]["params"] == 64 * 16 + 16 + 16 * 10 + 10
     assert (tmp_path / "models" / "model" / "slimtorch.json").exists()
+
+
+def test_measure_takes_the_evaluate_block_from_json_or_a_file(tmp_path):
+    block = tmp_path / "evaluate.yaml"
+    block.write_text("evaluate:\n  latency: {batch_sizes: [2], warmup: 1, repeats: 4, max_seconds: 5}\n  noise_levels: [0.5]\n")
+    result = runner.invoke(app, ["measure", "mlp", "--evaluate", str(block), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    model = json.loads((tmp_path / "a" / "report.json").read_text())["models"][0]
+    assert list(model["latency_ms"]) == ["2"] and model["latency_ms"]["2"]["repeats"] == 4
+    assert list(model["robustness"]) == ["noise_0.5"]
+    # --batch-sizes overrides the block's sizes, keeping the rest
+    result = runner.invoke(app, ["measure", "mlp", "--evaluate", '{"latency": {"repeats": 5}}', "--batch-sizes", "3",
+                                 "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["models"][0]["latency_ms"]["3"]["repeats"] == 5
 
 
 def test_compress_quiet_then_report_rerenders(tmp_path):

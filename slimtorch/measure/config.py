@@ -8,16 +8,27 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from slimtorch.device import check_device_spec
 
+# A causal LM is timed by its prefill and decode loop (evaluate.llm); its plain forward pass only at batch 1.
+CAUSAL_LM_BATCH_SIZES = [1]
+
 
 class LatencyConfig(BaseModel):
-    """Latency is timed on the artifact's own runtime with warm-up, repeats and a fixed thread count."""
+    """Latency is timed on the artifact's own runtime with warm-up, repeats, a fixed thread count and a time budget."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1,
+                                   description="batch sizes timed ([1] for a causal LM unless given)")
     warmup: int = Field(20, ge=0, description="untimed runs first (batch-1 eager timings need at least 20)")
     repeats: int = Field(50, ge=3)
     threads: int = Field(1, ge=1, description="intra-op threads for torch and onnxruntime while timing")
+    max_seconds: float | None = Field(10.0, gt=0, description="time budget per model and batch size: warm-up stops after half "
+                                      "of it, timed runs after the other half (at least 1 warm-up and 3 timed runs); null: "
+                                      "always run warmup + repeats")
+
+    def sizes_for(self, is_causal_lm: bool) -> list[int]:
+        """The batch sizes to time: as given, or batch 1 alone for a causal LM when the recipe did not name them."""
+        return CAUSAL_LM_BATCH_SIZES if is_causal_lm and "batch_sizes" not in self.model_fields_set else self.batch_sizes
 
     @field_validator("batch_sizes")
     @classmethod

@@ -2,7 +2,9 @@
 
 Each call pins the intra-op thread count (torch's, or the onnxruntime wrapper's), runs ``warmup``
 untimed passes, then ``repeats`` timed ones, and reports the median (p50), p90, mean, std and min in
-milliseconds. The thread count is restored afterwards. On a GPU each pass is timed with CUDA events
+milliseconds. The thread count is restored afterwards. A time budget bounds both, as timeit's autorange
+does the other way round: a fast model gets every pass asked for, a slow one (a 135M-parameter LM at
+batch 64 on a laptop CPU) stops after its budget with at least one warm-up and three timed passes. On a GPU each pass is timed with CUDA events
 and the device is synchronised after it: kernels run asynchronously, so a host clock alone would time
 only the launches.
 """
@@ -44,25 +46,34 @@ def time_latency(
         warmup: untimed passes first (allocator, caches, lazy init; ≥ 20 advised for batch 1 eager).
         repeats: timed passes (at least 3 are always run).
         threads: intra-op threads for the run; the previous setting is restored afterwards.
-        max_seconds: optional time budget for the timed passes; timing stops early once spent
-            (the number actually run is in ``"repeats"``).
+        max_seconds: optional time budget: warm-up stops once it has spent half of it (after one pass), the
+            timed passes once they have spent the other half (after three); the number run is in ``"repeats"``.
     """
     was_training = model.training
     model.eval()
     try:
         with pinned_threads(model, threads), torch.inference_mode():
-            for _ in range(warmup):
-                forward(model, example_input)
-            samples = _timed(model, example_input, max(repeats, 3), max_seconds)
+            warm_up(model, example_input, warmup, None if max_seconds is None else max_seconds / 2)
+            samples = _timed(model, example_input, max(repeats, 3), None if max_seconds is None else max_seconds / 2)
     finally:
         model.train(was_training)
     return summarize(samples)
 
 
-def _timed(model: nn.Module, example_input: Batch, repeats: int, max_seconds: float | None) -> list[float]:
+def warm_up(model: nn.Module, example_input: Batch, passes: int, max_seconds: float | None) -> int:
+    """Up to ``passes`` untimed forward passes, stopping once ``max_seconds`` are spent (one pass at least if ``passes``)."""
+    start = time.perf_counter()
+    for i in range(passes):
+        forward(model, example_input)
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            return i + 1
+    return passes
+
+
+def _timed(model: nn.Module, example_input: Batch, repeats: int, max_seconds: float | None, min_passes: int = 3) -> list[float]:
     where = model_device(model)
     if where.type == "cuda":
-        return _timed_cuda(model, example_input, repeats, max_seconds, where)
+        return _timed_cuda(model, example_input, repeats, max_seconds, where, min_passes)
     samples: list[float] = []
     start = time.perf_counter()
     for i in range(repeats):
@@ -71,13 +82,13 @@ def _timed(model: nn.Module, example_input: Batch, repeats: int, max_seconds: fl
         forward(model, example_input)
         synchronize(where)
         samples.append((time.perf_counter() - t0) * 1e3)
-        if max_seconds is not None and i >= 2 and time.perf_counter() - start > max_seconds:
+        if max_seconds is not None and i + 1 >= min_passes and time.perf_counter() - start > max_seconds:
             break
     return samples
 
 
 def _timed_cuda(model: nn.Module, example_input: Batch, repeats: int, max_seconds: float | None,
-                where: torch.device) -> list[float]:
+                where: torch.device, min_passes: int = 3) -> list[float]:
     """Per-pass GPU time between two CUDA events; synchronised after each pass, as one request at a time runs."""
     samples: list[float] = []
     start = time.perf_counter()
@@ -89,7 +100,7 @@ def _timed_cuda(model: nn.Module, example_input: Batch, repeats: int, max_second
         end.record()
         end.synchronize()
         samples.append(float(begin.elapsed_time(end)))
-        if max_seconds is not None and i >= 2 and time.perf_counter() - start > max_seconds:
+        if max_seconds is not None and i + 1 >= min_passes and time.perf_counter() - start > max_seconds:
             break
     return samples
 
@@ -101,6 +112,7 @@ def time_interleaved(
     repeats: int,
     threads: int,
     rounds: int = 5,
+    max_seconds: float | None = None,
 ) -> list[dict[str, dict[str, float]]]:
     """Time several models side by side: ``rounds`` passes over every model and batch, order rotating.
 
@@ -111,11 +123,14 @@ def time_interleaved(
     Args:
         entries: ``(model, {"<batch>": example_input})`` per model.
         repeats: timed passes per model and batch in total, split over the rounds.
+        max_seconds: optional budget per model and batch, as in :func:`time_latency`: half for warm-up, the
+            rest split over the rounds (each round still times one pass at least).
 
     Returns:
         per entry, ``{"<batch>": summarize(...)}`` with ``"rounds"`` added.
     """
     per_round = max(1, math.ceil(max(repeats, 3) / rounds))
+    round_budget = None if max_seconds is None else max_seconds / 2 / rounds
     samples: list[dict[str, list[float]]] = [{b: [] for b in inputs} for _, inputs in entries]
     modes = [model.training for model, _ in entries]
     try:
@@ -123,8 +138,7 @@ def time_interleaved(
             model.eval()
             with pinned_threads(model, threads), torch.inference_mode():
                 for x in inputs.values():
-                    for _ in range(warmup):
-                        forward(model, x)
+                    warm_up(model, x, warmup, None if max_seconds is None else max_seconds / 2)
         for r in range(rounds):
             order = list(range(len(entries)))
             order = order[r % len(order):] + order[: r % len(order)]  # rotate: no model always goes first
@@ -133,7 +147,7 @@ def time_interleaved(
                 with pinned_threads(model, threads), torch.inference_mode():
                     for b, x in inputs.items():
                         forward(model, x)  # one untimed pass: the model's caches were just evicted by the others
-                        samples[i][b] += _timed(model, x, per_round, None)
+                        samples[i][b] += _timed(model, x, per_round, round_budget, min_passes=1)
     finally:
         for (model, _), mode in zip(entries, modes):
             model.train(mode)

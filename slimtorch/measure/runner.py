@@ -55,7 +55,8 @@ def measure(
         artifact_dir: the saved artifact; ``size_bytes`` is the total of its files. None → no size.
         baseline_outputs: the baseline's eval outputs (:func:`outputs_on`) for agreement / cosine; for a causal LM
             its :class:`~slimtorch.measure.llm.LLMReference` (top-1 tokens, log-probabilities, samples).
-        latency_budget_s: optional cap on timed seconds per batch size (fewer repeats for slow models).
+        latency_budget_s: optional cap on seconds per batch size (fewer repeats for slow models); the smaller of it and
+            ``config.latency.max_seconds`` applies.
         time_now: False leaves ``latency_ms`` empty for :func:`retime_side_by_side` to fill (a run times
             all its models together at the end, so machine drift does not enter the ratios).
         device: the device the run trains on; ``config.device: auto`` measures there (see
@@ -91,10 +92,11 @@ def measure(
     # Causal LMs are measured on the CPU: their decode timings and perplexity windows have their own loop.
     where = torch.device("cpu") if lm is not None else measuring_device(config.device, device, model)
     with placed_on(model, where, data.example_batch(1, split=config.split), notes) as where, peak_memory(where) as peak:
+        budget = min((s for s in (latency_budget_s, lat.max_seconds) if s is not None), default=None)
         latency = timed("latency", lambda: {
             str(b): time_latency(model, to_device(data.example_batch(b, split=config.split), where), warmup=lat.warmup,
-                                 repeats=lat.repeats, threads=lat.threads, max_seconds=latency_budget_s)
-            for b in lat.batch_sizes}) if time_now else {}
+                                 repeats=lat.repeats, threads=lat.threads, max_seconds=budget)
+            for b in lat.sizes_for(lm is not None)}) if time_now else {}
         notes += _latency_notes(latency)
         if lm is None:
             reference = baseline_outputs if isinstance(baseline_outputs, Tensor) else None
@@ -162,8 +164,9 @@ def retime_side_by_side(pairs: list[tuple[Measurement, nn.Module]], data: DataBu
         for m, model in pairs:
             where = stack.enter_context(placed_on(model, torch.device(m.device), data.example_batch(1, split=config.split), m.notes))
             m.device = str(where)
-            entries.append((model, {str(b): to_device(data.example_batch(b, split=config.split), where) for b in lat.batch_sizes}))
-        results = time_interleaved(entries, warmup=lat.warmup, repeats=lat.repeats, threads=lat.threads)
+            sizes = lat.sizes_for(llm.causal_lm_of(model) is not None)
+            entries.append((model, {str(b): to_device(data.example_batch(b, split=config.split), where) for b in sizes}))
+        results = time_interleaved(entries, warmup=lat.warmup, repeats=lat.repeats, threads=lat.threads, max_seconds=lat.max_seconds)
     share = round((time.perf_counter() - t0) / max(len(pairs), 1), 4)
     for (m, _), latency in zip(pairs, results):
         m.latency_ms = latency

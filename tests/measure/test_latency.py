@@ -87,3 +87,44 @@ def test_timings_inside_each_others_spread_are_not_a_speedup():
     assert within_spread(m(0.9, 1.0, 1.3), m(0.85, 1.1, 1.4), "1")
     assert not within_spread(m(0.9, 1.0, 1.1), m(0.4, 0.5, 0.6), "1")
     assert not within_spread(timed(p50=1.0, p90=1.2), m(0.9, 1.0, 1.1), "1")  # old reports: no p10
+
+
+class _Sleepy(nn.Module):
+    """A model whose forward pass takes ``seconds`` of wall time (a stand-in for a large model on a slow CPU)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.linear, self.seconds, self.calls = nn.Linear(4, 4), seconds, 0
+
+    def forward(self, x):
+        import time
+
+        self.calls += 1
+        time.sleep(self.seconds)
+        return self.linear(x)
+
+
+def test_the_budget_bounds_warm_up_and_timed_passes_of_a_slow_model():
+    slow = _Sleepy(0.05)
+    t = time_latency(slow, torch.randn(1, 4), warmup=20, repeats=50, threads=1, max_seconds=0.2)
+    # 0.1 s of warm-up (2-3 passes) and 0.1 s of timing (3 passes minimum), instead of 70 passes (3.5 s)
+    assert t["repeats"] == 3 and slow.calls <= 7
+    assert t["p50"] >= 50
+
+
+def test_the_budget_bounds_interleaved_rounds_too():
+    from slimtorch.measure.latency import time_interleaved
+
+    slow, fast = _Sleepy(0.05), nn.Linear(4, 4)
+    x = {"1": torch.randn(1, 4)}
+    slow_t, fast_t = time_interleaved([(slow, x), (fast, x)], warmup=20, repeats=50, threads=1, rounds=5, max_seconds=0.2)
+    assert slow_t["1"]["repeats"] == 5 and slow.calls <= 5 + 5 + 3  # one timed pass a round, its re-warm pass, warm-up
+    assert fast_t["1"]["repeats"] == 50  # a fast model still gets every pass asked for
+
+
+def test_a_causal_lm_is_timed_at_batch_1_unless_the_recipe_names_batch_sizes():
+    from slimtorch.measure import LatencyConfig
+
+    assert LatencyConfig().sizes_for(is_causal_lm=True) == [1]
+    assert LatencyConfig().sizes_for(is_causal_lm=False) == [1, 64]
+    assert LatencyConfig(batch_sizes=[1, 8]).sizes_for(is_causal_lm=True) == [1, 8]
