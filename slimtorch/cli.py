@@ -302,6 +302,48 @@ def measure(
             console.print(f"perplexity {m.metrics['perplexity']:.3f}, decode tokens/s {tps}", highlight=False)
 
 
+@app.command()
+def doctor(
+    threads: Annotated[int, typer.Option(min=1, help="Intra-op threads while timing.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+) -> None:
+    """Probe this machine (CPU instruction sets, cores, GPU) and time each kernel family here, so you see what pays off."""
+    from slimtorch.quantize.kernels import doctor as run_doctor
+
+    with _user_errors():
+        result = run_doctor(threads=threads)
+    if as_json:
+        print(json.dumps(result))
+        return
+    machine = result["machine"]
+    console.print(f"[bold]machine[/]: {escape(machine['summary'])}; torch {machine['torch_version']} runs its "
+                  f"{machine['torch_capability']} kernels", highlight=False)
+    shapes = list(dict.fromkeys(r["shape"] for r in result["kernels"]))
+    table = Table(title=f"one Linear layer, {threads} thread(s): µs per call (speed against torch fp32)")
+    table.add_column("kernel")
+    table.add_column("runtime")
+    for shape in shapes:
+        table.add_column(shape, justify="right")
+    for kernel in dict.fromkeys((r["kernel"], r["runtime"]) for r in result["kernels"]):
+        cells = []
+        for shape in shapes:
+            row = next((r for r in result["kernels"] if (r["kernel"], r["runtime"]) == kernel and r["shape"] == shape), None)
+            if row is None or row["us"] is None:
+                cells.append("—" if row is None else escape(row["note"]))
+                continue
+            colour = "green" if row["speedup_vs_fp32"] >= 1.1 else "red" if row["speedup_vs_fp32"] < 0.9 else ""
+            text = f"{row['us']:,.1f} ({row['speedup_vs_fp32']:.2f}×)"
+            cells.append(f"[{colour}]{text}[/]" if colour else text)
+        table.add_row(escape(kernel[0]), kernel[1], *cells)
+    console.print(table)
+    for shape in shapes:
+        rows = [r for r in result["kernels"] if r["shape"] == shape and r["us"] is not None]
+        best = min(rows, key=lambda r: r["us"])
+        slower = [r["kernel"] for r in rows if r["speedup_vs_fp32"] < 0.9]
+        console.print(f"{shape}: fastest is {escape(best['kernel'])} ({best['speedup_vs_fp32']:.2f}× torch fp32)"
+                      + (f"; slower than fp32 here: {escape(', '.join(slower))}" if slower else ""), highlight=False)
+
+
 def _evaluate_option(text: str | None) -> Any:
     """``--evaluate``: a JSON object, or a YAML/JSON file holding the recipe's ``evaluate:`` block, as an EvaluateConfig."""
     import yaml

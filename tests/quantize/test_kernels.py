@@ -1,0 +1,44 @@
+"""`slimtorch doctor`: every kernel family is timed on this machine, beside torch fp32, and named with the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from slimtorch.cli import app
+from slimtorch.measure.machine import probe
+from slimtorch.quantize.kernels import kernel_table
+
+TINY = (("4 rows, 64→64", 4, 64, 64),)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_every_kernel_family_is_timed_against_torch_fp32():
+    rows = kernel_table(budget_s=0.01, shapes=TINY)
+    by_name = {r.kernel: r for r in rows}
+    assert rows[0].kernel == "fp32" and rows[0].speedup_vs_fp32 == 1.0
+    for family in ("dynamic int8 (fbgemm)", "dynamic int8 (aten._int_mm)", "int8 weight-only, bf16 activations",
+                   "int8 weight-only, int8 activations (fbgemm)", "int4 weight-only (g32), bf16 activations",
+                   "fp32 (onnxruntime)", "dynamic int8 (onnxruntime)"):
+        row = by_name[family]
+        assert row.us is not None and row.us > 0, row
+        assert row.speedup_vs_fp32 == pytest.approx(rows[0].us / row.us, abs=0.01)
+    assert ("bf16" in by_name) == probe().bf16 and ("bf16 (emulated)" in by_name) == (not probe().bf16)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_doctor_prints_the_machine_and_the_table(monkeypatch):
+    from slimtorch.quantize import kernels
+
+    # the command's shapes and time per cell, made tiny so the test is quick
+    monkeypatch.setattr(kernels.kernel_table, "__defaults__", (1, 0.01, TINY, True))
+    monkeypatch.setattr(kernels.doctor, "__defaults__", (1, 0.01, True))
+    result = CliRunner().invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["machine"]["summary"] == probe().summary() and len(report["kernels"]) >= 9
+    result = CliRunner().invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert probe().summary() in result.output and "fastest is" in result.output
