@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slimtorch.errors import MissingExtraError
 
 Mode = Literal["dynamic_int8", "static_int8", "fp16", "bf16", "int8_weight_only", "int4_weight_only", "fp32"]
-Runtime = Literal["torch", "onnxruntime", "openvino"]
+Runtime = Literal["auto", "torch", "onnxruntime", "openvino"]
 Quantizer = Literal["onnxruntime", "nncf"]
 # Torch modes that also quantize embedding tables (embedding_bits): the packed weight-only formats.
 WEIGHT_ONLY_MODES = ("int8_weight_only", "int4_weight_only")
@@ -71,7 +72,9 @@ class QuantizeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Mode = Field("dynamic_int8", description="target precision")
-    runtime: Runtime = Field("onnxruntime", description="what runs the quantized model")
+    runtime: Runtime = Field("auto", description="what runs the quantized model; auto: each runtime that implements the mode "
+                             "(and the options given) is built and timed side by side on this machine, and the fastest that "
+                             "keeps the others' fidelity is kept (a mode only one runtime implements resolves to it here)")
     per_channel: bool = Field(True, description="one weight scale per output channel (else per tensor)")
     reduce_range: bool = Field(False, description="7-bit weights (onnxruntime; helps on CPUs without VNNI)")
     calibration_batches: int = Field(8, ge=1, description="static_int8: batches of the calibration split")
@@ -111,6 +114,12 @@ class QuantizeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> QuantizeConfig:
+        if self.runtime == "auto":
+            fits = self.candidate_runtimes()
+            if len(fits) == 1:  # nothing to choose: the one runtime that implements this mode with these options
+                object.__setattr__(self, "runtime", fits[0])
+                return self
+            return self
         valid = RUNTIME_MODES[self.runtime]
         if self.mode not in valid:
             other = next(r for r, modes in RUNTIME_MODES.items() if self.mode in modes)
@@ -166,6 +175,30 @@ class QuantizeConfig(BaseModel):
                              "exclude; use either qat or max_drop (post-training, mixed precision).")
         return self
 
+    def candidate_runtimes(self) -> list[str]:
+        """The runtimes that implement this mode with these options and are installed (what ``runtime: auto`` times).
+
+        Raises:
+            ValueError: none does; the message gives each runtime's reason.
+        """
+        if self.runtime != "auto":
+            return [self.runtime]
+        fits, reasons = [], {}
+        for runtime in RUNTIME_MODES:
+            try:
+                QuantizeConfig.model_validate({**self.model_dump(exclude={"runtime"}), "runtime": runtime})
+            except ValidationError as exc:
+                reasons[runtime] = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+                continue
+            if runtime == "openvino" and importlib.util.find_spec("openvino") is None:
+                reasons[runtime] = "not installed (pip install 'slimtorch[openvino]')"
+                continue  # an optional extra: auto does not make a run depend on it
+            fits.append(runtime)
+        if not fits:
+            raise ValueError(f"quantize.runtime: auto found no runtime for mode {self.mode!r} with these options: "
+                             + " | ".join(f"{r}: {why}" for r, why in reasons.items()))
+        return fits
+
     def _check_quantizer(self) -> None:
         if self.quantizer == "onnxruntime":
             return
@@ -192,6 +225,8 @@ class QuantizeConfig(BaseModel):
             except MissingExtraError:
                 return "? (not installed)"
 
+        if self.runtime == "auto":
+            return f"the fastest here of: {' | '.join(self.model_copy(update={'runtime': r}).backend() for r in self.candidate_runtimes())}"
         text = RUNTIME_MODES[self.runtime][self.mode] + {"rtn": "", "gptq": ", GPTQ-calibrated", "awq": ", AWQ-scaled"}[self.method]
         if "{version}" in text:
             text = text.format(version=version(openvino_version) if self.runtime == "openvino" else ort_version())

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import itertools
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,10 @@ from torch.nn import functional as F
 from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
 from slimtorch.errors import NotCalibratedError
 from slimtorch.export.onnx import input_names_of, plain_copy
-from slimtorch.measure.llm import with_model_tokens
+from slimtorch.measure.config import EvaluateConfig
+from slimtorch.measure.latency import time_interleaved
+from slimtorch.measure.llm import causal_lm_of, with_model_tokens
+from slimtorch.measure.machine import probe
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.quantize import _openvino, _ort, _torch, awq, dynamic_qat, gptq, qat, sensitivity, smooth
 from slimtorch.quantize._ort_transformer import encoder_onnx
@@ -240,6 +244,8 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
 
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config
+        if cfg.runtime == "auto":
+            return _fastest_runtime(cfg, model, ctx)
         _openvino.require_extras(cfg.runtime, cfg.quantizer)
         # Quantized artifacts run on CPU kernels (onnxruntime, OpenVINO, torch's packed int8/int4): built from the CPU.
         reference = plain_copy(model).to("cpu")
@@ -291,3 +297,67 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
         if details.get("quantized_embeddings"):
             record.notes.append(embedding_note(details, cfg))
         return out, record
+
+
+# runtime: auto keeps the fastest candidate whose fidelity to the float model is within this of the best candidate's
+AUTO_FIDELITY_TOLERANCE = {"argmax_agreement": 0.005, "output_cosine": 0.002}
+
+
+def fastest_faithful(fidelities: list[float], costs: list[float], tolerance: float) -> tuple[int, list[int]]:
+    """The index of the cheapest candidate among those within ``tolerance`` of the best fidelity, and those indices.
+
+    Example:
+        >>> fastest_faithful([1.0, 0.97, 0.998], [3.0, 1.0, 2.0], 0.005)  # the fastest lost 3 points: not kept
+        (2, [0, 2])
+    """
+    best = max(fidelities)
+    faithful = [i for i, f in enumerate(fidelities) if f >= best - tolerance]
+    return min(faithful, key=lambda i: costs[i]), faithful
+
+
+def _fastest_runtime(cfg: QuantizeConfig, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
+    """``runtime: auto``: build the mode on every candidate runtime, time them side by side here, keep the fastest faithful one.
+
+    The float input model is timed in the same interleaved rounds, so the record also says whether int8 pays off
+    on this machine at all. Each candidate's time per batch size, fidelity and why it won or lost are in
+    ``details["runtime_auto"]``.
+    """
+    evaluate = ctx.extras.get("evaluate") or EvaluateConfig()
+    lat = evaluate.latency
+    sizes = lat.sizes_for(causal_lm_of(model) is not None)
+    built = [(runtime, *QuantizeStage(cfg.model_copy(update={"runtime": runtime})).apply(model, ctx))
+             for runtime in cfg.candidate_runtimes()]
+    data = with_model_tokens(ctx.data, model)
+    inputs = {str(b): data.example_batch(b) for b in sizes}
+    float_model = plain_copy(model).to("cpu").eval()
+    timings = time_interleaved([(float_model, inputs), *[(out, inputs) for _, out, _ in built]], warmup=5, repeats=15,
+                               threads=lat.threads, rounds=3, max_seconds=min(lat.max_seconds or 4.0, 4.0))
+    float_ms, timed = timings[0], timings[1:]
+    metric = "argmax_agreement" if ctx.task == "classification" else "output_cosine"
+
+    def log_time(i: int) -> float:  # the geometric mean over batch sizes: each batch size counts the same
+        return sum(math.log(max(timed[i][b]["p50"], 1e-9)) for b in inputs)
+
+    fidelities = [record.details[metric] for _, _, record in built]
+    win, faithful = fastest_faithful(fidelities, [log_time(i) for i in range(len(built))], AUTO_FIDELITY_TOLERANCE[metric])
+    rows = []
+    for i, (runtime, _, record) in enumerate(built):
+        why = ("fastest" + (" of the faithful ones" if len(faithful) < len(built) else "")) if i == win else (
+            f"{metric} {record.details[metric]:.4f} is more than {AUTO_FIDELITY_TOLERANCE[metric]} below the best"
+            if i not in faithful else f"{math.exp((log_time(i) - log_time(win)) / len(inputs)):.2f}x slower")
+        rows.append({"runtime": runtime, "backend": record.details["backend"], metric: round(record.details[metric], 6),
+                     "p50_ms": {b: timed[i][b]["p50"] for b in inputs},
+                     "speedup_vs_float": {b: round(float_ms[b]["p50"] / timed[i][b]["p50"], 3) for b in inputs},
+                     "chosen": i == win, "why": why})
+    runtime, out, record = built[win]
+    record.details["runtime_auto"] = {"candidates": rows, "timed_on": probe().summary(), "threads": lat.threads,
+                                      "float_p50_ms": {b: float_ms[b]["p50"] for b in inputs}}
+    speed = ", ".join(f"b{b} {rows[win]['speedup_vs_float'][b]:.2f}x" for b in inputs)
+    others = "; ".join(f"{r['runtime']}: {r['why']}" for r in rows if not r["chosen"])
+    record.notes.insert(0, f"runtime: auto chose {runtime} ({speed} the float model's speed, timed side by side on "
+                           f"{probe().summary()})" + (f"; {others}" if others else ""))
+    if all(rows[win]["speedup_vs_float"][b] < 1 for b in inputs):
+        record.notes.insert(1, f"WARNING: no runtime runs {cfg.mode} faster than the float model on this machine "
+                               f"({probe().summary()}); the quantized model is smaller, not faster. `slimtorch doctor` "
+                               "times each kernel family here.")
+    return out, record

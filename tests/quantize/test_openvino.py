@@ -177,7 +177,7 @@ def test_missing_nncf_names_the_extra(mlp, ctx, monkeypatch):
 
 @pytest.mark.parametrize(("fields", "message"), [
     ({"mode": "dynamic_int8", "runtime": "openvino"}, r"valid modes for openvino: fp32, static_int8"),
-    ({"mode": "fp32"}, r"fp32 runs on runtime: openvino; an fp32 onnxruntime model is what the export stage returns"),
+    ({"mode": "fp32", "runtime": "onnxruntime"}, r"fp32 runs on runtime: openvino; an fp32 onnxruntime model is what the export stage returns"),
     ({"mode": "dynamic_int8", "quantizer": "nncf"}, r"quantizer: nncf writes a static int8 graph"),
     ({"mode": "static_int8", "quantizer": "nncf", "qat": {"epochs": 1}}, r"cannot be combined with qat, max_drop or sensitivity"),
     ({"mode": "static_int8", "quantizer": "nncf", "calibrate_method": "entropy"}, r"uses NNCF's defaults \(got calibrate_method 'entropy'"),
