@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from slimtorch.measure.machine import probe
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = """\
 name: ddp-bench
@@ -66,7 +68,7 @@ def main() -> None:
         runs = ", ".join(f"{x['seconds']:.1f}" for x in results[p])
         print(f"{p:>9} {median:>19.2f} {runs:>24} {results[p][-1]['accuracy']:>15.4f}")
     print(f"speedup of 2 processes: {one / two:.2f}x")
-    print(json.dumps({"epochs": args.epochs, "rounds": args.rounds, "one_process_s": one, "two_process_s": two,
+    print(json.dumps({"machine": probe().to_json(), "epochs": args.epochs, "rounds": args.rounds, "one_process_s": one, "two_process_s": two,
                       "speedup": round(one / two, 3), "accuracy_one": results[1][-1]["accuracy"],
                       "accuracy_two": results[2][-1]["accuracy"]}))
 

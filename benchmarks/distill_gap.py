@@ -22,6 +22,7 @@ from slimtorch.core import RunContext, forward, seed_everything
 from slimtorch.data import DataBundle, build_data
 from slimtorch.distill import DistillConfig, DistillStage
 from slimtorch.measure.accuracy import accuracy_of, predict
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 from slimtorch.train import TrainConfig, fit
 
@@ -76,7 +77,7 @@ def main() -> None:
     print(f"  {'seed':>6}  {'teacher':>8}  {'scratch':>8}  {'KD':>8}  {'gap recovered':>13}")
     for r in rows + [{"seed": "mean", **mean}]:
         print(f"  {r['seed']!s:>6}  {r['teacher']:8.4f}  {r['scratch']:8.4f}  {r['kd']:8.4f}  {r['recovered']:13.1%}")
-    print(json.dumps({"benchmark": "distill_gap", "labeled_fraction": args.labeled_fraction, "temperature": args.temperature,
+    print(json.dumps({"machine": probe().to_json(), "benchmark": "distill_gap", "labeled_fraction": args.labeled_fraction, "temperature": args.temperature,
                       "alpha": args.alpha, "seeds": args.seeds, "per_seed": [{k: round(v, 4) if isinstance(v, float) else v
                                                                              for k, v in r.items()} for r in rows],
                       **{f"mean_{k}": round(v, 4) for k, v in mean.items()}, "goal_recovered": 0.85,

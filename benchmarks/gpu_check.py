@@ -21,6 +21,7 @@ import torch
 import slimtorch
 from slimtorch import artifact
 from slimtorch.device import model_device
+from slimtorch.measure.machine import probe
 
 CNN = """\
 name: gpu-cnn
@@ -53,7 +54,7 @@ def run(recipe: str, device: str, out: Path) -> dict[str, Any]:
 def main() -> None:
     if not torch.cuda.is_available():
         print("no CUDA device here: the GPU check did not run (the CUDA path is unverified on this machine).")
-        print(json.dumps({"cuda": False}))
+        print(json.dumps({"machine": probe().to_json(), "cuda": False}))
         return
     import onnxruntime as ort
 
@@ -75,7 +76,7 @@ def main() -> None:
             out[f"demo_{precision}"] = {"accuracy": r["accuracy"], "wall_s": r["wall_s"]}
             print(f"demo {precision} on cuda: accuracy {r['accuracy']:.4f} in {r['wall_s']} s")
     print(f"onnxruntime providers: {out['onnxruntime_providers']}")
-    print(json.dumps(out))
+    print(json.dumps({"machine": probe().to_json(), **out}))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from slimtorch.core import RunContext
 from slimtorch.data import build_data
 from slimtorch.distill import DistillConfig, DistillStage
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 
 T, ALPHA, LR, BATCH = 2.0, 0.5, 1e-3, 64
@@ -131,7 +132,7 @@ def main() -> None:
           "incl. per-epoch validation + checkpoints)")
     print(f"  slimtorch distill (cached teacher) {med['slimtorch_cached']:7.3f} ms/step   (wall {statistics.median(walls['cached']):.2f} s per run)")
     print(f"  ratio slimtorch / hand = {ratio:.3f} (goal <= 1.10); cached / hand = {med['slimtorch_cached'] / med['hand']:.3f}")
-    print(json.dumps({"benchmark": "kd_overhead", "step_ms": {k: round(v, 4) for k, v in med.items()},
+    print(json.dumps({"machine": probe().to_json(), "benchmark": "kd_overhead", "step_ms": {k: round(v, 4) for k, v in med.items()},
                       "ratio": round(ratio, 4), "ratio_cached": round(med["slimtorch_cached"] / med["hand"], 4), "goal_ratio": 1.10,
                       "wall_s": {"hand": round(statistics.median(hand_walls), 3),
                                  **{k: round(statistics.median(v), 3) for k, v in walls.items()}},

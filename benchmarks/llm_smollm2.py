@@ -56,6 +56,7 @@ from slimtorch.measure import EvaluateConfig, LatencyConfig, dir_size_bytes, mea
 from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.latency import pinned_threads
 from slimtorch.measure.llm import causal_lm_of, decode_tokens_per_s, eval_token_ids, scored_logprobs, with_model_tokens
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
@@ -293,7 +294,7 @@ def main() -> None:
         print(f"\n{text!r}")
         for r in rows:
             print(f"  {r['variant']:34} {r['samples'][text]!r}")
-    print(json.dumps({"threads": args.threads, "group_size": args.group_size, "load_s": round(load_s, 1),
+    print(json.dumps({"machine": probe().to_json(), "threads": args.threads, "group_size": args.group_size, "load_s": round(load_s, 1),
                       "scored_tokens": base["scored_tokens"], "rows": rows, "gguf": gguf}))
 
 

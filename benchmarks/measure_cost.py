@@ -17,6 +17,7 @@ import torch
 from slimtorch import artifact
 from slimtorch.data import build_data
 from slimtorch.measure import EvaluateConfig, measure, outputs_on
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 
 PARTS = ["params", "size", "macs", "latency", "accuracy", "robustness"]
@@ -53,7 +54,7 @@ def main() -> None:
     for label, r in results.items():
         print(f"{label:<24}" + "".join(f"{r['cost_s'].get(p, 0):>11.4f}" for p in PARTS) + f"{r['total_s']:>10.3f}")
     print(f"first measure() call in a process (imports, lazy init): {first_call_s:.2f} s")
-    print(json.dumps({"benchmark": "measure_cost", "first_call_s": round(first_call_s, 3), "models": results}))
+    print(json.dumps({"machine": probe().to_json(), "benchmark": "measure_cost", "first_call_s": round(first_call_s, 3), "models": results}))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from slimtorch.core import RunContext
 from slimtorch.data import build_data
 from slimtorch.distill import DistillConfig, DistillStage, derive_student
 from slimtorch.measure.accuracy import predict
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 
 
@@ -83,7 +84,7 @@ def main() -> None:
     print("MiniLM-L6 -> 3 layers (every other layer, DistilBERT init), cosine embedding KD on the fortune corpus")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
-    print(json.dumps({
+    print(json.dumps({"machine": probe().to_json(), 
         "benchmark": "minilm_distill", "sentences_train": len(data.train), "sentences_test": len(data.test),
         "teacher_params": n_t, "student_params": n_s, "cosine_before": round(before.mean().item(), 4),
         "cosine_after": round(after.mean().item(), 4), "cosine_after_p10": round(after.quantile(0.1).item(), 4),

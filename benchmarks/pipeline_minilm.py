@@ -43,6 +43,7 @@ from slimtorch.core import RunContext
 from slimtorch.data import build_data
 from slimtorch.measure.accuracy import predict
 from slimtorch.measure.latency import pinned_threads
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
 
@@ -227,7 +228,7 @@ def main() -> None:
         "plan": None if plan is None else {k: plan[k] for k in ("prune", "quantize", "is_feasible", "message", "baseline_latency_ms", "candidates")},
     }
     tmp.cleanup()
-    print(json.dumps(summary))
+    print(json.dumps({"machine": probe().to_json(), **summary}))
 
 
 if __name__ == "__main__":

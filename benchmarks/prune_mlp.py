@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from slimtorch.core import RunContext
 from slimtorch.data import build_data
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.prune.macs import count_params
@@ -72,7 +73,7 @@ def main() -> None:
     print(f"  nonzero weights {w_nz}/{w_total}: {han['weight_reduction']:.1f}x fewer (goal >= 10x, drop <= 0.5)")
     print(f"Lottery ticket, MLP 64-300-100-10, at {100 * lottery['weights_kept']:.1f}% of weights (rewind to epoch 1, 3 rounds)")
     print(f"  dense {lottery['dense_acc']:.4f}  ticket {lottery['ticket_acc']:.4f}  random re-init {lottery['random_reinit_acc']:.4f}")
-    print(json.dumps({"benchmark": "prune_mlp", "han": han, "lottery": lottery}))
+    print(json.dumps({"machine": probe().to_json(), "benchmark": "prune_mlp", "han": han, "lottery": lottery}))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from torch.utils.data import TensorDataset
 
 from slimtorch.core import RunContext
 from slimtorch.data.bundle import DataBundle
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.prune.macs import count_macs
@@ -116,7 +117,7 @@ def main() -> None:
     eff = [r["efficiency"] for k, r in results.items() if k.startswith("slimtorch")]
     met = sum(e >= 0.9 for e in eff)
     print(f"slimtorch: efficiency >= 0.9 in {met} of {len(eff)} cells (min {min(eff):.2f}); stage notes: {record.notes}")
-    print(json.dumps({"benchmark": "prune_speedup", "macs_dense": macs["dense"], "macs_slimtorch": macs["slimtorch"],
+    print(json.dumps({"machine": probe().to_json(), "benchmark": "prune_speedup", "macs_dense": macs["dense"], "macs_slimtorch": macs["slimtorch"],
                       "macs_torch_pruning": macs["torch-pruning"], "results": results,
                       "slimtorch_min_efficiency": round(float(min(eff)), 3),
                       "slimtorch_cells_meeting_goal": int(met)}))

@@ -29,6 +29,7 @@ from slimtorch.data import text as _text_source  # noqa: F401  (registers the "t
 from slimtorch.export import to_ort
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.measure.latency import time_latency
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
 from slimtorch.train import TrainConfig, fit
@@ -158,7 +159,7 @@ def main() -> None:
         print(f"  {r['variant']}: {r['backend']}")
     print(f"\n{cnn['model']}: fp32 {cnn['fp32_accuracy']:.4f}, static int8 {cnn['static_int8_accuracy']:.4f} "
           f"({cnn['static_int8_backend']}), dynamic int8 {cnn['dynamic_int8_accuracy']:.4f}")
-    print(json.dumps({"threads": args.threads, "minilm": rows, "mnist1d": cnn}))
+    print(json.dumps({"machine": probe().to_json(), "threads": args.threads, "minilm": rows, "mnist1d": cnn}))
 
 
 if __name__ == "__main__":

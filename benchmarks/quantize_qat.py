@@ -51,6 +51,7 @@ from slimtorch.data import build_data
 from slimtorch.export import to_ort
 from slimtorch.measure.accuracy import predict, task_metric
 from slimtorch.measure.latency import time_interleaved
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
 from slimtorch.quantize._openvino import nncf_version
@@ -245,7 +246,7 @@ def main() -> None:
     print()
     print_side_by_side(rows)
     versions = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "openvino": openvino_version(), "nncf": nncf_version()}
-    print(json.dumps({"threads": opts.threads, "repeats": opts.repeats, **cpu_facts(), "load_average": load, "versions": versions,
+    print(json.dumps({"machine": probe().to_json(), "threads": opts.threads, "repeats": opts.repeats, **cpu_facts(), "load_average": load, "versions": versions,
                       "rows": rows, "goals": goals_of(rows)}))
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from slimtorch.core import RunContext, seed_everything
 from slimtorch.data import DataBundle, build_data
 from slimtorch.distill import DistillConfig, DistillStage
 from slimtorch.measure.accuracy import predict
+from slimtorch.measure.machine import probe
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.prune.macs import count_params
@@ -256,7 +257,7 @@ def main() -> None:
     if "scenario2" in rows:
         result["scenario2"]["per_seed_slim_ceiling_recovered"] = [round(x["slim_ceiling_recovered"], 4) for x in rows["scenario2"]]
     result["seconds"] = round(time.perf_counter() - start, 1)
-    print(json.dumps(result))
+    print(json.dumps({"machine": probe().to_json(), **result}))
 
 
 if __name__ == "__main__":
