@@ -39,7 +39,7 @@ class KernelTiming:
     note: str = ""
 
 
-def _median_us(fn: Callable[[], Any], budget_s: float) -> float:
+def median_us(fn: Callable[[], Any], budget_s: float) -> float:
     fn()  # pack weights, build sessions
     times: list[float] = []
     start = time.perf_counter()
@@ -115,7 +115,7 @@ def kernel_table(threads: int = 1, budget_s: float = 0.3, shapes: tuple[tuple[st
             fp32_us: float | None = None
             for name, (runtime, call) in candidates.items():
                 try:
-                    us = _median_us(call, budget_s)
+                    us = median_us(call, budget_s)
                 except (RuntimeError, NotImplementedError) as exc:
                     rows.append(KernelTiming(name, runtime, label, None, None, f"cannot run here: {str(exc).splitlines()[0][:80]}"))
                     continue
@@ -136,3 +136,23 @@ def doctor(threads: int = 1, budget_s: float = 0.3, onnx: bool = True) -> dict[s
     """
     return {"machine": probe().to_json(), "threads": threads,
             "kernels": [asdict(row) for row in kernel_table(threads, budget_s, onnx=onnx)]}
+
+
+@torch.no_grad()
+def weight_only_speed(layer: _torch.WeightOnlyLinear, rows: int = 1, threads: int = 1, budget_s: float = 0.2) -> dict[str, float]:
+    """One weight-only layer at ``rows`` input rows against fp32 ``F.linear`` of its own dequantized weight, here.
+
+    Returns ``{"weight_only_us", "fp32_us", "speedup"}``: below 1.0 the packed kernel is slower than plain fp32 on this
+    CPU (torch's int4 kernel without native bf16, for one).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(rows, layer.in_features, generator=torch.Generator().manual_seed(0))
+        weight = layer.dequantized_weight()
+        bias = layer.bias
+        fp32 = median_us(lambda: F.linear(x, weight, bias), budget_s)
+        packed = median_us(lambda: layer(x), budget_s)
+    finally:
+        torch.set_num_threads(previous)
+    return {"weight_only_us": round(packed, 1), "fp32_us": round(fp32, 1), "speedup": round(fp32 / packed, 3)}

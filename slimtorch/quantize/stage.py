@@ -22,7 +22,7 @@ from slimtorch.measure.latency import time_interleaved
 from slimtorch.measure.llm import causal_lm_of, with_model_tokens
 from slimtorch.measure.machine import probe
 from slimtorch.models.attrs import set_attrs_
-from slimtorch.quantize import _openvino, _ort, _torch, awq, dynamic_qat, gptq, qat, sensitivity, smooth
+from slimtorch.quantize import _openvino, _ort, _torch, awq, dynamic_qat, gptq, kernels, qat, sensitivity, smooth
 from slimtorch.quantize._ort_transformer import encoder_onnx
 from slimtorch.quantize.config import QATConfig, QuantizeConfig
 from slimtorch.quantize.sensitivity import MixedPrecisionResult
@@ -211,7 +211,28 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> t
                        tied_tables={e: ties[e] for e in embeddings if e in ties and _is_shared_table(model, e)})
     if cfg.int8_activations != "bf16":
         details["int8_activation_linears"] = _torch.int8_activations_(model, cfg.int8_activations)
+    details["kernel_check"] = _weight_only_kernel_check(model)
     return model, details
+
+
+def _weight_only_kernel_check(model: nn.Module) -> dict[str, Any] | None:
+    """The largest weight-only layer timed at batch 1 against fp32 on this CPU: whether the packed kernel pays off here."""
+    layers = [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, _torch.WeightOnlyLinear)]
+    if not layers:
+        return None
+    fqn, layer = max(layers, key=lambda item: item[1].in_features * item[1].out_features)
+    return {"layer": fqn, "bits": layer.bits, "activations": layer.activations, "rows": 1, **kernels.weight_only_speed(layer),
+            "machine": probe().summary()}
+
+
+def kernel_check_note(check: dict[str, Any]) -> str | None:
+    """A warning when the weight-only kernel is slower than fp32 on this machine, and what to use instead."""
+    if check["speedup"] >= 1.0:
+        return None
+    return (f"WARNING: int{check['bits']} weight-only ({check['activations']} activations) runs {check['layer']} at "
+            f"{check['speedup']:.2f}x the speed of fp32 at batch 1 on this machine ({check['machine']}): no fast kernel for it "
+            "here. Smaller, not faster; for speed use mode: dynamic_int8 (runtime: auto times fbgemm and onnxruntime int8), "
+            "or int8_weight_only with int8_activations: int8, and check `slimtorch doctor`.")
 
 
 def _is_shared_table(model: nn.Module, embedding: str) -> bool:
@@ -292,6 +313,8 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
             if cfg.mode == "static_int8" and facts["int8_weight_layers"] < facts["weight_layers"]:
                 record.notes.append(f"OpenVINO runs {facts['int8_weight_layers']} of {facts['weight_layers']} Conv/MatMul layers "
                                     "in int8; the others stay float.")
+        if details.get("kernel_check") and (note := kernel_check_note(details["kernel_check"])):
+            record.notes.append(note)
         if details.get("skipped_linears"):
             record.notes.append(f"kept in float: {', '.join(details['skipped_linears'][:8])}")
         if details.get("quantized_embeddings"):
