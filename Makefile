@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast test-llm test-vision bench lint clean
+.PHONY: demo test test-fast test-llm test-llamacpp test-vision bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-fast: $(VENV)/.installed-dev
 # into ~/.cache/slimtorch, ~30 s). `make test` runs one quick real-SmolLM2 test, not this.
 test-llm: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m llm
+
+# llama.cpp's own figures for GGUF files: llama-cpp-python builds llama.cpp from source here (~8 min on 2 cores), then its tests.
+test-llamacpp: $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet -e ".[llamacpp]"
+	$(BIN)/python -m pytest -q -m "not llm" tests/measure/test_llamacpp.py
 
 # torchvision only exists for torch 2.14.1 here (a 5.5 GB CUDA build), so it gets its own venv.
 test-vision:

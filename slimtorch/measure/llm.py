@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from slimtorch.data.bundle import dataset_len
 from slimtorch.errors import DataError
+from slimtorch.measure import llamacpp
 from slimtorch.measure.latency import pinned_threads, time_latency
 
 if TYPE_CHECKING:
@@ -254,13 +255,16 @@ def measure_llm(model: nn.Module, data: DataBundle, config: EvaluateConfig, refe
         compiled = {str(b): decode_timing(lm, decode_prompt, b, cfg.decode_tokens, cfg.decode_repeats, compiled=True)
                     for b in cfg.decode_batch_sizes} if cfg.compile else {}
         samples = greedy_samples(lm, cfg.sample_tokens)
+    extra: dict[str, Any] = {}
+    if getattr(model, "slimtorch_format", None) == "gguf":  # the file is scored and timed where it will run, too
+        spans = windows(len(ids), cfg.window, cfg.stride)
+        extra["llamacpp"] = llamacpp.llamacpp_figures(model, ids.tolist(), spans, cfg, config.latency.threads)
     setup = {"scored_tokens": len(nll), "window": cfg.window, "stride": cfg.stride, "split": config.split,
              "prefill_tokens": cfg.prefill_tokens, "decode_new_tokens": cfg.decode_tokens,
              "decode_prompt_tokens": cfg.decode_prompt_tokens, "kl_tokens": len(logprobs),
              "decode": "compiled" if cfg.compile else "eager"}
-    extra: dict[str, Any] = {}
     if compiled:  # the headline figure is the compiled one; the eager one stays beside it
-        extra = {"decode_eager_tokens_per_s": eager, "compile_s": {b: s for b, (_, s) in compiled.items()}}
+        extra.update({"decode_eager_tokens_per_s": eager, "compile_s": {b: s for b, (_, s) in compiled.items()}})
     decode = {b: tps for b, (tps, _) in compiled.items()} if compiled else eager
     return LLMResult(metrics=metrics, decode_tokens_per_s=decode, prefill_ms=prefill, samples=samples, setup=setup, extra=extra)
 

@@ -160,10 +160,33 @@ def llm_lines(report: Report) -> list[str]:
              "", (f"Perplexity over {setup.get('scored_tokens', '?')} tokens of the {setup.get('split', 'test')} split in windows of "
                   f"{setup.get('window', '?')} tokens every {setup.get('stride', '?')}; agreement and KL against the baseline's "
                   f"next-token distribution; prefill of {setup.get('prefill_tokens', '?')} tokens; decode = greedy with the KV "
-                  f"cache, {setup.get('decode_new_tokens', '?')} new tokens, {how}."), "", "### Greedy samples", ""]
+                  f"cache, {setup.get('decode_new_tokens', '?')} new tokens, {how}."), *llamacpp_lines(lms), "", "### Greedy samples", ""]
     for prompt in base.llm.get("samples", {}):
         lines += [f"**{prompt}**", "", *_table(["model", "continuation"], [
             [m.name, m.llm.get("samples", {}).get(prompt, "—")] for m in [base, *[x for x in lms if x is not base]]]), ""]
+    return lines
+
+
+def llamacpp_lines(lms: list[Measurement]) -> list[str]:
+    """GGUF models as llama.cpp runs them: its perplexity beside torch's on the same tokens, and its tokens/s per thread count."""
+    runs = [(m, m.llm["llamacpp"]) for m in lms if isinstance(m.llm.get("llamacpp"), dict)]
+    if not runs:
+        return []
+    skipped = [f"{m.name}: {facts['skipped']}" for m, facts in runs if "skipped" in facts]
+    measured = [(m, facts) for m, facts in runs if "threads" in facts]
+    lines = ["", "### In llama.cpp", ""]
+    if measured:
+        counts = sorted({t for _, facts in measured for t in facts["threads"]}, key=int)
+        rows = [[m.name, f"{facts['perplexity']:.3f}", f"{m.metrics['perplexity']:.3f}",
+                 *[f"{facts['threads'][t]['prefill_tokens_per_s']:.1f} / {facts['threads'][t]['decode_tokens_per_s']:.1f}"
+                   if t in facts["threads"] else "—" for t in counts]] for m, facts in measured]
+        lines += _table(["model", "perplexity (llama.cpp)", "perplexity (torch)",
+                         *[f"prefill / decode tok/s, {t} thread{'s' if t != '1' else ''}" for t in counts]], rows)
+        first = measured[0][1]
+        lines += ["", (f"The GGUF file run by llama-cpp-python {first['llama_cpp']} on the same token ids and windows; prefill of "
+                      f"{first['prefill_tokens']} tokens, then {first['decode_new_tokens']} greedy tokens with its KV cache.")]
+    if skipped:
+        lines += ["", *[f"- {line}" for line in skipped]]
     return lines
 
 

@@ -1,0 +1,60 @@
+"""A GGUF file scored and timed by llama.cpp itself (the llamacpp extra), beside torch's figures for the same tokens."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from slimtorch.measure import llamacpp
+from slimtorch.measure.config import LLMEvalConfig
+from slimtorch.measure.llm import causal_lm_of, scored_logprobs, windows
+from tests.tiny_llm import load_tiny_gguf, write_text
+
+pytest.importorskip("gguf")
+needs_llamacpp = pytest.mark.skipif(not llamacpp.available(), reason="llama-cpp-python not installed (pip install 'slimtorch[llamacpp]')")
+
+
+@needs_llamacpp
+def test_llamacpp_scores_the_file_as_torch_scores_the_same_weights(tmp_path):
+    model = load_tiny_gguf(tmp_path)  # f32 weights: both runtimes compute the same function
+    cfg = LLMEvalConfig(window=64, stride=32, prefill_tokens=32, decode_tokens=8, decode_repeats=2)
+    ids = torch.tensor((list(range(3, 250)) * 2)[:300])
+    nll, _, _ = scored_logprobs(causal_lm_of(model), ids, cfg)
+    facts = llamacpp.measure_gguf(tmp_path / "tiny.gguf", ids.tolist(), windows(len(ids), cfg.window, cfg.stride), cfg, [1, 2])
+    assert facts["scored_tokens"] == len(nll) == 299
+    assert facts["perplexity"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-3)
+    for count in ("1", "2"):
+        assert facts["threads"][count]["prefill_tokens_per_s"] > 0 and facts["threads"][count]["decode_tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_a_gguf_run_reports_llamacpp_rows_or_says_how_to_get_them(tmp_path, monkeypatch, installed):
+    from slimtorch.pipeline import compress
+    from slimtorch.report import render_markdown
+
+    if installed and not llamacpp.available():
+        pytest.skip("llama-cpp-python not installed (pip install 'slimtorch[llamacpp]')")
+    if not installed:  # as on a machine without the extra
+        monkeypatch.setattr(llamacpp, "available", lambda: False)
+    monkeypatch.setenv("SLIMTORCH_CACHE", str(tmp_path / "cache"))
+    load_tiny_gguf(tmp_path)
+    recipe = {"name": "gguf", "data": {"source": "text", "args": {"path": str(write_text(tmp_path / "text.txt", 4))}, "batch_size": 4},
+              "teacher": {"model": f"gguf:{tmp_path / 'tiny.gguf'}"},
+              "stages": [{"export": {"format": "gguf", "quant": "q8_0"}}],
+              "evaluate": {"latency": {"batch_sizes": [1], "warmup": 1, "repeats": 3},
+                           "llm": {"window": 32, "stride": 16, "max_tokens": 64, "prefill_tokens": 16, "decode_tokens": 3,
+                                   "decode_repeats": 1, "decode_batch_sizes": [1], "sample_tokens": 4}}}
+    report = compress(recipe, tmp_path / "run").report
+    final = report.final_model
+    facts = final.llm["llamacpp"]
+    markdown = render_markdown(report)
+    assert "### In llama.cpp" in markdown
+    assert "llamacpp" not in report.models[0].llm  # the torch teacher is not a GGUF file
+    if not installed:
+        assert "pip install 'slimtorch[llamacpp]'" in facts["skipped"] and facts["skipped"] in markdown
+        return
+    # q8_0 rounding: llama.cpp's perplexity of the file is close to torch's of the same file read back
+    assert facts["perplexity"] == pytest.approx(final.metrics["perplexity"], rel=0.02)
+    assert set(facts["threads"]) >= {"1"} and "prefill / decode tok/s, 1 thread" in markdown
