@@ -182,12 +182,17 @@ def fit_shapes_(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _update_size_attrs(module: nn.Module) -> None:
+    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:  # pruned width: (3E, E)
+        module.embed_dim = module.kdim = module.vdim = module.in_proj_weight.shape[1]
+        module.head_dim = module.embed_dim // module.num_heads
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         return
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = weight.shape
     elif isinstance(module, nn.modules.conv._ConvNd):
+        if module.groups > 1 and module.groups == module.in_channels and weight.shape[1] == 1:  # depthwise: one group per input channel
+            module.groups = weight.shape[0] * module.groups // module.out_channels  # channel multiplier kept
         module.out_channels = weight.shape[0]
         module.in_channels = weight.shape[1] * module.groups
     elif isinstance(module, nn.modules.batchnorm._NormBase):

@@ -1,7 +1,7 @@
 """Check a data source's splits up front, and accept the few other shapes a mature tool accepts.
 
 A split is a map-style torch ``Dataset`` (``len()`` and ``[i]``) of ``(x, y)`` pairs: ``x`` a tensor
-(or a dict of tensors for keyword inputs), ``y`` a class index. Also accepted, and documented:
+(or a dict of tensors, passed to the model as keyword arguments), ``y`` a class index. Also accepted, and documented:
 
 - **dict items** with a ``"label"`` or ``"labels"`` key (the Hugging Face ``datasets`` convention):
   that entry is ``y``; the other entries are ``x`` (one entry: its value; several: a dict, passed to
@@ -197,8 +197,15 @@ def check_split(source: str, split: str, dataset: Any, task: str, collate_fn: Ca
         problem, cast_label = _label_problem(y)
         if problem:
             raise DataError(f"{where} has label {problem}.")
-    if x is not None and not isinstance(x, (Tensor, np.ndarray)):
-        raise DataError(f"{where} has input {describe(x)}; without a collate_fn inputs must be tensors "
+    if isinstance(x, Mapping):  # keyword inputs ({"input_ids", "attention_mask"}): the default collate stacks each entry
+        bad = {str(k): v for k, v in x.items() if not isinstance(v, (Tensor, np.ndarray))}
+        if bad:
+            key, value = next(iter(bad.items()))
+            raise DataError(f"{where} has a dict input whose entry {key!r} is {describe(value)}; without a collate_fn every "
+                            "entry must be a tensor (or return a 'collate_fn' that turns a list of items into an (x, y) batch).")
+        x = None  # nothing to cast: the model takes the entries as they are
+    elif x is not None and not isinstance(x, (Tensor, np.ndarray)):
+        raise DataError(f"{where} has input {describe(x)}; without a collate_fn inputs must be tensors or a dict of tensors "
                         "(or return a 'collate_fn' that turns a list of items into an (x, y) batch).")
     cast_input = x is not None and x.dtype in (torch.float64, np.float64)
     if label_key is None and not cast_label and not cast_input:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
@@ -129,10 +130,20 @@ def is_deterministic(dataset: Dataset) -> bool:
     """True when reading an example twice gives the same input (no random augmentation)."""
     if dataset_len(dataset) == 0:
         return True
-    a, b = dataset[0][0], dataset[0][0]
-    if isinstance(a, Tensor):
-        return torch.equal(a, b)
-    return a == b
+    return same_input(dataset[0][0], dataset[0][0])
+
+
+def same_input(a: object, b: object) -> bool:
+    """Equality of two inputs: tensors, dicts of tensors (tokenized text, several inputs), tuples/lists of them."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_input(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(same_input(x, y) for x, y in zip(a, b))
+    return bool(a == b)
 
 
 def check_output_shapes(student: nn.Module, teachers: Sequence[nn.Module], data: DataBundle) -> tuple[int, ...]:

@@ -11,6 +11,8 @@ import copy
 import io
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import cast
 
 import torch
@@ -75,6 +77,17 @@ class _TensorOutput(nn.Module):
         return output_tensor(self.model(x), self.model)
 
 
+@contextmanager
+def mha_fastpath(enabled: bool) -> Iterator[None]:
+    """Set ``torch.backends.mha``'s fast-path flag for the block, then restore it."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
 @torch.no_grad()
 def _returns_tensor(model: nn.Module, example: Tensor) -> bool:
     return isinstance(model(example), Tensor)
@@ -109,7 +122,9 @@ def export_onnx(model: nn.Module, example: Batch, opset: int = 17) -> bytes:
         dynamic_axes[name] = axes
     dynamic_axes["output"] = {0: "batch"}
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
+    # nn.MultiheadAttention / nn.TransformerEncoderLayer take torch's fused "fast path" in eval mode, whose
+    # ops (_native_multi_head_attention, _transformer_encoder_layer_fwd) have no ONNX form; the slow path is the same maths.
+    with torch.no_grad(), warnings.catch_warnings(), mha_fastpath(False):
         warnings.simplefilter("ignore")
         try:
             # torch types `f` as a path; the TorchScript exporter (dynamo=False) writes to a file object as well

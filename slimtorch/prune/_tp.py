@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -61,6 +62,12 @@ def build_pruner(
 ) -> Any:
     """A Torch-Pruning ``BasePruner`` over ``targets``; ``ignored`` layers keep their output channels."""
     per_layer = {targets[f]: r for f, r in (ratio_dict or {}).items() if f in targets}
+    # Torch-Pruning cuts an nn.MultiheadAttention's embed width with the layers around it, and the width left
+    # must split into num_heads heads: keep a multiple of every head count. (Its num_heads option is for
+    # separate q/k/v Linears and finds no group on a torch MHA.)
+    heads = [m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    if heads:
+        round_to = math.lcm(round_to or 1, *heads)
     return tp().pruner.BasePruner(
         model,
         example,
@@ -103,6 +110,10 @@ def unknown_layer_couplings(model: nn.Module, pruner: Any, targets: dict[str, nn
     dg = pruner.DG
     out: dict[str, str] = {}
     for fqn, module in targets.items():
+        if module not in dg.module2node:
+            out[fqn] = ("its forward never runs on the example (its parent calls its weight directly), so Torch-Pruning "
+                        "cannot see what it is coupled to; left whole")
+            continue
         group = dg.get_pruning_group(module, dg.get_pruner_of_module(module).prune_out_channels, idxs=[0])
         for dep, _ in group:
             param = dep.target.module

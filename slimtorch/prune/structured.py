@@ -45,7 +45,9 @@ def prune_structured_(
         ``{"groups": [[{"fqn", "is_out", "idxs"}]], "channels": {fqn: [before, after]},
         "unchanged": {fqn: plain reason}, "notes": [where round_to changed the share removed]}``.
     """
-    ignored = [m for f, m in model.named_modules() if f and is_prunable_type(m) and f not in targets]
+    # An nn.MultiheadAttention's own Linears are cut by its Torch-Pruning rule, never ignored on their own.
+    inner = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.modules() if c is not m}
+    ignored = [m for f, m in model.named_modules() if f and is_prunable_type(m) and f not in targets and id(m) not in inner]
     before = {f: out_channels(m) for f, m in targets.items()}
 
     def pruner_for(ignored: list[nn.Module]) -> Any:

@@ -36,32 +36,59 @@ def _selected(fqn: str, layers: LayersConfig) -> bool:
 
 
 def output_layers(model: nn.Module, example: Batch) -> list[str]:
-    """fqns of weight layers whose output is the model's output (the classifier / LM head)."""
-    produced: dict[int, str] = {}
-    order: list[tuple[str, Tensor]] = []
+    """fqns of weight layers whose output channels are the model's output features (classifier / LM head).
 
-    def hook(fqn: str) -> Any:
-        def run(_: nn.Module, __: Any, out: Any) -> None:
-            if isinstance(out, Tensor):
-                produced[out.data_ptr()] = fqn
-                order.append((fqn, out))
-        return run
-
-    handles = [m.register_forward_hook(hook(f)) for f, m in model.named_modules() if is_prunable_type(m)]
-    try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
+    Found by behaviour, not by layer type: a layer is the head when shifting its output channel 0 changes
+    feature 0 of the model output and nothing else (a Linear head, a SqueezeNet-style 1x1 conv then pooling).
+    """
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
             out = forward(model, example)
+            if not isinstance(out, Tensor) or out.dim() < 2:
+                return []
+            width = out.shape[-1] if out.dim() != 4 else out.shape[1]
+            candidates = [(f, m) for f, m in model.named_modules() if is_prunable_type(m) and _out_channels(m) == width]
+            return [f for f, m in candidates if _drives_only_feature_0(model, m, example, out)]
+        finally:
             model.train(was_training)
+
+
+def _out_channels(module: nn.Module) -> int:
+    weight = module.weight
+    return int(weight.shape[1] if type(module).__name__ == "Conv1D" else weight.shape[0])  # GPT-2's Conv1D is (in, out)
+
+
+def _drives_only_feature_0(model: nn.Module, module: nn.Module, example: Batch, reference: Tensor) -> bool:
+    """Whether adding a large constant to ``module``'s output channel 0 moves only output feature 0."""
+    def shift(_: nn.Module, __: Any, y: Any) -> Any:
+        if not isinstance(y, Tensor):
+            return y
+        y = y.clone()
+        channel = y[:, 0] if isinstance(module, nn.modules.conv._ConvNd) else y[..., 0]
+        channel += 1.0 + 10 * y.detach().abs().max()  # large and positive, so it survives a ReLU
+        return y
+
+    handle = module.register_forward_hook(shift)
+    try:
+        out = forward(model, example)
+    except RuntimeError:
+        return False
     finally:
-        for h in handles:
-            h.remove()
-    if isinstance(out, Tensor) and out.data_ptr() in produced:
-        return [produced[out.data_ptr()]]
-    if isinstance(out, Tensor) and order and out.dim() == 2 and order[-1][1].shape == out.shape:
-        return [order[-1][0]]
-    return []
+        handle.remove()
+    if not isinstance(out, Tensor) or out.shape != reference.shape:
+        return False
+    moved = (out - reference).abs() > 1e-6 * (1 + reference.abs())
+    moved = moved.movedim(1, -1) if reference.dim() == 4 else moved  # features last
+    moved = moved.reshape(-1, reference.shape[1] if reference.dim() == 4 else reference.shape[-1]).any(0)  # (features,)
+    return bool(moved[0]) and not bool(moved[1:].any())
+
+
+def _attention_owner(model: nn.Module) -> dict[str, str]:
+    """fqn of each Linear inside an ``nn.MultiheadAttention`` -> that attention's fqn."""
+    return {f"{f}.{c}" if f else c: f for f, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+            for c, _ in m.named_modules() if c}
 
 
 def select_layers(model: nn.Module, layers: LayersConfig, example: Batch | None) -> tuple[dict[str, nn.Module], list[dict[str, str]]]:
@@ -72,9 +99,15 @@ def select_layers(model: nn.Module, layers: LayersConfig, example: Batch | None)
     """
     check_names(model, layers)
     heads = set(output_layers(model, example)) if example is not None else set()
+    in_attention = _attention_owner(model)
     targets: dict[str, nn.Module] = {}
     skipped: list[dict[str, str]] = []
     for fqn, module in model.named_modules():
+        if fqn and isinstance(module, nn.RNNBase) and _selected(fqn, layers):
+            skipped.append({"fqn": fqn, "reason": f"{type(module).__name__} ({fqn}) has no pruning rule here: its weights are "
+                                                  "packed per gate (weight_ih_l0, weight_hh_l0...); its input and output widths "
+                                                  "follow the layers around it"})
+            continue
         weight = getattr(module, "weight", None)
         if not fqn or not isinstance(weight, Tensor) or weight.dim() < 2:
             continue
@@ -82,6 +115,9 @@ def select_layers(model: nn.Module, layers: LayersConfig, example: Batch | None)
             continue
         if fqn in heads:
             skipped.append({"fqn": fqn, "reason": "produces the model output (classifier / LM head); pruning it removes classes"})
+        elif fqn in in_attention:
+            skipped.append({"fqn": fqn, "reason": f"part of nn.MultiheadAttention {in_attention[fqn]!r}, which is cut as one unit "
+                                                  "with the width it reads and writes"})
         elif isinstance(module, nn.Embedding):
             skipped.append({"fqn": fqn, "reason": "embedding table: a lookup, not a matmul; pruning saves no compute"})
         elif not is_prunable_type(module):

@@ -112,14 +112,61 @@ def quantize_static(
         )
     method = {"minmax": quantization.CalibrationMethod.MinMax, "entropy": quantization.CalibrationMethod.Entropy,
               "percentile": quantization.CalibrationMethod.Percentile}[calibrate_method]
-    return _quantize_file(onnx_bytes, preprocess, lambda src, out: quantization.quantize_static(
-        str(src), str(out), _BatchReader(feeds), quant_format=quantization.QuantFormat.QDQ,
-        per_channel=per_channel, reduce_range=reduce_range, calibrate_method=method,
-        activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
-        op_types_to_quantize=list(op_types) if op_types else None, nodes_to_exclude=list(nodes_to_exclude),
-        calibration_providers=["CPUExecutionProvider"],
-        extra_options={"ActivationSymmetric": activation_symmetric, "WeightSymmetric": True},
-    ))
+
+    def run(excluded: list[str]) -> bytes:
+        return _quantize_file(onnx_bytes, preprocess, lambda src, out: quantization.quantize_static(
+            str(src), str(out), _BatchReader(feeds), quant_format=quantization.QuantFormat.QDQ,
+            per_channel=per_channel, reduce_range=reduce_range, calibrate_method=method,
+            activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+            op_types_to_quantize=list(op_types) if op_types else None, nodes_to_exclude=excluded,
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options={"ActivationSymmetric": activation_symmetric, "WeightSymmetric": True},
+        ))
+
+    excluded = list(nodes_to_exclude)
+    quantized = run(excluded)
+    for _ in range(3):  # each pass can uncover tensors that only an excluded node had hidden
+        touching = nodes_touching(onnx_bytes, nonfinite_ranges(quantized))
+        if not touching or set(touching) <= set(excluded):
+            break
+        excluded += [n for n in touching if n not in excluded]
+        quantized = run(excluded)
+    kept_float = [n for n in excluded if n not in nodes_to_exclude]
+    if kept_float:
+        log.warning("static int8: %d node(s) read or write tensors that reach -inf or float32's lowest value (a masked attention "
+                    "score, log(0)), whose int8 scale would be useless; they stay float: %s", len(kept_float), ", ".join(kept_float[:8]))
+    return quantized
+
+
+# An int8 scale this large means the calibrated range reached a float sentinel (-inf, or torch.finfo(float32).min
+# that transformers writes into masked attention scores), not a real activation.
+SENTINEL_SCALE = 1e30
+
+
+def nonfinite_ranges(qdq_bytes: bytes) -> list[str]:
+    """Tensors of a QDQ graph whose calibrated int8 scale is infinite or astronomically large (see SENTINEL_SCALE).
+
+    Such a tensor (attention scores under a ``-inf`` or ``finfo.min`` causal mask, T5's ``log(0)`` relative
+    positions) quantizes every real value to the same code, so the graph runs but computes nonsense.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(qdq_bytes)
+    scales = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer if i.name.endswith("scale") or i.dims == []}
+    return [n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 1
+            and n.input[1] in scales and not (np.abs(scales[n.input[1]]) < SENTINEL_SCALE).all()]
+
+
+def nodes_touching(onnx_bytes: bytes, tensors: Sequence[str]) -> list[str]:
+    """Names of the nodes of ``onnx_bytes`` that produce or read any of ``tensors``."""
+    import onnx
+
+    if not tensors:
+        return []
+    wanted = set(tensors)
+    proto = onnx.load_from_string(onnx_bytes)
+    return [n.name for n in proto.graph.node if n.name and wanted & (set(n.input) | set(n.output))]
 
 
 def convert_fp16(onnx_bytes: bytes, op_block_list: Sequence[str] | None = None) -> bytes:
