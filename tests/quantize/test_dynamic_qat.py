@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
+from onnx import TensorProto, helper
 from pydantic import ValidationError
 
 from slimtorch.core import RunContext
 from slimtorch.measure.accuracy import predict
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
-from slimtorch.quantize.dynamic_qat import DynamicInt8Linear, prepare_, strip_, train_dynamic_qat
+from slimtorch.quantize.dynamic_qat import (
+    DynamicInt8Linear,
+    int16_pair_excess,
+    prepare_,
+    strip_,
+    train_dynamic_qat,
+    u8s8_saturates,
+)
 from slimtorch.quantize.smooth import SmoothedLinear, smooth_
 
 
@@ -22,6 +32,27 @@ def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
 def _kl(out: torch.Tensor, reference: torch.Tensor) -> float:
     """KL(teacher ‖ int8) of the class probabilities."""
     return torch.nn.functional.kl_div(out.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="batchmean").item()
+
+
+def test_the_simulated_int32_sums_are_what_onnxruntime_computes_on_this_cpu():
+    # u8 activations near 255 against int8 weights near ±127: pairs of products pass int16 without VNNI
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (37, 65), dtype=np.uint8), rng.integers(-127, 128, (65, 19), dtype=np.int8)
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b", "za"], ["y"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [37, 65])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [37, 19])],
+                              [helper.make_tensor("b", TensorProto.INT8, [65, 19], b.tobytes(), raw=True),
+                               helper.make_tensor("za", TensorProto.UINT8, [], [131])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 9)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"a": a})[0]).double()
+    qa, qb = torch.from_numpy(a).float(), torch.from_numpy(b).float().T
+    exact = (qa.double() - 131) @ qb.double().T
+    excess = int16_pair_excess(qa, qb).double()
+    assert bool((excess != 0).any())  # the data does reach the int16 limit
+    torch.testing.assert_close(got, exact + excess if u8s8_saturates() else exact, rtol=0, atol=0)
+    assert u8s8_saturates() == bool((got != exact).any())
 
 
 @pytest.mark.parametrize("smooth", [None, 0.5])
