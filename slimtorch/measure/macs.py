@@ -3,7 +3,8 @@
 Torch models run once under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts every
 matmul, convolution (groups, stride and padding included, through the output shape) and attention
 kernel that actually executes; MACs = FLOPs / 2. Packed quantized torch modules (``torch.ao``
-dynamic/static int8 Linear and Conv), invisible to that counter, are counted with forward hooks.
+dynamic/static int8 Linear and Conv) and ``nn.LSTM`` (one fused kernel), invisible to that counter, are
+counted with forward hooks.
 Models that run in onnxruntime are counted from their ONNX graph. Element-wise ops (ReLU, norms,
 softmax) are not counted: they are small next to the matmuls and the convention in the field ignores them.
 """
@@ -45,6 +46,7 @@ def count_macs_noted(model: nn.Module, example_input: Batch) -> tuple[int | None
         return (None if macs is None else macs // n), notes
     hooked: list[int] = []
     handles = [m.register_forward_hook(_quantized_hook(hooked)) for m in model.modules() if _is_packed_quantized(m)]
+    handles += [m.register_forward_hook(_lstm_hook(hooked)) for m in model.modules() if isinstance(m, nn.LSTM)]
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
@@ -84,6 +86,27 @@ def _is_packed_quantized(module: nn.Module) -> bool:
     """torch.ao quantized Linear/Conv modules (their packed kernels are invisible to FlopCounterMode)."""
     is_layer = hasattr(module, "in_features") or hasattr(module, "in_channels")
     return "quantized" in type(module).__module__ and is_layer
+
+
+def _lstm_hook(acc: list[int]) -> Any:
+    """nn.LSTM runs as one fused kernel that FlopCounterMode does not see (GRU and RNN decompose into counted matmuls)."""
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        lstm: Any = module
+        x = inputs[0]
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            steps = int(x.data.shape[0])  # every (time, sequence) pair that really ran
+        else:
+            steps = int(x.shape[0] * x.shape[1]) if x.dim() == 3 else int(x.shape[0])  # (T, B) or (B, T); unbatched (T, I)
+        out_size = lstm.proj_size or lstm.hidden_size
+        directions = 2 if lstm.bidirectional else 1
+        per_step = 0
+        for layer in range(lstm.num_layers):
+            width = lstm.input_size if layer == 0 else out_size * directions
+            gates = 4 * lstm.hidden_size * (width + out_size)  # W_ih x + W_hh h for the four gates
+            per_step += directions * (gates + (lstm.hidden_size * lstm.proj_size if lstm.proj_size else 0))
+        acc.append(steps * per_step)
+
+    return hook
 
 
 def _quantized_hook(acc: list[int]) -> Any:

@@ -25,7 +25,9 @@ _MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3
 _CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1, "NhwcConv": 1}
 
 
-_COUNTED_OPS = {*_MATMUL_OPS, *_CONV_OPS, "Gemm", "Attention", "MultiHeadAttention"}
+# Recurrent layers: every step multiplies the input by W (gates·H, I) and the state by R (gates·H, H), per direction.
+_RECURRENT_OPS = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
+_COUNTED_OPS = {*_MATMUL_OPS, *_CONV_OPS, *_RECURRENT_OPS, "Gemm", "Attention", "MultiHeadAttention"}
 
 ONNX_RUNTIMES = ("onnxruntime", "openvino")
 
@@ -70,18 +72,29 @@ def onnx_initializers(graph_model: Any) -> list[np.ndarray]:
 def duplicated_tables(graph_model: Any, min_rows: int = 1000) -> list[str]:
     """Initializers stored twice as ``(V, d)`` and ``(d, V)``: a tied embedding table that the exporter wrote
     once for its Gather and once, transposed, for the output MatMul (``V ≥ min_rows``)."""
-    shapes: dict[tuple[int, ...], str] = {}
+    from onnx import numpy_helper
+
+    shapes: dict[tuple[int, ...], list[Any]] = {}
     for t in graph_model.graph.initializer:
         if len(t.dims) == 2 and max(t.dims) >= min_rows and min(t.dims) > 1:
-            shapes.setdefault(tuple(t.dims), t.name)
-    return [f"{shapes[(v, d)]} {[v, d]} and {shapes[(d, v)]} {[d, v]}" for (v, d) in shapes if v > d and (d, v) in shapes]
+            shapes.setdefault(tuple(t.dims), []).append(t)
+    found = []
+    for (v, d), tables in shapes.items():
+        if v <= d:
+            continue
+        # Transposed shapes alone are no tie (an FFN's up and down projections are (4H, H) and (H, 4H)): compare the values.
+        pairs = ((a, b) for a in tables for b in shapes.get((d, v), []))
+        tie = next(((a, b) for a, b in pairs if np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b).T)), None)
+        if tie is not None:
+            found.append(f"{tie[0].name} {[v, d]} and {tie[1].name} {[d, v]}")
+    return found
 
 
 def onnx_macs(graph_model: Any, example_input: Tensor | dict[str, Tensor]) -> tuple[int | None, list[str]]:
     """MACs of one run of the graph on ``example_input``; returns ``(macs, notes)``.
 
     Graph inputs are fixed to the example's shapes and shapes are inferred; MatMul/Gemm/Conv nodes
-    (plain, integer and QLinear variants) and onnxruntime's fused Attention are counted. Shapes that static
+    (plain, integer and QLinear variants), LSTM/GRU/RNN and onnxruntime's fused Attention are counted. Shapes that static
     inference cannot find are read from one onnxruntime run on the example; if some stay unknown the
     count is None (a partial count would make every ratio against it wrong) and the note names them.
     """
@@ -208,6 +221,9 @@ def _node_macs(node: Any, shapes: dict[str, list[int]]) -> int | None:
     if node.op_type in _CONV_OPS:
         w = shapes.get(node.input[_CONV_OPS[node.op_type]])
         return None if out is None or w is None else math.prod(out) * math.prod(w[1:])
+    if node.op_type in _RECURRENT_OPS:  # X (T, B, I) or (B, T, I); W, R in either orientation: only their sizes matter
+        x, w, r = (shapes.get(node.input[i]) if len(node.input) > i else None for i in (0, 1, 2))
+        return None if x is None or w is None or r is None else math.prod(x[:2]) * (math.prod(w) + math.prod(r))
     if node.op_type == "Attention":  # onnxruntime's fused layer: the QKV projection, then QK^T and the weighted V
         x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
         if x is None or w is None or len(x) != 3:

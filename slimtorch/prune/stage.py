@@ -27,6 +27,21 @@ MASK_NOTE = (
 )
 
 
+def hf_structured_refusal(model: nn.Module, granularity: str) -> str:
+    """Why channel removal is refused on a Hugging Face model, pointing only at granularities that accept it."""
+    from slimtorch.prune.transformers import family
+
+    try:
+        fam = family(model.hf)
+    except (UnsupportedModuleError, AttributeError):
+        name = type(getattr(model, "hf", model)).__name__
+        return (f"granularity {granularity!r} on Hugging Face {name}: removing channels would leave its config (heads, widths) "
+                "out of step with its weights, and head/ffn/layer pruning knows only BERT-like, GPT-2 and LLaMA-like layouts. "
+                "Use a mask granularity (weight, '2:4') instead.")
+    return (f"granularity {granularity!r} on a Hugging Face {fam} model: use head, ffn or layer, which update the HF config so the "
+            "model still saves and loads; or a mask granularity (weight, '2:4').")
+
+
 class PruneStage(Stage[PruneConfig], kind="prune"):
     """Prune a model; see :class:`PruneConfig` for every option.
 
@@ -75,10 +90,7 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
     def _prune(self, model: nn.Module, ctx: RunContext, record: StageRecord, example: Any) -> None:
         cfg = self.config
         if cfg.kind == "structured" and hasattr(model, "hf"):
-            raise UnsupportedModuleError(
-                f"granularity {cfg.granularity!r} on a Hugging Face model: use head, ffn or layer, which update the HF config "
-                "so the model still saves and loads; or a mask granularity (weight, '2:4')."
-            )
+            raise UnsupportedModuleError(hf_structured_refusal(model, cfg.granularity))
         if cfg.kind == "structured" and masked_modules(model):
             bake_masks_(model)
             record.notes.append("earlier weight masks were baked before removing structure.")

@@ -83,18 +83,32 @@ def config_of(hf: PreTrainedModel) -> Any:
 
 
 def family(hf: PreTrainedModel) -> str:
+    """``bert``, ``gpt2`` or ``llama``: the layout whose every projection the model really has.
+
+    Matched on the submodules the surgery touches, not on a few names: Phi has ``layers.0.self_attn`` and
+    ``mlp`` like LLaMA but ``dense``/``fc1``/``fc2`` instead of ``o_proj``/``gate_proj``/``down_proj``.
+    """
     mt = getattr(hf.config, "model_type", "")
-    if mt == "gpt2":
-        return "gpt2"
-    base = hf.base_model
-    if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):
-        return "bert"
-    if hasattr(base, "layers") and hasattr(first := base.get_submodule("layers.0"), "self_attn") and hasattr(first, "mlp"):
-        return "llama"
+    base = getattr(hf, "base_model", None)
+    for fam, path in _BLOCKS.items():
+        if fam == "gpt2" and mt != "gpt2":
+            continue
+        first = _submodule(base, f"{path}.0")
+        if first is not None and all(_submodule(first, p) is not None for p in (*_FFN[fam][0], _FFN[fam][1], *_ATTN[fam][0], _ATTN[fam][1])):
+            return fam
     raise UnsupportedModuleError(
-        f"head/ffn/layer pruning supports BERT-like, GPT-2 and LLaMA-like models; {type(hf).__name__} (model_type {mt!r}) is none of them. "
-        "Use a mask granularity (weight, '2:4') instead."
+        f"head/ffn/layer pruning supports BERT-like, GPT-2 and LLaMA-like layouts; {type(hf).__name__} (model_type {mt!r}) is none of "
+        "them. Use a mask granularity (weight, '2:4') instead."
     )
+
+
+def _submodule(module: nn.Module | None, path: str) -> nn.Module | None:
+    if module is None:
+        return None
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def blocks(hf: PreTrainedModel) -> nn.ModuleList:

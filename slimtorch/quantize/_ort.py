@@ -11,7 +11,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,11 +56,57 @@ def quantize_dynamic(
 ) -> bytes:
     """Int8 weights, activations quantized on the fly (MatMul/Gemm/Gather...). Returns ONNX bytes."""
     quantization = _quantization()
-    return _quantize_file(onnx_bytes, preprocess, lambda src, out: quantization.quantize_dynamic(
+    quantized = _quantize_file(onnx_bytes, preprocess, lambda src, out: quantization.quantize_dynamic(
         str(src), str(out), per_channel=per_channel, reduce_range=reduce_range,
         weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(op_types) if op_types else None,
         nodes_to_exclude=list(nodes_to_exclude), extra_options={"DefaultTensorType": 1},  # FLOAT
     ))
+    _warn_if_mostly_float("dynamic int8", quantized)
+    return quantized
+
+
+class WeightCoverage(NamedTuple):
+    """How much of a graph's weight matrices int8 left in float, and in which ops."""
+
+    float_share: float  # fraction of weight-matrix elements (initializers of 2+ dims) still float
+    float_by_op: dict[str, int]  # op type -> float weight elements it reads
+
+    def note(self, what: str) -> str | None:
+        """A warning when most weights stayed float (e.g. GRU in dynamic int8, LSTM in static int8), else None."""
+        if self.float_share <= 0.5:
+            return None
+        ops = ", ".join(f"{op} ({n:,} weights)" for op, n in sorted(self.float_by_op.items(), key=lambda kv: -kv[1]))
+        hint = ("mode: dynamic_int8 has an int8 LSTM kernel" if "LSTM" in self.float_by_op and what.startswith("static")
+                else "keep this model in float, or quantize its Linear/Conv layers only knowing the rest stays float")
+        return (f"WARNING: {what} left {self.float_share:.0%} of the weights in float: onnxruntime has no int8 kernel for {ops} "
+                f"in this mode, so size and speed barely change; {hint}.")
+
+
+def weight_coverage(onnx_bytes: bytes) -> WeightCoverage:
+    """Float vs int8 weight matrices of a (quantized) ONNX graph; embedding-free graphs count every 2+-D initializer."""
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    consumers: dict[str, str] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, node.op_type)
+    total, by_op = 0, {}
+    for init in proto.graph.initializer:
+        if len(init.dims) < 2 or init.name not in consumers:
+            continue
+        size = int(np.prod(init.dims))
+        total += size
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
+            op = consumers[init.name]
+            by_op[op] = by_op.get(op, 0) + size
+    return WeightCoverage(sum(by_op.values()) / total if total else 0.0, by_op)
+
+
+def _warn_if_mostly_float(what: str, quantized: bytes) -> None:
+    note = weight_coverage(quantized).note(what)
+    if note:
+        log.warning(note.removeprefix("WARNING: "))
 
 
 def _quantize_file(onnx_bytes: bytes, preprocess: bool, quantize: Callable[[Path, Path], None]) -> bytes:
@@ -131,6 +177,7 @@ def quantize_static(
             break
         excluded += [n for n in touching if n not in excluded]
         quantized = run(excluded)
+    _warn_if_mostly_float("static int8", quantized)
     kept_float = [n for n in excluded if n not in nodes_to_exclude]
     if kept_float:
         log.warning("static int8: %d node(s) read or write tensors that reach -inf or float32's lowest value (a masked attention "
