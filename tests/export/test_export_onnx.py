@@ -104,3 +104,16 @@ def test_threads_setting_rebuilds_the_session(digits):
     first = ort_model.session
     ort_model.threads = 2
     assert ort_model.session is not first and ort_model.session.get_session_options().intra_op_num_threads == 2
+
+
+@pytest.mark.parametrize("name", ["mha", "transformer_encoder"])
+def test_torch_attention_modules_export_and_the_fast_path_flag_is_restored(name):
+    from tests.architectures.zoo import build
+
+    model = build(name).eval()
+    before = torch.backends.mha.get_fastpath_enabled()
+    ort_model = to_ort(model, torch.randn(2, 12, 16))  # was: aten::_native_multi_head_attention has no ONNX form
+    assert torch.backends.mha.get_fastpath_enabled() == before
+    for n in (1, 5):
+        x = torch.randn(n, 12, 16)
+        assert max_abs_diff(model, ort_model, x) < 1e-4
