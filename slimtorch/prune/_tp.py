@@ -117,6 +117,11 @@ def unknown_layer_couplings(model: nn.Module, pruner: Any, targets: dict[str, nn
         group = dg.get_pruning_group(module, dg.get_pruner_of_module(module).prune_out_channels, idxs=[0])
         for dep, _ in group:
             param = dep.target.module
+            if isinstance(param, nn.RNNBase):  # Torch-Pruning's LSTM rule covers one layer only, and GRU/RNN none
+                rnn = next((f for f, m in model.named_modules() if m is param), type(param).__name__)
+                out[fqn] = (f"its channels feed {type(param).__name__} {rnn!r}, whose gate-packed weights are not cut safely; "
+                            "left whole so the model stays correct")
+                break
             if dep.target.type == parameter_type and param.dim() >= 2 and id(param) in names:
                 name = names[id(param)]
                 out[fqn] = (f"its channels also size parameter {name!r} {tuple(param.shape)} of {owners.get(name, 'a custom layer')}, "

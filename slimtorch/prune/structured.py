@@ -48,6 +48,7 @@ def prune_structured_(
     # An nn.MultiheadAttention's own Linears are cut by its Torch-Pruning rule, never ignored on their own.
     inner = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.modules() if c is not m}
     ignored = [m for f, m in model.named_modules() if f and is_prunable_type(m) and f not in targets and id(m) not in inner]
+    ignored += [m for m in model.modules() if isinstance(m, nn.RNNBase)]  # Torch-Pruning would cut their hidden size
     before = {f: out_channels(m) for f, m in targets.items()}
 
     def pruner_for(ignored: list[nn.Module]) -> Any:

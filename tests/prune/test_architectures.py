@@ -93,3 +93,25 @@ def test_wrapped_vision_transformer_is_pointed_at_what_works(tmp_path):
     assert "Use a mask granularity" in message and "use head, ffn or layer" not in message  # was: advice that loops
     _, out, x = _run("vit", "weight", tmp_path)  # and that advice works
     assert out(x).shape == (4, 4)
+
+
+class _Recurrent(nn.Module):
+    """Linear -> LSTM -> Linear -> head: only the Linear after the LSTM can lose channels safely."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.rnn = nn.Linear(16, 32), nn.LSTM(32, 32, batch_first=True)
+        self.mid, self.head = nn.Linear(32, 32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mid(self.rnn(self.inp(x))[0][:, -1])))
+
+
+def test_layers_that_feed_an_rnn_are_left_whole_with_the_reason(tmp_path):
+    bundle = build_data("tests.architectures.zoo:data", args={"kind": "sequence"}, batch_size=8)
+    out, record = PruneStage(PruneConfig(granularity="filter", sparsity=0.5, finetune_epochs=0)).apply(
+        _Recurrent(), RunContext(data=bundle, work_dir=tmp_path / "work"))
+    assert out.rnn.hidden_size == out.rnn.input_size == out.inp.out_features == 32  # was: IndexError inside Torch-Pruning
+    assert out.mid.out_features == 16
+    reasons = {s["fqn"]: s["reason"] for s in record.details["skipped"]}
+    assert "feed LSTM 'rnn'" in reasons["inp"] and "LSTM (rnn) has no pruning rule" in reasons["rnn"]
