@@ -119,13 +119,36 @@ class QuantWeight(nn.Module):
         self.module = module
         self.frozen_scale: Tensor | None
         self.register_buffer("frozen_scale", None, persistent=False)  # a buffer: it follows the module's .to(device)
+        # The quantizer of this Linear's input, set by prepare_qat where onnxruntime sums in saturating int16 here
+        # (kept out of _modules: it belongs to the graph, not to this layer).
+        self.__dict__["saturating_input"] = None
 
     def forward(self, x: Tensor) -> Tensor:
         # the mask parametrization applies first, so pruned zeros quantize to exactly 0
-        weight = weight_fake_quant(self.module.weight, None if self.training else self.frozen_scale)
+        scale = weight_scale(self.module.weight) if self.training or self.frozen_scale is None else self.frozen_scale
+        weight = weight_fake_quant(self.module.weight, scale)
         if isinstance(self.module, nn.Linear):
-            return F.linear(x, weight, bias_of(self.module))
+            out = F.linear(x, weight, bias_of(self.module))
+            quant = self.__dict__["saturating_input"]
+            if quant is not None and not torch.onnx.is_in_onnx_export():
+                out = out + _saturation_excess(x, quant, self.module.weight, scale).to(out.dtype)
+            return out
         return self.module._conv_forward(x, weight, self.module.bias)
+
+
+@torch.no_grad()
+def _saturation_excess(x: Tensor, quant: ActivationFakeQuant, weight: Tensor, w_scale: Tensor) -> Tensor:
+    """What onnxruntime's int16 pair saturation changes in ``x @ Ŵ.T`` (x already on ``quant``'s int8 grid).
+
+    Without VNNI onnxruntime turns int8 activations into uint8 (code + 128) for MLAS's u8·s8 kernel, whose pairs
+    of products saturate at int16 (see :func:`slimtorch.quantize.dynamic_qat.int16_pair_excess`).
+    """
+    from slimtorch.quantize.dynamic_qat import int16_pair_excess
+
+    x2 = x.detach().reshape(-1, x.shape[-1]).float()
+    qx = torch.clamp(torch.round(x2 / quant.scale) + quant.zero_point, QMIN, QMAX) + 128
+    qw = torch.clamp(torch.round(weight.detach().float() / w_scale[:, None]), QMIN, QMAX)
+    return (int16_pair_excess(qx, qw) * quant.scale * w_scale).reshape(*x.shape[:-1], -1)
 
 
 def _is(node: fx.Node, modules: dict[str, nn.Module], kinds: tuple[type, ...]) -> bool:
@@ -161,8 +184,10 @@ def _has_weight(model: nn.Module, fqn: str) -> bool:
         return False
 
 
-def prepare_qat(model: nn.Module) -> fx.GraphModule:
+def prepare_qat(model: nn.Module, saturate: bool | None = None) -> fx.GraphModule:
     """A fake-quantized copy of ``model`` (BN folded, weights and activations int8-simulated); ``model`` is untouched.
+
+    ``saturate`` (default: whether onnxruntime does on this CPU) simulates int16 pair saturation in the Linears.
 
     Raises:
         UnsupportedModuleError: the model does not trace with ``torch.fx`` or has no Conv/Linear.
@@ -193,9 +218,30 @@ def prepare_qat(model: nn.Module) -> fx.GraphModule:
             return user is not fq
 
         node.replace_all_uses_with(fq, delete_user_cb=is_not_fq)
+    if saturate is None:
+        from slimtorch.quantize.dynamic_qat import u8s8_saturates
+
+        saturate = u8s8_saturates()
+    if saturate:
+        _link_saturating_inputs(gm)
     graph.lint()
     gm.recompile()
     return set_attrs_(gm, slimtorch_spec=getattr(model, "slimtorch_spec", None))
+
+
+def _link_saturating_inputs(gm: fx.GraphModule) -> None:
+    """Give each Linear the activation quantizer its input comes from (through flatten/reshape), for int16 saturation."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if not _is(node, modules, (QuantWeight,)) or not isinstance(modules[str(node.target)].module, nn.Linear):
+            continue
+        source = node.args[0]
+        while isinstance(source, fx.Node) and source.args and (_is(source, modules, (nn.Flatten, nn.Identity, nn.Dropout)) or (
+                source.op in ("call_method", "call_function")
+                and str(getattr(source.target, "__name__", source.target)) in ("flatten", "reshape", "view"))):
+            source = source.args[0]
+        if isinstance(source, fx.Node) and _is(source, modules, (ActivationFakeQuant,)):
+            modules[str(node.target)].__dict__["saturating_input"] = modules[str(source.target)]
 
 
 def freeze_(model: nn.Module) -> nn.Module:

@@ -17,6 +17,7 @@ from slimtorch.errors import NotCalibratedError
 from slimtorch.measure.accuracy import predict
 from slimtorch.models import build_model
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
+from slimtorch.quantize.dynamic_qat import u8s8_saturates
 from slimtorch.quantize.smooth import SmoothedLinear, smooth_
 
 # The default text tokenizer's vocabulary, so the corpus's token ids fit the embedding table.
@@ -83,8 +84,12 @@ def test_smoothing_cuts_the_int8_error_of_outlier_channels(outlier_mlp, digits, 
     ctx = RunContext(data=digits, seed=0, work_dir=tmp_path)
     reference, _ = predict(model, digits.loader("test"))
     error = {}
+    # Where onnxruntime sums u8·s8 pairs in saturating int16 (no VNNI), 7-bit weights keep the sums exact; with 8-bit
+    # weights the clipping, which smoothing's larger input codes make worse, would dominate the error measured here.
+    reduce_range = u8s8_saturates()
     for smooth in (None, 0.5):
-        q, _record = QuantizeStage(QuantizeConfig(mode="dynamic_int8", smooth=smooth, calibration_batches=4)).apply(model, ctx)
+        cfg = QuantizeConfig(mode="dynamic_int8", smooth=smooth, calibration_batches=4, reduce_range=reduce_range)
+        q, _record = QuantizeStage(cfg).apply(model, ctx)
         out, _ = predict(q, digits.loader("test"))
         error[smooth] = ((out - reference) ** 2).mean().item() / (reference**2).mean().item()
     # measured: 1.3e-4 relative error unsmoothed, 4.1e-5 at α 0.5 (digits pixels are 0 in some channels: those stay unscaled)

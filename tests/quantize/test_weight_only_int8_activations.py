@@ -11,7 +11,7 @@ from slimtorch.core import RunContext
 from slimtorch.data import build_data
 from slimtorch.models import build_model
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
-from slimtorch.quantize._torch import WeightOnlyEmbedding, WeightOnlyLinear, int8_dynamic_mm
+from slimtorch.quantize._torch import REDUCE_RANGE, WeightOnlyEmbedding, WeightOnlyLinear, int8_dynamic_mm
 
 LLAMA = {"model_type": "llama", "vocab_size": 30522, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64, "tie_word_embeddings": True}
@@ -29,18 +29,29 @@ def _int8_layer(activations: str) -> WeightOnlyLinear:
     return layer
 
 
-def _error(layer: WeightOnlyLinear, x: torch.Tensor) -> float:
+def _error(layer: WeightOnlyLinear, x: torch.Tensor, out: torch.Tensor | None = None) -> float:
     exact = x @ layer.dequantized_weight().T + layer.bias  # the layer's own float weights
-    return ((layer(x) - exact).norm() / exact.norm()).item()
+    out = layer(x) if out is None else out
+    return ((out - exact).norm() / exact.norm()).item()
 
 
 def test_int8_activations_stay_close_to_float_and_a_residual_pass_closer_than_bf16():
-    x = torch.randn(3, 5, 96)
+    x = torch.randn(3, 5, 96, generator=torch.Generator().manual_seed(0))
     x[..., 7] *= 30  # an outlier channel sets the int8 range, as in an LLM's hidden states
     bf16, int8, int8x2 = _int8_layer("bf16"), _int8_layer("int8"), _int8_layer("int8x2")
     assert int8(x).shape == (3, 5, 200) and int8(x).dtype == torch.float32
     one, two, ref = _error(int8, x), _error(int8x2, x), _error(bf16, x)
-    assert one < 0.05 and two < ref < one  # bf16's 8-bit mantissa lies between one and two int8 digits
+    # The grid this CPU's kernel uses: 8-bit activations with VNNI, 7-bit (reduce_range) without, where fbgemm adds
+    # u8·s8 pairs in saturating int16. The int32 sums are exact either way, so one pass is the error of that grid.
+    on_grid = torch.quantize_per_tensor_dynamic(x, torch.quint8, REDUCE_RANGE).dequantize()
+    grid = _error(int8, x, on_grid @ int8.dequantized_weight().T + int8.bias)
+    assert abs(one - grid) < 0.02 * grid, (one, grid)
+    assert one < (0.10 if REDUCE_RANGE else 0.05)  # measured: 0.031 with 8 bits, 0.064 with 7
+    # bf16 (native with AVX512-BF16, emulated in fp32 without): no worse than rounding the input and output to bf16
+    w = bf16.dequantized_weight().T
+    rounded = _error(bf16, x, (x.bfloat16().float() @ w).bfloat16().float() + bf16.bias)
+    assert ref < 1.5 * rounded, (ref, rounded)
+    assert two < ref < one  # bf16's 8-bit mantissa lies between one and two int8 digits
 
 
 def test_codes_changed_in_place_are_packed_again():
