@@ -58,11 +58,16 @@ _VIT = r"head/ffn/layer pruning supports BERT-like, GPT-2 and LLaMA-like layouts
 _VIT_FILTER = r"on Hugging Face ViTForImageClassification: .* Use a mask granularity"
 _T5 = r"head/ffn/layer pruning supports .* T5ForSequenceClassification"
 _T5_FILTER = r"on Hugging Face T5ForSequenceClassification: .* Use a mask granularity"
-STAGES = ("prune_filter", "prune_weight", "prune_head", "export_onnx", "ort_dynamic_int8", "ort_static_int8", "distill")
+STAGES = ("prune_filter", "prune_weight", "prune_head", "export_onnx", "ort_dynamic_int8", "ort_static_int8", "torch_int8_weight_only",
+          "distill")
+# Cells that fail today for a reason outside this matrix's reach; strict, so a fix turns them red until removed here.
+KNOWN_BUGS = {("transformer_encoder", "torch_int8_weight_only"): "quantize/_torch.py: WeightOnlyLinear has no .weight (issue 23, 5)",
+              ("t5", "torch_int8_weight_only"): "quantize/_torch.py: WeightOnlyLinear has no .weight (issue 23, 5)"}
+_NO_LINEAR = r"quantizes nn.Linear weights, and \w+ has no Linear layer it can quantize"
 EXPECTED: dict[str, dict[str, str]] = {
     "convnet": {"prune_head": _HEADS},
     "depthwise": {"prune_head": _HEADS},
-    "conv_classifier": {"prune_head": _HEADS},
+    "conv_classifier": {"prune_head": _HEADS, "torch_int8_weight_only": _NO_LINEAR},
     "mha": {"prune_head": _HEADS},
     "transformer_encoder": {"prune_head": _HEADS},
     "lstm": {"prune_filter": _RNN, "prune_weight": _RNN, "prune_head": _HEADS},
@@ -73,7 +78,9 @@ EXPECTED: dict[str, dict[str, str]] = {
     "llama": {"prune_filter": _HF_FILTER, "distill": r"token-level distillation reads the text with the student's tokenizer"},
     "t5": {"prune_filter": _T5_FILTER, "prune_head": _T5},
 }
-CELLS = [(family, stage) for family in FAMILIES for stage in STAGES]
+CELLS = [pytest.param(family, stage, id=f"{family}-{stage}",
+                      marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[family, stage])] if (family, stage) in KNOWN_BUGS else [])
+         for family in FAMILIES for stage in STAGES]
 
 
 def make_stage(stage: str) -> Any:
@@ -84,6 +91,7 @@ def make_stage(stage: str) -> Any:
         "export_onnx": lambda: ExportStage(ExportConfig()),
         "ort_dynamic_int8": lambda: QuantizeStage(QuantizeConfig(mode="dynamic_int8", runtime="onnxruntime")),
         "ort_static_int8": lambda: QuantizeStage(QuantizeConfig(mode="static_int8", runtime="onnxruntime", calibration_batches=2)),
+        "torch_int8_weight_only": lambda: QuantizeStage(QuantizeConfig(mode="int8_weight_only", runtime="torch")),
         "distill": lambda: DistillStage(DistillConfig(epochs=1, lr=1e-3, cache_teacher=True)),
     }[stage]()
 
@@ -135,11 +143,11 @@ def _check_figures(stage: str, record: Any, reference: Tensor, got: Tensor) -> N
         assert details["params_after"] < details["params_before"]
     elif stage == "export_onnx":
         assert (got - reference).abs().max().item() < 1e-4
-    elif stage.startswith("ort_"):  # int8 of random weights: close to the float model, never a silent collapse
+    elif stage.startswith(("ort_", "torch_")):  # int8 of random weights: close to the float model, never a silent collapse
         assert _cosine(got, reference) > 0.95
 
 
-@pytest.mark.parametrize(("family", "stage"), CELLS, ids=[f"{f}-{s}" for f, s in CELLS])
+@pytest.mark.parametrize(("family", "stage"), CELLS)
 def test_cell(family, stage, datasets, built, saved, tmp_path):
     data = datasets[FAMILIES[family]]
     model = model_of(family, built)
@@ -202,3 +210,4 @@ def test_every_working_cell_reloads_in_a_fresh_process(saved):
 def test_expected_table_names_only_known_families_and_stages():
     assert set(EXPECTED) == set(FAMILIES)
     assert all(set(cells) <= set(STAGES) for cells in EXPECTED.values())
+    assert all(family in FAMILIES and stage in STAGES for family, stage in KNOWN_BUGS)
