@@ -91,10 +91,12 @@ class QuantizeConfig(BaseModel):
     embedding_bits: Literal[4, 8] | None = Field(8, description="embedding tables: onnxruntime dynamic_int8 (8 = int8 Gather, 4 = "
                                                  "4-bit blocks) and torch weight-only modes (8 = int8 per row, 4 = int4 per group_size "
                                                  "columns, null = float; a tied lm_head runs on the same packed table)")
-    int8_activations: Literal["bf16", "int8", "int8x2"] = Field(
-        "bf16", description="torch int8 weight-only layers (int8_weight_only's Linears, an int8 table's tied lm_head): bf16 "
-        "activations on torch's weight-only kernel, or activations quantized per call on fbgemm's int8 GEMM (VNNI; faster at "
-        "batch 1): int8 (one pass), int8x2 (a second pass over the rounding residual: ~16-bit activations, twice the work)")
+    int8_activations: Literal["auto", "bf16", "int8", "int8x2"] = Field(
+        "auto", description="torch int8 weight-only layers (int8_weight_only's Linears, an int8 table's tied lm_head): bf16 "
+        "activations on torch's weight-only kernel, or activations quantized per call on fbgemm's int8 GEMM: int8 (one pass), "
+        "int8x2 (a second pass over the rounding residual: ~16-bit activations, twice the work); auto: bf16 or int8x2, both "
+        "~16-bit, whichever runs the largest int8 layer faster here (int8x2 only when >10 % faster: bf16 is emulated "
+        "without AVX512-BF16)")
     embedding_block_size: int = Field(32, ge=16, description="block size of 4-bit embedding tables (onnxruntime)")
     opset: int = Field(17, ge=13, le=21, description="ONNX opset of the export")
     attention: Literal["model", "eager", "fused"] = Field(
@@ -147,7 +149,7 @@ class QuantizeConfig(BaseModel):
                 )
         has_int8_weight_only = self.runtime == "torch" and (self.mode == "int8_weight_only" or (
             self.mode == "int4_weight_only" and self.embedding_bits == 8))
-        if self.int8_activations != "bf16" and not has_int8_weight_only:
+        if self.int8_activations not in ("auto", "bf16") and not has_int8_weight_only:
             raise ValueError(
                 f"quantize.int8_activations: {self.int8_activations} applies to torch int8 weight-only layers (mode: int8_weight_only, or "
                 f"int4_weight_only with embedding_bits: 8, whose tied lm_head is int8); got mode {self.mode!r}, runtime "

@@ -57,3 +57,17 @@ def test_a_weight_only_stage_says_whether_its_kernel_beats_fp32_here(mlp, ctx):
     slow = {**check, "bits": 4, "speedup": 0.4}
     assert "0.40x the speed of fp32" in kernel_check_note(slow) and "mode: dynamic_int8" in kernel_check_note(slow)
     assert kernel_check_note({**check, "speedup": 1.3}) is None
+
+
+def test_int8_activations_auto_keeps_the_faster_16_bit_path_here(mlp, ctx):
+    from slimtorch.quantize import QuantizeConfig, QuantizeStage
+    from slimtorch.quantize._torch import WeightOnlyLinear
+
+    assert QuantizeConfig(mode="int8_weight_only").int8_activations == "auto"
+    out, record = QuantizeStage(QuantizeConfig(mode="int8_weight_only")).apply(mlp, ctx)
+    us, chosen = record.details["int8_activations_us"], record.details["int8_activations"]
+    assert set(us) == {"bf16", "int8x2"} and all(v > 0 for v in us.values())
+    assert chosen == ("int8x2" if us["int8x2"] < 0.9 * us["bf16"] else "bf16")
+    assert {m.activations for m in out.modules() if isinstance(m, WeightOnlyLinear)} == {chosen}
+    # a mode without int8 weight-only layers accepts auto and changes nothing
+    assert QuantizeConfig(mode="dynamic_int8", runtime="torch").int8_activations == "auto"
