@@ -77,13 +77,26 @@ def test_recurrent_layers_are_named_when_refused(name, granularity, tmp_path):
         _run(name, granularity, tmp_path, kind="sequence")
 
 
-def test_phi_is_refused_by_head_pruning_not_crashed():
+def _phi() -> nn.Module:
     torch.manual_seed(0)
-    phi = build_model("hf:tiny-phi", {"kind": "causal_lm", "config": {
+    return build_model("hf:tiny-phi", {"kind": "causal_lm", "config": {
         "model_type": "phi", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "vocab_size": 96, "max_position_embeddings": 32}})
-    with pytest.raises(UnsupportedModuleError, match=r"BERT-like, GPT-2 and LLaMA-like layouts; PhiForCausalLM"):
-        family(phi.hf)  # was: AttributeError (PhiAttention has no attribute o_proj)
+        "vocab_size": 96, "max_position_embeddings": 32}}).hf
+
+
+def _whisper() -> nn.Module:
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    return WhisperForConditionalGeneration(WhisperConfig(
+        vocab_size=96, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=8, max_source_positions=16, max_target_positions=16,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1))
+
+
+@pytest.mark.parametrize(("build", "name"), [(_phi, "PhiForCausalLM"), (_whisper, "WhisperForConditionalGeneration")])
+def test_unknown_transformer_layouts_are_refused_not_crashed(build, name):
+    with pytest.raises(UnsupportedModuleError, match=rf"BERT-like, GPT-2 and LLaMA-like layouts; {name} .* mask granularity"):
+        family(build())  # Phi was: AttributeError (PhiAttention has no attribute o_proj)
 
 
 def test_wrapped_vision_transformer_is_pointed_at_what_works(tmp_path):
