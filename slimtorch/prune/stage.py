@@ -31,15 +31,15 @@ def hf_structured_refusal(model: nn.Module, granularity: str) -> str:
     """Why channel removal is refused on a Hugging Face model, pointing only at granularities that accept it."""
     from slimtorch.prune.transformers import family
 
-    try:
-        fam = family(model.hf)
-    except (UnsupportedModuleError, AttributeError):
-        name = type(getattr(model, "hf", model)).__name__
-        return (f"granularity {granularity!r} on Hugging Face {name}: removing channels would leave its config (heads, widths) "
-                "out of step with its weights, and head/ffn/layer pruning knows only BERT-like, GPT-2 and LLaMA-like layouts. "
-                "Use a mask granularity (weight, '2:4') instead.")
-    return (f"granularity {granularity!r} on a Hugging Face {fam} model: use head, ffn or layer, which update the HF config so the "
-            "model still saves and loads; or a mask granularity (weight, '2:4').")
+    name = type(getattr(model, "hf", model)).__name__
+    why = f"granularity {granularity!r} on Hugging Face {name}: removing channels would leave its config (heads, widths) out of step"
+    for has_projections, use in ((True, "head, ffn or layer"), (False, "layer (whole blocks)")):
+        try:
+            fam = family(model.hf, has_projections=has_projections)
+        except (UnsupportedModuleError, AttributeError):
+            continue
+        return f"{why}; use {use}: they keep its {fam}-style config in step so it still saves and loads; or a mask granularity (weight, '2:4')."
+    return f"{why}, and head/ffn/layer pruning does not know its layout. Use a mask granularity (weight, '2:4') instead."
 
 
 class PruneStage(Stage[PruneConfig], kind="prune"):

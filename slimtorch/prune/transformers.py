@@ -77,16 +77,21 @@ _ATTN = {
 }
 
 
+# What a block must hold to be dropped whole (the config keeps the attention/FFN settings of the others).
+_BLOCK_PARTS = {"bert": ("attention", "intermediate"), "gpt2": ("attn", "mlp"), "llama": ("self_attn", "mlp")}
+
+
 def config_of(hf: PreTrainedModel) -> Any:
     """The model's config, untyped: its field names differ per family (``n_head``, ``num_attention_heads``...)."""
     return hf.config
 
 
-def family(hf: PreTrainedModel) -> str:
-    """``bert``, ``gpt2`` or ``llama``: the layout whose every projection the model really has.
+def family(hf: PreTrainedModel, *, has_projections: bool = True) -> str:
+    """``bert``, ``gpt2`` or ``llama``: the layout of the model's blocks.
 
-    Matched on the submodules the surgery touches, not on a few names: Phi has ``layers.0.self_attn`` and
-    ``mlp`` like LLaMA but ``dense``/``fc1``/``fc2`` instead of ``o_proj``/``gate_proj``/``down_proj``.
+    With ``has_projections`` (head and FFN surgery) every projection the surgery touches must exist, not only
+    the block list: Phi has ``layers.N.self_attn`` and ``mlp`` like LLaMA but ``dense``/``fc1``/``fc2`` instead of
+    ``o_proj``/``gate_proj``/``down_proj``, so it can lose whole layers but not heads.
     """
     mt = getattr(hf.config, "model_type", "")
     base = getattr(hf, "base_model", None)
@@ -94,12 +99,28 @@ def family(hf: PreTrainedModel) -> str:
         if fam == "gpt2" and mt != "gpt2":
             continue
         first = _submodule(base, f"{path}.0")
-        if first is not None and all(_submodule(first, p) is not None for p in (*_FFN[fam][0], _FFN[fam][1], *_ATTN[fam][0], _ATTN[fam][1])):
+        parts = (*_FFN[fam][0], _FFN[fam][1], *_ATTN[fam][0], _ATTN[fam][1]) if has_projections else _BLOCK_PARTS[fam]
+        if first is not None and all(_submodule(first, p) is not None for p in parts):
             return fam
+    if has_projections and (blocks_fam := _blocks_family(hf)) is not None:
+        first = _submodule(base, f"{_BLOCKS[blocks_fam]}.0")
+        wanted = (*_ATTN[blocks_fam][0], _ATTN[blocks_fam][1], *_FFN[blocks_fam][0], _FFN[blocks_fam][1])
+        missing = [p for p in wanted if _submodule(first, p) is None]
+        raise UnsupportedModuleError(
+            f"head and ffn pruning cut {blocks_fam}-style projections, and {type(hf).__name__} (model_type {mt!r}) has other ones "
+            f"(no {', '.join(missing[:4])}); use granularity layer (whole blocks), or a mask granularity (weight, '2:4')."
+        )
     raise UnsupportedModuleError(
         f"head/ffn/layer pruning supports BERT-like, GPT-2 and LLaMA-like layouts; {type(hf).__name__} (model_type {mt!r}) is none of "
         "them. Use a mask granularity (weight, '2:4') instead."
     )
+
+
+def _blocks_family(hf: PreTrainedModel) -> str | None:
+    try:
+        return family(hf, has_projections=False)
+    except UnsupportedModuleError:
+        return None
 
 
 def _submodule(module: nn.Module | None, path: str) -> nn.Module | None:
@@ -112,13 +133,13 @@ def _submodule(module: nn.Module | None, path: str) -> nn.Module | None:
 
 
 def blocks(hf: PreTrainedModel) -> nn.ModuleList:
-    return cast(nn.ModuleList, hf.base_model.get_submodule(_BLOCKS[family(hf)]))
+    return cast(nn.ModuleList, hf.base_model.get_submodule(_BLOCKS[family(hf, has_projections=False)]))
 
 
 def head_info(hf: PreTrainedModel) -> tuple[int, int, int]:
     """(heads, kv heads, head dim) of every layer."""
     c = config_of(hf)
-    if family(hf) == "gpt2":
+    if family(hf, has_projections=False) == "gpt2":
         return c.n_head, c.n_head, c.n_embd // c.n_head
     heads = c.num_attention_heads
     kv = getattr(c, "num_key_value_heads", None) or heads
@@ -212,7 +233,7 @@ def prune_ffn_(hf: PreTrainedModel, keep: int, scores: dict[nn.Module, Tensor]) 
 
 def drop_layers_(hf: PreTrainedModel, drop: list[int]) -> dict[str, Any]:
     """Remove whole blocks ``drop``; renumbers ``layer_idx`` (KV cache) and updates the config."""
-    fam = family(hf)
+    fam = family(hf, has_projections=False)
     old = blocks(hf)
     kept = [b for i, b in enumerate(old) if i not in set(drop)]
     new = nn.ModuleList(kept)
@@ -293,7 +314,7 @@ def prune_transformer_stage(model: nn.Module, cfg: Any, ctx: RunContext, record:
             f"granularity {cfg.granularity!r} needs a Hugging Face transformer (hf:...); this is a {type(model).__name__}. "
             "Use filter/neuron for CNNs and MLPs."
         )
-    fam = family(hf)
+    fam = family(hf, has_projections=cfg.granularity != "layer")
     targets = _linear_targets(hf)
     batches = list(itertools.islice(ctx.data.loader("train", shuffle=True, seed=ctx.seed), cfg.calibration_batches))
     if crit.needs_data:

@@ -43,6 +43,8 @@ HF_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2": ("classifier", {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 32, **_TEXT}),
     "llama": ("causal_lm", {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32, "vocab_size": VOCAB}),
+    "phi": ("classifier", {"model_type": "phi", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "max_position_embeddings": 32, **_TEXT}),
     "t5": ("classifier", {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 2, "num_heads": 4,
                           "decoder_start_token_id": 0, "eos_token_id": EOS, **_TEXT}),
 }
@@ -52,31 +54,33 @@ FAMILIES = {"convnet": "image", "depthwise": "image", "conv_classifier": "image"
 
 WORKS = "works"
 _HEADS = "needs a Hugging Face transformer"
-_HF_FILTER = r"on a Hugging Face \w+ model: use head, ffn or layer"
+_HF_FILTER = r"on Hugging Face \w+: removing channels would leave its config .* use head, ffn or layer"
 _RNN = r"nothing in this model can be pruned .*(LSTM|GRU) \(rnn\) has no pruning rule"
 _VIT = r"head/ffn/layer pruning supports BERT-like, GPT-2 and LLaMA-like layouts; ViTForImageClassification"
 _VIT_FILTER = r"on Hugging Face ViTForImageClassification: .* Use a mask granularity"
 _T5 = r"head/ffn/layer pruning supports .* T5ForSequenceClassification"
 _T5_FILTER = r"on Hugging Face T5ForSequenceClassification: .* Use a mask granularity"
-STAGES = ("prune_filter", "prune_weight", "prune_head", "export_onnx", "ort_dynamic_int8", "ort_static_int8", "torch_int8_weight_only",
-          "distill")
+STAGES = ("prune_filter", "prune_weight", "prune_head", "prune_layer", "export_onnx", "ort_dynamic_int8", "ort_static_int8",
+          "torch_int8_weight_only", "distill")
 # Cells that fail today for a reason outside this matrix's reach; strict, so a fix turns them red until removed here.
 KNOWN_BUGS = {("transformer_encoder", "torch_int8_weight_only"): "quantize/_torch.py: WeightOnlyLinear has no .weight (issue 23, 5)",
               ("t5", "torch_int8_weight_only"): "quantize/_torch.py: WeightOnlyLinear has no .weight (issue 23, 5)"}
 _NO_LINEAR = r"quantizes nn.Linear weights, and \w+ has no Linear layer it can quantize"
 EXPECTED: dict[str, dict[str, str]] = {
-    "convnet": {"prune_head": _HEADS},
-    "depthwise": {"prune_head": _HEADS},
-    "conv_classifier": {"prune_head": _HEADS, "torch_int8_weight_only": _NO_LINEAR},
-    "mha": {"prune_head": _HEADS},
-    "transformer_encoder": {"prune_head": _HEADS},
-    "lstm": {"prune_filter": _RNN, "prune_weight": _RNN, "prune_head": _HEADS},
-    "gru": {"prune_filter": _RNN, "prune_weight": _RNN, "prune_head": _HEADS},
-    "vit": {"prune_filter": _VIT_FILTER, "prune_head": _VIT},
+    "convnet": {"prune_head": _HEADS, "prune_layer": _HEADS},
+    "depthwise": {"prune_head": _HEADS, "prune_layer": _HEADS},
+    "conv_classifier": {"prune_head": _HEADS, "prune_layer": _HEADS, "torch_int8_weight_only": _NO_LINEAR},
+    "mha": {"prune_head": _HEADS, "prune_layer": _HEADS},
+    "transformer_encoder": {"prune_head": _HEADS, "prune_layer": _HEADS},
+    "lstm": {"prune_filter": _RNN, "prune_weight": _RNN, "prune_head": _HEADS, "prune_layer": _HEADS},
+    "gru": {"prune_filter": _RNN, "prune_weight": _RNN, "prune_head": _HEADS, "prune_layer": _HEADS},
+    "vit": {"prune_filter": _VIT_FILTER, "prune_head": _VIT, "prune_layer": _VIT},
     "bert": {"prune_filter": _HF_FILTER},
     "gpt2": {"prune_filter": _HF_FILTER},
     "llama": {"prune_filter": _HF_FILTER, "distill": r"token-level distillation reads the text with the student's tokenizer"},
-    "t5": {"prune_filter": _T5_FILTER, "prune_head": _T5},
+    "phi": {"prune_filter": r"on Hugging Face PhiForSequenceClassification: .* use layer \(whole blocks\)",
+            "prune_head": r"PhiForSequenceClassification .* has other ones \(no self_attn.o_proj.*use granularity layer"},
+    "t5": {"prune_filter": _T5_FILTER, "prune_head": _T5, "prune_layer": _T5},
 }
 CELLS = [pytest.param(family, stage, id=f"{family}-{stage}",
                       marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[family, stage])] if (family, stage) in KNOWN_BUGS else [])
@@ -88,6 +92,7 @@ def make_stage(stage: str) -> Any:
         "prune_filter": lambda: PruneStage(PruneConfig(granularity="filter", sparsity=0.5, finetune_epochs=0)),
         "prune_weight": lambda: PruneStage(PruneConfig(granularity="weight", sparsity=0.5, finetune_epochs=0)),
         "prune_head": lambda: PruneStage(PruneConfig(granularity="head", sparsity=0.5, finetune_epochs=0)),
+        "prune_layer": lambda: PruneStage(PruneConfig(granularity="layer", sparsity=0.5, finetune_epochs=0)),
         "export_onnx": lambda: ExportStage(ExportConfig()),
         "ort_dynamic_int8": lambda: QuantizeStage(QuantizeConfig(mode="dynamic_int8", runtime="onnxruntime")),
         "ort_static_int8": lambda: QuantizeStage(QuantizeConfig(mode="static_int8", runtime="onnxruntime", calibration_batches=2)),
@@ -139,7 +144,7 @@ def _check_figures(stage: str, record: Any, reference: Tensor, got: Tensor) -> N
         assert details["macs_after"] < 0.9 * details["macs_before"] and details["params_after"] < details["params_before"]
     elif stage == "prune_weight":
         assert details["achieved_sparsity"] == pytest.approx(0.5, abs=0.05)
-    elif stage == "prune_head":
+    elif stage in ("prune_head", "prune_layer"):
         assert details["params_after"] < details["params_before"]
     elif stage == "export_onnx":
         assert (got - reference).abs().max().item() < 1e-4
