@@ -6,6 +6,7 @@ run in a private temporary directory.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import warnings
@@ -180,9 +181,41 @@ def quantize_static(
     _warn_if_mostly_float("static int8", quantized)
     kept_float = [n for n in excluded if n not in nodes_to_exclude]
     if kept_float:
-        log.warning("static int8: %d node(s) read or write tensors that reach -inf or float32's lowest value (a masked attention "
-                    "score, log(0)), whose int8 scale would be useless; they stay float: %s", len(kept_float), ", ".join(kept_float[:8]))
+        quantized = _with_metadata(quantized, SENTINEL_NODES_KEY, json.dumps(kept_float))
+        log.warning(_sentinel_note(kept_float))
     return quantized
+
+
+SENTINEL_NODES_KEY = "slimtorch.float_for_sentinels"  # metadata of a static int8 graph: the nodes kept float, as JSON
+
+
+def _sentinel_note(nodes: Sequence[str]) -> str:
+    return (f"static int8 kept {len(nodes)} node(s) in float because they read or write tensors that reach -inf or float32's "
+            f"lowest value (masked attention scores, log(0)), whose int8 scale would be useless: {', '.join(nodes[:6])}"
+            + (f" and {len(nodes) - 6} more" if len(nodes) > 6 else ""))
+
+
+def _with_metadata(onnx_bytes: bytes, key: str, value: str) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, key: value})
+    return proto.SerializeToString()
+
+
+def int8_notes(quantized: bytes, what: str) -> list[str]:
+    """Report sentences about an int8 graph from this module: most weights left float, nodes kept float for sentinels.
+
+    Example:
+        >>> record.notes.extend(int8_notes(quantized, "static int8"))  # doctest: +SKIP
+    """
+    import onnx
+
+    notes = [note] if (note := weight_coverage(quantized).note(what)) else []
+    props = {p.key: p.value for p in onnx.load_from_string(quantized).metadata_props}
+    if SENTINEL_NODES_KEY in props:
+        notes.append(_sentinel_note(json.loads(props[SENTINEL_NODES_KEY])))
+    return notes
 
 
 # An int8 scale this large means the calibrated range reached a float sentinel (-inf, or torch.finfo(float32).min

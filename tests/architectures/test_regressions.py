@@ -62,7 +62,8 @@ def test_static_int8_keeps_masked_attention_scores_float(family, caplog):
     with caplog.at_level(logging.WARNING, logger="slimtorch.quantize._ort"):
         int8 = _ort.quantize_static(fp32, feeds)
     assert _ort.nonfinite_ranges(int8) == []  # was: inf (-inf masks) or 1e36 (finfo.min masks) int8 scales
-    assert "stay float" in caplog.text
+    assert "kept" in caplog.text and "in float because they read or write tensors that reach -inf" in caplog.text
+    assert any("masked attention scores" in n for n in _ort.int8_notes(int8, "static int8"))  # for the stage's record
     softmax_inputs = {n.input[0] for n in onnx.load_from_string(int8).graph.node if n.op_type == "Softmax"}
     dequantized = {n.output[0] for n in onnx.load_from_string(int8).graph.node if n.op_type == "DequantizeLinear"}
     if family != "t5":  # every attention of a causal decoder is masked: its scores reach the softmax in float
@@ -110,6 +111,7 @@ def test_int8_that_leaves_most_weights_float_says_so(name, mode, warns, caplog):
     coverage = _ort.weight_coverage(int8)
     note = coverage.note(f"{mode} int8")
     assert (note is not None) == warns and ("of the weights in float" in caplog.text) == warns
+    assert (note in _ort.int8_notes(int8, f"{mode} int8")) == warns
     if warns:
         assert coverage.float_share > 0.8 and name.upper() in note and "\n" not in note
 
