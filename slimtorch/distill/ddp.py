@@ -3,7 +3,8 @@
 Two ways in:
 
 - ``distill: {ddp: {world_size: 2}}`` — the stage spawns ``world_size`` local worker processes, each
-  trains its shard with DDP, and rank 0 hands the weights back;
+  trains its shard with DDP, and rank 0 hands the weights back (they rendezvous through a file, or on
+  ``ddp.port`` when one is set);
 - under ``torchrun`` (the process group is already initialised) the stage trains with DDP in place,
   every rank running the same recipe.
 
@@ -13,9 +14,9 @@ rank that holds a DDP wrapper can otherwise abort at interpreter exit (SIGABRT) 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-import socket
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,12 +34,6 @@ from slimtorch.errors import TrainingError
 from slimtorch.train.loop import convergence_note
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -59,15 +54,23 @@ class HopJob:
     checkpoint_dir: Path | None
 
 
-def _worker(rank: int, world_size: int, backend: str, port: int, job: HopJob, out_dir: str) -> None:
+def _worker(rank: int, world_size: int, backend: str, port: int | None, job: HopJob, out_dir: str) -> None:
     from safetensors.torch import save_file
 
     from slimtorch.distill.engine import train_hop
     from slimtorch.io import atomic_write_json
 
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    if port is None:
+        # A file in the job's private directory: a port probed free in the parent can be taken (by any process's
+        # outgoing connection, or another run) in the seconds the workers take to start on a busy machine.
+        dist.init_process_group(backend, init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank, world_size=world_size)
+    else:
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+    # mp.spawn hands every worker the parent's tensors in shared memory: trained in place, the ranks would all
+    # update one student storage, each applying every step again, in whatever order the scheduler interleaves them.
+    job.student = copy.deepcopy(job.student)
     try:
         ctx = RunContext(data=job.data, teacher=job.teachers[0], seed=job.seed, work_dir=job.work_dir, stage_index=job.stage_index)
         hop = train_hop(job.student, job.teachers, job.weights, job.data, job.config, ctx, epochs=job.epochs, pairs=job.pairs,
@@ -99,7 +102,7 @@ def spawn_hop(job: HopJob, spec: DDPSpec) -> dict[str, Any]:
     import torch.multiprocessing as mp
     from safetensors.torch import load_file
 
-    port = spec.port or free_port()
+    port = spec.port  # None: the workers meet through a file in out_dir (see _worker)
     with tempfile.TemporaryDirectory(prefix="slimtorch-ddp-") as out_dir:
         try:
             mp.spawn(_worker, args=(spec.world_size, spec.backend, port, job, out_dir), nprocs=spec.world_size, join=True)

