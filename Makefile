@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast test-llm test-llamacpp test-vision bench lint clean
+.PHONY: demo test test-fast test-llm test-llamacpp test-vision test-avx2-emulated bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,21 @@ test-llm: $(VENV)/.installed-dev
 test-llamacpp: $(VENV)/.installed-dev
 	$(BIN)/pip install --quiet -e ".[llamacpp]"
 	$(BIN)/python -m pytest -q -m "not llm" tests/measure/test_llamacpp.py
+
+# The CPU-sensitive int8 tests on an emulated AVX2-only CPU (Zen 3: no AVX-512, VNNI or BF16), opt-in, ~1 min a test:
+# qemu-user (apt-get install qemu-user) runs python as EPYC-Milan, so torch, fbgemm and onnxruntime's MLAS pick their AVX2
+# kernels from cpuid; a /proc/cpuinfo without those flags is bind-mounted in a private mount namespace for slimtorch's probe.
+AVX2_TESTS ?= tests/quantize/test_dynamic_qat.py tests/quantize/test_qat.py::test_export_matches_the_fake_quant_model_and_runs_as_int8 \
+	tests/quantize/test_smooth.py::test_smoothing_cuts_the_int8_error_of_outlier_channels \
+	tests/quantize/test_weight_only_int8_activations.py::test_int8_activations_stay_close_to_float_and_a_residual_pass_closer_than_bf16
+test-avx2-emulated: $(VENV)/.installed-dev
+	@command -v qemu-x86_64 >/dev/null || { echo "make test-avx2-emulated needs qemu-user: apt-get install qemu-user"; exit 2; }
+	sed -E 's/ (avx512[a-z_0-9]*|avx_vnni|amx[a-z_0-9]*)//g' /proc/cpuinfo > $(VENV)/cpuinfo-avx2
+	unshare -rm sh -c 'mount --bind $(VENV)/cpuinfo-avx2 /proc/cpuinfo && \
+	  qemu-x86_64 -cpu EPYC-Milan $(BIN)/python -c "import torch; from slimtorch.quantize import _torch, dynamic_qat; \
+	    assert torch.backends.cpu.get_cpu_capability() == \"AVX2\" and _torch.REDUCE_RANGE and dynamic_qat.u8s8_saturates(); \
+	    print(\"emulated AVX2 CPU: torch AVX2 kernels, fbgemm 7-bit activations, onnxruntime u8s8 saturates\")" && \
+	  exec qemu-x86_64 -cpu EPYC-Milan $(BIN)/python -m pytest -q -p no:cacheprovider $(AVX2_TESTS)' 2>&1 | grep -v "TCG doesn.t support"
 
 # torchvision only exists for torch 2.14.1 here (a 5.5 GB CUDA build), so it gets its own venv.
 test-vision:
