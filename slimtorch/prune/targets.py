@@ -41,18 +41,35 @@ def output_layers(model: nn.Module, example: Batch) -> list[str]:
     Found by behaviour, not by layer type: a layer is the head when shifting its output channel 0 changes
     feature 0 of the model output and nothing else (a Linear head, a SqueezeNet-style 1x1 conv then pooling).
     """
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
+    produced: list[tuple[str, Tensor]] = []  # the tensors themselves: a freed buffer's address can be reused
+
+    def record(fqn: str) -> Any:
+        def run(_: nn.Module, __: Any, y: Any) -> None:
+            if isinstance(y, Tensor):
+                produced.append((fqn, y))
+        return run
+
+    was_training = model.training
+    model.eval()
+    handles = [m.register_forward_hook(record(f)) for f, m in model.named_modules() if is_prunable_type(m)]
+    try:
+        with torch.no_grad():
             out = forward(model, example)
+            for h in handles:
+                h.remove()
             if not isinstance(out, Tensor) or out.dim() < 2:
                 return []
+            direct = [f for f, y in produced if y is out]
+            if direct:  # the output is a layer's own result: no need to probe
+                return direct
+            produced.clear()
             width = out.shape[-1] if out.dim() != 4 else out.shape[1]
             candidates = [(f, m) for f, m in model.named_modules() if is_prunable_type(m) and _out_channels(m) == width]
             return [f for f, m in candidates if _drives_only_feature_0(model, m, example, out)]
-        finally:
-            model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
 
 
 def _out_channels(module: nn.Module) -> int:
