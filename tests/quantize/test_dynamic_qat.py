@@ -49,7 +49,11 @@ def test_the_simulated_int32_sums_are_what_onnxruntime_computes_on_this_cpu():
     got = torch.from_numpy(session.run(None, {"a": a})[0]).double()
     qa, qb = torch.from_numpy(a).float(), torch.from_numpy(b).float().T
     exact = (qa.double() - 131) @ qb.double().T
-    excess = int16_pair_excess(qa, qb).double()
+    excess = int16_pair_excess(qa, qb, chunk=999).double()  # several row chunks
+    pairs = np.pad(a.astype(np.int64), ((0, 0), (0, 1)))[:, None].reshape(37, 1, 33, 2) \
+        * np.pad(b.astype(np.int64).T, ((0, 0), (0, 1)))[None].reshape(1, 19, 33, 2)
+    pair_sums = pairs.sum(-1)  # (37, 19, 33): vpmaddubsw's int16 lanes before they saturate
+    torch.testing.assert_close(excess, torch.from_numpy((np.clip(pair_sums, -32768, 32767) - pair_sums).sum(-1)).double())
     assert bool((excess != 0).any())  # the data does reach the int16 limit
     torch.testing.assert_close(got, exact + excess if u8s8_saturates() else exact, rtol=0, atol=0)
     assert u8s8_saturates() == bool((got != exact).any())

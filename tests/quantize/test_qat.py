@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from slimtorch.errors import UnsupportedModuleError
+from slimtorch.export.onnx import export_onnx
 from slimtorch.models import build_model
 from slimtorch.prune.masks import mask_of, set_mask_
 from slimtorch.quantize import QuantizeConfig, QuantizeStage, qat
@@ -64,6 +65,21 @@ def test_export_matches_the_fake_quant_model_and_runs_as_int8(mlp, ctx, digits, 
     assert (fake.argmax(-1) == exported.argmax(-1)).float().mean().item() >= 0.97
     ops = _optimized_ops(result.onnx_bytes, tmp_path)
     assert ops.count("QGemm") == 3 and "Gemm" not in ops  # every Linear runs as an int8 kernel
+
+
+def test_int16_saturation_is_simulated_in_torch_only(mlp, digits):
+    """Where onnxruntime clips u8·s8 pair sums (no VNNI), the fake-quant Linears add the clipping in torch."""
+    calibration = _calibration(digits)
+    exact, clipped = (qat.calibrate_(qat.prepare_qat(mlp, saturate=s), calibration).eval() for s in (False, True))
+    linears = [m for m in clipped.modules() if isinstance(m, qat.QuantWeight)]
+    assert len(linears) == 3 and all(m.__dict__["saturating_input"] is not None for m in linears)  # the first reads through Flatten
+    x = digits.example_batch(64)
+    with torch.no_grad():
+        assert not torch.equal(exact(x), clipped(x))
+    # the export holds no trace of it (only ranges calibrated on the clipped outputs differ)
+    ops = [[n.op_type for n in onnx.load_from_string(export_onnx(qat.freeze_(m), digits.example_batch(4), 17)).graph.node]
+           for m in (exact, clipped)]
+    assert ops[0] == ops[1] and ops[0].count("Gemm") == 3
 
 
 def test_qat_stage_records_parity_and_distills_from_the_teacher(mlp, ctx, digits):
