@@ -42,6 +42,21 @@ def hf_structured_refusal(model: nn.Module, granularity: str) -> str:
     return f"{why}, and head/ffn/layer pruning does not know its layout. Use a mask granularity (weight, '2:4') instead."
 
 
+def coverage_note(model: nn.Module, touched: dict[str, nn.Module], skipped: list[dict[str, str]], what: str) -> str | None:
+    """A warning when the layers a stage changed hold under half of the model's weight matrices, naming the rest.
+
+    Embedding tables are left out of the total: they are lookups, and no granularity prunes them.
+    """
+    tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    total = sum(p.numel() for p in model.parameters() if p.dim() >= 2 and id(p) not in tables)
+    share = sum(weight_of(m).numel() for m in touched.values()) / max(total, 1)
+    if share >= 0.5:
+        return None
+    reasons = "; ".join(f"{s['fqn']}: {s['reason']}" for s in skipped[:4]) + ("; ..." if len(skipped) > 4 else "")
+    return (f"WARNING: only {share:.0%} of the model's weights sit in layers that {what}, so most of it is unchanged"
+            + (f" (left alone: {reasons})." if reasons else "."))
+
+
 class PruneStage(Stage[PruneConfig], kind="prune"):
     """Prune a model; see :class:`PruneConfig` for every option.
 
@@ -143,6 +158,12 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
             status, notes = structured_outcome(record.details["channels"], skipped)
             record.status = status or record.status
             record.notes.extend(notes)
+            changed = [f for f, (before, after) in record.details["channels"].items() if before != after]
+            note = coverage_note(model, {f: m for f, m in targets.items() if f in changed}, skipped, "lost channels")
+        else:
+            note = coverage_note(model, targets, skipped, "are masked")
+        if note and record.status != "nothing pruned":
+            record.notes.append(note)
         if history and "converged_epoch" in history[-1]:
             record.details["converged_epoch"] = history[-1]["converged_epoch"]
         if cfg.kind == "mask":

@@ -134,3 +134,18 @@ def test_layers_that_feed_an_rnn_are_left_whole_with_the_reason(tmp_path):
     assert out.mid.out_features == 16
     reasons = {s["fqn"]: s["reason"] for s in record.details["skipped"]}
     assert "feed LSTM 'rnn'" in reasons["inp"] and "LSTM (rnn) has no pruning rule" in reasons["rnn"]
+
+
+def test_masks_that_leave_most_weights_alone_say_so(tmp_path):
+    bundle = build_data("tests.architectures.zoo:data", args={"kind": "sequence"}, batch_size=8)
+    _, record = PruneStage(PruneConfig(granularity="weight", sparsity=0.5)).apply(
+        _Recurrent(), RunContext(data=bundle, work_dir=tmp_path / "work"))
+    warning = next(n for n in record.notes if n.startswith("WARNING: only"))
+    assert "of the model's weights sit in layers that are masked" in warning and "rnn: LSTM (rnn)" in warning
+
+
+def test_ordinary_pruning_gives_no_coverage_warning(tmp_path):
+    bundle = build_data("tests.architectures.zoo:data", args={"kind": "image"}, batch_size=8)
+    _, record = PruneStage(PruneConfig(granularity="filter", sparsity=0.5, finetune_epochs=0)).apply(
+        build_model(ZOO, {"name": "convnet"}), RunContext(data=bundle, work_dir=tmp_path / "work"))
+    assert not [n for n in record.notes if n.startswith("WARNING: only")]
