@@ -9,6 +9,7 @@ sees before compressing what will pay off here (``slimtorch doctor``).
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Callable
@@ -59,7 +60,7 @@ def _torch_candidates(linear: nn.Linear, x: Tensor) -> dict[str, tuple[str, Call
     for kernel in _torch.DYNAMIC_INT8_KERNELS:
         layer = _torch.DynamicInt8Linear.from_linear(linear)
         layer.kernel = kernel
-        out[f"dynamic int8 ({'fbgemm' if kernel == 'fbgemm' else 'aten._int_mm'})"] = ("torch", lambda layer=layer: layer(x))
+        out[f"dynamic int8 ({'fbgemm' if kernel == 'fbgemm' else 'aten._int_mm'})"] = ("torch", functools.partial(layer, x))
     int8 = _torch.WeightOnlyLinear.from_linear(linear, 8)
     out["int8 weight-only, bf16 activations"] = ("torch", lambda: int8(x))
     int8_acts = _torch.WeightOnlyLinear.from_linear(linear, 8)
@@ -78,7 +79,7 @@ def _onnx_candidates(linear: nn.Linear, x: Tensor) -> dict[str, tuple[str, Calla
     from slimtorch.runtime import OpenVINOModule, OrtModule
 
     buf = io.BytesIO()
-    torch.onnx.export(nn.Sequential(linear).eval(), (x,), buf, dynamo=False, input_names=["x"],
+    torch.onnx.export(nn.Sequential(linear).eval(), (x,), buf, dynamo=False, input_names=["x"],  # type: ignore[arg-type]
                       dynamic_axes={"x": {0: "rows"}}, opset_version=17)
     fp32 = buf.getvalue()
     ort_fp32, ort_int8 = OrtModule(fp32, threads=1), OrtModule(_ort.quantize_dynamic(fp32, per_channel=True), threads=1)

@@ -209,7 +209,7 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> t
         embeddings, float_tables = _torch.quantize_embeddings_(model, cfg.embedding_bits, cfg.group_size, ties, cfg.exclude)
         details.update(embedding_bits=cfg.embedding_bits, quantized_embeddings=embeddings, float_embeddings=float_tables,
                        tied_tables={e: ties[e] for e in embeddings if e in ties and _is_shared_table(model, e)})
-    activations = cfg.int8_activations
+    activations: str = cfg.int8_activations
     if activations == "auto":
         activations, details["int8_activations_us"] = _faster_int8_activations(model)
         details["int8_activations"] = activations
