@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.measure.accuracy import task_metric
-from slimtorch.quantize.qat import qat_loss, weight_fake_quant, weight_scale
+from slimtorch.quantize.qat import qat_loss
 from slimtorch.quantize.smooth import SmoothedLinear
 from slimtorch.train.loop import TrainConfig, fit
 
@@ -94,27 +94,31 @@ def int16_pair_excess(qx: Tensor, qw: Tensor, chunk: int = 1 << 22) -> Tensor:
 class DynamicInt8Linear(nn.Module):
     """A Linear (or a :class:`SmoothedLinear`) computed as onnxruntime's dynamic int8 computes it, float weights kept.
 
-    ``saturate`` (default: whether onnxruntime does on this CPU, :func:`u8s8_saturates`) adds what int16 pair
-    saturation takes off the int32 sums; the gradient stays straight-through.
+    Weights symmetric per output channel on [-127, 127] (``s = max|w| / 127``), or [-64, 64] with ``reduce_range``
+    (``s = max|w| / 64``, onnxruntime's 7-bit weights). ``saturate`` (default: whether onnxruntime does on this CPU,
+    :func:`u8s8_saturates`) adds what int16 pair saturation takes off the int32 sums; the gradient stays straight-through.
     """
 
-    def __init__(self, module: nn.Linear | SmoothedLinear, saturate: bool | None = None) -> None:
+    def __init__(self, module: nn.Linear | SmoothedLinear, saturate: bool | None = None, reduce_range: bool = False) -> None:
         super().__init__()
         self.module = module
         self.saturate = u8s8_saturates() if saturate is None else saturate
+        self.qmax = 64 if reduce_range else 127
 
     def forward(self, x: Tensor) -> Tensor:
         linear = self.module
         if isinstance(linear, SmoothedLinear):
             x, linear = x * linear.inv_scale, linear.linear
-        out = F.linear(dynamic_activation_fake_quant(x), weight_fake_quant(linear.weight), linear.bias)
+        w_scale = torch.clamp(linear.weight.detach().abs().amax(1).float() / self.qmax, min=1e-8)  # (N,)
+        weight = torch.fake_quantize_per_channel_affine(linear.weight, w_scale, torch.zeros_like(w_scale, dtype=torch.int32), 0,
+                                                        -self.qmax, self.qmax)
+        out = F.linear(dynamic_activation_fake_quant(x), weight, linear.bias)
         if self.saturate:
             with torch.no_grad():
                 x_scale, x_zero = _activation_qparams(x)
-                w_scale = weight_scale(linear.weight)
                 x2 = x.detach().reshape(-1, x.shape[-1]).float()
                 qx = torch.clamp(torch.round(x2 / x_scale) + x_zero, 0, 255)
-                qw = torch.clamp(torch.round(linear.weight.detach().float() / w_scale[:, None]), -128, 127)
+                qw = torch.clamp(torch.round(linear.weight.detach().float() / w_scale[:, None]), -self.qmax, self.qmax)
                 excess = int16_pair_excess(qx, qw) * x_scale * w_scale  # (M, N)
             out = out + excess.reshape(out.shape).to(out.dtype)
         return out
@@ -125,13 +129,16 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def prepare_(model: nn.Module, saturate: bool | None = None) -> int:
-    """Wrap every Linear of ``model`` (in place) in :class:`DynamicInt8Linear` (``saturate``: see there). -> how many."""
+def prepare_(model: nn.Module, saturate: bool | None = None, reduce_range: bool = False) -> int:
+    """Wrap every Linear of ``model`` (in place) in :class:`DynamicInt8Linear` (``saturate``, ``reduce_range``: see there).
+
+    -> how many.
+    """
     targets = [name for name, m in model.named_modules() if isinstance(m, SmoothedLinear)]
     targets += [name for name, m in model.named_modules()
                 if isinstance(m, nn.Linear) and not any(name.startswith(t + ".") for t in targets)]
     for name in targets:
-        _replace(model, name, DynamicInt8Linear(model.get_submodule(name), saturate))  # type: ignore[arg-type]
+        _replace(model, name, DynamicInt8Linear(model.get_submodule(name), saturate, reduce_range))  # type: ignore[arg-type]
     return len(targets)
 
 
@@ -143,8 +150,10 @@ def strip_(model: nn.Module) -> nn.Module:
     return model
 
 
-def train_dynamic_qat(model: nn.Module, ctx: RunContext, cfg: QATConfig) -> dict[str, Any]:
+def train_dynamic_qat(model: nn.Module, ctx: RunContext, cfg: QATConfig, reduce_range: bool = False) -> dict[str, Any]:
     """Train ``model`` (in place; float in, float out) with dynamic-int8 fake quantization and the recipe's loss.
+
+    ``reduce_range``: the weights will be quantized to 7 bits (``quantize.reduce_range``), so they train on that grid.
 
     The loss is distillation from the run's teacher when it has one (``1 − cos`` for embeddings, KD for logits),
     cross-entropy on the labels otherwise. Returns what the stage records.
@@ -157,7 +166,7 @@ def train_dynamic_qat(model: nn.Module, ctx: RunContext, cfg: QATConfig) -> dict
         for weight, is_zero in zeros.items():
             weight.masked_fill_(is_zero, 0.0)
 
-    wrapped = prepare_(model)
+    wrapped = prepare_(model, reduce_range=reduce_range)
     frozen = [p for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)

@@ -59,15 +59,16 @@ def test_the_simulated_int32_sums_are_what_onnxruntime_computes_on_this_cpu():
     assert u8s8_saturates() == bool((got != exact).any())
 
 
-@pytest.mark.parametrize("smooth", [None, 0.5])
-def test_fake_quantized_model_computes_what_onnxruntime_dynamic_int8_computes(outlier_mlp, digits, tmp_path, smooth):
+@pytest.mark.parametrize(("smooth", "reduce_range"), [pytest.param(None, False, id="None"), pytest.param(0.5, False, id="0.5"),
+                                                      pytest.param(None, True, id="7-bit-weights")])
+def test_fake_quantized_model_computes_what_onnxruntime_dynamic_int8_computes(outlier_mlp, digits, tmp_path, smooth, reduce_range):
     ctx = RunContext(data=digits, seed=0, work_dir=tmp_path)
     model = copy.deepcopy(outlier_mlp)
     if smooth is not None:
         smooth_(model, [x for (x, _), _i in zip(digits.loader("train"), range(4), strict=False)], smooth)
-    ort, _ = QuantizeStage(QuantizeConfig(mode="dynamic_int8")).apply(model, ctx)
+    ort, _ = QuantizeStage(QuantizeConfig(mode="dynamic_int8", reduce_range=reduce_range)).apply(model, ctx)
     fake = copy.deepcopy(model)
-    assert prepare_(fake) == 2 and sum(isinstance(m, DynamicInt8Linear) for m in fake.modules()) == 2
+    assert prepare_(fake, reduce_range=reduce_range) == 2 and sum(isinstance(m, DynamicInt8Linear) for m in fake.modules()) == 2
     float_out, _ = predict(model, digits.loader("test"))
     ort_out, _ = predict(ort, digits.loader("test"))
     fake_out, _ = predict(fake.eval(), digits.loader("test"))
