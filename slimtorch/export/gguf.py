@@ -44,6 +44,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GGUFQuant = Literal["f32", "f16", "q8_0", "q4_0", "q4_1"]
+# The token-embedding table and the output layer (one tensor when tied): 4-bit rounding of the table costs most of a small
+# LM's quality (SmolLM2-135M in llama.cpp: q4_0 everywhere 1.265x perplexity; llama-quantize's Q4_0, whose table is 8-bit,
+# 1.136x), so a 4-bit file keeps them at q8_0 unless told otherwise, as llama.cpp's own quantizer does.
+TABLES = ("token_embd", "output")
+
+
+def table_quant_for(quant: GGUFQuant, table: GGUFQuant | None) -> GGUFQuant:
+    """How the embedding/output table is stored: ``table`` if given, q8_0 for a 4-bit file, else the file's ``quant``."""
+    if table is not None:
+        return table
+    return "q8_0" if quant in ("q4_0", "q4_1") else quant
 BLOCK = 32  # weights per block of q8_0 / q4_0 / q4_1
 # llama.cpp's LlamaFileType of a file whose matrices are mostly of this type.
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}
@@ -198,11 +209,13 @@ def copy_tokenizer_(writer: Any, source: Path, vocab_size: int) -> None:
             writer.add_key_value(name, f.contents(), f.types[0], sub_type=sub)
 
 
-def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None) -> GGUFFile:
+def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None, table: GGUFQuant | None = None) -> GGUFFile:
     """Write ``model`` (a LLaMA causal LM) to ``path`` with matrices stored as ``quant``.
 
     Args:
         source: the GGUF file the model was loaded from (:func:`source_gguf`): its tokenizer is copied.
+        table: how the embedding/output table is stored (:func:`table_quant_for`); slimtorch int4 table codes written to a
+            q4_1 file stay code for code whatever this says.
 
     Raises:
         UnsupportedModuleError: not LLaMA, or no source GGUF file to take the tokenizer from.
@@ -214,6 +227,7 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
         raise UnsupportedModuleError("GGUF export copies the tokenizer of the GGUF file the model was loaded from; this model "
                                      "was not loaded from one (load it as gguf:<file> or hf:smollm2).")
     config = model.hf.config
+    table_quant = table_quant_for(quant, table)
     out = GGUFFile(path=Path(path), quant=quant)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(re.sub(r"\s+", " ", str(getattr(config, "_name_or_path", "") or "slimtorch export")).strip())
@@ -240,7 +254,8 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
         for name, module, heads in _modules(model):
             if name == "output" and out.is_tied:
                 continue
-            array, qtype, how = _tensor(gguf, module, quant, heads)
+            exact_table = name in TABLES and _int4_layer(module, quant) is not None
+            array, qtype, how = _tensor(gguf, module, table_quant if name in TABLES and not exact_table else quant, heads)
             if how:
                 getattr(out, how).append(name)
             writer.add_tensor(f"{name}.weight", array, raw_dtype=qtype)
@@ -299,7 +314,8 @@ def architecture_of(config: Any) -> dict[str, int]:
             "vocab_size": int(config.vocab_size)}
 
 
-def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUFQuant, check_tokens: int) -> tuple[HFModel, dict[str, Any]]:
+def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUFQuant, check_tokens: int,
+                table: GGUFQuant | None = None) -> tuple[HFModel, dict[str, Any]]:
     """Write ``model`` to ``directory/model.gguf``, read it back through transformers and compare logits.
 
     Returns:
@@ -311,7 +327,7 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
         raise UnsupportedModuleError(f"GGUF export writes causal language models with a tokenizer; got a {type(model).__name__}. "
                                      "Use format: onnx for other models.")
     spec = getattr(model, "slimtorch_spec", None)
-    written = write_gguf(lm, directory / GGUF_FILE, quant, source_gguf(model))
+    written = write_gguf(lm, directory / GGUF_FILE, quant, source_gguf(model), table)
     back = read_back(written.path, lm.tokenizer)
     expected, got = architecture_of(lm.hf.config), architecture_of(back.hf.config)
     if expected != got:
@@ -320,7 +336,8 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
     types: dict[str, int] = {}
     for kind in written.tensor_types.values():
         types[kind] = types.get(kind, 0) + 1
-    details = {"format": "gguf", "quant": quant, "gguf_bytes": written.size_bytes, "tensor_types": types,
+    details = {"format": "gguf", "quant": quant, "table_quant": written.tensor_types.get("token_embd.weight"),
+               "gguf_bytes": written.size_bytes, "tensor_types": types,
                "exact_int4_tensors": len(written.exact_int4), "f16_fallback_tensors": written.fallback,
                "tied_output": written.is_tied, "architecture": got, "parity": parity,
                "backend": f"gguf {importlib.metadata.version('gguf')} GGUFWriter; read back by transformers "

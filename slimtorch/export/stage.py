@@ -22,6 +22,9 @@ class ExportConfig(BaseModel):
     format: Literal["onnx", "gguf"] = Field("onnx", description="onnx (onnxruntime), or gguf (llama.cpp; LLaMA-architecture causal LMs)")
     quant: GGUFQuant | None = Field(None, description="gguf: how weight matrices are stored (default q8_0; q4_1 keeps slimtorch's "
                                     "int4 codes exactly)")
+    table: GGUFQuant | None = Field(None, description="gguf: how the token-embedding / output table is stored (default q8_0 "
+                                    "for a 4-bit quant, as llama.cpp's quantizer keeps it, else quant; slimtorch int4 table codes "
+                                    "in a q4_1 file stay exact)")
     min_top1_agreement: float = Field(0.5, ge=0, le=1, description="gguf: least top-1 agreement of the file read back with the "
                                       "model (a wrong layout gives chance level)")
     check_tokens: int = Field(256, ge=8, description="gguf: tokens of the test text the read-back logits are compared on")
@@ -35,6 +38,9 @@ class ExportConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ExportConfig:
+        if self.table is not None and self.format != "gguf":
+            raise ValueError(f"export.table ({self.table!r}) sets how a GGUF file stores its embedding table; add format: gguf, or "
+                             "remove table.")
         if self.quant is not None and self.format != "gguf":
             raise ValueError(f"export.quant ({self.quant!r}) sets how a GGUF file stores its weights; add format: gguf, or remove "
                              "quant (ONNX export writes float32; quantize with a quantize stage).")
@@ -82,10 +88,11 @@ class ExportStage(Stage[ExportConfig], kind="export"):
     def _gguf(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config
         quant = cfg.quant or "q8_0"
-        out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens)
+        out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens, cfg.table)
         record = self.record(details=details)
         parity = details["parity"]
-        record.notes.append(f"GGUF {quant} ({details['gguf_bytes'] / 1e6:.1f} MB) read back by transformers: top-1 agreement "
+        table = f", embedding table {details['table_quant']}" if details["table_quant"] not in (None, quant) else ""
+        record.notes.append(f"GGUF {quant}{table} ({details['gguf_bytes'] / 1e6:.1f} MB) read back by transformers: top-1 agreement "
                             f"{parity['top1_agreement']:.3f}, max |Δ logit| {parity['max_abs_diff']:.3g}, KL {parity['kl_nats']:.4f} "
                             f"nats on {parity['tokens']} tokens; the report card measures its weights dequantized to fp32 in torch "
                             "(llama.cpp runs the file itself).")

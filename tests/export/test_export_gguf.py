@@ -66,14 +66,20 @@ def test_f32_export_reads_back_to_the_same_logits_and_saves_as_the_file(tiny, tm
     assert back.tokenizer("the theme")["input_ids"] == model.tokenizer("the theme")["input_ids"]
 
 
-@pytest.mark.parametrize(("quant", "max_bytes_per_weight"), [("f16", 2.1), ("q8_0", 1.1), ("q4_0", 0.6), ("q4_1", 0.65)])
-def test_quantized_files_are_smaller_and_say_their_types(tiny, quant, max_bytes_per_weight):
+@pytest.mark.parametrize(("quant", "table", "max_bytes_per_weight", "table_type"), [
+    ("f16", None, 2.1, "f16"), ("q8_0", None, 1.1, "q8_0"),
+    ("q4_0", None, 0.75, "q8_0"), ("q4_1", None, 0.8, "q8_0"),  # a 4-bit file keeps its embedding/output table at 8 bits
+    ("q4_0", "q4_0", 0.6, "q4_0"), ("q4_1", "q4_1", 0.65, "q4_1"),
+])
+def test_quantized_files_are_smaller_and_say_their_types(tiny, quant, table, max_bytes_per_weight, table_type):
     model, data, root = tiny
-    _, record = _export(model, data, root, quant, quant=quant, min_top1_agreement=0.0)
+    _, record = _export(model, data, root, f"{quant}-{table}", quant=quant, table=table, min_top1_agreement=0.0)
     weights = sum(p.numel() for p in model.parameters())
     assert record.details["gguf_bytes"] < max_bytes_per_weight * weights + 20_000  # + metadata and the tokenizer
-    types = record.details["tensor_types"]
-    assert types[quant] == 16 and types["f32"] == 5  # 7 matrices a layer, token_embd, output; 2 norms a layer, output_norm
+    types, tables = record.details["tensor_types"], 2  # token_embd, output (untied here)
+    assert record.details["table_quant"] == table_type
+    assert types[quant] == (16 if table_type == quant else 16 - tables) and types["f32"] == 5  # 7 matrices a layer + tables
+    assert types.get(table_type, 0) >= tables
     assert record.details["parity"]["top1_agreement"] > 0.3  # random weights: far from chance (1/260) even at 4 bits
 
 
