@@ -341,9 +341,14 @@ def fastest_dynamic_int8_kernel(timings: dict[str, float]) -> str:
 
 
 @functools.cache
+def dynamic_int8_kernel_timings() -> dict[str, float]:
+    """:func:`time_dynamic_int8_kernels` once per process: every layer of a process then computes on the same kernel."""
+    return time_dynamic_int8_kernels()
+
+
 def dynamic_int8_kernel() -> str:
-    """The faster torch dynamic-int8 GEMM on this machine, timed once per process."""
-    return fastest_dynamic_int8_kernel(time_dynamic_int8_kernels())
+    """The faster torch dynamic-int8 GEMM on this machine (:func:`fastest_dynamic_int8_kernel` of the process's timings)."""
+    return fastest_dynamic_int8_kernel(dynamic_int8_kernel_timings())
 
 
 # --- weight-only int8 / int4 ---------------------------------------------------------------------

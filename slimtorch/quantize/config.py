@@ -76,7 +76,8 @@ class QuantizeConfig(BaseModel):
                              "(and the options given) is built and timed side by side on this machine, and the fastest that "
                              "keeps the others' fidelity is kept (a mode only one runtime implements resolves to it here)")
     per_channel: bool = Field(True, description="one weight scale per output channel (else per tensor)")
-    reduce_range: bool = Field(False, description="7-bit weights (onnxruntime; helps on CPUs without VNNI)")
+    reduce_range: bool | None = Field(None, description="7-bit weights (onnxruntime int8); null: on where this CPU's onnxruntime "
+                                      "int8 GEMM sums uint8 x int8 pairs in saturating int16 (no VNNI: AVX2-only CPUs), off elsewhere")
     calibration_batches: int = Field(8, ge=1, description="static_int8: batches of the calibration split")
     calibration_split: Literal["train", "val", "transfer"] = Field("train", description="static_int8 calibration data")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="static_int8 range method")

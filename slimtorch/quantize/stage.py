@@ -68,14 +68,14 @@ def _ort_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, exampl
         if cfg.embedding_bits == 4:
             graph, tables = _ort.block_quantize_embeddings(fp32, cfg.embedding_block_size)
             details["embedding_4bit_nodes"] = tables
-        quantized = _ort.quantize_dynamic(graph, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+        quantized = _ort.quantize_dynamic(graph, per_channel=cfg.per_channel, reduce_range=bool(cfg.reduce_range),
                                           nodes_to_exclude=excluded)
     elif cfg.mode == "static_int8":
         feeds = calibration_feeds(ctx, cfg)
         if cfg.quantizer == "nncf":
             quantized = _openvino.nncf_quantize(fp32, feeds, nodes_to_exclude=excluded)
         else:
-            quantized = _ort.quantize_static(fp32, feeds, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+            quantized = _ort.quantize_static(fp32, feeds, per_channel=cfg.per_channel, reduce_range=bool(cfg.reduce_range),
                                              calibrate_method=cfg.calibrate_method, nodes_to_exclude=excluded)
         details["calibration_examples"] = int(sum(len(next(iter(f.values()))) for f in feeds))
         details["calibration_batches"] = len(feeds)
@@ -119,6 +119,14 @@ def _qat_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, qat_cf
     return out, details
 
 
+def _with_reduce_range(cfg: QuantizeConfig) -> QuantizeConfig:
+    """``reduce_range: null`` resolved for onnxruntime/OpenVINO int8: 7-bit weights where this CPU's onnxruntime int8 GEMM
+    saturates (asked of onnxruntime itself, :func:`~slimtorch.quantize.dynamic_qat.u8s8_saturates`), 8-bit elsewhere."""
+    if cfg.reduce_range is not None or cfg.runtime == "torch" or cfg.mode not in ("dynamic_int8", "static_int8"):
+        return cfg
+    return cfg.model_copy(update={"reduce_range": dynamic_qat.u8s8_saturates()})
+
+
 def _dynamic_qat_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, qat_cfg: QATConfig,
                           example: Batch) -> tuple[nn.Module, dict[str, Any]]:
     """Smoothing (if set), dynamic-int8-aware training of the float weights (dynamic_qat.py), then ordinary dynamic int8."""
@@ -126,7 +134,7 @@ def _dynamic_qat_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig
     trained = copy.deepcopy(model)
     if cfg.smooth is not None:
         trained, facts["smoothing"] = _smoothed_copy(model, ctx, cfg, cfg.smooth)
-    facts["dynamic_qat"] = dynamic_qat.train_dynamic_qat(trained, ctx, qat_cfg)
+    facts["dynamic_qat"] = dynamic_qat.train_dynamic_qat(trained, ctx, qat_cfg, reduce_range=bool(cfg.reduce_range))
     out, details = _ort_quantize(trained.to("cpu").eval(), ctx, cfg.model_copy(update={"smooth": None, "qat": None}), example)
     return out, {**facts, **details}
 
@@ -138,9 +146,9 @@ def _mixed_precision(fp32: bytes, ctx: RunContext, cfg: QuantizeConfig, excluded
     def quantize(float_layers: list[str]) -> bytes:
         skip = excluded + float_layers
         if cfg.mode == "static_int8":
-            return _ort.quantize_static(fp32, feeds, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+            return _ort.quantize_static(fp32, feeds, per_channel=cfg.per_channel, reduce_range=bool(cfg.reduce_range),
                                         calibrate_method=cfg.calibrate_method, nodes_to_exclude=skip)
-        return _ort.quantize_dynamic(fp32, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range, nodes_to_exclude=skip)
+        return _ort.quantize_dynamic(fp32, per_channel=cfg.per_channel, reduce_range=bool(cfg.reduce_range), nodes_to_exclude=skip)
 
     evaluate = sensitivity.Evaluator(fp32, ctx.data, "val", cfg.threads)
     result = sensitivity.mixed_precision(quantize, fp32, evaluate, max_drop=cfg.max_drop, max_float_fraction=cfg.max_float_fraction,
@@ -184,7 +192,7 @@ def _torch_quantize(model: nn.Module, cfg: QuantizeConfig, ctx: RunContext) -> t
     hint = f" (int4 needs in_features divisible by group_size={cfg.group_size}; skipped {skipped})" if skipped else ""
     _torch.require_linears(model, chosen, cfg.mode, hint)
     if cfg.mode == "dynamic_int8":
-        timings = _torch.time_dynamic_int8_kernels()
+        timings = _torch.dynamic_int8_kernel_timings()  # the process's choice: a reloaded copy computes on the same kernel
         kernel = _torch.fastest_dynamic_int8_kernel(timings)
         _torch.dynamic_int8_(model, chosen, cfg.per_channel, kernel)
         return model, {"quantized_linears": len(chosen), "skipped_linears": skipped, "int8_kernel": kernel,
@@ -290,6 +298,7 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
         if cfg.runtime == "auto":
             return _fastest_runtime(cfg, model, ctx)
         _openvino.require_extras(cfg.runtime, cfg.quantizer)
+        cfg = _with_reduce_range(cfg)
         # Quantized artifacts run on CPU kernels (onnxruntime, OpenVINO, torch's packed int8/int4): built from the CPU.
         reference = plain_copy(model).to("cpu")
         ctx = dataclasses.replace(ctx, data=with_model_tokens(ctx.data, model))  # a causal LM reads its own tokens
@@ -308,7 +317,12 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
         out.eval()
         check = ctx.data.example_batch(32)
         details = {"backend": cfg.backend(), "inputs": input_names_of(example), **details, **fidelity(reference, out, check)}
+        if cfg.reduce_range is not None and cfg.runtime != "torch" and cfg.mode in ("dynamic_int8", "static_int8"):
+            details["reduce_range"] = cfg.reduce_range
         record = self.record(details=details)
+        if self.config.reduce_range is None and cfg.reduce_range:
+            record.notes.append("7-bit int8 weights (reduce_range): onnxruntime's int8 GEMM on this CPU (no VNNI) sums uint8 x int8 "
+                                "pairs in saturating int16, which 8-bit weights overflow; set quantize.reduce_range to choose.")
         if cfg.mode == "dynamic_int8" and cfg.runtime == "onnxruntime" and cfg.embedding_bits == 4:
             record.notes.append(f"word-embedding tables were block-quantized to 4 bit (block {cfg.embedding_block_size}); "
                                 "the MatMul weights are int8.")

@@ -54,3 +54,15 @@ def test_the_stage_times_each_candidate_beside_the_float_model_and_keeps_the_fas
     assert auto["timed_on"] == probe().summary()
     assert record.notes[0].startswith(f"runtime: auto chose {chosen['runtime']}")
     assert record.details["argmax_agreement"] > 0.95
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_reduce_range_follows_what_this_cpus_onnxruntime_computes_unless_set(mlp, ctx):
+    from slimtorch.quantize.dynamic_qat import u8s8_saturates
+
+    saturates = u8s8_saturates()  # asked of onnxruntime: True on AVX2-only CPUs (int16 pair sums), False with VNNI
+    _, record = QuantizeStage(QuantizeConfig(mode="dynamic_int8", runtime="onnxruntime")).apply(mlp, ctx)
+    assert record.details["reduce_range"] is saturates
+    assert any("7-bit int8 weights" in n for n in record.notes) is saturates
+    _, record = QuantizeStage(QuantizeConfig(mode="dynamic_int8", runtime="onnxruntime", reduce_range=True)).apply(mlp, ctx)
+    assert record.details["reduce_range"] is True and not any("7-bit int8 weights" in n for n in record.notes)
