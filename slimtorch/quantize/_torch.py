@@ -221,8 +221,27 @@ def has_vnni() -> bool:
     return probe().int8_dot
 
 
+def fbgemm_saturates() -> bool:
+    """Whether fbgemm's dynamic int8 GEMM adds uint8 × int8 pairs in saturating int16 here (its AVX2 path, no VNNI).
+
+    Asked of fbgemm itself — four activations of code 255 against weights of 127: 4 · 255 · 127 exactly, or two pairs
+    clipped to 32767 — because /proc/cpuinfo can disagree with what the kernel sees (VMs that hide flags, emulators).
+    Where the probe cannot run (no fbgemm engine), the CPU's VNNI flag decides.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            weight = torch._make_per_channel_quantized_tensor(torch.full((1, 4), 127, dtype=torch.int8), torch.ones(1, dtype=torch.double),
+                                                              torch.zeros(1, dtype=torch.long), 0)
+            packed = torch.ops.quantized.linear_prepack(weight, None)
+        y = torch.ops.quantized.linear_dynamic(torch.ones(1, 4), packed, False).item()  # (1/255) · Σ q_x · q_w
+    except RuntimeError:
+        return not has_vnni()
+    return abs(y - 4 * 127) > 1.0
+
+
 # Without VNNI, fbgemm's AVX2 path adds u8·s8 pairs in saturating int16: 7-bit activations keep it exact.
-REDUCE_RANGE = not has_vnni()
+REDUCE_RANGE = fbgemm_saturates()
 
 
 def _version(t: Tensor) -> int:

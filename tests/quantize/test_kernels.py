@@ -71,3 +71,14 @@ def test_int8_activations_auto_keeps_the_faster_16_bit_path_here(mlp, ctx):
     assert {m.activations for m in out.modules() if isinstance(m, WeightOnlyLinear)} == {chosen}
     # a mode without int8 weight-only layers accepts auto and changes nothing
     assert QuantizeConfig(mode="dynamic_int8", runtime="torch").int8_activations == "auto"
+
+
+def test_fbgemms_default_activation_grid_never_saturates_on_this_cpu():
+    import torch
+
+    from slimtorch.quantize._torch import REDUCE_RANGE, fbgemm_saturates, int8_dynamic_mm
+
+    assert REDUCE_RANGE == fbgemm_saturates()  # asked of the kernel, not of /proc/cpuinfo
+    qweight, scale = torch.full((3, 64), 127, dtype=torch.int8), torch.ones(3)
+    x = torch.ones(2, 64)  # every activation at the top of the grid: the largest pair sums fbgemm can meet
+    torch.testing.assert_close(int8_dynamic_mm(x, qweight, scale), torch.full((2, 3), 64 * 127.0), rtol=1e-4, atol=1e-3)
