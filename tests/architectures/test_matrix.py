@@ -50,7 +50,8 @@ HF_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # family -> data kind of tests.architectures.zoo:data
 FAMILIES = {"convnet": "image", "depthwise": "image", "conv_classifier": "image", "vit": "image", "mha": "sequence",
-            "transformer_encoder": "sequence", "lstm": "sequence", "gru": "sequence", **{f: "tokens" for f in HF_CONFIGS}}
+            "transformer_encoder": "sequence", "lstm": "sequence", "gru": "sequence", "two_inputs": "two_inputs",
+            **{f: "tokens" for f in HF_CONFIGS}}
 
 WORKS = "works"
 _HEADS = "needs a Hugging Face transformer"
@@ -74,6 +75,7 @@ EXPECTED: dict[str, dict[str, str]] = {
     "transformer_encoder": {"prune_head": _HEADS, "prune_layer": _HEADS},
     "lstm": {"prune_filter": _RNN, "prune_weight": _RNN, "prune_head": _HEADS, "prune_layer": _HEADS},
     "gru": {"prune_filter": _RNN, "prune_weight": _RNN, "prune_head": _HEADS, "prune_layer": _HEADS},
+    "two_inputs": {"prune_head": _HEADS, "prune_layer": _HEADS},
     "vit": {"prune_filter": _VIT_FILTER, "prune_head": _VIT, "prune_layer": _VIT},
     "bert": {"prune_filter": _HF_FILTER},
     "gpt2": {"prune_filter": _HF_FILTER},
@@ -104,7 +106,7 @@ def make_stage(stage: str) -> Any:
 @pytest.fixture(scope="module")
 def datasets() -> dict[str, Any]:
     return {kind: build_data("tests.architectures.zoo:data", args={"kind": kind}, batch_size=8)
-            for kind in ("image", "sequence", "tokens")}
+            for kind in ("image", "sequence", "tokens", "two_inputs")}
 
 
 @pytest.fixture(scope="module")

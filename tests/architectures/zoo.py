@@ -122,9 +122,22 @@ class ViTClassifier(nn.Module):
         return self.hf(pixel_values=x).logits
 
 
+class TwoInputs(nn.Module):
+    """Two keyword inputs (an image and a feature vector), each through its own branch, then concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(nn.Linear(SEQUENCE[1], 16), nn.ReLU())
+        self.head = nn.Linear(32, CLASSES)
+
+    def forward(self, image: Tensor, features: Tensor) -> Tensor:
+        return self.head(torch.cat([self.image(image), self.features(features)], dim=1))
+
+
 MODELS = {"convnet": ConvNet, "depthwise": Depthwise, "conv_classifier": ConvClassifier, "mha": MHAClassifier,
           "transformer_encoder": EncoderClassifier, "lstm": lambda: RNNClassifier("lstm"), "gru": lambda: RNNClassifier("gru"),
-          "vit": ViTClassifier}
+          "vit": ViTClassifier, "two_inputs": TwoInputs}
 
 
 def build(name: str) -> nn.Module:
@@ -150,10 +163,27 @@ class _Tokens(Dataset):
         return {"input_ids": self.ids[i], "attention_mask": torch.ones(TOKENS, dtype=torch.long)}, self.y[i]
 
 
+class _TwoInputs(Dataset):
+    """``({"image", "features"}, label)`` pairs."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.image, self.features = torch.randn(n, *IMAGE, generator=g), torch.randn(n, SEQUENCE[1], generator=g)
+        self.y = (self.features[:, :CLASSES] + self.image[:, 0, 0, :CLASSES]).argmax(1)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Tensor], Tensor]:
+        return {"image": self.image[i], "features": self.features[i]}, self.y[i]
+
+
 def data(kind: str = "image", n: int = 48) -> dict[str, Any]:
-    """``tests.architectures.zoo:data``: train/val/test splits of ``kind`` image, sequence or tokens."""
+    """``tests.architectures.zoo:data``: train/val/test splits of ``kind`` image, sequence, tokens or two_inputs."""
     if kind == "tokens":
         return {"train": _Tokens(n, 0), "val": _Tokens(n // 2, 1), "test": _Tokens(n // 2, 2), "num_classes": 2}
+    if kind == "two_inputs":
+        return {"train": _TwoInputs(n, 0), "val": _TwoInputs(n // 2, 1), "test": _TwoInputs(n // 2, 2), "num_classes": CLASSES}
     shape = IMAGE if kind == "image" else SEQUENCE
 
     def split(size: int, seed: int) -> TensorDataset:
