@@ -50,6 +50,25 @@ def test_dict_inputs_are_compared_entry_by_entry():
     assert not is_deterministic(_Augmented())
 
 
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_a_derived_student_distils_on_dict_inputs_and_reloads(family, tmp_path):
+    from slimtorch import artifact
+    from slimtorch.distill import DistillConfig, DistillStage
+    from slimtorch.distill.auto_student import derive_student
+
+    teacher = _hf(family)
+    student = derive_student(teacher, width=1.0, depth=0.5)
+    bundle = build_data("tests.architectures.zoo:data", args={"kind": "tokens"}, batch_size=8)
+    out, record = DistillStage(DistillConfig(epochs=1, lr=1e-3)).apply(
+        student, RunContext(data=bundle, teacher=teacher, work_dir=tmp_path / "work"))
+    x = bundle.example_batch(4)
+    assert record.details["hops"][-1]["cached_teacher"]  # dict inputs read twice compare equal: teacher outputs cached
+    assert sum(p.numel() for p in out.parameters()) < sum(p.numel() for p in teacher.parameters())
+    artifact.save(out, tmp_path / "student")
+    with torch.no_grad():
+        torch.testing.assert_close(artifact.load(tmp_path / "student")(**x), out(**x))
+
+
 # 2. static int8 on causal decoders ---------------------------------------------------------------
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
