@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from slimtorch.errors import MissingExtraError, NotCalibratedError
+from slimtorch.errors import MissingExtraError, NotCalibratedError, UnsupportedModuleError
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,12 @@ def quantize_static(
             break
         excluded += [n for n in touching if n not in excluded]
         quantized = run(excluded)
+    if left := nonfinite_ranges(quantized):  # e.g. unnamed nodes, which onnxruntime cannot be told to skip
+        raise UnsupportedModuleError(
+            f"static int8 would quantize {len(left)} tensor(s) whose calibrated range reaches -inf or float32's lowest value "
+            f"({', '.join(left[:3])}), which collapses the model, and the nodes around them could not be kept float; "
+            "use mode: dynamic_int8, or exclude those nodes with quantize.exclude."
+        )
     _warn_if_mostly_float("static int8", quantized)
     kept_float = [n for n in excluded if n not in nodes_to_exclude]
     if kept_float:

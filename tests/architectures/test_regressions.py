@@ -191,3 +191,16 @@ def test_tensor_dataset_is_unchanged():
 
     split = TensorDataset(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
     assert check_split("mine", "train", split, "classification", None) is split
+
+
+def test_static_int8_refuses_when_a_sentinel_range_cannot_be_kept_float():
+    from slimtorch.errors import UnsupportedModuleError
+
+    model = _hf("llama")
+    tokens = build_data("tests.architectures.zoo:data", args={"kind": "tokens"}, batch_size=8)
+    proto = onnx.load_from_string(export_onnx(model, tokens.example_batch(8)))
+    for node in proto.graph.node:
+        node.name = ""  # onnxruntime's nodes_to_exclude works by name: nothing can be kept float
+    feeds = [{k: v.numpy() for k, v in tokens.example_batch(8, "train").items()}]
+    with pytest.raises(UnsupportedModuleError, match=r"reaches -inf or float32's lowest value .* use mode: dynamic_int8"):
+        _ort.quantize_static(proto.SerializeToString(), feeds)
