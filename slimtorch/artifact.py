@@ -15,6 +15,7 @@ factory itself). Anyone who can edit ``slimtorch.json`` could otherwise make ``l
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 from collections.abc import Callable, Collection
@@ -32,6 +33,7 @@ from slimtorch.io import atomic_dir, atomic_write_json
 from slimtorch.models.architecture import build_architecture, is_safe_ref
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.hf import HFModel
+from slimtorch.models.weights import Shapes, check_fits_weights, safetensors_shapes
 from slimtorch.registry import Registry
 from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
 
@@ -111,13 +113,21 @@ def read_spec(directory: str | Path) -> dict[str, Any]:
     return spec
 
 
-def load(directory: str | Path, *, trust_code: bool = False, trusted_refs: Collection[str] = ()) -> nn.Module:
+def trusted_call(ref: str, args: dict[str, Any] | None) -> tuple[str, str]:
+    """The (factory, arguments) pair a recipe names, in the form :func:`load`'s ``trusted_refs`` accepts."""
+    return ref, json.dumps(args or {}, sort_keys=True, default=str)
+
+
+def load(directory: str | Path, *, trust_code: bool = False,
+         trusted_refs: Collection[str | tuple[str, str]] = ()) -> nn.Module:
     """Load a model saved by slimtorch, in eval mode.
 
     Args:
         trust_code: allow the spec to name any ``module:function`` factory. Only for directories you
             wrote yourself: loading imports and calls that function.
-        trusted_refs: factories allowed even without ``trust_code`` (a recipe's own model references).
+        trusted_refs: calls allowed even without ``trust_code``: a :func:`trusted_call` pair allows that factory with
+            exactly those arguments (what a recipe names: a loader factory given another path could load anything);
+            a bare ``module:function`` string allows it with any arguments.
 
     Raises:
         ArtifactError: the directory is incomplete, corrupted, from another version, or names code
@@ -146,13 +156,20 @@ def load(directory: str | Path, *, trust_code: bool = False, trusted_refs: Colle
     return set_attrs_(model, slimtorch_spec=spec.get("model")).eval()
 
 
-def _check_trusted(spec: dict[str, Any], directory: Path, trust_code: bool, trusted_refs: Collection[str]) -> None:
+def _check_trusted(spec: dict[str, Any], directory: Path, trust_code: bool,
+                   trusted_refs: Collection[str | tuple[str, str]]) -> None:
     model_spec = spec.get("model") or {}
     ref = model_spec.get("ref")
-    if not ref or is_safe_ref(ref) or ref in trusted_refs:
+    if not ref or is_safe_ref(ref) or ref in trusted_refs or trusted_call(ref, model_spec.get("args")) in trusted_refs:
         return
     if trust_code and ":" in ref and not Path(ref).exists():
         return
+    if any(isinstance(t, tuple) and t[0] == ref for t in trusted_refs):
+        raise ArtifactError(
+            f"{directory}/{SPEC_FILE} asks to call {ref!r} with args {model_spec.get('args')}, but the recipe calls it with other "
+            "args; an edited spec may not pass new arguments to your factory (a loader given another path loads another file), "
+            "so it was refused. Run with --force to rebuild the model, or load it with slimtorch.load(dir, trust_code=True) if you wrote it."
+        )
     raise ArtifactError(
         f"{directory}/{SPEC_FILE} asks to rebuild the model with {ref!r}, which is not one of slimtorch's architectures; "
         "loading would import and call it, so it was refused. If you wrote this directory yourself, load it with "
@@ -253,7 +270,25 @@ def _save_torch(model: nn.Module, directory: Path) -> None:
     save_file(_dedupe(baked_state_dict(model)), str(directory / "model.safetensors"))
 
 
+def _check_spec_size(spec: dict[str, Any], directory: Path, shapes: Shapes) -> None:
+    """Build the spec's architecture on the meta device and refuse it when it is far larger than its weights file.
+
+    A spec is editable text: without this, ``{"hidden": [10**6]}`` or a huge ``hf:`` config would allocate
+    gigabytes before the weights are even compared with it.
+    """
+    try:
+        with torch.device("meta"):
+            built = _rebuild(spec, directory)
+            meta = fit_shapes_(copy.deepcopy(built), {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in shapes.items()})
+    except SlimtorchError:
+        raise
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return  # a constructor that needs real tensors; the weights are still compared after building
+    check_fits_weights(meta, shapes, directory / SPEC_FILE, "model.safetensors", built=built)
+
+
 def _load_torch(directory: Path, spec: dict[str, Any]) -> nn.Module:
+    _check_spec_size(spec, directory, safetensors_shapes(directory / "model.safetensors"))
     model = _rebuild(spec, directory)
     try:
         state = load_file(str(directory / "model.safetensors"))

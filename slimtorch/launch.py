@@ -71,7 +71,7 @@ def run_local_processes(recipe_yaml: str, out: Path, processes: int, *, resume: 
     raise TrainingError(f"the {processes} training processes failed (exit code {proc.returncode}); their last lines:\n{tail}")
 
 
-def read_finished_run(out: Path, trusted_refs: frozenset[str]) -> tuple[Report, nn.Module]:
+def read_finished_run(out: Path, trusted_refs: frozenset[tuple[str, str]]) -> tuple[Report, nn.Module]:
     """The report the workers wrote to ``out`` and its final model, loaded from disk."""
     report = Report.from_json(json.loads((out / "report.json").read_text()))
     return report, artifact.load(out / "models" / report.final, trusted_refs=trusted_refs)

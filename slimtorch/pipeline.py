@@ -37,7 +37,7 @@ from slimtorch.report.card import Report
 from slimtorch.report.hardware import input_of
 from slimtorch.resume import ResumeState, fingerprint
 from slimtorch.run_loop import run_stages
-from slimtorch.run_store import RunStore, model_refs
+from slimtorch.run_store import RunStore, trusted_calls
 from slimtorch.starting_models import StartingModels
 from slimtorch.train import FinetuneConfig
 from slimtorch.units import MB
@@ -149,7 +149,7 @@ def compress(
     if recipe.processes > 1 and not launched_by_torchrun():
         run_local_processes(dump_recipe(recipe), out, recipe.processes, resume=resume, force=force, device=device,
                             events=events or log.info)
-        report, model = read_finished_run(out, model_refs(recipe.to_dict()))
+        report, model = read_finished_run(out, trusted_calls(recipe.to_dict()))
         return RunResult(out=out, report=report, model=model)
     init_from_env(where)
     if world_size() > 1 and recipe.resources.max_stage_seconds is not None:
@@ -227,7 +227,7 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size,
                       labeled_fraction=d.labeled_fraction, transfer=d.transfer, num_classes=d.num_classes)
     # Factories the recipe itself names may be rebuilt on resume; anything else a saved spec names is refused.
-    store = RunStore(out, data, recipe.evaluate, ResumeState(out, resume), model_refs(recipe.to_dict()), say, device)
+    store = RunStore(out, data, recipe.evaluate, ResumeState(out, resume), trusted_calls(recipe.to_dict()), say, device)
     ctx = RunContext(data=data, seed=recipe.seed, work_dir=out / "work", task=data.task, progress=progress or silent_progress,
                      device=device, precision=recipe.precision)
     starting = StartingModels(recipe, data, store, say)

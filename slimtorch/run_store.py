@@ -33,14 +33,14 @@ class RunStore:
         data: the run's data (measurements and artifact metadata).
         evaluate: how models are measured; a plan may widen it later (:attr:`evaluate` is public).
         state: ``state.json`` of the run.
-        trusted_refs: model references the recipe names (:func:`model_refs`); a saved model may be rebuilt
-            from these only.
+        trusted_refs: the (factory, args) calls the recipe makes (:func:`trusted_calls`); a saved model may be
+            rebuilt with these only.
         events: called with one-line status messages.
         device: where the run trains; ``evaluate.device: auto`` measures there too.
     """
 
     def __init__(self, out: Path, data: DataBundle, evaluate: EvaluateConfig, state: ResumeState,
-                 trusted_refs: frozenset[str], events: Callable[[str], None], device: torch.device | None = None) -> None:
+                 trusted_refs: frozenset[tuple[str, str]], events: Callable[[str], None], device: torch.device | None = None) -> None:
         self.out, self.data, self.evaluate, self.state = out, data, evaluate, state
         self.trusted_refs, self.events = trusted_refs, events
         self.device = device if device is not None else torch.device("cpu")
@@ -126,4 +126,24 @@ def model_refs(tree: Any) -> frozenset[str]:
     elif isinstance(tree, list):
         for item in tree:
             found |= model_refs(item)
+    return frozenset(found)
+
+
+def trusted_calls(tree: Any) -> frozenset[tuple[str, str]]:
+    """Every ``(model, args)`` call a recipe dict names, as :func:`slimtorch.artifact.trusted_call` pairs.
+
+    A resumed run may rebuild a saved model only through a call its recipe makes itself: the function
+    and its arguments, never the function with arguments from the (editable) saved spec.
+    """
+    found: set[tuple[str, str]] = set()
+    if isinstance(tree, dict):
+        if isinstance(tree.get("model"), str):
+            args = tree.get("args")
+            found.add(artifact.trusted_call(tree["model"], args if isinstance(args, dict) else None))
+        for key, value in tree.items():
+            if not (key == "model" and isinstance(value, str)):
+                found |= trusted_calls(value)
+    elif isinstance(tree, list):
+        for item in tree:
+            found |= trusted_calls(item)
     return frozenset(found)

@@ -29,7 +29,7 @@ from slimtorch.pipeline import compress
 from slimtorch.recipe import load_recipe
 from slimtorch.report import build_report, load_report, write_report
 from slimtorch.report.card import Report
-from slimtorch.run_store import model_refs
+from slimtorch.run_store import trusted_calls
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def _retime(base: dict[str, Any], models: list[Measurement], dirs: list[Path]) -
     d = recipe.data
     data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size, labeled_fraction=d.labeled_fraction,
                       transfer=d.transfer, num_classes=d.num_classes)
-    refs = model_refs(base)
+    refs = trusted_calls(base)
     retime_side_by_side([(m, artifact.load(p, trusted_refs=refs)) for m, p in zip(models, dirs)], data, recipe.evaluate)
 
 

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from slimtorch.errors import MissingExtraError, ModelRefError
+from slimtorch.errors import ArtifactError, MissingExtraError, ModelRefError
 from slimtorch.models.gguf import PACKAGED_GGUF, converted_dir, packaged_gguf
+from slimtorch.models.weights import Shapes, check_fits_weights, safetensors_shapes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -113,6 +114,8 @@ def load_hf(name: str, kind: HFKind | None = None, config: dict[str, Any] | None
     path = resolve_hf_path(name)
     if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
         raise ModelRefError(f"Hugging Face model directory {path!r} does not exist; give a local directory with config.json.")
+    if Path(path).is_dir():
+        _check_hf_dir(Path(path), tf, auto)
     try:
         # Weights from safetensors only and no repository code: loading a model never runs code from its files.
         hf = auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
@@ -126,3 +129,22 @@ def load_hf(name: str, kind: HFKind | None = None, config: dict[str, Any] | None
     if Path(path).is_dir() and any((Path(path) / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     return HFModel(hf.eval(), tokenizer, kind)
+
+
+def _check_hf_dir(path: Path, tf: Any, auto: Any) -> None:
+    """Damaged weights and a config far larger than its weights are refused before anything is allocated."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files or not (path / "config.json").is_file():
+        return  # from_pretrained names what is missing
+    shapes: Shapes = {}
+    for file in files:
+        shapes.update(safetensors_shapes(file))
+    if not shapes:
+        raise ArtifactError(f"{path}: {', '.join(f.name for f in files)} holds no tensors; save the model again with save_pretrained.")
+    try:
+        config = tf.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        with torch.device("meta"):
+            meta = auto.from_config(config)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, NotImplementedError):
+        return  # from_pretrained reports a config it cannot read
+    check_fits_weights(meta, shapes, path / "config.json", ", ".join(f.name for f in files))

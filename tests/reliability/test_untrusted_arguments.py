@@ -1,0 +1,116 @@
+"""Reliability III: trusted code called with untrusted arguments, sizes a saved spec asks for, names that collide.
+
+Each test plants what an adversarial user could (an edited ``slimtorch.json`` or ``config.json``, an alias
+bomb of long strings, a huge sweep grid, colliding names) and checks that slimtorch refuses it with one
+line before anything runs or is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from slimtorch import artifact
+from slimtorch.errors import ArtifactError
+from slimtorch.models import build_model
+from slimtorch.recipe import load_recipe
+from slimtorch.run_store import trusted_calls
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slimtorch.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env or ENV, timeout=timeout, check=False)
+
+
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+def edit_spec(directory: Path, **model: object) -> None:
+    path = directory / "slimtorch.json"
+    spec = json.loads(path.read_text())
+    spec["model"] = {**spec["model"], **model}
+    path.write_text(json.dumps(spec))
+
+
+# -- 1. a recipe's factory is trusted with the recipe's arguments only ------------------------------------------------
+def test_resume_trusts_the_recipes_call_not_its_factory_with_new_args(tmp_path, monkeypatch):
+    """A loader factory (`loader:load(path)`) is trusted; an edited spec pointing it at a planted pickle is not."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "loader.py").write_text(
+        "import torch\n"
+        "def load(path):\n"
+        "    return torch.load(path, weights_only=False)  # the user trusts *their* file\n"
+    )
+    (tmp_path / "plant.py").write_text(
+        "import pathlib\n"
+        "class Plant:\n"
+        f"    def __reduce__(self):\n        return (pathlib.Path.touch, (pathlib.Path({str(marker)!r}),))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = tmp_path / "good.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 3)), good)
+    import plant
+
+    torch.save(plant.Plant(), tmp_path / "planted.pt")
+    recipe = load_recipe({"name": "t", "data": {"source": "user_code:tiny"},
+                          "teacher": {"model": "loader:load", "args": {"path": str(good)}}})
+    calls = trusted_calls(recipe.to_dict())
+    artifact.save(build_model("loader:load", {"path": str(good)}), tmp_path / "m")
+    assert artifact.load(tmp_path / "m", trusted_refs=calls) is not None  # the recipe's own call: rebuilt
+
+    edit_spec(tmp_path / "m", args={"path": str(tmp_path / "planted.pt")})
+    with pytest.raises(ArtifactError, match=r"asks to call 'loader:load' with args .*planted\.pt.*the recipe calls it with other args"):
+        artifact.load(tmp_path / "m", trusted_refs=calls)
+    assert not marker.exists()
+
+
+# -- 2. the size a saved spec asks for is counted on the meta device -------------------------------------------------
+def test_a_builtin_spec_asking_for_huge_layers_is_refused_before_allocating(tmp_path):
+    artifact.save(build_model("mlp", {"hidden": [16]}, input_shape=[8], num_classes=3), tmp_path / "m")
+    edit_spec(tmp_path / "m", args={"input_shape": [8], "num_classes": 3, "hidden": [1_000_000, 1_000_000]})
+    start = time.perf_counter()
+    with pytest.raises(ArtifactError, match=r"asks for a model of 4e\+03 GB to build, but model\.safetensors holds 195 values"):
+        artifact.load(tmp_path / "m")
+    assert time.perf_counter() - start < 10  # ~4 TB was never allocated
+    line = one_line(cli("measure", str(tmp_path / "m"), "--data", "user_code:tiny", "--batch-sizes", "1"))
+    assert "model.safetensors holds 195" in line and "batch" not in line
+
+
+def test_an_hf_spec_with_a_huge_config_is_refused_before_allocating(tmp_path):
+    config = {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 32, "max_position_embeddings": 32}
+    artifact.save(build_model("mlp", {"hidden": [16]}, input_shape=[8], num_classes=3), tmp_path / "m")
+    edit_spec(tmp_path / "m", ref="hf:x", args={"config": {**config, "hidden_size": 8192, "intermediate_size": 28672,
+                                                          "num_hidden_layers": 80, "num_attention_heads": 64}})
+    with pytest.raises(ArtifactError, match=r"asks for a model of [\d,.]+ (values|GB to build), but model\.safetensors holds 195 values"):
+        artifact.load(tmp_path / "m")
+
+    # a Hugging Face directory whose config.json was enlarged, and one whose weights are damaged
+    from transformers import BertConfig, BertModel
+
+    hf_dir = tmp_path / "hf"
+    BertModel(BertConfig(**{k: v for k, v in config.items() if k != "model_type"})).save_pretrained(hf_dir)
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 8, "intermediate_size": 1_000_000}))
+    with pytest.raises(ArtifactError, match=r"config\.json asks for a model of [\d,.]+ (values|GB to build), but model\.safetensors holds"):
+        build_model(f"hf:{hf_dir}")
+    (hf_dir / "config.json").write_text(json.dumps(cfg))
+    (hf_dir / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(ArtifactError, match=r"model\.safetensors is missing or corrupted"):
+        build_model(f"hf:{hf_dir}")
