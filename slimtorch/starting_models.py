@@ -131,7 +131,9 @@ class StartingModels:
         def build() -> nn.Module:
             return build_model(ref, spec.args, input_shape=self.data.input_shape, num_classes=self.data.num_classes)
 
-        if (limits.max_params or limits.max_memory_mb) and is_safe_ref(ref) and not ref.startswith("hf:"):
+        # hf: is counted from a `config` (from_config builds on meta); an hf directory checks its config against its weights.
+        countable = is_safe_ref(ref) and (not ref.startswith("hf:") or "config" in (spec.args or {}))
+        if (limits.max_params or limits.max_memory_mb) and countable:
             # Count on the meta device first: a model over the limit is refused before its memory is allocated.
             try:
                 with torch.device("meta"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from slimtorch import artifact
 from slimtorch.data import build_data
 from slimtorch.distributed import launched_by_torchrun
 from slimtorch.errors import RecipeError
+from slimtorch.io import atomic_write_json
 from slimtorch.measure import Measurement
 from slimtorch.measure.runner import retime_side_by_side
 from slimtorch.outdir import claim_out_dir
@@ -29,6 +32,7 @@ from slimtorch.pipeline import compress
 from slimtorch.recipe import load_recipe
 from slimtorch.report import build_report, load_report, write_report
 from slimtorch.report.card import Report
+from slimtorch.resume import fingerprint
 from slimtorch.run_store import trusted_calls
 
 
@@ -81,8 +85,23 @@ def _slug(assignment: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
 
+# A sweep runs each variant to the end; a grid this large is a typo (or a hostile file), not a plan.
+MAX_VARIANTS = 1000
+VARIANT_FILE = "sweep_variant.json"  # in each variant's folder: the fingerprint of the recipe it ran
+
+
 def variants(recipe: dict[str, Any], axes: list[GridAxis]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """All ``(slug, assignment, recipe dict)`` variants of the grid, validated before any runs."""
+    """All ``(slug, assignment, recipe dict)`` variants of the grid, validated before any runs.
+
+    Raises:
+        RecipeError: the grid has more than :data:`MAX_VARIANTS` variants (counted before any is built), or a
+            variant is invalid.
+    """
+    count = math.prod(len(a.values) for a in axes)
+    if count > MAX_VARIANTS:
+        sizes = " × ".join(f"{len(a.values)} ({a.path})" for a in axes)
+        raise RecipeError(f"the sweep grid has {count:,} variants ({sizes}), over the limit of {MAX_VARIANTS:,}; "
+                          "each variant is a whole run. Use fewer values per --grid axis.")
     out = []
     for combo in itertools.product(*(a.values for a in axes)):
         assignment = {a.path: v for a, v in zip(axes, combo)}
@@ -138,12 +157,15 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
     rows = []
     for i, (slug, assignment, variant) in enumerate(runs):
         run_dir = out / "variants" / slug
-        if resume and (run_dir / "report.json").exists():
+        variant_fp = fingerprint(variant)
+        if resume and (run_dir / "report.json").exists() and _variant_fingerprint(run_dir) == variant_fp:
             events(f"variant {i + 1}/{len(runs)} {slug}: finished earlier, reusing")
             report = Report.from_json(load_report(run_dir / "report.json"))
         else:
             events(f"variant {i + 1}/{len(runs)} {slug}")
+            # A folder from an older base recipe resumes only the steps whose own fingerprints still match.
             report = _report_of(compress(variant, run_dir, resume=resume, progress=progress, events=events, device=device).report)
+            atomic_write_json(run_dir / VARIANT_FILE, {"fingerprint": variant_fp})
         # a copy named after the variant: retiming below rewrites its latency, not the variant's own report
         finals.append(Measurement.from_json({**report.final_model.to_json(), "name": slug, "stage": "sweep"}))
         dirs.append(run_dir / "models" / report.final)
@@ -160,6 +182,15 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
         extra={"sweep": {"grid": {a.path: list(a.values) for a in axes}, "variants": [r["name"] for r in rows]}}))
     write_report(out, card)
     return card
+
+
+def _variant_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of the recipe a finished variant ran, or None (an older slimtorch, or a damaged file)."""
+    try:
+        value = json.loads((run_dir / VARIANT_FILE).read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _report_of(report: Report | None) -> Report:

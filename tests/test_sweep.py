@@ -72,3 +72,25 @@ def test_sweep_runs_variants_writes_one_report_and_resumes(tmp_path):
     # a second call reuses the finished variants instead of running them again
     again = runner.invoke(app, ["sweep", str(recipe), "--grid", "prune.sparsity=0.3,0.8", "--out", str(out)])
     assert again.exit_code == 0 and again.output.count("finished earlier, reusing") == 2
+    # the base recipe changed: the variants run again (their steps resume only where unchanged), never reused stale
+    recipe.write_text(recipe.read_text().replace("prune: {sparsity: 0.5}", "prune: {sparsity: 0.5, criterion: random}"))
+    changed = runner.invoke(app, ["sweep", str(recipe), "--grid", "prune.sparsity=0.3,0.8", "--out", str(out)])
+    assert changed.exit_code == 0, changed.output
+    assert "finished earlier, reusing" not in changed.output
+    variant = json.loads((out / "variants" / "sparsity-0.3" / "report.json").read_text())
+    assert "random" in json.dumps(variant["recipe"])
+
+
+def test_a_huge_grid_is_refused_before_any_variant_is_built(tmp_path):
+    from typer.testing import CliRunner
+
+    from slimtorch.cli import app
+
+    axes = [parse_grid("finetune.lr=" + ",".join(str(i / 1e4) for i in range(1, 1001))), parse_grid("seed=" + ",".join(map(str, range(1000))))]
+    with pytest.raises(RecipeError, match=r"the sweep grid has 1,000,000 variants \(1000 \(finetune.lr\) × 1000 \(seed\)\), over the limit of 1,000"):
+        variants(BASE, axes)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: sw\nteacher: {model: mlp}\nstages:\n  - finetune: {epochs: 1}\n")
+    result = CliRunner().invoke(app, ["sweep", str(recipe), "--grid", axes[0].path + "=" + ",".join(map(str, axes[0].values)),
+                                      "--grid", "seed=" + ",".join(map(str, range(1000))), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "1,000,000 variants" in result.output and not (tmp_path / "out").exists()

@@ -51,6 +51,7 @@ def load_recipe(source: str | Path | dict[str, Any] | Recipe) -> Recipe:
 MAX_RECIPE_BYTES = 1_000_000
 MAX_DEPTH = 64
 MAX_NODES = 100_000
+MAX_EXPANDED_CHARS = 2 * MAX_RECIPE_BYTES  # the text of every scalar once aliases are expanded
 
 
 def _line_of(event: yaml.Event) -> int:
@@ -64,32 +65,38 @@ def _check_bounds(text: str, where: str) -> None:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
         raise RecipeError(f"{where}: the recipe is larger than {MAX_RECIPE_BYTES // 1000} kB; a recipe holds settings, not data. "
                           "Put data in a data source (data.source: package.module:function).")
-    sizes: dict[str, int] = {}  # anchor -> number of nodes it expands to
-    stack: list[list[Any]] = [[None, 0]]  # [anchor, nodes so far] per open collection
+    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (values, bytes) it expands to
+    stack: list[list[Any]] = [[None, 0, 0]]  # [anchor, values so far, bytes so far] per open collection
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.CollectionStartEvent):
-            stack.append([event.anchor, 1])
+            stack.append([event.anchor, 1, 0])
             if len(stack) - 1 > MAX_DEPTH:
                 line = _line_of(event)
                 raise RecipeError(f"{where} line {line}: the recipe nests deeper than {MAX_DEPTH} levels; flatten it.")
             continue
         if isinstance(event, yaml.CollectionEndEvent):
-            anchor, n = stack.pop()
+            anchor, n, size = stack.pop()
             if anchor is not None:
-                sizes[anchor] = n
+                sizes[anchor] = (n, size)
         elif isinstance(event, yaml.AliasEvent):
-            n = 1 if event.anchor is None else sizes.get(event.anchor, 1)
+            n, size = (1, 0) if event.anchor is None else sizes.get(event.anchor, (1, 0))
         elif isinstance(event, yaml.ScalarEvent):
-            n = 1
+            n, size = 1, len(event.value)
             if event.anchor is not None:
-                sizes[event.anchor] = 1
+                sizes[event.anchor] = (n, size)
         else:
             continue
         stack[-1][1] += n
+        stack[-1][2] += size
         if stack[-1][1] > MAX_NODES or sum(frame[1] for frame in stack) > MAX_NODES:
             line = _line_of(event)
             raise RecipeError(f"{where} line {line}: the recipe expands to more than {MAX_NODES:,} values (YAML aliases `*name` "
                               "repeat whole blocks); write the values out or use fewer aliases.")
+        # Counting values is not enough: one long string aliased many times is few values but gigabytes once expanded.
+        if sum(frame[2] for frame in stack) > MAX_EXPANDED_CHARS:
+            line = _line_of(event)
+            raise RecipeError(f"{where} line {line}: the recipe expands to more than {MAX_EXPANDED_CHARS // 1_000_000} million "
+                              "characters (YAML aliases `*name` repeat whole blocks and strings); write the values out or use fewer aliases.")
 
 
 def _check_duplicate_keys(root: yaml.Node | None, where: str) -> None:
@@ -121,6 +128,10 @@ def _read(source: str | Path) -> tuple[str, str]:
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
         if not path.is_file():
             raise RecipeError(f"recipe file {str(path)!r} does not exist. Check the path (examples/ has ready-made recipes).")
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:  # checked before reading: a recipe path may name a multi-gigabyte file
+            raise RecipeError(f"recipe file {str(path)!r} is larger than {MAX_RECIPE_BYTES // 1000} kB ({size:,} bytes); a recipe holds "
+                              "settings, not data. Put data in a data source (data.source: package.module:function).")
         try:
             return path.read_text(encoding="utf-8"), path.name
         except UnicodeDecodeError as exc:

@@ -114,3 +114,22 @@ def test_an_hf_spec_with_a_huge_config_is_refused_before_allocating(tmp_path):
     (hf_dir / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:100])
     with pytest.raises(ArtifactError, match=r"model\.safetensors is missing or corrupted"):
         build_model(f"hf:{hf_dir}")
+
+
+# -- 3. the YAML bound counts expanded characters, not only values ----------------------------------------------------
+def test_one_long_string_aliased_many_times_is_refused(tmp_path):
+    from slimtorch.errors import RecipeError
+
+    bomb = tmp_path / "bomb.yaml"
+    long = "x" * 400_000
+    bomb.write_text(f"name: b\nteacher: {{model: mlp}}\nnotes: &s {long}\nextra: [{', '.join(['*s'] * 2000)}]\n")
+    with pytest.raises(RecipeError, match=r"bomb\.yaml line 4: the recipe expands to more than 2 million characters"):
+        load_recipe(bomb)
+    line = one_line(cli("validate", str(bomb)))
+    assert "expands to more than 2 million characters" in line
+
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as f:
+        f.truncate(50_000_000)  # sparse: the size is refused before any byte is read
+    with pytest.raises(RecipeError, match=r"big\.yaml' is larger than 1000 kB \(50,000,000 bytes\)"):
+        load_recipe(big)
