@@ -46,8 +46,7 @@ class StartingModels:
     def teachers(self, ctx: RunContext) -> list[nn.Module]:
         """Every teacher of the recipe, trained when it asks to be, on ``ctx.device``."""
         teachers = []
-        for i, spec in enumerate(self.recipe.teachers):
-            name = spec.name or ("teacher" if i == 0 else f"teacher_{i + 1}")
+        for i, (spec, name) in enumerate(zip(self.recipe.teachers, self.recipe.teacher_names())):
             step_fp = fingerprint(self.recipe.seed, self.recipe.data.model_dump(), spec.model_dump())
             done = self.store.state.done(name, step_fp)
             reused = self.store.reuse(name, done, self.store.load)

@@ -124,6 +124,10 @@ class ModelSpec(_Strict):
         return self
 
 
+# Stage outputs are saved as models/<i>_<stage>[_<extra>]; no other model may take such a name.
+STAGE_OUTPUT_NAME = re.compile(r"\d+_.*")
+
+
 class StageSpec(_Strict):
     """One validated stage: its registered kind and typed config."""
 
@@ -197,9 +201,32 @@ class Recipe(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> Recipe:
+        # Each name is a folder models/<name>/ and a report row: two models of one name overwrite each other.
+        seen: dict[str, str] = {}
+        for i, name in enumerate(self.teacher_names()):
+            where = f"teacher[{i}]" if isinstance(self.teacher, list) else "teacher"
+            if STAGE_OUTPUT_NAME.fullmatch(name):
+                raise ValueError(f"{where} is named {name!r}, which is how a stage's output is named (<stage number>_<stage>, "
+                                 f"e.g. models/1_distill/): that stage would overwrite it. Pick a name that does not start with "
+                                 f"a number and '_', e.g. 'teacher_{name}'")
+            if name in seen:
+                raise ValueError(f"{where} and {seen[name]} are both named {name!r}: each is saved as models/{name}/ with one "
+                                 "report row, so one would replace the other. Give every teacher its own `name:`")
+            seen[name] = where
+        if self.student is not None and self.student.name in seen:
+            raise ValueError(f"the student and {seen[self.student.name]} are both named {self.student.name!r}; give the student "
+                             "another `name:`")
+        return self
+
     @property
     def teachers(self) -> list[ModelSpec]:
         return self.teacher if isinstance(self.teacher, list) else [self.teacher]
+
+    def teacher_names(self) -> list[str]:
+        """Each teacher's name in the run: its ``name:``, else ``teacher``, ``teacher_2``, ..."""
+        return [spec.name or ("teacher" if i == 0 else f"teacher_{i + 1}") for i, spec in enumerate(self.teachers)]
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain YAML-able data, in the same shape as the file (round-trips through load)."""

@@ -133,3 +133,21 @@ def test_one_long_string_aliased_many_times_is_refused(tmp_path):
         f.truncate(50_000_000)  # sparse: the size is refused before any byte is read
     with pytest.raises(RecipeError, match=r"big\.yaml' is larger than 1000 kB \(50,000,000 bytes\)"):
         load_recipe(big)
+
+
+# -- 5. names are unique across teachers and stages, checked before any work ------------------------------------------
+@pytest.mark.parametrize("teachers, match", [
+    ("{model: mlp, name: 1_distill}", r"teacher is named '1_distill', which is how a stage's output is named"),
+    ("[{model: mlp, name: t}, {model: mlp, name: t}]", r"teacher\[1\] and teacher\[0\] are both named 't'"),
+    ("[{model: mlp, name: teacher_2}, {model: mlp}]", r"teacher\[1\] and teacher\[0\] are both named 'teacher_2'"),
+])
+def test_colliding_model_names_are_refused_before_any_work(tmp_path, teachers, match):
+    from slimtorch.errors import RecipeError
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: n\ndata: {{source: 'user_code:tiny'}}\nteacher: {teachers}\nstages:\n  - distill: {{epochs: 1}}\n")
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(path)
+    out = tmp_path / "out"
+    line = one_line(cli("compress", str(path), "--out", str(out)))
+    assert "named" in line and not out.exists()
