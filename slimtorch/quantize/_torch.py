@@ -456,6 +456,15 @@ class WeightOnlyLinear(nn.Module):
         self._kernel_cache = None
         return self
 
+    @property
+    def weight(self) -> Tensor:
+        """A shape/dtype stand-in on the meta device, for code that reads ``layer.weight`` of what it takes for an nn.Linear.
+
+        ``nn.TransformerEncoderLayer``'s fast-path check and T5's FFN (``wo.weight.dtype``) do; a meta tensor holds no data,
+        so the fast path (which would need the float weight) is refused and the layer is called as a module.
+        """
+        return torch.empty(self.out_features, self.in_features, device="meta")
+
     def codes(self) -> Tensor:
         """Unpacked int4 codes (N, K) in [0, 15]."""
         low, high = self.qweight & 0x0F, self.qweight >> 4

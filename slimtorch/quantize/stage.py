@@ -89,6 +89,8 @@ def _ort_quantize(model: nn.Module, ctx: RunContext, cfg: QuantizeConfig, exampl
         excluded = excluded + mixed.float_layers
     details.update({"onnx_bytes": len(quantized), "bytes_ratio_vs_onnx_fp32": round(len(quantized) / len(fp32), 4),
                     "excluded_nodes": excluded})
+    if cfg.mode in ("dynamic_int8", "static_int8"):  # most weights left float, nodes kept float for -inf ranges: said in the report
+        details["int8_notes"] = _ort.int8_notes(quantized, cfg.mode.replace("_", " "))
     meta = {"mode": cfg.mode, "opset": cfg.opset, "backend": cfg.backend()}
     return graph_module(quantized, cfg, meta), details
 
@@ -342,6 +344,7 @@ class QuantizeStage(Stage[QuantizeConfig], kind="quantize"):
             record.notes.append(f"SmoothQuant α {sm['alpha']}: {sm['linears']} Linears on {sm['inputs']} inputs; the largest input "
                                 f"channel's range over the median channel's went from {sm['outlier_ratio_before_max']} to "
                                 f"{sm['outlier_ratio_after_max']}")
+        record.notes.extend(details.get("int8_notes", []))  # before max_drop's notes, which say why layers stayed float
         if "quant_sensitivity" in details:
             record.notes.extend(mixed_precision_notes(details["quant_sensitivity"]))
         if isinstance(out, OpenVINOModule):

@@ -64,8 +64,7 @@ _T5_FILTER = r"on Hugging Face T5ForSequenceClassification: .* Use a mask granul
 STAGES = ("prune_filter", "prune_weight", "prune_head", "prune_layer", "export_onnx", "ort_dynamic_int8", "ort_static_int8",
           "torch_int8_weight_only", "distill")
 # Cells that fail today for a reason outside this matrix's reach; strict, so a fix turns them red until removed here.
-KNOWN_BUGS = {("transformer_encoder", "torch_int8_weight_only"): "quantize/_torch.py: WeightOnlyLinear has no .weight (issue 23, 5)",
-              ("t5", "torch_int8_weight_only"): "quantize/_torch.py: WeightOnlyLinear has no .weight (issue 23, 5)"}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}  # (family, stage): reason, run as strict xfails until fixed
 _NO_LINEAR = r"quantizes nn.Linear weights, and \w+ has no Linear layer it can quantize"
 EXPECTED: dict[str, dict[str, str]] = {
     "convnet": {"prune_head": _HEADS, "prune_layer": _HEADS},

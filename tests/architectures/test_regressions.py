@@ -95,8 +95,6 @@ def test_static_int8_keeps_masked_attention_scores_float(family, caplog):
 
 # 5. int8 weight-only on layers whose parent reads `.weight` ---------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="slimtorch/quantize/_torch.py: WeightOnlyLinear has no .weight, which "
-                   "nn.TransformerEncoderLayer's fast-path check and T5's FFN read (issue 23, item 5)")
 @pytest.mark.parametrize("family", ["transformer_encoder", "t5"])
 def test_int8_weight_only_runs_where_the_parent_reads_weight(family):
     if family == "t5":
