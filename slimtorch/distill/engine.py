@@ -140,7 +140,7 @@ def same_input(a: object, b: object) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same_input(a[k], b[k]) for k in a)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return bool(np.array_equal(a, b))
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(same_input(x, y) for x, y in zip(a, b))
     return bool(a == b)

@@ -35,7 +35,7 @@ def hf_structured_refusal(model: nn.Module, granularity: str) -> str:
     why = f"granularity {granularity!r} on Hugging Face {name}: removing channels would leave its config (heads, widths) out of step"
     for has_projections, use in ((True, "head, ffn or layer"), (False, "layer (whole blocks)")):
         try:
-            fam = family(model.hf, has_projections=has_projections)
+            fam = family(model.hf, has_projections=has_projections)  # type: ignore[arg-type]  # an HFModel's hf: AttributeError otherwise
         except (UnsupportedModuleError, AttributeError):
             continue
         return f"{why}; use {use}: they keep its {fam}-style config in step so it still saves and loads; or a mask granularity (weight, '2:4')."

@@ -74,6 +74,7 @@ def output_layers(model: nn.Module, example: Batch) -> list[str]:
 
 def _out_channels(module: nn.Module) -> int:
     weight = module.weight
+    assert isinstance(weight, Tensor), f"{type(module).__name__} has no weight tensor"  # only layers with weights get here
     return int(weight.shape[1] if type(module).__name__ == "Conv1D" else weight.shape[0])  # GPT-2's Conv1D is (in, out)
 
 

@@ -92,7 +92,8 @@ def weight_coverage(onnx_bytes: bytes) -> WeightCoverage:
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, node.op_type)
-    total, by_op = 0, {}
+    total = 0
+    by_op: dict[str, int] = {}  # float weight elements per consuming op type
     for init in proto.graph.initializer:
         if len(init.dims) < 2 or init.name not in consumers:
             continue
