@@ -15,6 +15,7 @@ def trained_mlp(digits, tmp_path_factory):
     from slimtorch.models import build_model
     from slimtorch.train.loop import TrainConfig, fit
 
+    torch.manual_seed(0)  # the same weights whichever test asks first (the global generator's state depends on test order)
     model = build_model("mlp", {"hidden": [64, 32]}, input_shape=digits.input_shape, num_classes=10)
     ctx = RunContext(data=digits, work_dir=tmp_path_factory.mktemp("mlp"))
     fit(model, lambda m, x, y: F.cross_entropy(m(x), y), digits.loader("train", shuffle=True), TrainConfig(epochs=8, lr=3e-3), ctx)
