@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of one) and bounded JSON reads."""
 
 from __future__ import annotations
 
@@ -141,3 +141,27 @@ def remove_stale_temporaries(root: Path, subdirs: Iterable[str] | None = None) -
             tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
+
+
+def read_json(path: Path, max_bytes: int, error: type[Exception], fix: str) -> Any:
+    """Read a JSON file the tool wrote, refusing one too large or too deeply nested to be ours, with one ``error`` line.
+
+    Args:
+        max_bytes: checked before the file is read.
+        error: the slimtorch error class to raise (its message ends with ``fix``).
+    """
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{path} is {size:,} bytes, over the {max_bytes:,} this file can hold; it is not one slimtorch wrote. {fix[0].upper()}{fix[1:]}.")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read {path} ({exc.strerror}); {fix}.") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is corrupted (not UTF-8 text at byte {exc.start}); {fix}.") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is corrupted (not valid JSON: {exc.msg} at line {exc.lineno}); {fix}.") from exc
+    except RecursionError as exc:  # nesting thousands deep: a hostile file, not a bug to trace
+        raise error(f"{path} is corrupted (JSON nested too deeply to read); {fix}.") from exc

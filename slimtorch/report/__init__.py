@@ -25,10 +25,12 @@ def write_report(out_dir: str | Path, report: Report) -> None:
     out_dir = Path(out_dir)
     data = report.to_json()
     validate_report(data)
+    # Render everything before writing anything: a report that fails to render leaves the old files as they were.
+    markdown, page = render_markdown(report), render_html(report)
     atomic_write_json(out_dir / "report.json", data)
-    atomic_write_text(out_dir / "report.md", render_markdown(report))
+    atomic_write_text(out_dir / "report.md", markdown)
     plot_pareto(report, out_dir / "pareto.png")
-    atomic_write_text(out_dir / "report.html", render_html(report))
+    atomic_write_text(out_dir / "report.html", page)
 
 
 __all__ = [

@@ -24,8 +24,13 @@ if TYPE_CHECKING:
     from slimtorch.measure.measurement import Measurement
 
 
+def _text(value: object) -> str:
+    """Names, notes and samples come from the user: raw HTML in them is shown as text, never rendered by a Markdown viewer."""
+    return html.escape(str(value), quote=False)
+
+
 def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+    return "| " + " | ".join(_text(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -113,9 +118,9 @@ def machine_line(report: Report) -> list[str]:
 def render_markdown(report: Report) -> str:
     """The report card as Markdown: summary with ratios, latency detail, stages, warnings and notes."""
     name = report.recipe.get("name", "")
-    lines = [f"# slimtorch report{': ' + name if name else ''}", "",
-             (f"Baseline **{report.baseline}**, final **{report.final}**; slimtorch {report.slimtorch_version}"
-             f"{', ' + report.created if report.created else ''}."), *machine_line(report), "", "## Models", ""]
+    lines = [f"# slimtorch report{': ' + _text(name) if name else ''}", "",
+             (f"Baseline **{_text(report.baseline)}**, final **{_text(report.final)}**; slimtorch {_text(report.slimtorch_version)}"
+             f"{', ' + _text(report.created) if report.created else ''}."), *machine_line(report), "", "## Models", ""]
     lines += _table(summary_header(report), summary_rows(report))
     lines += ["", ("Ratios in brackets are against the baseline: params, size and MACs are *times fewer*, latency is "
               "*speedup* (baseline p50 ÷ model p50); (≈) marks a latency inside the baseline's p10–p90 spread, which is no "
@@ -127,10 +132,10 @@ def render_markdown(report: Report) -> str:
         lines += ["", "## Stages", ""] + _table(STAGE_HEADER, stage_rows(report))
     warnings = all_warnings(report)
     if warnings:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+        lines += ["", "## Warnings", ""] + [f"- {_text(w)}" for w in warnings]
     notes = [(m.name, n) for m in report.models for n in m.notes]
     if notes:
-        lines += ["", "## Measurement notes", ""] + [f"- **{who}**: {n}" for who, n in notes]
+        lines += ["", "## Measurement notes", ""] + [f"- **{_text(who)}**: {_text(n)}" for who, n in notes]
     return "\n".join(lines) + "\n"
 
 
