@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
-from slimtorch.errors import NotCalibratedError
+from slimtorch.errors import NotCalibratedError, SlimtorchError, UnsupportedModuleError
 from slimtorch.export.onnx import input_names_of, plain_copy
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.measure.latency import time_interleaved
@@ -387,8 +387,15 @@ def _fastest_runtime(cfg: QuantizeConfig, model: nn.Module, ctx: RunContext) -> 
     evaluate = ctx.extras.get("evaluate") or EvaluateConfig()
     lat = evaluate.latency
     sizes = lat.sizes_for(causal_lm_of(model) is not None)
-    built = [(runtime, *QuantizeStage(cfg.model_copy(update={"runtime": runtime})).apply(model, ctx))
-             for runtime in cfg.candidate_runtimes()]
+    built, refused = [], {}
+    for runtime in cfg.candidate_runtimes():
+        try:
+            built.append((runtime, *QuantizeStage(cfg.model_copy(update={"runtime": runtime})).apply(model, ctx)))
+        except SlimtorchError as exc:  # e.g. torch int8 on a model without nn.Linear: the other runtimes still compete
+            refused[runtime] = str(exc)
+    if not built:
+        raise UnsupportedModuleError(f"quantize mode {cfg.mode!r}: no runtime could build it for this model: "
+                                     + " | ".join(f"{r}: {why}" for r, why in refused.items()))
     data = with_model_tokens(ctx.data, model)
     inputs = {str(b): data.example_batch(b) for b in sizes}
     float_model = plain_copy(model).to("cpu").eval()
@@ -411,11 +418,12 @@ def _fastest_runtime(cfg: QuantizeConfig, model: nn.Module, ctx: RunContext) -> 
                      "p50_ms": {b: timed[i][b]["p50"] for b in inputs},
                      "speedup_vs_float": {b: round(float_ms[b]["p50"] / timed[i][b]["p50"], 3) for b in inputs},
                      "chosen": i == win, "why": why})
+    rows += [{"runtime": r, "chosen": False, "why": f"cannot build it: {why}"} for r, why in refused.items()]
     runtime, out, record = built[win]
     record.details["runtime_auto"] = {"candidates": rows, "timed_on": probe().summary(), "threads": lat.threads,
                                       "float_p50_ms": {b: float_ms[b]["p50"] for b in inputs}}
     speed = ", ".join(f"b{b} {rows[win]['speedup_vs_float'][b]:.2f}x" for b in inputs)
-    others = "; ".join(f"{r['runtime']}: {r['why']}" for r in rows if not r["chosen"])
+    others = "; ".join(f"{r['runtime']}: {r['why'][:200]}" for r in rows if not r["chosen"])
     record.notes.insert(0, f"runtime: auto chose {runtime} ({speed} the float model's speed, timed side by side on "
                            f"{probe().summary()})" + (f"; {others}" if others else ""))
     if all(rows[win]["speedup_vs_float"][b] < 1 for b in inputs):

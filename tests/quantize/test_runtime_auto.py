@@ -66,3 +66,18 @@ def test_reduce_range_follows_what_this_cpus_onnxruntime_computes_unless_set(mlp
     assert any("7-bit int8 weights" in n for n in record.notes) is saturates
     _, record = QuantizeStage(QuantizeConfig(mode="dynamic_int8", runtime="onnxruntime", reduce_range=True)).apply(mlp, ctx)
     assert record.details["reduce_range"] is True and not any("7-bit int8 weights" in n for n in record.notes)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_runtime_that_cannot_build_the_mode_drops_out_and_says_why():
+    from slimtorch.core import RunContext
+    from slimtorch.data import build_data
+    from tests.architectures.zoo import build
+
+    model = build("conv_classifier").eval()  # convolutions only: torch int8 quantizes nn.Linear, onnxruntime convs too
+    bundle = build_data("tests.architectures.zoo:data", args={"kind": "image"}, batch_size=8)
+    out, record = QuantizeStage(QuantizeConfig(mode="dynamic_int8")).apply(model, RunContext(data=bundle))
+    rows = {r["runtime"]: r for r in record.details["runtime_auto"]["candidates"]}
+    assert rows["onnxruntime"]["chosen"] and getattr(out, "slimtorch_runtime", None) == "onnxruntime"
+    assert not rows["torch"]["chosen"] and rows["torch"]["why"].startswith("cannot build it: quantize mode 'dynamic_int8' quantizes nn.Linear")
+    assert "torch: cannot build it" in record.notes[0]
