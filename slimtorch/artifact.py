@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from slimtorch.errors import ArtifactError, SlimtorchError
-from slimtorch.io import atomic_dir, atomic_write_json
+from slimtorch.io import atomic_dir, atomic_write_json, read_json
 from slimtorch.models.architecture import build_architecture, is_safe_ref
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.hf import HFModel
@@ -38,6 +38,8 @@ from slimtorch.registry import Registry
 from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
 
 SPEC_FILE = "slimtorch.json"
+# Side files of an artifact are a few kB (an hf config inside the spec, a shape table): far below this bound.
+MAX_JSON_BYTES = 16_000_000
 # Formats registered by engine packages, imported on demand so `load` works in a fresh process.
 _FORMAT_MODULES = {"onnx": "slimtorch.runtime", "openvino": "slimtorch.runtime", "torch_quantized": "slimtorch.quantize",
                    "hf_pruned": "slimtorch.prune", "gguf": "slimtorch.export"}
@@ -88,14 +90,7 @@ def read_spec(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise ArtifactError(f"{directory} is not a slimtorch model directory: {SPEC_FILE} is missing.")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is corrupted ({exc.msg} at line {exc.lineno}); re-run the stage that wrote it.") from exc
-    except UnicodeDecodeError as exc:
-        raise ArtifactError(f"{path} is corrupted (not UTF-8 text at byte {exc.start}); re-run the stage that wrote it.") from exc
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path} ({exc.strerror}).") from exc
+    spec = read_json(path, MAX_JSON_BYTES, ArtifactError, "re-run the stage that wrote it")
     if not isinstance(spec, dict):
         raise ArtifactError(f"{path} is corrupted: it must hold a JSON object, got {type(spec).__name__}; re-run the stage that wrote it.")
     version = spec.get("artifact_version")
@@ -323,7 +318,11 @@ def _save_hf(model: nn.Module, directory: Path) -> None:
 def _load_hf(directory: Path, spec: dict[str, Any]) -> nn.Module:
     from slimtorch.models.hf import load_hf
 
-    kind = json.loads((directory / "hf_kind.json").read_text())["kind"]
+    info = read_json(directory / "hf_kind.json", MAX_JSON_BYTES, ArtifactError, "re-run the stage that wrote it")
+    kind = info.get("kind") if isinstance(info, dict) else None
+    if kind not in ("encoder", "classifier", "causal_lm"):
+        raise ArtifactError(f"{directory}/hf_kind.json is corrupted: 'kind' must be encoder, classifier or causal_lm; got {kind!r}. "
+                            "Re-run the stage that wrote it.")
     return load_hf(str(directory / "hf"), kind=kind)
 
 

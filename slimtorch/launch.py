@@ -23,6 +23,7 @@ from torch import nn
 from slimtorch import artifact, errors
 from slimtorch.errors import SlimtorchError, TrainingError
 from slimtorch.report.card import Report
+from slimtorch.report.schema import load_report
 
 ERROR_FILE_ENV = "SLIMTORCH_WORKER_ERROR_FILE"  # where a worker's refusal is written for the launching process
 
@@ -73,7 +74,7 @@ def run_local_processes(recipe_yaml: str, out: Path, processes: int, *, resume: 
 
 def read_finished_run(out: Path, trusted_refs: frozenset[tuple[str, str]]) -> tuple[Report, nn.Module]:
     """The report the workers wrote to ``out`` and its final model, loaded from disk."""
-    report = Report.from_json(json.loads((out / "report.json").read_text()))
+    report = Report.from_json(load_report(out))
     return report, artifact.load(out / "models" / report.final, trusted_refs=trusted_refs)
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from slimtorch.errors import OutputDirError
-from slimtorch.io import atomic_write_json, atomic_write_text
+from slimtorch.io import atomic_write_json, atomic_write_text, read_json
 from slimtorch.version import __version__
 
 STATE_FILE = "state.json"
+MAX_STATE_BYTES = 64_000_000  # one entry per finished step, each a few kB
 
 
 def fingerprint(*parts: Any) -> str:
@@ -45,10 +46,11 @@ class ResumeState:
         self.path = out / STATE_FILE
         self.steps: dict[str, dict[str, Any]] = {}
         if resume and self.path.exists():
-            try:
-                self.steps = json.loads(self.path.read_text())["steps"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-                raise OutputDirError(f"{self.path} is corrupted ({exc}); use --force to start the run again.") from exc
+            data = read_json(self.path, MAX_STATE_BYTES, OutputDirError, "use --force to start the run again")
+            steps = data.get("steps") if isinstance(data, dict) else None
+            if not isinstance(steps, dict) or not all(isinstance(v, dict) for v in steps.values()):
+                raise OutputDirError(f"{self.path} is corrupted ('steps' must map step names to objects); use --force to start the run again.")
+            self.steps = steps
 
     def done(self, name: str, step_fingerprint: str) -> dict[str, Any] | None:
         """The stored entry of step ``name`` if it finished for this fingerprint, else None."""

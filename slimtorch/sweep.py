@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import math
 import re
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from slimtorch import artifact
 from slimtorch.data import build_data
 from slimtorch.distributed import launched_by_torchrun
 from slimtorch.errors import RecipeError
-from slimtorch.io import atomic_write_json
+from slimtorch.io import atomic_write_json, read_json
 from slimtorch.measure import Measurement
 from slimtorch.measure.runner import retime_side_by_side
 from slimtorch.outdir import claim_out_dir
@@ -187,9 +186,10 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
 def _variant_fingerprint(run_dir: Path) -> str | None:
     """The fingerprint of the recipe a finished variant ran, or None (an older slimtorch, or a damaged file)."""
     try:
-        value = json.loads((run_dir / VARIANT_FILE).read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
+        data = read_json(run_dir / VARIANT_FILE, 10_000, RecipeError, "the variant runs again")
+    except RecipeError:
         return None
+    value = data.get("fingerprint") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None
 
 

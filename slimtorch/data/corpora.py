@@ -69,12 +69,26 @@ def fortune_sentences(topics: tuple[str, ...] = FORTUNE_TOPICS) -> list[str]:
     return sorted(sentences)
 
 
+MAX_CORPUS_BYTES = 512_000_000
+
+
 def file_sentences(path: str | Path) -> list[str]:
     """Unique non-empty lines of a UTF-8 file (one sentence per line), in file order."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"text corpus file {str(path)!r} does not exist; give a UTF-8 text file with one sentence per line.")
-    lines = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines()]
+    size = file.stat().st_size
+    if size > MAX_CORPUS_BYTES:  # checked before reading: the whole file is held in memory as sentences
+        raise DataError(f"text corpus file {str(path)!r} is {size:,} bytes, over {MAX_CORPUS_BYTES // 1_000_000} MB; "
+                        "give a smaller file (a sample of its lines) or a `module:function` data source that streams it.")
+    raw = file.read_bytes()
+    if b"\0" in raw[:65536]:
+        raise DataError(f"text corpus file {str(path)!r} is binary (it holds NUL bytes); give a UTF-8 text file with one sentence per line.")
+    try:
+        lines = [ln.strip() for ln in raw.decode("utf-8").splitlines()]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"text corpus file {str(path)!r} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8 "
+                        "(e.g. iconv -t UTF-8).") from exc
     return list(dict.fromkeys(ln for ln in lines if ln))
 
 

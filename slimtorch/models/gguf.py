@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import struct
 from pathlib import Path
 
 from slimtorch.errors import MissingExtraError, ModelRefError
@@ -27,6 +28,7 @@ from slimtorch.io import atomic_dir, atomic_write_json
 log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
+GGUF_HEADER_BYTES = 24  # magic, uint32 version, uint64 tensor count, uint64 metadata count
 CACHE_ENV = "SLIMTORCH_CACHE"
 INSTALL_HINT = "pip install 'slimtorch[llm]'"
 # Aliases of GGUF files shipped inside PyPI packages: name -> (distribution, file path inside it).
@@ -72,9 +74,13 @@ def check_gguf_file(path: str | Path) -> Path:
     if not file.is_file():
         raise ModelRefError(f"GGUF file {str(path)!r} does not exist; give the path of a .gguf file (gguf:/path/to/model.gguf).")
     with file.open("rb") as f:
-        magic = f.read(4)
+        header = f.read(GGUF_HEADER_BYTES)
+    magic = header[:4]
     if magic != GGUF_MAGIC:
         raise ModelRefError(f"{str(path)!r} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r}); give a llama.cpp .gguf file.")
+    if len(header) < GGUF_HEADER_BYTES:
+        raise ModelRefError(f"GGUF file {str(path)!r} is truncated: {len(header)} bytes, shorter than the {GGUF_HEADER_BYTES}-byte header "
+                            "(magic, version, tensor and metadata counts); download or export it again.")
     return file
 
 
@@ -109,8 +115,11 @@ def converted_dir(path: str | Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
         model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
-        raise ModelRefError(f"transformers cannot read GGUF file {str(file)!r}: {str(exc).splitlines()[0]}") from exc
+    except (ValueError, KeyError, OSError, RuntimeError, IndexError, EOFError, struct.error) as exc:
+        # a truncated or damaged body surfaces as any of these from the gguf reader
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelRefError(f"transformers cannot read GGUF file {str(file)!r}: {reason}. If the file is truncated, download or "
+                            "export it again.") from exc
     # The weights are already dequantized to float32; transformers only keeps a GGUF marker that blocks saving.
     model.hf_quantizer = None  # type: ignore[assignment]  # transformers sets this attribute without declaring it
     if hasattr(model.config, "quantization_config"):

@@ -41,7 +41,7 @@ def safetensors_shapes(path: Path) -> Shapes:
         return out
     except (SafetensorError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ArtifactError(f"{path} is missing or corrupted ({reason}); re-run the step that wrote it or save the model again.") from exc
+        raise ArtifactError(f"{path} is missing or corrupted ({reason}); re-run the stage that wrote it or save the model again.") from exc
 
 
 def stored_values(shapes: Shapes) -> int:

@@ -151,3 +151,30 @@ def test_colliding_model_names_are_refused_before_any_work(tmp_path, teachers, m
     out = tmp_path / "out"
     line = one_line(cli("compress", str(path), "--out", str(out)))
     assert "named" in line and not out.exists()
+
+
+# -- also: files read whole are size-checked, JSON the tool reads is bounded, damaged inputs are one line ----------
+def test_damaged_inputs_are_one_line_each(tmp_path):
+    from slimtorch.data.corpora import file_sentences
+    from slimtorch.errors import DataError, ModelRefError, OutputDirError
+    from slimtorch.models.gguf import check_gguf_file
+    from slimtorch.resume import ResumeState
+
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 20)
+    with pytest.raises(DataError, match=r"latin1\.txt' is not UTF-8 text \(byte 3\); re-save it as UTF-8"):
+        file_sentences(tmp_path / "latin1.txt")
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)
+    with pytest.raises(DataError, match=r"binary\.txt' is binary"):
+        file_sentences(tmp_path / "binary.txt")
+    (tmp_path / "short.gguf").write_bytes(b"GGUF\x03\x00\x00\x00\x01")
+    with pytest.raises(ModelRefError, match=r"short\.gguf' is truncated: 9 bytes, shorter than the 24-byte header"):
+        check_gguf_file(tmp_path / "short.gguf")
+
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "state.json").write_text('{"steps": ' + deep + "}")
+    with pytest.raises(OutputDirError, match=r"state\.json is corrupted \(JSON nested too deeply to read\); use --force"):
+        ResumeState(tmp_path, resume=True)
+    artifact.save(build_model("mlp", {"hidden": [4]}, input_shape=[8], num_classes=3), tmp_path / "m")
+    (tmp_path / "m" / "slimtorch.json").write_text('{"model": ' + deep + "}")
+    with pytest.raises(ArtifactError, match=r"slimtorch\.json is corrupted \(JSON nested too deeply to read\)"):
+        artifact.load(tmp_path / "m")
