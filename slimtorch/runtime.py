@@ -302,7 +302,11 @@ def _load_onnx(directory: Any, spec: dict[str, Any]) -> nn.Module:
         raise ArtifactError(f"{meta_path} is corrupted ({exc}); re-run the stage that wrote it.") from exc
     if not isinstance(info, dict) or not isinstance(info.get("threads", 1), int) or not isinstance(info.get("meta") or {}, dict):
         raise ArtifactError(f"{meta_path} is corrupted: expected {{\"threads\": int, \"meta\": {{...}}}}; re-run the stage that wrote it.")
-    model = OrtModule(path.read_bytes(), threads=info.get("threads", 1), meta=info.get("meta"))
+    from slimtorch.models.onnx_file import check_self_contained
+
+    onnx_bytes = path.read_bytes()
+    check_self_contained(onnx_bytes, path)  # no tensor may make onnxruntime read a file outside model.onnx
+    model = OrtModule(onnx_bytes, threads=info.get("threads", 1), meta=info.get("meta"))
     try:
         model.session  # noqa: B018 - parse now so a corrupted file fails at load, not at first call
     except Exception as exc:

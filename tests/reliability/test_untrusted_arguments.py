@@ -178,3 +178,28 @@ def test_damaged_inputs_are_one_line_each(tmp_path):
     (tmp_path / "m" / "slimtorch.json").write_text('{"model": ' + deep + "}")
     with pytest.raises(ArtifactError, match=r"slimtorch\.json is corrupted \(JSON nested too deeply to read\)"):
         artifact.load(tmp_path / "m")
+
+
+def test_onnx_external_data_is_refused_before_a_session_reads_it(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 16)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="../secret.bin")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "model.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    (model_dir / "slimtorch.json").write_text(json.dumps({"artifact_version": ARTIFACT_FORMAT_VERSION, "slimtorch_version": __version__,
+                                                          "format": "onnx", "model": None}))
+    assert onnx.load_model_from_string((model_dir / "model.onnx").read_bytes()).graph.initializer[0].data_location == 1
+    with pytest.raises(ArtifactError, match=r"tensor 'w' keeps its data in an external file '\.\./secret\.bin'.*refused"):
+        artifact.load(model_dir)
