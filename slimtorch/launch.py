@@ -21,7 +21,8 @@ from pathlib import Path
 from torch import nn
 
 from slimtorch import artifact, errors
-from slimtorch.errors import SlimtorchError, TrainingError
+from slimtorch.errors import RecipeError, SlimtorchError, TrainingError
+from slimtorch.models.weights import available_memory_bytes
 from slimtorch.report.card import Report
 from slimtorch.report.schema import load_report
 
@@ -33,6 +34,33 @@ def record_worker_error(exc: SlimtorchError) -> None:
     path = os.environ.get(ERROR_FILE_ENV)
     if path and os.environ.get("RANK", "0") == "0":
         Path(path).write_text(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+
+
+# What one worker needs before its model and data: a Python process with torch and the DDP runtime loaded.
+WORKER_BASE_BYTES = 400_000_000
+
+
+def check_process_count(processes: int, device: str | None) -> None:
+    """Refuse more workers than the machine can run side by side, before any is started.
+
+    Raises:
+        RecipeError: ``processes`` exceeds the GPUs (CUDA), the cores (CPU) or the free memory of this machine.
+    """
+    import torch
+
+    on_cuda = device not in ("cpu", "mps") and torch.cuda.is_available() and (device or "auto").startswith(("auto", "cuda"))
+    if on_cuda:
+        have, what = torch.cuda.device_count(), "GPUs (DDP on CUDA runs one process per GPU)"
+    else:
+        have, what = os.cpu_count() or 1, "CPU cores (each process needs at least one)"
+    if processes > have:
+        raise RecipeError(f"processes: {processes} is more than this machine's {have} {what}. Set processes to at most {have}.")
+    free = available_memory_bytes()
+    if free is not None and processes * WORKER_BASE_BYTES > free:
+        fits = max(1, free // WORKER_BASE_BYTES)
+        raise RecipeError(f"processes: {processes} needs at least {processes * WORKER_BASE_BYTES / 1e9:.2g} GB "
+                          f"({WORKER_BASE_BYTES / 1e9:.1g} GB per process before its model and data), but only {free / 1e9:.2g} GB is free. "
+                          f"Set processes to at most {fits}.")
 
 
 def run_local_processes(recipe_yaml: str, out: Path, processes: int, *, resume: bool, force: bool, device: str | None,

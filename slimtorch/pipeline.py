@@ -25,7 +25,7 @@ from slimtorch.device import device_facts, resolve_device
 from slimtorch.distributed import init_from_env, is_main, launched_by_torchrun, local_only, main_then_all, world_size
 from slimtorch.errors import RecipeError
 from slimtorch.io import atomic_write_text
-from slimtorch.launch import read_finished_run, run_local_processes
+from slimtorch.launch import check_process_count, read_finished_run, run_local_processes
 from slimtorch.measure import Measurement
 from slimtorch.outdir import RECIPE_COPY, claim_out_dir
 from slimtorch.plan import Plan, TargetConfig, plan
@@ -147,6 +147,7 @@ def compress(
     out = Path(out or Path("runs") / recipe.name)
     where = resolve_device(device or recipe.device)
     if recipe.processes > 1 and not launched_by_torchrun():
+        check_process_count(recipe.processes, device or recipe.device)  # before any worker starts or OUT is touched
         run_local_processes(dump_recipe(recipe), out, recipe.processes, resume=resume, force=force, device=device,
                             events=events or log.info)
         report, model = read_finished_run(out, trusted_calls(recipe.to_dict()))

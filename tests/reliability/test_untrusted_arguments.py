@@ -203,3 +203,14 @@ def test_onnx_external_data_is_refused_before_a_session_reads_it(tmp_path):
     assert onnx.load_model_from_string((model_dir / "model.onnx").read_bytes()).graph.initializer[0].data_location == 1
     with pytest.raises(ArtifactError, match=r"tensor 'w' keeps its data in an external file '\.\./secret\.bin'.*refused"):
         artifact.load(model_dir)
+
+
+def test_more_processes_than_cores_is_refused_before_any_worker_starts(tmp_path):
+    from slimtorch.errors import RecipeError
+    from slimtorch.pipeline import compress
+
+    cores = os.cpu_count() or 1
+    recipe = {"name": "p", "data": {"source": "user_code:tiny"}, "teacher": {"model": "mlp"}, "processes": cores + 1, "device": "cpu"}
+    with pytest.raises(RecipeError, match=rf"processes: {cores + 1} is more than this machine's {cores} CPU cores.*at most {cores}"):
+        compress(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
