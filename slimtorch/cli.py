@@ -79,7 +79,7 @@ def _user_errors() -> Iterator[None]:
 
         if not is_out_of_memory(exc):
             raise
-        _fail(f"ran out of memory ({str(exc).splitlines()[0][:160] or type(exc).__name__}). Lower data.batch_size or "
+        _fail(f"ran out of memory ({(str(exc).splitlines() or [''])[0][:160] or type(exc).__name__}). Lower data.batch_size or "
               "evaluate.latency.batch_sizes, or use a smaller model; finished steps are kept for --resume.")
 
 

@@ -214,3 +214,8 @@ def test_more_processes_than_cores_is_refused_before_any_worker_starts(tmp_path)
     with pytest.raises(RecipeError, match=rf"processes: {cores + 1} is more than this machine's {cores} CPU cores.*at most {cores}"):
         compress(recipe, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_out_of_memory_error_is_still_one_line():
+    proc = cli("measure", "user_code:no_memory", "--data", "user_code:tiny", "--batch-sizes", "1")
+    assert "ran out of memory (MemoryError)" in one_line(proc)

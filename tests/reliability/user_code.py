@@ -70,3 +70,8 @@ def no_params(classes: int = 3) -> nn.Module:
 
 def not_a_module() -> str:
     return "a string"
+
+
+def no_memory(classes: int = 3) -> nn.Module:
+    """A factory that runs out of memory with an empty message, as a C extension's bare MemoryError() does."""
+    raise MemoryError()
