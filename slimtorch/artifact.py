@@ -32,6 +32,7 @@ from slimtorch.errors import ArtifactError, SlimtorchError
 from slimtorch.io import atomic_dir, atomic_write_json, read_json
 from slimtorch.models.architecture import build_architecture, is_safe_ref
 from slimtorch.models.attrs import set_attrs_
+from slimtorch.models.builtin import MODELS
 from slimtorch.models.hf import HFModel
 from slimtorch.models.weights import Shapes, check_fits_weights, safetensors_shapes
 from slimtorch.registry import Registry
@@ -297,7 +298,21 @@ def _load_torch(directory: Path, spec: dict[str, Any]) -> nn.Module:
         raise ArtifactError(
             f"{directory}: weights do not match the architecture (missing {really_missing[:5]}, unexpected {unexpected[:5]})."
         )
+    _check_builtin_runs(model, spec, directory)
     return model
+
+
+def _check_builtin_runs(model: nn.Module, spec: dict[str, Any], directory: Path) -> None:
+    """A built-in model runs one example: saved tensors whose shapes do not chain (an edited file) fail here, in one line."""
+    ref, shape = (spec.get("model") or {}).get("ref"), spec.get("input_shape")
+    if ref not in MODELS or not (isinstance(shape, list) and all(isinstance(d, int) and 0 < d <= 4096 for d in shape)):
+        return
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    except RuntimeError as exc:
+        raise ArtifactError(f"{directory}/model.safetensors holds tensors whose shapes do not fit together or the spec's input_shape "
+                            f"{shape} ({str(exc).splitlines()[0][:200]}); re-run the stage that wrote it.") from exc
 
 
 def _is_tied(model: nn.Module, key: str, state: dict[str, torch.Tensor]) -> bool:

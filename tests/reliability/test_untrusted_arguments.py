@@ -219,3 +219,14 @@ def test_more_processes_than_cores_is_refused_before_any_worker_starts(tmp_path)
 def test_an_empty_out_of_memory_error_is_still_one_line():
     proc = cli("measure", "user_code:no_memory", "--data", "user_code:tiny", "--batch-sizes", "1")
     assert "ran out of memory (MemoryError)" in one_line(proc)
+
+
+def test_saved_tensors_whose_shapes_do_not_chain_are_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    artifact.save(build_model("mlp", {"hidden": [16]}, input_shape=[8], num_classes=3), tmp_path / "m", input_shape=[8])
+    state = load_file(str(tmp_path / "m" / "model.safetensors"))
+    state["net.1.weight"], state["net.1.bias"] = torch.zeros(20, 8), torch.zeros(20)  # the next layer still takes 16
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(ArtifactError, match=r"holds tensors whose shapes do not fit together or the spec's input_shape \[8\]"):
+        artifact.load(tmp_path / "m")
