@@ -118,13 +118,14 @@ def load_hf(name: str, kind: HFKind | None = None, config: dict[str, Any] | None
         _check_hf_dir(Path(path), tf, auto)
     try:
         # Weights from safetensors only and no repository code: loading a model never runs code from its files.
-        hf = auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+        hf, info = auto.from_pretrained(path, use_safetensors=True, trust_remote_code=False, output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise ModelRefError(
             f"cannot load Hugging Face model {name!r}: {str(exc).splitlines()[0]} "
             "Give a local directory with config.json and model.safetensors (no hub access at run time; pickled .bin weights and "
             "repository code are never loaded: re-save with save_pretrained(safe_serialization=True)), or 'minilm' for the packaged all-MiniLM-L6-v2."
         ) from exc
+    _refuse_missing_base_weights(hf, info.get("missing_keys") or [], name)
     tokenizer = None
     if Path(path).is_dir() and any((Path(path) / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -148,3 +149,18 @@ def _check_hf_dir(path: Path, tf: Any, auto: Any) -> None:
     except (OSError, ValueError, TypeError, KeyError, RuntimeError, NotImplementedError):
         return  # from_pretrained reports a config it cannot read
     check_fits_weights(meta, shapes, path / "config.json", ", ".join(f.name for f in files))
+
+
+def _refuse_missing_base_weights(hf: Any, missing: list[str], name: str) -> None:
+    """A body weight missing from the checkpoint would be randomly initialised and then measured as if loaded.
+
+    A missing task head (a classifier on top of an encoder checkpoint) is expected: it is new and trained later.
+    """
+    prefix = getattr(hf, "base_model_prefix", "")
+    has_head = bool(prefix) and hasattr(hf, prefix)  # AutoModel is the body itself: every missing key is a body weight
+    body = [k for k in missing if not has_head or k.startswith(prefix + ".")]
+    if body:
+        raise ArtifactError(
+            f"Hugging Face model {name!r}: its safetensors lack {len(body)} weights of the model body (e.g. {body[0]!r}); "
+            "they would be randomly initialised and measured as if loaded. Save the complete model with save_pretrained."
+        )

@@ -157,7 +157,7 @@ def _check_model_entry(m: Any, where: str) -> None:
         if not (isinstance(batch, str) and batch.isdigit() and int(batch) > 0):
             raise bad("latency_ms keys must be batch sizes such as '1'", batch)
         if not isinstance(stats, dict) or not all(_finite(v) and v >= 0 for v in stats.values()):
-            raise bad(f"latency_ms[{batch!r}] must map statistics to finite numbers >= 0", stats)
+            raise bad(f"latency_ms[{batch!r}] must map statistics to numbers (finite, >= 0)", stats)
     for metric, value in m["metrics"].items():
         if metric == "per_class_accuracy":
             if not (isinstance(value, dict) and all(_finite_or_none(v) for v in value.values())):

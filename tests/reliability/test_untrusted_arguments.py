@@ -111,7 +111,15 @@ def test_an_hf_spec_with_a_huge_config_is_refused_before_allocating(tmp_path):
     with pytest.raises(ArtifactError, match=r"config\.json asks for a model of [\d,.]+ (values|GB to build), but model\.safetensors holds"):
         build_model(f"hf:{hf_dir}")
     (hf_dir / "config.json").write_text(json.dumps(cfg))
-    (hf_dir / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:100])
+    from safetensors.torch import load_file, save_file
+
+    assert build_model(f"hf:{hf_dir}", {"kind": "classifier"}) is not None  # a new classifier head is expected, not missing
+    whole = (hf_dir / "model.safetensors").read_bytes()
+    state = load_file(str(hf_dir / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if ".layer.0.output." not in k}, str(hf_dir / "model.safetensors"))
+    with pytest.raises(ArtifactError, match=r"lack 4 weights of the model body \(e\.g\. '[\w.]*layer\.0\.output\.[\w.]+'\)"):
+        build_model(f"hf:{hf_dir}")
+    (hf_dir / "model.safetensors").write_bytes(whole[:100])
     with pytest.raises(ArtifactError, match=r"model\.safetensors is missing or corrupted"):
         build_model(f"hf:{hf_dir}")
 

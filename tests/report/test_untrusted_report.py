@@ -22,8 +22,8 @@ def _model(r, i=0):
 
 CASES = {
     "latency-key-not-a-batch": (lambda r: _model(r)["latency_ms"].update({"abc": {"p50": 1.0}}), r"latency_ms keys must be batch sizes"),
-    "latency-nan": (lambda r: _model(r)["latency_ms"]["1"].update({"p50": float("nan")}), r"latency_ms\['1'\] must map statistics to finite"),
-    "latency-infinite": (lambda r: _model(r)["latency_ms"]["1"].update({"p90": float("inf")}), r"finite numbers >= 0"),
+    "latency-nan": (lambda r: _model(r)["latency_ms"]["1"].update({"p50": float("nan")}), r"latency_ms\['1'\] must map statistics to numbers \(finite"),
+    "latency-infinite": (lambda r: _model(r)["latency_ms"]["1"].update({"p90": float("inf")}), r"numbers \(finite, >= 0\)"),
     "accuracy-nan": (lambda r: _model(r)["metrics"].update({"accuracy": float("nan")}), r"metric 'accuracy' must be a finite number"),
     "negative-size": (lambda r: _model(r).update({"size_bytes": -5}), r"'size_bytes' must be a count >= 0; got -5"),
     "llm-not-an-object": (lambda r: _model(r).update({"llm": [1]}), r"field 'llm' must be an object"),
