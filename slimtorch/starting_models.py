@@ -23,12 +23,14 @@ from slimtorch.measure import Measurement, check_model_fits_data, outputs_on
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.models import build_model
 from slimtorch.models.architecture import is_safe_ref
+from slimtorch.models.weights import available_memory_bytes
 from slimtorch.recipe import Recipe
 from slimtorch.recipe.schema import ModelSpec
-from slimtorch.resources import check_model_fits, named_out_of_memory, time_budget
+from slimtorch.resources import check_model_fits, model_memory_mb, named_out_of_memory, time_budget
 from slimtorch.resume import claim_work_dir, fingerprint
 from slimtorch.run_store import RunStore
 from slimtorch.train import convergence_note, cross_entropy, fit
+from slimtorch.units import MB
 
 # Stages that may train the model they are given (their memory need is weights + grads + AdamW state).
 TRAINING_STAGES = frozenset({"distill", "finetune", "lora", "prune"})
@@ -132,8 +134,9 @@ class StartingModels:
 
         # hf: is counted from a `config` (from_config builds on meta); an hf directory checks its config against its weights.
         countable = is_safe_ref(ref) and (not ref.startswith("hf:") or "config" in (spec.args or {}))
-        if (limits.max_params or limits.max_memory_mb) and countable:
-            # Count on the meta device first: a model over the limit is refused before its memory is allocated.
+        if countable:
+            # Count on the meta device first: a model over the limits or the free memory is refused before it is allocated
+            # (allocating first fails as an out-of-memory error that points at the batch size, not at the model).
             try:
                 with torch.device("meta"):
                     shape_only: nn.Module | None = build()
@@ -141,6 +144,7 @@ class StartingModels:
                 shape_only = None  # a constructor that needs real tensors: check after building instead
             if shape_only is not None:
                 check_model_fits(shape_only, limits, ref, training=training)
+                _check_fits_free_memory(shape_only, ref, training)
         model = build()
         check_model_fits(model, limits, ref, training=training)
         check_model_fits_data(model, self.data, ref)  # too few outputs for the labels: refused before training
@@ -172,3 +176,13 @@ class StartingModels:
             what = f"student (auto: width {auto.width:g}, depth {auto.depth:g})"
         check_model_fits(model, self.recipe.resources, what, training=self._trains_student())
         return model
+
+
+def _check_fits_free_memory(shape_only: nn.Module, ref: str, training: bool) -> None:
+    """Refuse a model whose weights (and, to train it, gradients and AdamW state) exceed the free memory."""
+    free = available_memory_bytes()
+    need_mb = model_memory_mb(shape_only, training)
+    if free is not None and need_mb * MB > free:
+        what = "to train (weights, gradients and AdamW state)" if training else "for its weights"
+        raise RecipeError(f"model {ref!r} needs about {need_mb * MB / 1e9:.3g} GB {what}, more than the {free / 1e9:.3g} GB free on this "
+                          "machine, so it was not built. Pick smaller layers (its args) or a smaller model.")

@@ -25,6 +25,8 @@ from slimtorch.run_store import trusted_calls
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+if str(HERE) not in sys.path:  # user_code is a `module:function` target of the recipes
+    sys.path.insert(0, str(HERE))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
 
 
@@ -238,3 +240,12 @@ def test_saved_tensors_whose_shapes_do_not_chain_are_one_line(tmp_path):
     save_file(state, str(tmp_path / "m" / "model.safetensors"))
     with pytest.raises(ArtifactError, match=r"holds tensors whose shapes do not fit together or the spec's input_shape \[8\]"):
         artifact.load(tmp_path / "m")
+
+
+def test_a_recipe_model_larger_than_free_memory_blames_the_model_not_the_batch_size(tmp_path):
+    from slimtorch.errors import RecipeError
+    from slimtorch.pipeline import compress
+
+    recipe = {"name": "big", "data": {"source": "user_code:tiny"}, "teacher": {"model": "mlp", "args": {"hidden": [400_000, 400_000]}}}
+    with pytest.raises(RecipeError, match=r"model 'mlp' needs about [\d.]+ GB for its weights, more than the [\d.]+ GB free.*smaller layers"):
+        compress(recipe, tmp_path / "out")
