@@ -27,7 +27,9 @@ def trained(tmp_path_factory):
 def test_planner_meets_a_latency_budget_that_needs_pruning(trained):
     model, ctx = trained
     example = ctx.data.example_batch(32)
-    baseline = time_latency(model, example, warmup=10, repeats=30, threads=1)["p50"]
+    # The fastest pass, not the median: a burst of load while this one timing runs would otherwise set a budget the
+    # unpruned model meets when the planner times it again (seen under load: 1.38 ms here, 1.04 ms in the planner).
+    baseline = time_latency(model, example, warmup=10, repeats=30, threads=1)["min"]
     # 75 % of the channels removed measures 0.5-0.6x here in eager torch (per-op overhead): a 0.75x budget
     # separates it from the unpruned model with margin on both sides on a shared machine.
     target = TargetConfig(latency_ms=0.75 * baseline, batch=32, runtime="torch", sparsities=[0.0, 0.75], quantize=["none"], repeats=30)
