@@ -161,6 +161,17 @@ def infer_num_classes(*labels: np.ndarray) -> int:
     return int(merged.max()) + 1
 
 
+def _check_scored_splits_labeled(source: str, labels: dict[str, np.ndarray]) -> None:
+    """val and test are scored: an example without a class (UNLABELED, -1) would count as a wrong answer."""
+    for name in ("val", "test"):
+        y = np.asarray(labels[name])
+        bad = np.flatnonzero(y == UNLABELED)  # other negatives are refused as not class indices
+        if len(bad):
+            raise DataError(f"data {source!r}: split {name!r} has {len(bad)} examples labeled {UNLABELED} (first: item {int(bad[0])}); "
+                            "val and test are scored, so every example needs a class 0..C-1. Remove those examples, or put "
+                            "unlabeled data in the train or transfer split.")
+
+
 def build_data(
     source: str,
     *,
@@ -190,7 +201,9 @@ def build_data(
         check_same_shapes(source, splits)
     raw = {**raw, **splits}
     if task == "classification":
-        found = infer_num_classes(*(class_labels(source, n, raw[n], same_shapes=collate is None) for n in ("train", "val", "test")))
+        labels = {n: class_labels(source, n, raw[n], same_shapes=collate is None) for n in ("train", "val", "test")}
+        _check_scored_splits_labeled(source, labels)
+        found = infer_num_classes(*labels.values())
         num_classes = num_classes or raw.get("num_classes") or found
         if found > num_classes:
             raise DataError(f"labels go up to {found - 1} but num_classes is {num_classes}; labels must be 0..{num_classes - 1}.")

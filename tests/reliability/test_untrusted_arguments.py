@@ -249,3 +249,11 @@ def test_a_recipe_model_larger_than_free_memory_blames_the_model_not_the_batch_s
     recipe = {"name": "big", "data": {"source": "user_code:tiny"}, "teacher": {"model": "mlp", "args": {"hidden": [400_000, 400_000]}}}
     with pytest.raises(RecipeError, match=r"model 'mlp' needs about [\d.]+ GB for its weights, more than the [\d.]+ GB free.*smaller layers"):
         compress(recipe, tmp_path / "out")
+
+
+def test_unlabeled_examples_in_a_scored_split_are_refused():
+    from slimtorch.data import build_data
+    from slimtorch.errors import DataError
+
+    with pytest.raises(DataError, match=r"split 'test' has 2 examples labeled -1 \(first: item 3\); val and test are scored"):
+        build_data("user_code:unlabeled_in_test")

@@ -75,3 +75,10 @@ def not_a_module() -> str:
 def no_memory(classes: int = 3) -> nn.Module:
     """A factory that runs out of memory with an empty message, as a C extension's bare MemoryError() does."""
     raise MemoryError()
+
+
+def unlabeled_in_test() -> dict:
+    """Valid train and val; two test examples labeled -1 (the 'unlabeled' marker), which scoring would count as wrong."""
+    test = _split(24)
+    test.tensors[1][[3, 7]] = -1
+    return {"train": _split(48), "val": _split(24), "test": test}
