@@ -2,7 +2,8 @@
 
 For each structured-pruning ratio × quantization option the planner builds the candidate (one-shot
 pruning through the ``prune`` stage, quantization through the ``quantize`` stage), then *measures*
-p50 latency at the target batch on the target runtime, bytes on disk, and validation accuracy before
+p50 latency at the target batch on the target runtime (all candidates and the original timed together in
+interleaved rounds), bytes on disk, and validation accuracy before
 recovery (the predicted loss). The feasible candidate with the highest predicted accuracy wins; when
 none is feasible the plan says so and keeps the candidate closest to the budget. The chosen point
 becomes ordinary recipe stages, so the run, its resume and its report are those of any recipe.
@@ -22,8 +23,9 @@ from torch import nn
 from slimtorch import artifact
 from slimtorch.core import RunContext, Stage
 from slimtorch.export import ExportConfig, to_ort
-from slimtorch.measure import dir_size_bytes, time_latency
+from slimtorch.measure import dir_size_bytes
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.measure.latency import time_interleaved
 from slimtorch.plan.config import TargetConfig
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
@@ -100,8 +102,8 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
         slimtorch.errors.RecipeError: (from the stages) when the model cannot be pruned structurally.
     """
     example = ctx.data.example_batch(target.batch)
-    baseline_ms = time_latency(model, example, warmup=10, repeats=target.repeats, threads=threads)["p50"]
     rows: list[dict[str, Any]] = []
+    built: list[nn.Module] = []
     for sparsity in target.sparsities:
         for quant in target.quantize:
             if target.runtime == "torch" and quant != "none":
@@ -112,16 +114,23 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
             if quant_cfg is None and target.runtime == "onnxruntime":
                 # An fp32 candidate is timed on onnxruntime, as the chosen plan's export stage will run it.
                 candidate = to_ort(candidate.eval(), ctx.data.example_batch(2))
-            latency = time_latency(candidate, example, warmup=10, repeats=target.repeats, threads=threads)["p50"]
             with tempfile.TemporaryDirectory() as tmp:
                 artifact.save(candidate, Path(tmp) / "m")
                 size = dir_size_bytes(Path(tmp) / "m")
             accuracy = task_metric(candidate, ctx.data, "val", reference=ctx.teacher)
-            achieved, budget = _budget_value(target, latency, size, baseline_ms)
-            rows.append({"sparsity": sparsity, "quantize": quant, "latency_ms": latency, "size_bytes": size,
-                         "val_metric_before_recovery": accuracy, "meets_budget": achieved <= budget,
+            built.append(candidate)
+            rows.append({"sparsity": sparsity, "quantize": quant, "size_bytes": size, "val_metric_before_recovery": accuracy,
                          "_prune": prune_cfg, "_quantize": quant_cfg})
-            log.info("plan candidate sparsity=%.2f quantize=%s: %.4f ms, %d bytes, val %.4f", sparsity, quant, latency, size, accuracy)
+    # The original and every candidate timed together in interleaved rounds: a ratio (and a budget near the baseline)
+    # then compares models, not moments of a shared machine.
+    timings = time_interleaved([(m, {"b": example}) for m in [model, *built]], warmup=10, repeats=target.repeats, threads=threads)
+    baseline_ms = timings[0]["b"]["p50"]
+    for r, timing in zip(rows, timings[1:]):
+        r["latency_ms"] = timing["b"]["p50"]
+        achieved, budget = _budget_value(target, r["latency_ms"], r["size_bytes"], baseline_ms)
+        r["meets_budget"] = achieved <= budget
+        log.info("plan candidate sparsity=%.2f quantize=%s: %.4f ms, %d bytes, val %.4f", r["sparsity"], r["quantize"],
+                 r["latency_ms"], r["size_bytes"], r["val_metric_before_recovery"])
     feasible = [r for r in rows if r["meets_budget"]]
     if target.min_accuracy is not None:
         # Prefer candidates that already clear the floor before recovery; recovery only adds accuracy.
