@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
-from slimtorch.errors import NotCalibratedError, SlimtorchError, UnsupportedModuleError
+from slimtorch.errors import NotCalibratedError, UnsupportedModuleError
 from slimtorch.export.onnx import input_names_of, plain_copy
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.measure.latency import time_interleaved
@@ -391,7 +391,7 @@ def _fastest_runtime(cfg: QuantizeConfig, model: nn.Module, ctx: RunContext) -> 
     for runtime in cfg.candidate_runtimes():
         try:
             built.append((runtime, *QuantizeStage(cfg.model_copy(update={"runtime": runtime})).apply(model, ctx)))
-        except SlimtorchError as exc:  # e.g. torch int8 on a model without nn.Linear: the other runtimes still compete
+        except UnsupportedModuleError as exc:  # e.g. torch int8 on a model without nn.Linear: the other runtimes still compete
             refused[runtime] = str(exc)
     if not built:
         raise UnsupportedModuleError(f"quantize mode {cfg.mode!r}: no runtime could build it for this model: "
