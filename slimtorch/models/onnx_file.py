@@ -37,7 +37,7 @@ def check_self_contained(onnx_bytes: bytes, path: Path) -> None:
         ArtifactError: naming the tensor and the file it points at.
     """
     import onnx
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
     try:
         model = onnx.load_model_from_string(onnx_bytes)
