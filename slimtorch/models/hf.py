@@ -109,7 +109,13 @@ def load_hf(name: str, kind: HFKind | None = None, config: dict[str, Any] | None
         model_type = cfg.pop("model_type", None)
         if model_type is None:
             raise ModelRefError("an hf model built from `config` needs config.model_type (e.g. 'bert', 'gpt2', 'llama').")
-        hf = auto.from_config(tf.AutoConfig.for_model(model_type, **cfg))
+        try:
+            hf = auto.from_config(tf.AutoConfig.for_model(model_type, **cfg))
+        except ValueError as exc:  # transformers lists every config class the head knows: ~180 lines
+            raise ModelRefError(f"hf: cannot build a {kind} from a {model_type!r} config: transformers has no {_auto_class(kind)} "
+                                f"for it ({str(exc).splitlines()[0][:160]}). Use another kind (encoder, classifier, causal_lm) "
+                                "or wrap the model in your own module:function.") from None
+        _require_token_inputs(hf, model_type)
         return HFModel(hf.eval(), None, kind)
     path = resolve_hf_path(name)
     if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
@@ -126,10 +132,20 @@ def load_hf(name: str, kind: HFKind | None = None, config: dict[str, Any] | None
             "repository code are never loaded: re-save with save_pretrained(safe_serialization=True)), or 'minilm' for the packaged all-MiniLM-L6-v2."
         ) from exc
     _refuse_missing_base_weights(hf, info.get("missing_keys") or [], name)
+    _require_token_inputs(hf, getattr(hf.config, "model_type", name))
     tokenizer = None
     if Path(path).is_dir() and any((Path(path) / f).exists() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     return HFModel(hf.eval(), tokenizer, kind)
+
+
+def _require_token_inputs(hf: Any, model_type: str) -> None:
+    """``hf:`` models take token ids (text); a vision or audio model (``pixel_values``, ``input_features``) is refused."""
+    main_input = getattr(hf, "main_input_name", "input_ids")
+    if main_input != "input_ids":
+        raise ModelRefError(f"hf: loads text models, which take input_ids; a {model_type!r} model takes {main_input}. Wrap it in "
+                            "your own module:function that takes a tensor (e.g. pixel_values for a ViT) and returns logits, and give "
+                            "data of that shape.")
 
 
 def _check_hf_dir(path: Path, tf: Any, auto: Any) -> None:

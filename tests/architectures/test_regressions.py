@@ -202,3 +202,30 @@ def test_static_int8_refuses_when_a_sentinel_range_cannot_be_kept_float():
     feeds = [{k: v.numpy() for k, v in tokens.example_batch(8, "train").items()}]
     with pytest.raises(UnsupportedModuleError, match=r"reaches -inf or float32's lowest value .* use mode: dynamic_int8"):
         _ort.quantize_static(proto.SerializeToString(), feeds)
+
+
+# 7. `hf:` with a vision config: one line, not transformers' 180-line list ------------------------
+
+VIT_CONFIG = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+              "image_size": 32, "patch_size": 8}
+
+
+@pytest.mark.parametrize(("kind", "reason"), [("encoder", (r"hf: loads text models, which take input_ids; a 'vit' model takes "
+                                                          r"pixel_values\. Wrap it in your own module:function")),
+                                              ("classifier", (r"cannot build a classifier from a 'vit' config: transformers has no "
+                                                             r"AutoModelForSequenceClassification"))])
+def test_hf_with_a_vision_config_is_one_line(kind, reason):
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from slimtorch.cli import app
+    from slimtorch.errors import ModelRefError
+    from slimtorch.models import build_model
+
+    with pytest.raises(ModelRefError, match=reason):
+        build_model("hf:tiny-vit", {"kind": kind, "config": VIT_CONFIG})
+    result = CliRunner().invoke(app, ["measure", "hf:tiny-vit", "--args", json.dumps({"kind": kind, "config": VIT_CONFIG})])
+    assert result.exit_code == 2 and re.search(reason, " ".join(result.output.split()))
+    assert len(result.output.strip().splitlines()) <= 4 and "Traceback" not in result.output
