@@ -69,8 +69,9 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp: Path | None = None  # nothing to clean up if mkdtemp itself is interrupted
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         yield tmp
         # Writers inside (safetensors, onnx, transformers) may create private files; publish them like open() would.
         mask = _umask()  # read once for the whole tree
@@ -86,8 +87,21 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tree(tmp)
+
+
+def _remove_tree(tmp: Path | None) -> None:
+    """Delete a temporary tree even when Ctrl-C or SIGTERM lands while it is being deleted (then finish, and re-raise)."""
+    interrupted: BaseException | None = None
+    for _ in range(3):
+        try:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def recover_dir(path: Path) -> None:
