@@ -141,9 +141,9 @@ def _saturation_excess(x: Tensor, quant: ActivationFakeQuant, weight: Tensor, w_
     """What onnxruntime's int16 pair saturation changes in ``x @ Ŵ.T`` (x already on ``quant``'s int8 grid).
 
     Without VNNI onnxruntime turns int8 activations into uint8 (code + 128) for MLAS's u8·s8 kernel, whose pairs
-    of products saturate at int16 (see :func:`slimtorch.quantize.dynamic_qat.int16_pair_excess`).
+    of products saturate at int16 (see :func:`slimtorch.quantize.int8_arithmetic.int16_pair_excess`).
     """
-    from slimtorch.quantize.dynamic_qat import int16_pair_excess
+    from slimtorch.quantize.int8_arithmetic import int16_pair_excess
 
     x2 = x.detach().reshape(-1, x.shape[-1]).float()
     qx = torch.clamp(torch.round(x2 / quant.scale) + quant.zero_point, QMIN, QMAX) + 128
@@ -219,7 +219,7 @@ def prepare_qat(model: nn.Module, saturate: bool | None = None) -> fx.GraphModul
 
         node.replace_all_uses_with(fq, delete_user_cb=is_not_fq)
     if saturate is None:
-        from slimtorch.quantize.dynamic_qat import u8s8_saturates
+        from slimtorch.quantize.int8_arithmetic import u8s8_saturates
 
         saturate = u8s8_saturates()
     if saturate:
