@@ -24,6 +24,7 @@ from slimtorch.quantize import QuantizeConfig, QuantizeStage, _ort
 from slimtorch.runtime import OrtModule
 from tests.architectures.test_matrix import HF_CONFIGS
 from tests.architectures.zoo import EOS, build, data
+from tests.reliability.user_shapes import Items
 
 
 def _hf(family: str, kind: str | None = None) -> nn.Module:
@@ -170,18 +171,7 @@ def test_dict_input_with_a_non_tensor_entry_is_refused_in_one_line():
 
     items = [({"input_ids": torch.zeros(3), "text": "hello"}, 0)]
     with pytest.raises(DataError, match=r"dict input whose entry 'text' is a str 'hello'; without a collate_fn"):
-        check_split("mine", "train", _List(items), "classification", None)
-
-
-class _List(Dataset):
-    def __init__(self, items: list) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return self.items[i]
+        check_split("mine", "train", Items(items), "classification", None)
 
 
 def test_tensor_dataset_is_unchanged():
