@@ -15,7 +15,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -152,6 +152,22 @@ def time_interleaved(
         for (model, _), mode in zip(entries, modes):
             model.train(mode)
     return [{b: {**summarize(s), "rounds": rounds} for b, s in per_model.items()} for per_model in samples]
+
+
+def median_call_seconds(fn: Callable[[], object], budget_s: float, max_calls: int = 200) -> float:
+    """Median seconds of ``fn()`` over calls until ``budget_s`` is spent or ``max_calls`` ran, after one untimed call.
+
+    For kernels rather than models (no thread pinning or eval mode): a slow one (a reference loop, a second a call)
+    is timed once, which ranks it and keeps the caller quick.
+    """
+    fn()  # pack weights, build sessions
+    times: list[float] = []
+    start = time.perf_counter()
+    while not times or (time.perf_counter() - start < budget_s and len(times) < max_calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def summarize(samples_ms: list[float]) -> dict[str, float]:

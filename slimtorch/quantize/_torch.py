@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.errors import UnsupportedModuleError
+from slimtorch.measure.latency import median_call_seconds
 from slimtorch.measure.machine import probe
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -229,19 +230,11 @@ def fbgemm_saturates() -> bool:
     Where the probe cannot run (no fbgemm engine), the CPU's VNNI flag decides.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            weight = torch._make_per_channel_quantized_tensor(torch.full((1, 4), 127, dtype=torch.int8), torch.ones(1, dtype=torch.double),
-                                                              torch.zeros(1, dtype=torch.long), 0)
-            packed = torch.ops.quantized.linear_prepack(weight, None)
+        packed = _fbgemm_packed(torch.full((1, 4), 127, dtype=torch.int8), torch.ones(1))
         y = torch.ops.quantized.linear_dynamic(torch.ones(1, 4), packed, False).item()  # (1/255) · Σ q_x · q_w
     except RuntimeError:
         return not has_vnni()
     return abs(y - 4 * 127) > 1.0
-
-
-# Without VNNI, fbgemm's AVX2 path adds u8·s8 pairs in saturating int16: 7-bit activations keep it exact.
-REDUCE_RANGE = fbgemm_saturates()
 
 
 def _version(t: Tensor) -> int:
@@ -262,6 +255,10 @@ def _fbgemm_packed(qweight: Tensor, scale: Tensor) -> object:
             torch._make_per_channel_quantized_tensor(qweight, scale.double(), zeros, 0), None)
     _FBGEMM_PACKED[key] = (weakref.ref(qweight), _version(qweight), packed)
     return packed
+
+
+# Without VNNI, fbgemm's AVX2 path adds u8·s8 pairs in saturating int16: 7-bit activations keep it exact.
+REDUCE_RANGE = fbgemm_saturates()
 
 
 @torch.library.custom_op("slimtorch::int8_dynamic_mm", mutates_args=())
@@ -319,8 +316,6 @@ def time_dynamic_int8_kernels(shapes: Sequence[tuple[int, int, int]] = KERNEL_PR
 
     A kernel that fails here (no fbgemm/qnnpack engine in this torch build) is left out.
     """
-    import time
-
     out: dict[str, float] = {}
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -331,22 +326,13 @@ def time_dynamic_int8_kernels(shapes: Sequence[tuple[int, int, int]] = KERNEL_PR
     try:
         with torch.no_grad():
             for kernel in DYNAMIC_INT8_KERNELS:
-                total = 0.0
                 try:
-                    for layer, x in cases:
+                    for layer, _ in cases:
                         layer.kernel = kernel
-                        layer(x)  # first call packs the weight
-                        times = []
-                        for _ in range(calls):
-                            t0 = time.perf_counter()
-                            layer(x)
-                            times.append(time.perf_counter() - t0)
-                            if times[-1] > 0.5:  # a reference loop: enough to rank it
-                                break
-                        total += sorted(times)[len(times) // 2]
+                    # the first (untimed) call packs the weight; a reference loop (> 0.5 s a call) is timed once
+                    out[kernel] = sum(median_call_seconds(functools.partial(layer, x), 0.5, calls) for layer, x in cases)
                 except RuntimeError:
                     continue
-                out[kernel] = total
     finally:
         torch.set_num_threads(previous)
     return out

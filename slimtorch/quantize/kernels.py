@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import io
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.errors import MissingExtraError
+from slimtorch.measure.latency import median_call_seconds
 from slimtorch.measure.machine import probe
 from slimtorch.quantize import _torch
 
@@ -38,18 +38,6 @@ class KernelTiming:
     us: float | None
     speedup_vs_fp32: float | None
     note: str = ""
-
-
-def median_us(fn: Callable[[], Any], budget_s: float) -> float:
-    fn()  # pack weights, build sessions
-    times: list[float] = []
-    start = time.perf_counter()
-    # a slow reference kernel (a second a call) is timed once: its rank is clear and doctor stays quick
-    while not times or (time.perf_counter() - start < budget_s and len(times) < 200):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1e6
 
 
 def _torch_candidates(linear: nn.Linear, x: Tensor) -> dict[str, tuple[str, Callable[[], Any]]]:
@@ -116,7 +104,7 @@ def kernel_table(threads: int = 1, budget_s: float = 0.3, shapes: tuple[tuple[st
             fp32_us: float | None = None
             for name, (runtime, call) in candidates.items():
                 try:
-                    us = median_us(call, budget_s)
+                    us = median_call_seconds(call, budget_s) * 1e6
                 except (RuntimeError, NotImplementedError) as exc:
                     rows.append(KernelTiming(name, runtime, label, None, None, f"cannot run here: {str(exc).splitlines()[0][:80]}"))
                     continue
@@ -152,8 +140,8 @@ def weight_only_speed(layer: _torch.WeightOnlyLinear, rows: int = 1, threads: in
         x = torch.randn(rows, layer.in_features, generator=torch.Generator().manual_seed(0))
         weight = layer.dequantized_weight()
         bias = layer.bias
-        fp32 = median_us(lambda: F.linear(x, weight, bias), budget_s)
-        packed = median_us(lambda: layer(x), budget_s)
+        fp32 = median_call_seconds(lambda: F.linear(x, weight, bias), budget_s) * 1e6
+        packed = median_call_seconds(lambda: layer(x), budget_s) * 1e6
     finally:
         torch.set_num_threads(previous)
     return {"weight_only_us": round(packed, 1), "fp32_us": round(fp32, 1), "speedup": round(fp32 / packed, 3)}
