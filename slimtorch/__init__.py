@@ -16,10 +16,10 @@ from slimtorch.version import __version__
 # Public name -> module that defines it. Imported on first use (PEP 562) so `slimtorch --version`
 # and error paths of the CLI do not pay for transformers/onnxruntime imports.
 _EXPORTS = {
-    "compress": "slimtorch.pipeline", "RunResult": "slimtorch.pipeline",
+    "compress": "slimtorch.run.pipeline", "RunResult": "slimtorch.run.pipeline",
     "load": "slimtorch.artifact", "save": "slimtorch.artifact",
     "load_recipe": "slimtorch.recipe", "Recipe": "slimtorch.recipe",
-    "sweep": "slimtorch.sweep", "Report": "slimtorch.report.card",
+    "sweep": "slimtorch.run.sweep", "Report": "slimtorch.report.card",
     "measure_model": "slimtorch.measure", "Measurement": "slimtorch.measure", "EvaluateConfig": "slimtorch.measure",
     "build_model": "slimtorch.models", "build_data": "slimtorch.data",
     "STAGES": "slimtorch.core", "RunContext": "slimtorch.core", "StageRecord": "slimtorch.core",

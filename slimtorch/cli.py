@@ -130,7 +130,7 @@ def print_models_table(report: Report) -> None:
 
 def _run(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool, device: str | None) -> None:
     from slimtorch.distributed import launched_by_torchrun
-    from slimtorch.pipeline import compress as run_compress
+    from slimtorch.run.pipeline import compress as run_compress
 
     if launched_by_torchrun():
         _run_under_torchrun(recipe, out, resume, force, quiet, device)  # never returns
@@ -155,7 +155,7 @@ def _run_under_torchrun(recipe: Any, out: Path | None, resume: bool, force: bool
 
 
 def _run_one_rank(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool, device: str | None, is_main: Any) -> None:
-    from slimtorch.pipeline import compress as run_compress
+    from slimtorch.run.pipeline import compress as run_compress
 
     events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
     with _user_errors():
@@ -217,7 +217,7 @@ def sweep(
 ) -> None:
     """Run RECIPE once per grid point (resumable) and compare the final models in one report with a Pareto plot."""
     from slimtorch.recipe import load_recipe
-    from slimtorch.sweep import sweep as run_sweep
+    from slimtorch.run.sweep import sweep as run_sweep
 
     events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
     with _user_errors():
@@ -230,7 +230,7 @@ def sweep(
 @app.command()
 def validate(recipe: Path) -> None:
     """Check RECIPE without running it: every key, value and stage name."""
-    from slimtorch.pipeline import load_recipe
+    from slimtorch.run.pipeline import load_recipe
 
     with _user_errors():
         r = load_recipe(recipe)

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from slimtorch.data.corpora import wordnet_dir
-from slimtorch.pipeline import compress
 from slimtorch.recipe import load_recipe
+from slimtorch.run.pipeline import compress
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 # caps that keep each example to seconds: the recipe's shape is what is under test here

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimtorch.pipeline import compress
+from slimtorch.run.pipeline import compress
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "smollm2.yaml"
 

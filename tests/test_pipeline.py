@@ -5,7 +5,7 @@ import torch
 
 import slimtorch
 from slimtorch.errors import OutputDirError
-from slimtorch.pipeline import compress
+from slimtorch.run.pipeline import compress
 
 SMALL = {
     "name": "small",

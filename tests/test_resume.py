@@ -5,7 +5,7 @@ import json
 import pytest
 
 from slimtorch.errors import OutputDirError
-from slimtorch.resume import STATE_FILE, ResumeState, claim_work_dir, fingerprint
+from slimtorch.run.resume import STATE_FILE, ResumeState, claim_work_dir, fingerprint
 
 
 def test_stale_epoch_checkpoints_are_cleared_when_the_step_changes(tmp_path):

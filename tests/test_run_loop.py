@@ -10,9 +10,9 @@ import torch
 import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch.core import STAGES, forward
 from slimtorch.measure import EvaluateConfig
-from slimtorch.resume import ResumeState
-from slimtorch.run_loop import run_stages
-from slimtorch.run_store import RunStore, model_refs
+from slimtorch.run.loop import run_stages
+from slimtorch.run.resume import ResumeState
+from slimtorch.run.store import RunStore, model_refs
 
 EVALUATE = EvaluateConfig.model_validate({"latency": {"batch_sizes": [1], "repeats": 3, "warmup": 0}})
 

@@ -1,7 +1,7 @@
 import pytest
 
 from slimtorch.errors import RecipeError
-from slimtorch.sweep import parse_grid, variants
+from slimtorch.run.sweep import parse_grid, variants
 
 BASE = {
     "name": "base",

@@ -20,7 +20,7 @@ def test_torchvision_reference_builds_with_data_classes():
 
 @pytest.mark.parametrize("name", ["torchvision_resnet18", "torchvision_googlenet"])
 def test_torchvision_examples_prune_quantize_and_measure(name, tmp_path):
-    from slimtorch.pipeline import compress
+    from slimtorch.run.pipeline import compress
 
     raw = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
     raw["data"]["args"].update({"shape": [3, 64, 64], "num_samples": 20})  # small inputs keep the test short

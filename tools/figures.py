@@ -87,7 +87,7 @@ def recorded_seconds(report: dict) -> float:
 
 
 def run(name: str, out_root: Path) -> dict:
-    from slimtorch.pipeline import compress
+    from slimtorch.run.pipeline import compress
 
     return compress(ROOT / "examples" / f"{name}.yaml", out_root / name, force=True).report.to_json()
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from slimtorch.train.loop import TrainConfig, train_fields
+from slimtorch.train.config import TrainConfig, train_fields
 
 FeatureLossName = Literal["mse", "cosine", "relation"]
 Projection = Literal["query", "key", "value"]

@@ -29,7 +29,7 @@ from slimtorch.measure.latency import time_interleaved
 from slimtorch.plan.config import TargetConfig
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
-from slimtorch.run_loop import run_stages
+from slimtorch.run.loop import run_stages
 from slimtorch.units import MB
 
 if TYPE_CHECKING:

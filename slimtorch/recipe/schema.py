@@ -16,7 +16,7 @@ from slimtorch.device import check_device_spec
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.plan.config import TargetConfig
 from slimtorch.resources import ResourceSpec
-from slimtorch.train.loop import TrainConfig
+from slimtorch.train.config import TrainConfig
 
 
 def _describe(spec: StageSpec) -> str:

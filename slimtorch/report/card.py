@@ -1,4 +1,4 @@
-"""The report card as a typed object: what :func:`slimtorch.compress` and :func:`slimtorch.sweep` return,
+"""The report card as a typed object: what :func:`slimtorch.compress` and :func:`slimtorch.run.sweep` return,
 and what every renderer (report.md, report.html, the plots, the CLI table) takes.
 
 ``report.json`` (the versioned contract outside tools read) is its :meth:`Report.to_json`; reading one

@@ -19,11 +19,12 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-Schedule = Literal["constant", "cosine", "onecycle", "plateau"]
+from slimtorch.train.config import Schedule
+
 ONECYCLE_RISE = 0.3  # fraction of the ceiling's steps spent rising to the peak
 PLATEAU_FACTOR = 0.5  # the plateau schedule's cut
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slimtorch.errors import RecipeError
-from slimtorch.pipeline import compress
+from slimtorch.run.pipeline import compress
 
 RECIPE = {
     "name": "control", "seed": 0,

@@ -149,7 +149,7 @@ def test_real_smollm2_q8_0_file_reads_back_with_the_same_next_tokens(tmp_path):
 
 
 def test_compress_runs_quantize_then_gguf_export_and_reports_the_file(tiny, tmp_path, monkeypatch):
-    from slimtorch.pipeline import compress
+    from slimtorch.run.pipeline import compress
 
     _, _, root = tiny
     monkeypatch.setenv("SLIMTORCH_CACHE", str(root / "cache"))

@@ -31,8 +31,8 @@ def test_llamacpp_scores_the_file_as_torch_scores_the_same_weights(tmp_path):
 
 @pytest.mark.parametrize("installed", [True, False])
 def test_a_gguf_run_reports_llamacpp_rows_or_says_how_to_get_them(tmp_path, monkeypatch, installed):
-    from slimtorch.pipeline import compress
     from slimtorch.report import render_markdown
+    from slimtorch.run.pipeline import compress
 
     if installed and not llamacpp.available():
         pytest.skip("llama-cpp-python not installed (pip install 'slimtorch[llamacpp]')")

@@ -6,8 +6,8 @@ from pydantic import ValidationError
 from slimtorch.core import RunContext
 from slimtorch.data import build_data
 from slimtorch.models import build_model
-from slimtorch.pipeline import compress
 from slimtorch.plan import TargetConfig, plan
+from slimtorch.run.pipeline import compress
 from slimtorch.train import TrainConfig, cross_entropy, fit
 
 CNN = {"channels": [32, 32, 64, 64], "hidden": 64}

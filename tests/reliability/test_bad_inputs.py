@@ -38,9 +38,9 @@ from slimtorch.errors import (
     UnsupportedModuleError,
 )
 from slimtorch.models import build_model
-from slimtorch.pipeline import compress
 from slimtorch.recipe import load_recipe
 from slimtorch.report import load_report
+from slimtorch.run.pipeline import compress
 from slimtorch.train import TrainConfig, cross_entropy, fit
 
 HERE = Path(__file__).resolve().parent

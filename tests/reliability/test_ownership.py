@@ -23,8 +23,8 @@ from slimtorch import artifact
 from slimtorch.cli import app
 from slimtorch.errors import ArtifactError, OutputDirError, RecipeError
 from slimtorch.outdir import LOCK_FILE, MARKER_FILE, claim_out_dir
-from slimtorch.pipeline import compress
 from slimtorch.recipe import load_recipe
+from slimtorch.run.pipeline import compress
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -12,9 +12,9 @@ import slimtorch.stages  # noqa: F401
 from slimtorch.core import RunContext
 from slimtorch.errors import RecipeError
 from slimtorch.models import build_model
-from slimtorch.pipeline import compress
 from slimtorch.recipe.schema import ResourceSpec
 from slimtorch.resources import check_model_fits, model_memory_mb, over_time_budget, time_budget
+from slimtorch.run.pipeline import compress
 from slimtorch.train import TrainConfig, cross_entropy, fit
 
 HERE = Path(__file__).resolve().parent

@@ -20,8 +20,8 @@ import slimtorch
 from slimtorch import artifact
 from slimtorch.errors import ArtifactError, ModelRefError, RecipeError
 from slimtorch.models import build_model
-from slimtorch.pipeline import compress
 from slimtorch.recipe import load_recipe
+from slimtorch.run.pipeline import compress
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = Path(slimtorch.__file__).resolve().parent

@@ -21,7 +21,7 @@ from slimtorch import artifact
 from slimtorch.errors import ArtifactError
 from slimtorch.models import build_model
 from slimtorch.recipe import load_recipe
-from slimtorch.run_store import trusted_calls
+from slimtorch.run.store import trusted_calls
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -168,7 +168,7 @@ def test_damaged_inputs_are_one_line_each(tmp_path):
     from slimtorch.data.corpora import file_sentences
     from slimtorch.errors import DataError, ModelRefError, OutputDirError
     from slimtorch.models.gguf import check_gguf_file
-    from slimtorch.resume import ResumeState
+    from slimtorch.run.resume import ResumeState
 
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 20)
     with pytest.raises(DataError, match=r"latin1\.txt' is not UTF-8 text \(byte 3\); re-save it as UTF-8"):
@@ -217,7 +217,7 @@ def test_onnx_external_data_is_refused_before_a_session_reads_it(tmp_path):
 
 def test_more_processes_than_cores_is_refused_before_any_worker_starts(tmp_path):
     from slimtorch.errors import RecipeError
-    from slimtorch.pipeline import compress
+    from slimtorch.run.pipeline import compress
 
     cores = os.cpu_count() or 1
     recipe = {"name": "p", "data": {"source": "user_code:tiny"}, "teacher": {"model": "mlp"}, "processes": cores + 1, "device": "cpu"}
@@ -244,7 +244,7 @@ def test_saved_tensors_whose_shapes_do_not_chain_are_one_line(tmp_path):
 
 def test_a_recipe_model_larger_than_free_memory_blames_the_model_not_the_batch_size(tmp_path):
     from slimtorch.errors import RecipeError
-    from slimtorch.pipeline import compress
+    from slimtorch.run.pipeline import compress
 
     recipe = {"name": "big", "data": {"source": "user_code:tiny"}, "teacher": {"model": "mlp", "args": {"hidden": [400_000, 400_000]}}}
     with pytest.raises(RecipeError, match=r"model 'mlp' needs about [\d.]+ GB for its weights, more than the [\d.]+ GB free.*smaller layers"):

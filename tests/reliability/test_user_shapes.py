@@ -23,7 +23,7 @@ from slimtorch.cli import app
 from slimtorch.core import forward, output_tensor
 from slimtorch.data import build_data
 from slimtorch.errors import DataError, SlimtorchError, UnsupportedModuleError
-from slimtorch.pipeline import compress
+from slimtorch.run.pipeline import compress
 
 HERE = Path(__file__).resolve().parent
 

@@ -22,7 +22,7 @@ from slimtorch.measure.config import EvaluateConfig
 from slimtorch.measure.llm import LLMReference, causal_lm_of
 from slimtorch.measure.runner import retime_side_by_side
 from slimtorch.prune.masks import masks_from_zeros, rearm_masks_
-from slimtorch.resume import ResumeState, fingerprint
+from slimtorch.run.resume import ResumeState, fingerprint
 
 
 class RunStore:

@@ -27,12 +27,12 @@ from slimtorch.io import atomic_write_json, read_json
 from slimtorch.measure import Measurement
 from slimtorch.measure.runner import retime_side_by_side
 from slimtorch.outdir import claim_out_dir
-from slimtorch.pipeline import compress
 from slimtorch.recipe import load_recipe
 from slimtorch.report import build_report, load_report, write_report
 from slimtorch.report.card import Report
-from slimtorch.resume import fingerprint
-from slimtorch.run_store import trusted_calls
+from slimtorch.run.pipeline import compress
+from slimtorch.run.resume import fingerprint
+from slimtorch.run.store import trusted_calls
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from slimtorch.models.weights import available_memory_bytes
 from slimtorch.recipe import Recipe
 from slimtorch.recipe.schema import ModelSpec
 from slimtorch.resources import check_model_fits, model_memory_mb, named_out_of_memory, time_budget
-from slimtorch.resume import claim_work_dir, fingerprint
-from slimtorch.run_store import RunStore
+from slimtorch.run.resume import claim_work_dir, fingerprint
+from slimtorch.run.store import RunStore
 from slimtorch.train import convergence_note, cross_entropy, fit
 from slimtorch.units import MB
 

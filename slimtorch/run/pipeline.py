@@ -1,9 +1,9 @@
 """Run a recipe: data → teacher(s) → student → plan → the run loop over the stages → report card.
 
 This module is the recipe's orchestration only. The models a run starts from are built in
-:mod:`slimtorch.starting_models`; every stage is seeded, timed, saved, measured and resumed by
-:func:`slimtorch.run_loop.run_stages`; ``state.json`` and fingerprints live in :mod:`slimtorch.resume`;
-the saved models and their measurements in :class:`slimtorch.run_store.RunStore`.
+:mod:`slimtorch.run.starting_models`; every stage is seeded, timed, saved, measured and resumed by
+:func:`slimtorch.run.loop.run_stages`; ``state.json`` and fingerprints live in :mod:`slimtorch.run.resume`;
+the saved models and their measurements in :class:`slimtorch.run.store.RunStore`.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from slimtorch.recipe.schema import StageSpec
 from slimtorch.report import build_report, write_report
 from slimtorch.report.card import Report
 from slimtorch.report.hardware import input_of
-from slimtorch.resume import ResumeState, fingerprint
-from slimtorch.run_loop import run_stages
-from slimtorch.run_store import RunStore, trusted_calls
-from slimtorch.starting_models import StartingModels
+from slimtorch.run.loop import run_stages
+from slimtorch.run.resume import ResumeState, fingerprint
+from slimtorch.run.starting_models import StartingModels
+from slimtorch.run.store import RunStore, trusted_calls
 from slimtorch.train import FinetuneConfig
 from slimtorch.units import MB
 

@@ -1,6 +1,6 @@
 """The run loop: the one place a stage is seeded, timed, bounded, saved, measured and resumed.
 
-``compress`` runs a recipe's stages through :func:`run_stages` with a :class:`~slimtorch.run_store.RunStore`
+``compress`` runs a recipe's stages through :func:`run_stages` with a :class:`~slimtorch.run.store.RunStore`
 (each stage's model saved as ``models/<i>_<kind>``, measured, and reused by ``--resume`` while its
 fingerprint is unchanged); the planner runs each candidate's stages through the same function with no
 store (nothing saved, nothing resumed).
@@ -21,8 +21,8 @@ from slimtorch.distributed import barrier, is_main
 from slimtorch.measure import Measurement
 from slimtorch.measure.llm import with_model_tokens
 from slimtorch.resources import named_out_of_memory, time_budget
-from slimtorch.resume import claim_work_dir, fingerprint
-from slimtorch.run_store import RunStore
+from slimtorch.run.resume import claim_work_dir, fingerprint
+from slimtorch.run.store import RunStore
 
 
 @dataclass
