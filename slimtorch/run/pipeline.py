@@ -26,6 +26,7 @@ from slimtorch.distributed import init_from_env, is_main, launched_by_torchrun, 
 from slimtorch.errors import RecipeError
 from slimtorch.io import atomic_write_text
 from slimtorch.launch import check_process_count, read_finished_run, run_local_processes
+from slimtorch.logs import quiet_library_logs
 from slimtorch.measure import Measurement
 from slimtorch.outdir import RECIPE_COPY, claim_out_dir
 from slimtorch.plan import Plan, TargetConfig, plan
@@ -156,7 +157,7 @@ def compress(
     if world_size() > 1 and recipe.resources.max_stage_seconds is not None:
         raise RecipeError("resources.max_stage_seconds is not supported under torchrun (ranks would stop at different "
                           "steps); remove it or run in one process.")
-    with _owned(out, resume=resume, force=force):
+    with _owned(out, resume=resume, force=force), quiet_library_logs():
         return _compress(recipe, out, resume, progress, events, where)
 
 

@@ -24,6 +24,7 @@ from slimtorch.data import build_data
 from slimtorch.distributed import launched_by_torchrun
 from slimtorch.errors import RecipeError
 from slimtorch.io import atomic_write_json, read_json
+from slimtorch.logs import quiet_library_logs
 from slimtorch.measure import Measurement
 from slimtorch.measure.runner import retime_side_by_side
 from slimtorch.outdir import claim_out_dir
@@ -133,7 +134,7 @@ def sweep(
     axes = [parse_grid(g) for g in grid]
     runs = variants(base, axes)
     out = Path(out)
-    with claim_out_dir(out, resume=resume, force=False, kind="sweep"):
+    with claim_out_dir(out, resume=resume, force=False, kind="sweep"), quiet_library_logs():
         return _sweep(base, axes, runs, out, resume, progress, events or (lambda msg: None), device)
 
 
