@@ -128,10 +128,12 @@ def print_models_table(report: Report) -> None:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
-def _run(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool, device: str | None) -> None:
+def _run(recipe: Any, out: Path | None, resume: bool, force: bool, quiet: bool, device: str | None, track: list[str] | None = None) -> None:
     from slimtorch.distributed import launched_by_torchrun
     from slimtorch.run.pipeline import compress as run_compress
 
+    with _user_errors():
+        recipe = _with_tracking(recipe, track)
     if launched_by_torchrun():
         _run_under_torchrun(recipe, out, resume, force, quiet, device)  # never returns
     events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
@@ -194,6 +196,28 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in -
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing run in --out.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Train on auto, cpu, cuda, cuda:N or mps (overrides the recipe's device).")]
+TrackOpt = Annotated[list[str] | None, typer.Option(
+    "--track", help="Log the run to mlflow (local SQLite store in OUT/mlflow), tensorboard (OUT/tensorboard) or wandb (offline); "
+    "repeatable; the recipe's own tracking settings win.")]
+
+
+def _with_tracking(recipe: Any, track: list[str] | None) -> Any:
+    """The recipe (a path, YAML text or dict) with the ``--track`` backends added to its ``tracking:`` block."""
+    if not track:
+        return recipe
+    from slimtorch.errors import RecipeError
+    from slimtorch.recipe import load_recipe
+    from slimtorch.track.config import TrackingConfig
+
+    loaded = load_recipe(recipe)
+    try:
+        wanted = [TrackingConfig.of(t) for t in track]
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    tracking = loaded.tracking
+    for extra in wanted:
+        tracking = extra if tracking is None else tracking.merged(extra)
+    return loaded.model_copy(update={"tracking": tracking})
 
 
 @app.command()
@@ -206,9 +230,9 @@ def demo(out: OutOpt = Path("runs/demo"), resume: ResumeOpt = False, force: Forc
 
 @app.command()
 def compress(recipe: Path, out: OutOpt = None, resume: ResumeOpt = False, force: ForceOpt = False, quiet: QuietOpt = False,
-             device: DeviceOpt = None) -> None:
+             device: DeviceOpt = None, track: TrackOpt = None) -> None:
     """Run RECIPE (a YAML file) end to end and write the report card."""
-    _run(recipe, out, resume, force, quiet, device)
+    _run(recipe, out, resume, force, quiet, device, track)
 
 
 @app.command()
@@ -218,6 +242,7 @@ def sweep(
     out: OutOpt = None,
     quiet: QuietOpt = False,
     device: DeviceOpt = None,
+    track: TrackOpt = None,
 ) -> None:
     """Run RECIPE once per grid point (resumable) and compare the final models in one report with a Pareto plot."""
     from slimtorch.recipe import load_recipe
@@ -225,8 +250,9 @@ def sweep(
 
     events = (lambda msg: None) if quiet else (lambda msg: console.print(f"[cyan]•[/] {msg}", highlight=False))
     with _user_errors():
-        out = out or Path("runs") / f"{load_recipe(recipe).name}-sweep"
-        result = run_sweep(recipe, grid, out, progress=_RichProgress(quiet), events=events, device=device)
+        loaded = _with_tracking(load_recipe(recipe), track)
+        out = out or Path("runs") / f"{loaded.name}-sweep"
+        result = run_sweep(loaded.to_dict(), grid, out, progress=_RichProgress(quiet), events=events, device=device)
     print_models_table(result)
     console.print(f"sweep report: {out / 'report.md'}  {out / 'pareto.png'}", highlight=False)
 

@@ -49,3 +49,7 @@ class OutputDirError(SlimtorchError, ValueError):
 
 class MissingExtraError(SlimtorchError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class TrackingError(SlimtorchError, RuntimeError):
+    """An experiment tracker (MLflow, TensorBoard, Weights & Biases) could not start or log a run."""

@@ -47,44 +47,45 @@ def silence_library_logs() -> list[tuple[logging.Logger, int]]:
         return changed
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET or (logger.level < logging.WARNING and _set_by_library(logger)):
+        if logger.level == logging.NOTSET:  # a level the user set is theirs
             changed.append((logger, logger.level))
             logger.setLevel(logging.WARNING)
     root = logging.getLogger()
-    if not any(isinstance(f, _RootBelowWarning) for f in root.filters):
+    if _ROOT_FILTER not in root.filters:
         root.addFilter(_ROOT_FILTER)
+        changed.append((root, -1))  # -1: the filter, not a level, is undone
+    _active.append(changed)
     return changed
 
 
 def restore_library_logs(changed: list[tuple[logging.Logger, int]]) -> None:
-    """Undo :func:`silence_library_logs` (levels back, the root filter removed)."""
-    for logger, level in changed:
-        logger.setLevel(level)
-    logging.getLogger().removeFilter(_ROOT_FILTER)
+    """Undo :func:`silence_library_logs` (levels back, the root filter removed if it added it)."""
+    for logger, level in reversed(changed):
+        if level == -1:
+            logger.removeFilter(_ROOT_FILTER)
+        else:
+            logger.setLevel(level)
+    if changed in _active:
+        _active.remove(changed)
+
+
+def quiet_after_import(name: str) -> None:
+    """Quiet ``name`` again after importing a library that sets its own logger's level (MLflow sets ``mlflow`` to INFO)."""
+    logger = logging.getLogger(name)
+    if _active and not _show and logger.level < logging.WARNING:
+        _active[-1].append((logger, logger.level))
+        logger.setLevel(logging.WARNING)
 
 
 @contextmanager
 def quiet_library_logs() -> Iterator[None]:
     """Library messages below WARNING are dropped inside the block (unless :func:`show_library_logs` was called)."""
-    if _show:
-        yield
-        return
-    root_had_filter = _ROOT_FILTER in logging.getLogger().filters
     changed = silence_library_logs()
     try:
         yield
     finally:
-        for logger, level in changed:
-            logger.setLevel(level)
-        if not root_had_filter:
-            logging.getLogger().removeFilter(_ROOT_FILTER)
+        restore_library_logs(changed)
 
 
 _ROOT_FILTER = _RootBelowWarning()
-
-# Libraries that set their own logger to INFO when imported (not the user's choice): mlflow configures "mlflow".
-_SELF_CONFIGURED = frozenset({"mlflow"})
-
-
-def _set_by_library(logger: logging.Logger) -> bool:
-    return logger.name in _SELF_CONFIGURED
+_active: list[list[tuple[logging.Logger, int]]] = []  # what each open quiet block changed, innermost last

@@ -16,6 +16,7 @@ from slimtorch.device import check_device_spec
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.plan.config import TargetConfig
 from slimtorch.resources import ResourceSpec
+from slimtorch.track.config import TrackingConfig
 from slimtorch.train.config import TrainConfig
 
 
@@ -149,6 +150,7 @@ class Recipe(_Strict):
     device: str = Field("auto", description="where training runs: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training arithmetic: fp32, or bf16/fp16 autocast (GPUs)")
     processes: int = Field(1, ge=1, le=256, description="train on this many local processes (DDP, launched like torchrun); under torchrun, torchrun decides")
+    tracking: TrackingConfig | None = Field(None, description="log the run to mlflow, tensorboard or wandb (local by default)")
     target: TargetConfig | None = Field(None, description="a budget (latency_ms at batch, size_mb or speedup; min_accuracy): the planner chooses pruning and quantization")
 
     @field_validator("name")

@@ -40,6 +40,7 @@ from slimtorch.run.loop import run_stages
 from slimtorch.run.resume import ResumeState, fingerprint
 from slimtorch.run.starting_models import StartingModels
 from slimtorch.run.store import RunStore, trusted_calls
+from slimtorch.track.log_run import track_run
 from slimtorch.train import FinetuneConfig
 from slimtorch.units import MB
 
@@ -258,4 +259,5 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
         stages=starting.rows + run.rows, warnings=warnings, extra=extra,
     ))
     write_report(out, report)
+    track_run(recipe.tracking, out, report)
     return RunResult(out=out, report=report, model=run.model, records=run.records)

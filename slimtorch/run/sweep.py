@@ -34,6 +34,8 @@ from slimtorch.report.card import Report
 from slimtorch.run.pipeline import compress
 from slimtorch.run.resume import fingerprint
 from slimtorch.run.store import trusted_calls
+from slimtorch.track.config import TrackingConfig
+from slimtorch.track.log_run import track_sweep
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,15 @@ def sweep(
     if not grid:
         raise RecipeError("a sweep needs at least one --grid axis, e.g. --grid prune.sparsity=0.3,0.5,0.7.")
     base = load_recipe(recipe).to_dict()
+    tracking = base.pop("tracking", None)  # the sweep logs each variant as a child of its own run
     axes = [parse_grid(g) for g in grid]
     runs = variants(base, axes)
     out = Path(out)
     with claim_out_dir(out, resume=resume, force=False, kind="sweep"), quiet_library_logs():
-        return _sweep(base, axes, runs, out, resume, progress, events or (lambda msg: None), device)
+        card = _sweep(base, axes, runs, out, resume, progress, events or (lambda msg: None), device)
+        track_sweep(TrackingConfig.model_validate(tracking) if tracking else None, out, card,
+                    [(slug, out / "variants" / slug) for slug, _, _ in runs])
+        return card
 
 
 def _retime(base: dict[str, Any], models: list[Measurement], dirs: list[Path]) -> None:

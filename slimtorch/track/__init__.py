@@ -1,0 +1,15 @@
+"""Experiment tracking: a finished run's recipe, training curves, measured figures and report files logged to
+MLflow, TensorBoard or Weights & Biases through each tool's own client (``tracking:`` in a recipe, ``--track``).
+
+The recipe block is :class:`TrackingConfig` (a leaf the recipe imports); what is logged is
+:mod:`slimtorch.track.log_run`; one private adapter per tool (``_mlflow``, ``_tensorboard``, ``_wandb``).
+
+Example:
+    >>> slimtorch.compress({..., "tracking": {"mlflow": {}}}, out="runs/r")  # doctest: +SKIP
+    >>> # runs/r/mlflow/mlflow.db: `mlflow ui --backend-store-uri sqlite:///runs/r/mlflow/mlflow.db`
+"""
+
+from slimtorch.track.base import Tracker, Trackers
+from slimtorch.track.config import MLflowConfig, TensorBoardConfig, TrackingConfig, WandbConfig
+
+__all__ = ["MLflowConfig", "TensorBoardConfig", "Tracker", "Trackers", "TrackingConfig", "WandbConfig"]
