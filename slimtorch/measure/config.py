@@ -65,6 +65,27 @@ class LLMEvalConfig(BaseModel):
         return self
 
 
+class EnergyConfig(BaseModel):
+    """Energy per inference (``evaluate.energy``; see :mod:`slimtorch.measure.energy`).
+
+    ``measure`` reads the machine's counter (RAPL, NVML) where one is exposed and says so where none is;
+    ``estimate`` adds a labelled estimate (TDP × this process's CPU share × time), kept apart from measured figures.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["measure", "estimate", "off"] = Field("measure", description="measure: counters only; estimate: also a labelled "
+                                                        "TDP × utilisation estimate; off: no energy section")
+    tdp_watts: float | None = Field(None, gt=0, description="the CPU's thermal design power in watts (estimate only; from its data sheet)")
+
+    @model_validator(mode="after")
+    def _estimate_needs_tdp(self) -> EnergyConfig:
+        if self.mode == "estimate" and self.tdp_watts is None:
+            raise ValueError("evaluate.energy.mode estimate needs tdp_watts, the CPU's thermal design power from its data sheet "
+                             "(e.g. {mode: estimate, tdp_watts: 65}); the estimate is TDP × this process's CPU share × time")
+        return self
+
+
 class EvaluateConfig(BaseModel):
     """The recipe's ``evaluate:`` block."""
 
@@ -75,6 +96,7 @@ class EvaluateConfig(BaseModel):
     noise_levels: list[float] = Field(default_factory=lambda: [0.1, 0.3], description="Gaussian input noise std, in units of the input's std")
     max_eval_examples: int | None = Field(None, ge=1, description="cap the examples used for metrics (large text sets)")
     llm: LLMEvalConfig = Field(default_factory=LLMEvalConfig, description="causal language models: perplexity, decode speed, samples")
+    energy: EnergyConfig = Field(default_factory=EnergyConfig, description="joules per inference from RAPL/NVML counters where exposed")
     device: str = Field("auto", description="where models are measured: auto (the device the run trains on), cpu, cuda, cuda:N or mps")
 
     @field_validator("device")

@@ -23,6 +23,7 @@ from torch import nn
 
 from slimtorch.core import Batch, forward
 from slimtorch.device import model_device, synchronize
+from slimtorch.measure.energy import EnergyMeter
 from slimtorch.measure.onnx_graph import runs_onnx_graph
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def time_interleaved(
     threads: int,
     rounds: int = 5,
     max_seconds: float | None = None,
+    energy: EnergyMeter | None = None,
 ) -> list[dict[str, dict[str, float]]]:
     """Time several models side by side: ``rounds`` passes over every model and batch, order rotating.
 
@@ -125,6 +127,7 @@ def time_interleaved(
         repeats: timed passes per model and batch in total, split over the rounds.
         max_seconds: optional budget per model and batch, as in :func:`time_latency`: half for warm-up, the
             rest split over the rounds (each round still times one pass at least).
+        energy: optional meter that reads the energy counter around each round's timed passes.
 
     Returns:
         per entry, ``{"<batch>": summarize(...)}`` with ``"rounds"`` added.
@@ -147,7 +150,10 @@ def time_interleaved(
                 with pinned_threads(model, threads), torch.inference_mode():
                     for b, x in inputs.items():
                         forward(model, x)  # one untimed pass: the model's caches were just evicted by the others
-                        samples[i][b] += _timed(model, x, per_round, round_budget, min_passes=1)
+                        def passes(model: nn.Module = model, x: Batch = x) -> list[float]:
+                            return _timed(model, x, per_round, round_budget, min_passes=1)
+
+                        samples[i][b] += passes() if energy is None else energy.around(i, b, passes)
     finally:
         for (model, _), mode in zip(entries, modes):
             model.train(mode)

@@ -45,6 +45,9 @@ class Measurement:
         llm: causal LMs: ``prefill_ms`` (batch 1; p50/p90/...), ``samples`` (prompt → greedy continuation) and
             ``setup`` (window, stride, scored tokens); their ``metrics`` hold ``perplexity``, ``nll``,
             ``token_agreement`` and ``kl_to_original`` (see :mod:`slimtorch.measure.llm`).
+        energy: joules per call and per example from the machine's counter, timed in the interleaved latency rounds
+            (``counter``, ``measured``, ``notes``; ``estimated`` with its ``method`` only when asked; see
+            :mod:`slimtorch.measure.energy`); empty when not timed side by side or ``evaluate.energy.mode: off``.
     """
 
     name: str
@@ -67,6 +70,7 @@ class Measurement:
     llm: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     peak_memory_bytes: int | None = None
+    energy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def primary_metric(self) -> tuple[str, float | None]:

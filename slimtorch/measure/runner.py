@@ -16,6 +16,7 @@ from slimtorch.device import to_device
 from slimtorch.errors import ShapeMismatchError
 from slimtorch.measure import llm
 from slimtorch.measure.config import EvaluateConfig
+from slimtorch.measure.energy import EnergyMeter
 from slimtorch.measure.evaluate import check_outputs_cover_labels, eval_batches, robustness, run_batches, task_metrics
 from slimtorch.measure.latency import pinned_threads, time_interleaved, time_latency
 from slimtorch.measure.macs import count_macs_noted
@@ -166,10 +167,13 @@ def retime_side_by_side(pairs: list[tuple[Measurement, nn.Module]], data: DataBu
             m.device = str(where)
             sizes = lat.sizes_for(llm.causal_lm_of(model) is not None)
             entries.append((model, {str(b): to_device(data.example_batch(b, split=config.split), where) for b in sizes}))
-        results = time_interleaved(entries, warmup=lat.warmup, repeats=lat.repeats, threads=lat.threads, max_seconds=lat.max_seconds)
+        meter = EnergyMeter(config.energy, [m.device for m, _ in pairs])
+        results = time_interleaved(entries, warmup=lat.warmup, repeats=lat.repeats, threads=lat.threads, max_seconds=lat.max_seconds,
+                                   energy=meter)
     share = round((time.perf_counter() - t0) / max(len(pairs), 1), 4)
-    for (m, _), latency in zip(pairs, results):
+    for i, ((m, _), latency) in enumerate(zip(pairs, results)):
         m.latency_ms = latency
+        m.energy = meter.result(i)
         m.notes = [n for n in m.notes if not n.startswith(("batch-", "timed side by side"))] + _latency_notes(latency)
         m.notes.append(f"timed side by side with the run's other models in {latency[next(iter(latency))]['rounds']} "
                        "interleaved rounds at the end of the run")

@@ -6,6 +6,7 @@ import html
 from typing import TYPE_CHECKING
 
 from slimtorch.report.card import Report
+from slimtorch.report.energy import energy_lines
 from slimtorch.report.table import (
     batches,
     compare,
@@ -128,6 +129,7 @@ def render_markdown(report: Report) -> str:
               "example (batch 1). Robustness columns are the metric under Gaussian input noise of std level × input std."), ""]
     lines += ["## Latency", ""] + _table(LATENCY_HEADER, latency_rows(report))
     lines += llm_lines(report)
+    lines += energy_lines(report)
     if report.stages:
         lines += ["", "## Stages", ""] + _table(STAGE_HEADER, stage_rows(report))
     warnings = all_warnings(report)
