@@ -222,10 +222,10 @@ def _with_tracking(recipe: Any, track: list[str] | None) -> Any:
 
 @app.command()
 def demo(out: OutOpt = Path("runs/demo"), resume: ResumeOpt = False, force: ForceOpt = False, quiet: QuietOpt = False,
-         device: DeviceOpt = None) -> None:
+         device: DeviceOpt = None, track: TrackOpt = None) -> None:
     """Train a digits teacher, distill a small student, prune it (recovered by distillation), quantize it, print the report card."""
     text = resources.files("slimtorch.recipes").joinpath("demo.yaml").read_text()
-    _run(text, out, resume, force, quiet, device)
+    _run(text, out, resume, force, quiet, device, track)
 
 
 @app.command()

@@ -259,5 +259,5 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
         stages=starting.rows + run.rows, warnings=warnings, extra=extra,
     ))
     write_report(out, report)
-    track_run(recipe.tracking, out, report)
+    track_run(recipe.tracking, out, report, say)
     return RunResult(out=out, report=report, model=run.model, records=run.records)

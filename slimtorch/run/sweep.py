@@ -138,9 +138,10 @@ def sweep(
     runs = variants(base, axes)
     out = Path(out)
     with claim_out_dir(out, resume=resume, force=False, kind="sweep"), quiet_library_logs():
-        card = _sweep(base, axes, runs, out, resume, progress, events or (lambda msg: None), device)
+        say = events or (lambda msg: None)
+        card = _sweep(base, axes, runs, out, resume, progress, say, device)
         track_sweep(TrackingConfig.model_validate(tracking) if tracking else None, out, card,
-                    [(slug, out / "variants" / slug) for slug, _, _ in runs])
+                    [(slug, out / "variants" / slug) for slug, _, _ in runs], say)
         return card
 
 

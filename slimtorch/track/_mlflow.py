@@ -52,6 +52,7 @@ class MLflowTracker:
             self.experiment_id = self._experiment(config.experiment or name, None if config.tracking_uri else out / "mlflow" / "artifacts")
             tags = {"mlflow.runName": config.run_name or name}
         self.run_id: str = self.client.create_run(self.experiment_id, run_name=tags["mlflow.runName"], tags=tags).info.run_id
+        self.where = f"MLflow run {self.run_id} in {self.uri}"
 
     def _experiment(self, name: str, artifacts: Path | None) -> str:
         found = self.client.get_experiment_by_name(name)

@@ -32,6 +32,7 @@ class TensorBoardTracker:
     def __init__(self, config: TensorBoardConfig, out: Path, name: str) -> None:
         self.log_dir = Path(config.log_dir) if config.log_dir else out / "tensorboard"
         self.writer = _writer(self.log_dir)
+        self.where = f"TensorBoard events in {self.log_dir}"
         self.params: dict[str, str] = {}
         self.figures: dict[str, float] = {}
 

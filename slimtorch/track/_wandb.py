@@ -31,6 +31,7 @@ class WandbTracker:
         self.run = self.wandb.init(project=config.project or name, entity=config.entity, mode=config.mode, dir=str(where),
                                    name=name, group=group, reinit="create_new",
                                    settings=self.wandb.Settings(silent=True, console="off", x_disable_stats=True))
+        self.where = f"W&B run {self.run.id} ({config.mode}) in {self.run.dir}"
         self.curves: set[str] = set()
         self.files: dict[str, list[Path]] = {}  # one W&B artifact per folder, logged at finish
 
@@ -42,13 +43,16 @@ class WandbTracker:
             self.run.summary.update(metrics)
             return
         # each training curve has its own epoch axis (W&B's own step must only grow across the whole run)
+        curves: dict[str, dict[str, float]] = {}
         for key, value in metrics.items():
-            axis = key.rsplit("/", 1)[0] + "/epoch"
+            curves.setdefault(key.rsplit("/", 1)[0], {})[key] = value
+        for curve, values in curves.items():
+            axis = f"{curve}/epoch"
             if axis not in self.curves:
                 self.run.define_metric(axis, hidden=True)
-                self.run.define_metric(key.rsplit("/", 1)[0] + "/*", step_metric=axis)
+                self.run.define_metric(f"{curve}/*", step_metric=axis)
                 self.curves.add(axis)
-            self.run.log({key: value, axis: step})
+            self.run.log({**values, axis: step})
 
     def log_artifact(self, path: Path, folder: str) -> None:
         if path.suffix == ".png":

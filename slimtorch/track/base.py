@@ -10,8 +10,10 @@ class Tracker(Protocol):
     """One run in an experiment tracker.
 
     Metric names use ``/`` to group (``model/1_distill/accuracy``, ``curve/teacher/loss``); ``step`` is the epoch
-    of a training curve and None for one-off figures.
+    of a training curve and None for one-off figures. ``where`` says where the run was logged (for the user).
     """
+
+    where: str
 
     def log_params(self, params: dict[str, str]) -> None: ...
 
@@ -31,6 +33,7 @@ class Trackers:
 
     def __init__(self, trackers: list[Tracker]) -> None:
         self.trackers = trackers
+        self.where = "; ".join(t.where for t in trackers)
 
     def log_params(self, params: dict[str, str]) -> None:
         for t in self.trackers:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,15 +65,17 @@ def _tracker_errors(doing: str) -> Iterator[None]:
                             "wandb mode) and log it again with the same command and --resume.") from exc
 
 
-def track_run(config: TrackingConfig | None, out: Path, report: Report) -> None:
+def track_run(config: TrackingConfig | None, out: Path, report: Report, events: Callable[[str], None] | None = None) -> None:
     """Log the finished run in ``out`` (its recipe, curves, figures, reports) as one run of each tracker."""
     if config is None:
         return
     tracker = open_tracker(config, out, str(report.recipe.get("name", out.name)))
     _log_and_finish(tracker, out, report)
+    (events or log.info)(f"logged to {tracker.where}")
 
 
-def track_sweep(config: TrackingConfig | None, out: Path, report: Report, variants: list[tuple[str, Path]]) -> None:
+def track_sweep(config: TrackingConfig | None, out: Path, report: Report, variants: list[tuple[str, Path]],
+                events: Callable[[str], None] | None = None) -> None:
     """Log a finished sweep: the comparison as the parent run, one child run per variant ``(slug, folder)``."""
     if config is None:
         return
@@ -87,6 +89,7 @@ def track_sweep(config: TrackingConfig | None, out: Path, report: Report, varian
         tracker.finish(failed=True)
         raise
     _log_and_finish(tracker, out, report)
+    (events or log.info)(f"logged to {tracker.where}, one child run per variant")
 
 
 def _log_and_finish(tracker: Tracker, out: Path, report: Report) -> None:

@@ -95,18 +95,20 @@ def test_a_sweep_logs_one_child_run_per_variant(tmp_path):
     assert len(runs) == 3
 
 
-def test_wandb_offline_run_is_written_locally(tmp_path):
+def test_wandb_offline_run_holds_params_curves_and_figures(tmp_path):
     pytest.importorskip("wandb")
     from slimtorch.run.pipeline import compress
+    from tests.track.wandb_log import read_run
 
     recipe = {**copy.deepcopy(SMALL), "name": "wb", "stages": [], "tracking": {"wandb": {}}}
-    recipe["teacher"]["train"]["epochs"] = 1
-    compress(recipe, tmp_path / "wb")
-    (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
-    (log_file,) = run_dir.glob("run-*.wandb")
-    # the offline transaction log W&B uploads with `wandb sync` (its reader lives in W&B's compiled core): the keys are in it
-    data = log_file.read_bytes()
-    assert b"final/accuracy" in data and b"curve/teacher/loss" in data and b"teacher.train.epochs" in data
+    recipe["teacher"]["train"]["epochs"] = 2
+    report = compress(recipe, tmp_path / "wb").report
+    (run_file,) = (tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb")  # what `wandb sync` would upload
+    run = read_run(run_file)
+    assert run["config"]["teacher.train.epochs"] == "2"
+    curve = [(h["curve/teacher/epoch"], h["curve/teacher/loss"]) for h in run["history"] if "curve/teacher/loss" in h]
+    assert curve == [(e, pytest.approx(h["loss"])) for e, h in enumerate(training_curves(tmp_path / "wb")["teacher"])]
+    assert run["summary"]["final/accuracy"] == pytest.approx(report.final_model.metrics["accuracy"])
 
 
 def test_cli_track_adds_a_backend_and_rejects_an_unknown_one(tmp_path):
