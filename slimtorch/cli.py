@@ -176,14 +176,21 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log slimtorch's and other libraries' INFO messages (onnxruntime, MLflow, ...; quiet by default).")] = False,
 ) -> None:
-    from slimtorch.logs import show_library_logs, silence_library_logs
+    from slimtorch.logs import restore_library_logs, show_library_logs, silence_library_logs
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     show_library_logs(verbose)
-    silence_library_logs()  # onnxruntime's quantizer, MLflow, alembic...: quiet unless --verbose
+    quieted = silence_library_logs()  # onnxruntime's quantizer, MLflow, alembic...: quiet unless --verbose
+
+    def restore() -> None:  # a process that runs the CLI in-process (tests, notebooks) gets its logging back
+        restore_library_logs(quieted)
+        show_library_logs(False)
+
+    ctx.call_on_close(restore)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a host that installed its own handler keeps it
         signal.signal(signal.SIGTERM, _on_sigterm)
     # `module:function` references resolve from the working directory, as with `python -m`.
