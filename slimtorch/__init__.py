@@ -29,9 +29,10 @@ _EXPORTS = {
     "ExportConfig": "slimtorch.export", "ExportStage": "slimtorch.export",
     "LoraConfig": "slimtorch.lora", "LoraStage": "slimtorch.lora",
     "FinetuneConfig": "slimtorch.train", "FinetuneStage": "slimtorch.train", "TrainConfig": "slimtorch.train",
+    "TrackingConfig": "slimtorch.track", "EnergyConfig": "slimtorch.measure.config",
     **{name: "slimtorch.errors" for name in (
         "SlimtorchError", "RecipeError", "DataError", "ModelRefError", "ArtifactError", "UnsupportedModuleError",
-        "ShapeMismatchError", "NotCalibratedError", "TrainingError", "OutputDirError", "MissingExtraError")},
+        "ShapeMismatchError", "NotCalibratedError", "TrainingError", "OutputDirError", "MissingExtraError", "TrackingError")},
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]  # noqa: PLE0604 - built from the table above, all strings

@@ -137,3 +137,15 @@ def test_recipe_params_flatten_nested_blocks():
     params = recipe_params({"name": "r", "stages": [{"prune": {"sparsity": 0.5, "layers": ["a", "b"]}}], "student": None, "x": True})
     assert params == {"name": "r", "stages.0.prune.sparsity": "0.5", "stages.0.prune.layers": '["a", "b"]', "student": "null",
                       "x": "true"}
+
+
+def test_a_tracker_that_cannot_start_is_one_clear_error_and_the_report_is_kept(tmp_path):
+    from slimtorch.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({**SMALL, "stages": [], "teacher": {"model": "mlp", "args": {"hidden": [8]}},
+                                  "tracking": {"mlflow": {"tracking_uri": "nosuchscheme://here"}}}))
+    result = CliRunner().invoke(app, ["compress", str(recipe), "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "the experiment tracker could not start a run" in result.output and "report is written" in result.output
+    assert (tmp_path / "o" / "report.json").is_file()
