@@ -13,8 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 # Top-level loggers of the libraries a run may import that log below WARNING.
@@ -40,52 +43,80 @@ class _RootBelowWarning(logging.Filter):
         return record.levelno >= logging.WARNING
 
 
-def silence_library_logs() -> list[tuple[logging.Logger, int]]:
-    """Quiet library messages below WARNING now; returns what :func:`restore_library_logs` puts back."""
-    changed: list[tuple[logging.Logger, int]] = []
+Undo = Callable[[], None]
+
+
+def silence_library_logs() -> list[Undo]:
+    """Quiet library messages below WARNING (and transformers' progress bars) now; :func:`restore_library_logs` undoes it."""
+    undo: list[Undo] = []
     if _show:
-        return changed
+        return undo
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:  # a level the user set is theirs
-            changed.append((logger, logger.level))
             logger.setLevel(logging.WARNING)
+            undo.append(functools.partial(logger.setLevel, logging.NOTSET))
     root = logging.getLogger()
     if _ROOT_FILTER not in root.filters:
         root.addFilter(_ROOT_FILTER)
-        changed.append((root, -1))  # -1: the filter, not a level, is undone
-    _active.append(changed)
-    return changed
+        undo.append(functools.partial(root.removeFilter, _ROOT_FILTER))
+    undo += _quiet_progress_bars()
+    _active.append(undo)
+    return undo
 
 
-def restore_library_logs(changed: list[tuple[logging.Logger, int]]) -> None:
-    """Undo :func:`silence_library_logs` (levels back, the root filter removed if it added it)."""
-    for logger, level in reversed(changed):
-        if level == -1:
-            logger.removeFilter(_ROOT_FILTER)
-        else:
-            logger.setLevel(level)
-    if changed in _active:
-        _active.remove(changed)
+def _quiet_progress_bars() -> list[Undo]:
+    """transformers draws a progress bar on stderr for every load and save of a model ("Loading weights")."""
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is not None:
+        return []  # the user decided (and huggingface_hub lets the variable win)
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        if not hf_logging.is_progress_bar_enabled():
+            return []
+        hf_logging.disable_progress_bar()
+        return [hf_logging.enable_progress_bar]
+    try:  # transformers reads huggingface_hub's setting when it is imported later in the run
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    except ImportError:
+        return []
+    if are_progress_bars_disabled():
+        return []
+    disable_progress_bars()
+
+    def undo() -> None:
+        late = sys.modules.get("transformers.utils.logging")
+        if late is not None:  # imported inside the block: its bars are off because of us
+            late.enable_progress_bar()
+        enable_progress_bars()
+
+    return [undo]
+
+
+def restore_library_logs(undo: list[Undo]) -> None:
+    """Undo :func:`silence_library_logs`."""
+    for step in reversed(undo):
+        step()
+    if undo in _active:
+        _active.remove(undo)
 
 
 def quiet_after_import(name: str) -> None:
     """Quiet ``name`` again after importing a library that sets its own logger's level (MLflow sets ``mlflow`` to INFO)."""
     logger = logging.getLogger(name)
     if _active and not _show and logger.level < logging.WARNING:
-        _active[-1].append((logger, logger.level))
+        _active[-1].append(functools.partial(logger.setLevel, logger.level))
         logger.setLevel(logging.WARNING)
 
 
 @contextmanager
 def quiet_library_logs() -> Iterator[None]:
     """Library messages below WARNING are dropped inside the block (unless :func:`show_library_logs` was called)."""
-    changed = silence_library_logs()
+    undo = silence_library_logs()
     try:
         yield
     finally:
-        restore_library_logs(changed)
+        restore_library_logs(undo)
 
 
 _ROOT_FILTER = _RootBelowWarning()
-_active: list[list[tuple[logging.Logger, int]]] = []  # what each open quiet block changed, innermost last
+_active: list[list[Undo]] = []  # how to undo each open quiet block, innermost last

@@ -43,6 +43,7 @@ def test_cli_run_has_no_library_info_lines_and_verbose_shows_them(tmp_path):
     quiet = _cli(tmp_path)
     assert quiet.returncode == 0, quiet.stderr
     assert not INFO_LINE.search(quiet.stderr), quiet.stderr[:2000]
+    assert "Loading weights" not in quiet.stderr, quiet.stderr[:2000]  # transformers' progress bars
     loud = _cli(tmp_path, "--verbose")
     assert loud.returncode == 0, loud.stderr
     assert INFO_LINE.search(loud.stderr), "--verbose printed no INFO line: the quiet test above proves nothing"
