@@ -52,8 +52,8 @@ def main() -> None:
         speedup = base / c["latency_ms"]
         rows.append({"sparsity": c["sparsity"], "latency_ms": c["latency_ms"], "speedup": round(speedup, 3),
                      "meets_budget": c["meets_budget"], "chosen": c["chosen"]})
-        print(f"{c['sparsity']:>9.2f} {c['latency_ms']:>9.3f} {speedup:>7.2f}× {str(c['meets_budget']):>6} "
-              f"{c['val_metric_before_recovery']:>11.4f} {str(c['chosen']):>7}")
+        print(f"{c['sparsity']:>9.2f} {c['latency_ms']:>9.3f} {speedup:>7.2f}× {c['meets_budget']!s:>6} "
+              f"{c['val_metric_before_recovery']:>11.4f} {c['chosen']!s:>7}")
     print(chosen.message)
     print(json.dumps({"baseline_ms": base, "feasible": chosen.is_feasible, "candidates": rows}))
 
