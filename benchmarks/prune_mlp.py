@@ -23,9 +23,9 @@ from slimtorch.core import RunContext
 from slimtorch.data import build_data
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.measure.machine import probe
+from slimtorch.measure.params import count_nonzero, count_params
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
-from slimtorch.prune.macs import count_params
 from slimtorch.train.loop import TrainConfig, fit
 
 torch.set_num_threads(2)
@@ -56,7 +56,7 @@ def main() -> None:
     w_total, w_nz = weights_nonzero(pruned)
     han = {"dense_acc": round(dense_acc, 4), "pruned_acc": round(pruned_acc, 4), "drop_points": round(100 * (dense_acc - pruned_acc), 2),
            "weights": w_total, "nonzero_weights": w_nz, "weight_reduction": round(w_total / w_nz, 2),
-           "params_incl_bias_reduction": round(count_params(dense)["params"] / count_params(pruned)["nonzero_params"], 2)}
+           "params_incl_bias_reduction": round(count_params(dense) / count_nonzero(pruned), 2)}
 
     lot_cfg = PruneConfig(sparsity=0.8, scope="global",
                           lottery={"iterations": 3, "epochs": 25, "rewind_epoch": 1, "lr": 3e-3, "control": True})

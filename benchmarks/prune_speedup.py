@@ -24,9 +24,9 @@ from torch.utils.data import TensorDataset
 from slimtorch.core import RunContext
 from slimtorch.data.bundle import DataBundle
 from slimtorch.measure.machine import probe
+from slimtorch.measure.macs import quick_counts
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
-from slimtorch.prune.macs import count_macs
 
 torch.set_num_threads(1)  # one thread per runtime: fair and stable on a shared 2-core machine
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -93,7 +93,7 @@ def main() -> None:
     example = torch.randn(1, *SHAPE)
     tpm = torch_pruning_readme(copy.deepcopy(dense), example)
     models = {"dense": dense, "slimtorch": slim, "torch-pruning": tpm}
-    macs = {k: count_macs(m, example)["macs"] for k, m in models.items()}
+    macs = {k: quick_counts(m, example).macs for k, m in models.items()}
     results: dict[str, dict] = {}
     for batch, runs in RUNS.items():
         x = torch.randn(batch, *SHAPE)

@@ -39,9 +39,9 @@ from slimtorch.data import DataBundle, build_data
 from slimtorch.distill import DistillConfig, DistillStage
 from slimtorch.measure.accuracy import predict
 from slimtorch.measure.machine import probe
+from slimtorch.measure.params import count_nonzero, count_params
 from slimtorch.models import build_model
 from slimtorch.prune import PruneConfig, PruneStage
-from slimtorch.prune.macs import count_params
 from slimtorch.prune.schedule import sparsity_schedule
 from slimtorch.train import FinetuneConfig, FinetuneStage
 
@@ -175,9 +175,9 @@ def hand_prune(dense: nn.Module, data: DataBundle, sparsity: float, steps: int, 
 def han(seed: int, data: DataBundle, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     dense = hand_train(mlp(data, [300, 100], seed), data.train, hand_ce, 60, seed)
     out = {"dense": acc(dense, data)}
-    params = count_params(dense)["params"]
+    params = count_params(dense)
     pruned, out["hand_s"] = timed(lambda: hand_prune(dense, data, args.sparsity, 3, args.prune_epochs, seed))
-    out["hand"], out["hand_reduction"] = acc(pruned, data) - out["dense"], params / count_params(pruned)["nonzero_params"]
+    out["hand"], out["hand_reduction"] = acc(pruned, data) - out["dense"], params / count_nonzero(pruned)
     out["hand_epochs"] = 3 * args.prune_epochs
     for tag, epochs, lr in variants(args.prune_epochs, args.prune_ceiling):
         if lr is not None:
@@ -186,7 +186,7 @@ def han(seed: int, data: DataBundle, args: argparse.Namespace, tmp: Path) -> dic
                           steps=3, finetune_epochs=epochs)
         ctx = RunContext(data=data, seed=seed, work_dir=tmp / f"prune_{tag}")
         (pruned, record), out[f"{tag}_s"] = timed(partial(PruneStage(cfg).apply, copy.deepcopy(dense), ctx))
-        out[tag], out[f"{tag}_reduction"] = acc(pruned, data) - out["dense"], params / count_params(pruned)["nonzero_params"]
+        out[tag], out[f"{tag}_reduction"] = acc(pruned, data) - out["dense"], params / count_nonzero(pruned)
         out[f"{tag}_epochs"] = sum(h.get("epochs_run", 0) for h in record.details["schedule"])
     return out
 

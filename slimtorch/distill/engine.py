@@ -29,6 +29,7 @@ from slimtorch.distill.losses import FEATURE_LOSSES, LOSSES, mix_outputs, teache
 from slimtorch.distributed import training_world_size
 from slimtorch.errors import ShapeMismatchError
 from slimtorch.measure.accuracy import accuracy_of, mean_cosine, predict
+from slimtorch.measure.modes import eval_mode
 from slimtorch.train import FitResult, fit
 
 log = logging.getLogger(__name__)
@@ -154,10 +155,8 @@ def check_output_shapes(student: nn.Module, teachers: Sequence[nn.Module], data:
     """
     x = data.example_batch(2, split="val")
     with torch.no_grad():
-        was = student.training
-        student.eval()
-        s_shape = tuple(forward(student, x).shape)
-        student.train(was)
+        with eval_mode(student):
+            s_shape = tuple(forward(student, x).shape)
         for i, teacher in enumerate(teachers):
             teacher.eval()
             t_shape = tuple(forward(teacher, x).shape)
@@ -179,10 +178,8 @@ def build_adapters(student: nn.Module, teacher: nn.Module, pairs: Sequence[Featu
     t_taps = FeatureTaps(teacher, list(dict.fromkeys(p.teacher for p in pairs)), "teacher")
     try:
         with torch.no_grad():
-            was = student.training
-            student.eval()
-            forward(student, x)
-            student.train(was)
+            with eval_mode(student):
+                forward(student, x)
             forward(teacher.eval(), x)
         s_feats, t_feats = s_taps.pop(), t_taps.pop()
     finally:

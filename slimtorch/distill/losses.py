@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
+from slimtorch.batch import Batch, forward
 from slimtorch.distill.config import DistillConfig, FeatureSpec
 from slimtorch.errors import ShapeMismatchError
 from slimtorch.registry import Registry
-from slimtorch.train.losses import labeled_cross_entropy_rows
+from slimtorch.train.losses import cross_entropy, labeled_cross_entropy_rows
 
 DistillLoss = Callable[[Tensor, Tensor, Tensor, DistillConfig], Tensor]
 LOSSES: Registry[DistillLoss] = Registry("distillation loss")
@@ -226,3 +227,19 @@ def distillation_loss(student_out: Tensor, teacher_out: Tensor, labels: Tensor, 
     config = DistillConfig(temperature=temperature, alpha=alpha, loss="kd" if is_logits else "cosine")
     target = teacher_target([teacher_out], [1.0], config)
     return LOSSES.get(config.loss)(student_out, target, labels, config).mean()
+
+
+def recovery_loss(teacher: nn.Module | None, task: str, temperature: float, alpha: float) -> Callable[[nn.Module, Batch, Tensor], Tensor]:
+    """The training loss of every recovery (prune recovery, lottery retraining, LoRA, finetune): with a
+    ``teacher``, :func:`distillation_loss` against its outputs (computed without gradients; the caller puts it in
+    eval mode); without one, cross-entropy on the labeled rows.
+    """
+    if teacher is None:
+        return cross_entropy
+
+    def distilled(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = forward(teacher, x)
+        return distillation_loss(forward(model, x), target, y, task, temperature, alpha)
+
+    return distilled

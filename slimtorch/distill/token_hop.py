@@ -30,6 +30,7 @@ from slimtorch.distill.losses import masked_token_mean, next_token_ce, token_kl,
 from slimtorch.distill.sequences import TokenSequences, pack_text, text_lines
 from slimtorch.distill.top_k import TopKTeacherCache, teacher_log_probs
 from slimtorch.errors import RecipeError, ShapeMismatchError
+from slimtorch.measure.modes import eval_mode
 from slimtorch.models.hf import HFModel, causal_lm_inner
 from slimtorch.train import FitResult, fit
 
@@ -122,16 +123,14 @@ def causal_setting(config: DistillConfig, name: str) -> Any:
 def heldout_kl(student: nn.Module, teachers: Sequence[nn.Module], weights: Sequence[float], sequences: TokenSequences,
                batch_size: int = 8) -> float:
     """Mean ``KL(p_T ‖ q_S)`` in nats per real position of ``sequences``, T = 1, full vocabulary, teachers live."""
-    was = student.training
-    student.eval()
     total, count = 0.0, 0
-    for start in range(0, len(sequences), batch_size):
-        x = {"input_ids": sequences.input_ids[start : start + batch_size],
-             "attention_mask": sequences.attention_mask[start : start + batch_size]}
-        kl = token_kl(forward(student, x), teacher_log_probs(teachers, weights, x, 1.0), 1.0)  # (B, T)
-        mask = x["attention_mask"].to(kl.device)
-        total, count = total + float((kl * mask).sum()), count + int(mask.sum())
-    student.train(was)
+    with eval_mode(student):
+        for start in range(0, len(sequences), batch_size):
+            x = {"input_ids": sequences.input_ids[start : start + batch_size],
+                 "attention_mask": sequences.attention_mask[start : start + batch_size]}
+            kl = token_kl(forward(student, x), teacher_log_probs(teachers, weights, x, 1.0), 1.0)  # (B, T)
+            mask = x["attention_mask"].to(kl.device)
+            total, count = total + float((kl * mask).sum()), count + int(mask.sum())
     return total / max(count, 1)
 
 

@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 from slimtorch.core import Batch, forward, output_tensor
 from slimtorch.device import to_device
 from slimtorch.errors import UnsupportedModuleError
+from slimtorch.measure.modes import eval_mode
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.runtime import OrtModule
 
@@ -141,10 +142,8 @@ def export_onnx(model: nn.Module, example: Batch, opset: int = 17) -> bytes:
 @torch.no_grad()
 def max_abs_diff(reference: nn.Module, candidate: nn.Module, example: Batch) -> float:
     """Largest absolute difference between two models' outputs on ``example``."""
-    was_training = reference.training
-    reference.eval()
-    expected = forward(reference, example).float().cpu()
-    reference.train(was_training)
+    with eval_mode(reference):
+        expected = forward(reference, example).float().cpu()
     got = forward(candidate, example).float().cpu()
     if got.shape != expected.shape:
         return float("inf")

@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
-from slimtorch.distill.losses import distillation_loss
+from slimtorch.core import RunContext, Stage, StageRecord, forward
+from slimtorch.distill.losses import recovery_loss
 from slimtorch.errors import DataError
 from slimtorch.export.onnx import bake_parametrizations_
 from slimtorch.lora import _peft
@@ -23,7 +23,6 @@ from slimtorch.measure.accuracy import task_metric
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.prune.masks import masks_from_zeros, rearm_masks_
 from slimtorch.train.loop import TrainConfig, convergence_note, fit
-from slimtorch.train.losses import labeled_cross_entropy
 
 
 def make_loss(cfg: LoraConfig, ctx: RunContext) -> tuple[Any, str]:
@@ -33,21 +32,11 @@ def make_loss(cfg: LoraConfig, ctx: RunContext) -> tuple[Any, str]:
         if ctx.data.task != "classification":
             raise DataError("lora on an embedding task needs a teacher to match (no labels to train on); "
                             "give the recipe a teacher or set lora.use_teacher: true.")
-
-        def ce(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
-            return labeled_cross_entropy(forward(model, x), y)
-
-        return ce, "cross-entropy on labels"
+        return recovery_loss(None, ctx.data.task, cfg.temperature, cfg.alpha), "cross-entropy on labels"
     teacher.eval()
     T = cfg.temperature
-
-    def kd(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
-        with torch.no_grad():
-            target = forward(teacher, x)
-        return distillation_loss(forward(model, x), target, y, ctx.data.task, T, cfg.alpha)
-
     kind = "1 − cosine to the teacher" if ctx.data.task != "classification" else f"distillation from the teacher (T={T})"
-    return kd, kind
+    return recovery_loss(teacher, ctx.data.task, T, cfg.alpha), kind
 
 
 class LoraStage(Stage[LoraConfig], kind="lora"):

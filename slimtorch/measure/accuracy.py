@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.core import Batch, forward
+from slimtorch.measure.modes import eval_mode
 
 if TYPE_CHECKING:
     from slimtorch.data.bundle import DataBundle
@@ -18,13 +19,11 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable[tuple[Batch, Tensor]]) -> tuple[Tensor, Tensor]:
     """Run ``model`` in eval mode over ``(x, y)`` batches; returns ``(outputs (N, ...), labels (N,))``."""
-    was_training = model.training
-    model.eval()
     outputs, labels = [], []
-    for x, y in batches:
-        outputs.append(forward(model, x).float().cpu())  # metrics are computed on the CPU, beside the labels
-        labels.append(torch.as_tensor(y))
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in batches:
+            outputs.append(forward(model, x).float().cpu())  # metrics are computed on the CPU, beside the labels
+            labels.append(torch.as_tensor(y))
     return torch.cat(outputs), torch.cat(labels)
 
 

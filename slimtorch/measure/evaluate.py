@@ -12,6 +12,7 @@ from slimtorch.errors import DataError
 from slimtorch.measure import llm
 from slimtorch.measure.accuracy import accuracy_of, agreement, mean_cosine, per_class_accuracy
 from slimtorch.measure.config import EvaluateConfig
+from slimtorch.measure.modes import eval_mode
 
 if TYPE_CHECKING:
     from slimtorch.data.bundle import DataBundle
@@ -40,19 +41,14 @@ def eval_batches(data: DataBundle, config: EvaluateConfig) -> list[tuple[Batch, 
 def run_batches(model: nn.Module, batches: list[tuple[Batch, Tensor]], noise: float = 0.0,
                 input_std: float = 1.0, seed: int = NOISE_SEED) -> tuple[Tensor, Tensor]:
     """Outputs ``(N, ...)`` and labels ``(N,)``; float inputs get ``noise × input_std`` Gaussian noise."""
-    was_training = model.training
-    model.eval()
     gen = torch.Generator().manual_seed(seed)  # noise is drawn on the CPU: the same noise on every device
     outputs, labels = [], []
-    try:
-        with torch.inference_mode():
-            for x, y in batches:
-                if noise > 0 and isinstance(x, Tensor):
-                    x = x + noise * input_std * torch.randn(x.shape, generator=gen, dtype=x.dtype)
-                outputs.append(forward(model, x).float().cpu())
-                labels.append(y)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for x, y in batches:
+            if noise > 0 and isinstance(x, Tensor):
+                x = x + noise * input_std * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            outputs.append(forward(model, x).float().cpu())
+            labels.append(y)
     return cat_padded(outputs), torch.cat(labels)
 
 
@@ -105,13 +101,9 @@ def check_model_fits_data(model: nn.Module, data: DataBundle, what: str) -> None
     """
     if data.task != "classification" or data.num_classes is None:
         return
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x, _ = next(iter(data.loader("val", batch_size=2)))
         check_outputs_cover_labels(forward(model, x), data.num_classes, what)
-    finally:
-        model.train(was_training)
 
 
 def input_std(batches: list[tuple[Batch, Tensor]]) -> float | None:

@@ -16,7 +16,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from torch import nn
 from slimtorch.core import Batch, forward
 from slimtorch.device import model_device, synchronize
 from slimtorch.measure.energy import EnergyMeter
+from slimtorch.measure.modes import eval_mode
 from slimtorch.measure.onnx_graph import runs_onnx_graph
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,9 @@ def time_latency(
         max_seconds: optional time budget: warm-up stops once it has spent half of it (after one pass), the
             timed passes once they have spent the other half (after three); the number run is in ``"repeats"``.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with pinned_threads(model, threads), torch.inference_mode():
-            warm_up(model, example_input, warmup, None if max_seconds is None else max_seconds / 2)
-            samples = _timed(model, example_input, max(repeats, 3), None if max_seconds is None else max_seconds / 2)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), pinned_threads(model, threads), torch.inference_mode():
+        warm_up(model, example_input, warmup, None if max_seconds is None else max_seconds / 2)
+        samples = _timed(model, example_input, max(repeats, 3), None if max_seconds is None else max_seconds / 2)
     return summarize(samples)
 
 
@@ -135,10 +131,9 @@ def time_interleaved(
     per_round = max(1, math.ceil(max(repeats, 3) / rounds))
     round_budget = None if max_seconds is None else max_seconds / 2 / rounds
     samples: list[dict[str, list[float]]] = [{b: [] for b in inputs} for _, inputs in entries]
-    modes = [model.training for model, _ in entries]
-    try:
+    with ExitStack() as modes:
         for model, inputs in entries:
-            model.eval()
+            modes.enter_context(eval_mode(model))
             with pinned_threads(model, threads), torch.inference_mode():
                 for x in inputs.values():
                     warm_up(model, x, warmup, None if max_seconds is None else max_seconds / 2)
@@ -154,19 +149,24 @@ def time_interleaved(
                             return _timed(model, x, per_round, round_budget, min_passes=1)
 
                         samples[i][b] += passes() if energy is None else energy.around(i, b, passes)
-    finally:
-        for (model, _), mode in zip(entries, modes):
-            model.train(mode)
     return [{b: {**summarize(s), "rounds": rounds} for b, s in per_model.items()} for per_model in samples]
 
 
-def median_call_seconds(fn: Callable[[], object], budget_s: float, max_calls: int = 200) -> float:
-    """Median seconds of ``fn()`` over calls until ``budget_s`` is spent or ``max_calls`` ran, after one untimed call.
+def quick_latency_ms(model: nn.Module, example_input: Batch, budget_s: float = 1.0, max_calls: int = 30) -> float:
+    """Median ms of one eager forward in eval mode, after 10 warm-up passes: the quick check a prune stage or the
+    planner compares before and after a change, not the report's measurement (:func:`time_latency`)."""
+    with eval_mode(model), torch.inference_mode():
+        return 1e3 * median_call_seconds(lambda: forward(model, example_input), budget_s, max_calls, warmup=10)
+
+
+def median_call_seconds(fn: Callable[[], object], budget_s: float, max_calls: int = 200, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over calls until ``budget_s`` is spent or ``max_calls`` ran, after ``warmup`` untimed calls.
 
     For kernels rather than models (no thread pinning or eval mode): a slow one (a reference loop, a second a call)
     is timed once, which ranks it and keeps the caller quick.
     """
-    fn()  # pack weights, build sessions
+    for _ in range(max(warmup, 1)):
+        fn()  # pack weights, build sessions
     times: list[float] = []
     start = time.perf_counter()
     while not times or (time.perf_counter() - start < budget_s and len(times) < max_calls):

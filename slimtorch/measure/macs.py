@@ -12,14 +12,17 @@ softmax) are not counted: they are small next to the matmuls and the convention 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from slimtorch.core import Batch, batch_len, forward
+from slimtorch.measure.modes import eval_mode
 from slimtorch.measure.onnx_graph import onnx_macs, onnx_model_of, runs_onnx_graph
+from slimtorch.measure.params import count_nonzero, count_params
 
 
 def count_macs(model: nn.Module, example_input: Batch) -> int | None:
@@ -47,18 +50,74 @@ def count_macs_noted(model: nn.Module, example_input: Batch) -> tuple[int | None
     hooked: list[int] = []
     handles = [m.register_forward_hook(_quantized_hook(hooked)) for m in model.modules() if _is_packed_quantized(m)]
     handles += [m.register_forward_hook(_lstm_hook(hooked)) for m in model.modules() if isinstance(m, nn.LSTM)]
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     try:
-        with torch.no_grad(), counter:
+        with eval_mode(model), torch.no_grad(), counter:
             forward(model, example_input)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     total = counter.get_total_flops() // 2 + sum(hooked)
     return total // n, []
+
+
+@dataclass(frozen=True)
+class LayerMacs:
+    """One weight layer's MACs per example: ``macs`` dense, ``nonzero_macs`` with its zero weights skipped."""
+
+    macs: float
+    nonzero_macs: float
+
+
+@dataclass(frozen=True)
+class QuickCounts:
+    """What a prune stage or the planner needs before and after a change, counted as the report counts them."""
+
+    params: int
+    nonzero_params: int
+    macs: float  # per example, attention included (:func:`count_macs`)
+    nonzero_macs: float  # ``macs`` less the Linear/Conv MACs a sparse kernel would skip
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """Linear, Conv1d/2d/3d and transformers' GPT-2 ``Conv1D``: the layers whose MACs pruning changes."""
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or type(module).__name__ == "Conv1D"
+
+
+def layer_macs(model: nn.Module, example: Batch) -> dict[str, LayerMacs]:
+    """fqn -> :class:`LayerMacs` for every weight layer (:func:`is_weight_layer`) that ran on ``example``."""
+    found: dict[str, LayerMacs] = {}
+    n = batch_len(example)
+
+    def hook(fqn: str, module: nn.Module) -> Any:
+        def run(_: nn.Module, __: Any, out: Tensor) -> None:
+            w = cast(Tensor, module.weight)  # masked through its parametrization when pruned
+            is_conv = isinstance(module, nn.modules.conv._ConvNd)
+            fan_in = w[0].numel() if is_conv else (w.shape[0] if type(module).__name__ == "Conv1D" else w.shape[1])
+            macs = out.numel() / n * fan_in
+            density = float((w != 0).float().mean())
+            prev = found.get(fqn, LayerMacs(0.0, 0.0))
+            found[fqn] = LayerMacs(prev.macs + macs, prev.nonzero_macs + macs * density)
+        return run
+
+    handles = [m.register_forward_hook(hook(f, m)) for f, m in model.named_modules() if f and is_weight_layer(m)]
+    try:
+        with eval_mode(model), torch.no_grad():
+            forward(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def quick_counts(model: nn.Module, example: Batch) -> QuickCounts:
+    """Params, nonzeros and MACs per example exactly as the report counts them (masked weights count as zeros)."""
+    per_layer = layer_macs(model, example)
+    dense = count_macs(model, example)
+    skipped = sum(v.macs - v.nonzero_macs for v in per_layer.values())
+    total = float(dense) if dense is not None else sum(v.macs for v in per_layer.values())
+    return QuickCounts(params=count_params(model), nonzero_params=count_nonzero(model), macs=total,
+                       nonzero_macs=total - skipped)
 
 
 def _cpu_sdpa_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from slimtorch.core import Batch, RunContext, forward
 from slimtorch.data.bundle import UNLABELED
 from slimtorch.errors import NotCalibratedError
+from slimtorch.measure.modes import eval_mode
 from slimtorch.prune.masks import mask_of, raw_weight, weight_2d, weight_of
 from slimtorch.registry import Registry
 from slimtorch.train.losses import labeled_cross_entropy
@@ -170,19 +171,17 @@ class TaylorImportance(_Calibrated):
     https://arxiv.org/abs/1906.10771). The state is the gradient buffer of each layer."""
 
     def prepare(self, model: nn.Module, modules: dict[str, nn.Module], batches: Iterable[tuple[Batch, Tensor]], loss_fn: LossFn) -> None:
-        was_training = model.training
-        model.eval()
         params = {f: raw_weight(m) for f, m in modules.items()}
         grads = {f: torch.zeros_like(p) for f, p in params.items()}
-        for x, y in batches:
-            model.zero_grad(set_to_none=True)
-            loss_fn(model, x, y).backward()
-            for f, p in params.items():
-                if p.grad is not None:
-                    grads[f] += p.grad.detach()
+        with eval_mode(model):
+            for x, y in batches:
+                model.zero_grad(set_to_none=True)
+                loss_fn(model, x, y).backward()
+                for f, p in params.items():
+                    if p.grad is not None:
+                        grads[f] += p.grad.detach()
         for f, p in params.items():  # Torch-Pruning's GroupTaylorImportance reads weight.grad
             p.grad = grads[f].clone()
-        model.train(was_training)
         self.stats = grads
 
     def scores(self, fqn: str, module: nn.Module) -> Tensor:

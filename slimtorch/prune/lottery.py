@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from slimtorch.core import Batch, RunContext, StageRecord, forward, seed_everything
+from slimtorch.core import RunContext, StageRecord, seed_everything
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.prune.importance import build_importance
 from slimtorch.prune.masks import compute_masks, mask_of, raw_weight, set_mask_
 from slimtorch.prune.targets import select_mask_targets
 from slimtorch.train.loop import TrainConfig, fit
-from slimtorch.train.losses import labeled_cross_entropy
+from slimtorch.train.losses import cross_entropy
 
 
 def reinit_(model: nn.Module, seed: int) -> nn.Module:
@@ -67,10 +67,7 @@ def _train(model: nn.Module, ctx: RunContext, epochs: int, lr: float, tag: str) 
     if epochs <= 0:
         return
 
-    def loss_fn(m: nn.Module, x: Batch, y: Tensor) -> Tensor:
-        return labeled_cross_entropy(forward(m, x), y)
-
-    fit(model, loss_fn, ctx.data.loader("train", shuffle=True, seed=ctx.seed), TrainConfig(epochs=epochs, lr=lr), ctx,
+    fit(model, cross_entropy, ctx.data.loader("train", shuffle=True, seed=ctx.seed), TrainConfig(epochs=epochs, lr=lr), ctx,
         evaluate=lambda m: task_metric(m, ctx.data, "val"), description=tag)
 
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from slimtorch.core import Batch, RunContext, forward
-from slimtorch.distill.losses import distillation_loss
+from slimtorch.core import RunContext
+from slimtorch.distill.losses import recovery_loss
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.train.loop import FitResult, TrainConfig, fit
-from slimtorch.train.losses import labeled_cross_entropy
 
 
 def sparsity_schedule(kind: str, final: float, steps: int) -> list[float]:
@@ -61,13 +59,7 @@ def recover(
         return None
     data, task = ctx.data, ctx.task
 
-    def loss_fn(m: nn.Module, x: Batch, y: Tensor) -> Tensor:
-        out = forward(m, x)
-        if teacher is not None:
-            with torch.no_grad():
-                ref = forward(teacher, x)
-            return distillation_loss(out, ref, y, task, temperature, alpha)
-        return labeled_cross_entropy(out, y)
+    loss_fn = recovery_loss(teacher, task, temperature, alpha)
 
     def evaluate(m: nn.Module) -> float:
         return task_metric(m, data, "val", reference=teacher)

@@ -20,8 +20,10 @@ from torch import nn
 from slimtorch.core import RunContext, StageRecord
 from slimtorch.io import atomic_write_bytes
 from slimtorch.measure.accuracy import accuracy_of, mean_cosine, predict
+from slimtorch.measure.latency import quick_latency_ms
+from slimtorch.measure.macs import layer_macs, quick_counts
+from slimtorch.measure.params import count_nonzero, count_params
 from slimtorch.prune.importance import Importance
-from slimtorch.prune.macs import count_macs, count_params, layer_macs, quick_latency_ms
 from slimtorch.prune.masks import compute_masks, raw_weight, weight_2d, weight_of
 
 log = logging.getLogger(__name__)
@@ -139,10 +141,10 @@ def plan_ratios(model: nn.Module, cfg: Any, ctx: RunContext, targets: dict[str, 
     kind, value = cfg.target.kind, cfg.target.value
     if kind == "params":
         costs = {f: float(weight_of(m).numel()) for f, m in targets.items()}
-        total = float(count_params(model)["nonzero_params" if not structured else "params"])
+        total = float(count_params(model) if structured else count_nonzero(model))
     else:
-        costs = {f: v["macs"] for f, v in layer_macs(model, example).items() if f in targets}
-        total = count_macs(model, example)["macs"]
+        costs = {f: v.macs for f, v in layer_macs(model, example).items() if f in targets}
+        total = quick_counts(model, example).macs
     fraction = value
     if kind == "latency_ms":
         base = quick_latency_ms(model, ctx.data.example_batch(1, split="val"))
@@ -170,7 +172,7 @@ def _calibrate_structured(model, cfg, ctx, targets, crit, result, costs, total, 
         names = dict(trial.named_modules())
         prune_structured_(trial, example, crit.tp_importance(), {f: names[f] for f in targets}, 0.0, ratio_dict=ratios,
                           round_to=cfg.round_to)
-        achieved = total - (count_params(trial)["params"] if kind == "params" else count_macs(trial, example)["macs"])
+        achieved = total - (count_params(trial) if kind == "params" else quick_counts(trial, example).macs)
         if achieved >= goal * 0.98 or achieved <= 0:
             break
         remove *= goal / achieved

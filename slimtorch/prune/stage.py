@@ -9,9 +9,11 @@ from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord, seed_everything
 from slimtorch.errors import UnsupportedModuleError
+from slimtorch.measure.efficiency import lags_mac_cut, speedup_efficiency
+from slimtorch.measure.latency import quick_latency_ms
+from slimtorch.measure.macs import QuickCounts, quick_counts
 from slimtorch.prune.config import PruneConfig, PruneTargetConfig, parse_nm
 from slimtorch.prune.importance import Importance, build_importance, calibrate
-from slimtorch.prune.macs import count_macs, count_params, quick_latency_ms
 from slimtorch.prune.masks import bake_masks_, compute_masks, masked_modules, set_mask_, sparsity_report, weight_of
 from slimtorch.prune.schedule import recover, sparsity_schedule, step_ratios
 from slimtorch.prune.structured import outcome as structured_outcome
@@ -69,7 +71,7 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
         seed_everything(ctx.seed + 7)
         record = self.record()
         example = ctx.data.example_batch(2, split="val")
-        before = {**count_params(model), **count_macs(model, example)}
+        before = quick_counts(model, example)
         latency_before = quick_latency_ms(model, ctx.data.example_batch(1, split="val")) if cfg.kind != "mask" else None
         if cfg.lottery is not None:
             from slimtorch.prune.lottery import run_lottery
@@ -84,11 +86,11 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
         if cfg.bake:
             bake_masks_(model)
             record.notes.append("masks were baked into the weights: later training may revive pruned weights.")
-        after = {**count_params(model), **count_macs(model, example)}
-        record.details.update({"params_before": before["params"], "params_after": after["params"],
-                               "nonzero_params_before": before["nonzero_params"], "nonzero_params_after": after["nonzero_params"],
-                               "macs_before": before["macs"], "macs_after": after["macs"],
-                               "nonzero_macs_after": after["nonzero_macs"]})
+        after = quick_counts(model, example)
+        record.details.update({"params_before": before.params, "params_after": after.params,
+                               "nonzero_params_before": before.nonzero_params, "nonzero_params_after": after.nonzero_params,
+                               "macs_before": before.macs, "macs_after": after.macs,
+                               "nonzero_macs_after": after.nonzero_macs})
         self._honesty(model, ctx, record, before, after, latency_before)
         if cfg.target is not None:
             self._target_note(cfg.target, record, before, after)
@@ -184,12 +186,12 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
         for f, mask in masks.items():
             set_mask_(targets[f], mask)
 
-    def _target_note(self, target: PruneTargetConfig, record: StageRecord, before: dict, after: dict) -> None:
+    def _target_note(self, target: PruneTargetConfig, record: StageRecord, before: QuickCounts, after: QuickCounts) -> None:
         if target.kind == "latency_ms":
             got, goal = record.details.get("latency_ms_after_b1"), target.value
         else:
-            key = "nonzero_params" if target.kind == "params" else "macs"
-            got, goal = after[key] / max(before[key], 1), target.value
+            pair = (after.nonzero_params, before.nonzero_params) if target.kind == "params" else (after.macs, before.macs)
+            got, goal = pair[0] / max(pair[1], 1), target.value
         record.details["target_achieved"] = None if got is None else round(got, 4)
         if got is not None and got > goal * 1.05:
             record.notes.append(
@@ -197,25 +199,25 @@ class PruneStage(Stage[PruneConfig], kind="prune"):
                 "limit how far the chosen layers can go; add higher sensitivity.sparsities or loosen layers.exclude."
             )
 
-    def _honesty(self, model: nn.Module, ctx: RunContext, record: StageRecord, before: dict, after: dict,
+    def _honesty(self, model: nn.Module, ctx: RunContext, record: StageRecord, before: QuickCounts, after: QuickCounts,
                  latency_before: float | None) -> None:
         cfg = self.config
         if cfg.kind == "mask":
             nm = parse_nm(cfg.granularity)
             what = f"{cfg.granularity} (N:M)" if nm else ("Unstructured" if cfg.granularity == "weight" else f"{cfg.granularity.capitalize()}-level")
             extra = "; N:M patterns run faster only on sparse tensor cores (e.g. NVIDIA Ampere 2:4), not on this CPU" if nm else ""
-            record.notes.append(MASK_NOTE.format(what=what, macs=after["macs"], extra=extra))
-            record.details["mac_reduction_if_sparse_kernels"] = round(before["macs"] / max(after["nonzero_macs"], 1), 3)
+            record.notes.append(MASK_NOTE.format(what=what, macs=after.macs, extra=extra))
+            record.details["mac_reduction_if_sparse_kernels"] = round(before.macs / max(after.nonzero_macs, 1), 3)
             return
         assert latency_before is not None, "apply times the model before pruning for every kind but mask"
         latency_after = quick_latency_ms(model, ctx.data.example_batch(1, split="val"))
-        mac_reduction = before["macs"] / max(after["macs"], 1)
+        mac_reduction = before.macs / max(after.macs, 1)
         speedup = latency_before / max(latency_after, 1e-9)
         record.details.update({"latency_ms_before_b1": round(latency_before, 4), "latency_ms_after_b1": round(latency_after, 4),
                                "mac_reduction": round(mac_reduction, 3), "latency_speedup_b1": round(speedup, 3)})
-        efficiency = speedup / mac_reduction if mac_reduction > 1.01 else None
+        efficiency = speedup_efficiency(mac_reduction, speedup)
         record.details["speedup_efficiency_b1"] = None if efficiency is None else round(efficiency, 3)
-        if efficiency is not None and efficiency < 0.5:
+        if lags_mac_cut(mac_reduction, speedup):
             record.notes.append(
                 f"measured speedup at batch 1 ({speedup:.2f}×, eager torch) is far below the MAC reduction ({mac_reduction:.2f}×): "
                 "small layers are bound by per-op overhead; larger batches or onnxruntime usually get closer."

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from slimtorch.core import Batch, forward
 from slimtorch.errors import RecipeError
+from slimtorch.measure.modes import eval_mode
 from slimtorch.prune.config import LayersConfig
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -49,11 +50,9 @@ def output_layers(model: nn.Module, example: Batch) -> list[str]:
                 produced.append((fqn, y))
         return run
 
-    was_training = model.training
-    model.eval()
     handles = [m.register_forward_hook(record(f)) for f, m in model.named_modules() if is_prunable_type(m)]
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = forward(model, example)
             for h in handles:
                 h.remove()
@@ -69,7 +68,6 @@ def output_layers(model: nn.Module, example: Batch) -> list[str]:
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
 
 
 def _out_channels(module: nn.Module) -> int:

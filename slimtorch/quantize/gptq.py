@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from slimtorch.batch import Batch, forward
 from slimtorch.errors import NotCalibratedError
+from slimtorch.measure.modes import eval_mode
 from slimtorch.quantize._torch import WeightOnlyLinear, bias_of, int4_codes, int4_grid, linear_at, set_submodule
 
 if TYPE_CHECKING:
@@ -52,15 +53,13 @@ def input_statistics(model: nn.Module, fqns: list[str], batches: Iterable[Batch]
         return collect
 
     handles = [model.get_submodule(fqn).register_forward_pre_hook(hook(fqn)) for fqn in fqns]
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            forward(model, batch)
+        with eval_mode(model):
+            for batch in batches:
+                forward(model, batch)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     if not any(counts.values()):
         raise NotCalibratedError("calibration saw no inputs; give a non-empty quantize.calibration_split.")
     hessians = {fqn: (2 * sums[fqn] / max(counts[fqn], 1)).float() for fqn in fqns}

@@ -6,11 +6,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from slimtorch.measure.efficiency import lags_mac_cut
 from slimtorch.measure.measurement import Measurement
 from slimtorch.report.table import batches, by_name, fmt_bytes, p50, ratio, within_spread
 
-MIN_MAC_REDUCTION = 1.5  # below this, a small speedup is not worth a warning
-MIN_EFFICIENCY = 0.5  # speedup ÷ MAC reduction
 MIN_SPARSITY = 0.1  # fraction of zero weights that counts as "sparse"
 SIZE_UNCHANGED = 0.9  # size kept above this fraction of the dense predecessor = stored dense
 SIDE_MODEL = re.compile(r"^\d+_[a-z]+_.+")  # <n>_<stage>_<extra>: a comparison or intermediate model of stage n
@@ -54,12 +53,12 @@ def hardware_warnings(models: Sequence[Measurement], baseline: str) -> list[str]
 
 def _efficiency(base: Measurement, m: Measurement, sizes: list[str]) -> list[str]:
     mac_cut = ratio(base.macs, m.macs)
-    if mac_cut is None or mac_cut < MIN_MAC_REDUCTION:
+    if mac_cut is None:
         return []
     slow = []
     for b in sizes:
         speedup = ratio(p50(base, b), p50(m, b))
-        if speedup is not None and speedup / mac_cut < MIN_EFFICIENCY:
+        if speedup is not None and lags_mac_cut(mac_cut, speedup):
             slow.append(f"batch {b}: {speedup:.2f}× faster, efficiency {speedup / mac_cut:.2f}")
     if not slow:
         return []

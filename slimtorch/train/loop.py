@@ -245,13 +245,49 @@ def fit(
     """
     seed_everything(ctx.seed)
     net = model.to(ctx.device)  # the module itself; `model` becomes its DDP wrapper under torchrun
+    trainable = _trainable(model, params, description)
+    whole_batches = loader  # the range test sees the batches one process would (rank 0 runs it alone)
+    model, loader = _distributed(model, net, loader, ctx)
+    resuming = checkpoint_dir is not None and (checkpoint_dir / "last" / "meta.json").exists()
+    lr = _peak_lr(config, net, loss_fn, whole_batches, trainable, resuming, ctx.seed)
+    run = _EpochRunner.create(model, net, loss_fn, config, ctx, trainable, lr, len(loader), after_step, description)
+    state = _start(run, net, config, lr, checkpoint_dir, resuming, description)
+    with ctx.progress(description, config.epochs * len(loader)) as advance:
+        run.advance = advance
+        advance(state.start_epoch * len(loader))
+        for epoch in range(state.start_epoch, config.epochs):
+            if _stops_before(state.result, config, description, epoch):
+                break
+            total, count = _sum_over_ranks(*run.train_epoch(loader, state, epoch))  # every DDP rank decides alike
+            if _end_epoch(run, state, net, evaluate, total, count, epoch, checkpoint_dir, description):
+                break
+    _finish(state.result, config)
+    net.load_state_dict(state.best_state)
+    net.eval()
+    return state.result
+
+
+@dataclass
+class _FitState:
+    """What changes as training goes: the result so far, the best weights, the epoch to start from."""
+
+    result: FitResult
+    best_state: dict[str, Tensor]
+    start_epoch: int = 0
+
+
+def _trainable(model: nn.Module, params: list[nn.Parameter] | None, description: str) -> list[nn.Parameter]:
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise UnsupportedModuleError(
             f"{description}: {type(model).__name__} has no trainable parameters, so there is nothing to train. "
             "Remove the training stage (or its epochs), or give a model with parameters."
         )
-    whole_batches = loader  # the range test sees the batches one process would (rank 0 runs it alone)
+    return trainable
+
+
+def _distributed(model: nn.Module, net: nn.Module, loader: DataLoader, ctx: RunContext) -> tuple[nn.Module, DataLoader]:
+    """Under torchrun, ``model`` wrapped in DDP and ``loader`` sharded; unchanged in a single process."""
     if training_world_size() > 1:
         # torchrun: every rank trains its shard of each batch; gradients are averaged, weights stay identical
         from torch.nn.parallel import DistributedDataParallel
@@ -259,89 +295,96 @@ def fit(
         if not isinstance(model, DistributedDataParallel):
             model = DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
             loader = _sharded(loader)
-    steps_per_epoch = math.ceil(len(loader) / config.accumulate)  # optimizer steps
-    total_steps = max(1, config.epochs * steps_per_epoch)
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-    resuming = checkpoint_dir is not None and (checkpoint_dir / "last" / "meta.json").exists()
-    lr = config.lr
-    if lr == "auto":
-        # On resume the checkpointed schedule restores the rate the range test chose.
-        # rank 0 alone runs the range test (each rank's shard would pick its own rate) and tells the others
-        lr = 1e-3 if resuming else _on_main_alone(
-            lambda: lr_range_test(net, loss_fn, whole_batches, trainable, weight_decay=config.weight_decay).lr)
-        seed_everything(ctx.seed)
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
-    precision = _Precision(ctx)
-    warmup = min(round(config.warmup_epochs * steps_per_epoch), total_steps // 10)
-    scheduler = LRSchedule(optimizer, config.schedule, lr, total_steps=total_steps, warmup_steps=warmup, floor=config.lr_floor)
+    return model, loader
+
+
+def _peak_lr(config: TrainConfig, net: nn.Module, loss_fn: LossFn, whole_batches: DataLoader, trainable: list[nn.Parameter],
+             resuming: bool, seed: int) -> float:
+    """``config.lr``, or with ``lr: auto`` the range test's choice (rank 0 alone runs it and tells the others)."""
+    if config.lr != "auto":
+        return config.lr
+    # On resume the checkpointed schedule restores the rate the range test chose.
+    lr = 1e-3 if resuming else _on_main_alone(
+        lambda: lr_range_test(net, loss_fn, whole_batches, trainable, weight_decay=config.weight_decay).lr)
+    seed_everything(seed)
+    return lr
+
+
+def _start(run: _EpochRunner, net: nn.Module, config: TrainConfig, lr: float, checkpoint_dir: Path | None, resuming: bool,
+           description: str) -> _FitState:
+    """A fresh state, or the one the ``last`` checkpoint in ``checkpoint_dir`` holds."""
     result = FitResult(best_metric=-math.inf, best_epoch=-1, epochs_run=0, steps=0, epochs_ceiling=config.epochs, lr=lr)
-    best_state = _state_bytes(net)
-    start_epoch = 0
+    state = _FitState(result=result, best_state=_state_bytes(net))
     if checkpoint_dir is not None:
         recover_dir(checkpoint_dir / "last")
         recover_dir(checkpoint_dir / "best")
-    if checkpoint_dir is not None and resuming:
-        meta = load_checkpoint(checkpoint_dir / "last", net, optimizer, scheduler)
-        start_epoch = result.resumed_from_epoch = meta["epoch"] + 1
-        result.steps, result.history = meta["steps"], meta["history"]
-        result.best_metric, result.best_epoch = meta["best_metric"], meta["best_epoch"]
-        result.lr = scheduler.base_lr
-        result.epochs_run = start_epoch
-        if (checkpoint_dir / "best" / "meta.json").exists():
-            from safetensors.torch import load_file
+    if checkpoint_dir is None or not resuming:
+        return state
+    meta = load_checkpoint(checkpoint_dir / "last", net, run.optimizer, run.scheduler)
+    state.start_epoch = result.resumed_from_epoch = meta["epoch"] + 1
+    result.steps, result.history = meta["steps"], meta["history"]
+    result.best_metric, result.best_epoch = meta["best_metric"], meta["best_epoch"]
+    result.lr = run.scheduler.base_lr
+    result.epochs_run = state.start_epoch
+    if (checkpoint_dir / "best" / "meta.json").exists():
+        from safetensors.torch import load_file
 
-            best_state = load_file(str(checkpoint_dir / "best" / "model.safetensors"))
-        else:
-            best_state = _state_bytes(net)
-        log.info("resuming %s at epoch %d", description, start_epoch)
-        if meta.get("converged_epoch") is not None:  # killed after the last checkpoint of a finished run
-            result.stop_reason, result.converged_epoch = "converged", meta["converged_epoch"]
-            start_epoch = config.epochs
-    with ctx.progress(description, config.epochs * len(loader)) as advance:
-        advance(start_epoch * len(loader))
-        for epoch in range(start_epoch, config.epochs):
-            if config.max_steps and result.steps >= config.max_steps:
-                result.stop_reason = "max_steps"
-                break
-            # A time budget stops training only after at least one optimizer step (one-time set-up costs
-            # such as the optimizer's first import must not leave a stage untrained).
-            if result.stopped_by_time_budget or (result.steps > 0 and _out_of_time(result, description, epoch)):
-                break
-            total, count = _train_epoch(model, net, loss_fn, loader, optimizer, scheduler, ctx, result, epoch, best_state,
-                                        after_step, advance, config.max_steps, description, config.accumulate, precision)
-            total, count = _sum_over_ranks(total, count)  # every DDP rank must take the same stopping decision
-            net.eval()
-            metric = evaluate(net) if evaluate is not None else -total / max(count, 1)
-            scheduler.end_epoch(metric)
-            result.history.append({"epoch": epoch, "loss": total / max(count, 1), "val": metric, "lr": scheduler.lr})
-            result.epochs_run = epoch + 1
-            # Ties go to the later epoch: on a coarse metric (accuracy on a few hundred examples) an equally good
-            # epoch that has trained longer is the better guess. Convergence counts strict improvements only.
-            improved = metric >= result.best_metric
-            if improved:
-                result.best_metric, result.best_epoch = metric, epoch
-                best_state = _state_bytes(net)
-            if config.patience:
-                result.converged_epoch = converged_at(result.history, config.patience, config.min_loss_improvement)
-            if checkpoint_dir is not None and is_main():  # one writer; every rank resumes from it
-                meta = {"epoch": epoch, "steps": result.steps, "history": result.history, "best_metric": result.best_metric,
-                        "best_epoch": result.best_epoch, "converged_epoch": result.converged_epoch}
-                if improved:
-                    save_checkpoint(checkpoint_dir / "best", net, optimizer, scheduler, meta)
-                save_checkpoint(checkpoint_dir / "last", net, optimizer, scheduler, meta)
-            if result.converged_epoch is not None:
-                result.stop_reason = "converged"
-                log.info("%s: converged at epoch %d (stopped at %d, best val at %d)", description, result.converged_epoch,
-                         epoch, result.best_epoch)
-                break
+        state.best_state = load_file(str(checkpoint_dir / "best" / "model.safetensors"))
+    else:
+        state.best_state = _state_bytes(net)
+    log.info("resuming %s at epoch %d", description, state.start_epoch)
+    if meta.get("converged_epoch") is not None:  # killed after the last checkpoint of a finished run
+        result.stop_reason, result.converged_epoch = "converged", meta["converged_epoch"]
+        state.start_epoch = config.epochs
+    return state
+
+
+def _stops_before(result: FitResult, config: TrainConfig, description: str, epoch: int) -> bool:
+    """True when ``max_steps`` or the time budget ends training before ``epoch``."""
+    if config.max_steps and result.steps >= config.max_steps:
+        result.stop_reason = "max_steps"
+        return True
+    # A time budget stops training only after at least one optimizer step (one-time set-up costs
+    # such as the optimizer's first import must not leave a stage untrained).
+    return result.stopped_by_time_budget or (result.steps > 0 and _out_of_time(result, description, epoch))
+
+
+def _end_epoch(run: _EpochRunner, state: _FitState, net: nn.Module, evaluate: Callable[[nn.Module], float] | None,
+               total: float, count: int, epoch: int, checkpoint_dir: Path | None, description: str) -> bool:
+    """Validate, keep the best weights, checkpoint; True when training has converged."""
+    result, config = state.result, run.config
+    net.eval()
+    metric = evaluate(net) if evaluate is not None else -total / max(count, 1)
+    run.scheduler.end_epoch(metric)
+    result.history.append({"epoch": epoch, "loss": total / max(count, 1), "val": metric, "lr": run.scheduler.lr})
+    result.epochs_run = epoch + 1
+    # Ties go to the later epoch: on a coarse metric (accuracy on a few hundred examples) an equally good
+    # epoch that has trained longer is the better guess. Convergence counts strict improvements only.
+    improved = metric >= result.best_metric
+    if improved:
+        result.best_metric, result.best_epoch = metric, epoch
+        state.best_state = _state_bytes(net)
+    if config.patience:
+        result.converged_epoch = converged_at(result.history, config.patience, config.min_loss_improvement)
+    if checkpoint_dir is not None and is_main():  # one writer; every rank resumes from it
+        meta = {"epoch": epoch, "steps": result.steps, "history": result.history, "best_metric": result.best_metric,
+                "best_epoch": result.best_epoch, "converged_epoch": result.converged_epoch}
+        if improved:
+            save_checkpoint(checkpoint_dir / "best", net, run.optimizer, run.scheduler, meta)
+        save_checkpoint(checkpoint_dir / "last", net, run.optimizer, run.scheduler, meta)
+    if result.converged_epoch is None:
+        return False
+    result.stop_reason = "converged"
+    log.info("%s: converged at epoch %d (stopped at %d, best val at %d)", description, result.converged_epoch,
+             epoch, result.best_epoch)
+    return True
+
+
+def _finish(result: FitResult, config: TrainConfig) -> None:
     if result.stopped_by_time_budget:
         result.stop_reason = "time_budget"
     elif config.max_steps and result.steps >= config.max_steps and not result.converged:
         result.stop_reason = "max_steps"
-    net.load_state_dict(best_state)
-    net.eval()
-    return result
 
 
 class _Precision:
@@ -391,60 +434,93 @@ def _on_main_alone(fn: Callable[[], float]) -> float:
         return main_then_all(fn)
 
 
-def _train_epoch(model: nn.Module, net: nn.Module, loss_fn: LossFn, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRSchedule,
-                 ctx: RunContext, result: FitResult, epoch: int, best_state: dict[str, Tensor],
-                 after_step: Callable[[nn.Module], None] | None, advance: Callable[..., None], max_steps: int | None,
-                 description: str, accumulate: int = 1, precision: _Precision | None = None) -> tuple[float, int]:
-    """One pass over ``loader``; returns (sum of the batch losses, batches).
+@dataclass
+class _EpochRunner:
+    """What every epoch of one :func:`fit` run shares: the model, its loss, the optimizer and the settings."""
 
-    With ``accumulate`` > 1, the gradients of that many batches (fewer at the epoch's end) are averaged
-    into one optimizer step.
-    """
-    # Same shuffles and dropout whether or not we resumed: reseed per epoch, loader generator too.
-    torch.manual_seed(ctx.seed * 1000 + epoch)
-    if getattr(loader, "generator", None) is not None:
-        loader.generator.manual_seed(ctx.seed * 1000 + epoch)
-    model.train()
-    total, count = 0.0, 0
-    n = len(loader)
-    for i, (x, y) in enumerate(loader):
-        x, y = to_device(x, ctx.device), to_device(y, ctx.device)
-        group_start = i - i % accumulate
-        in_group = min(accumulate, n - group_start)  # batches in this optimizer step
-        if precision is not None and precision.enabled:
-            with precision.autocast():
-                loss = loss_fn(model, x, y).float()
+    model: nn.Module  # what the loss calls: ``net``, or its DDP wrapper
+    net: nn.Module
+    loss_fn: LossFn
+    config: TrainConfig
+    ctx: RunContext
+    optimizer: torch.optim.Optimizer
+    scheduler: LRSchedule
+    precision: _Precision
+    after_step: Callable[[nn.Module], None] | None
+    description: str
+    advance: Callable[..., None] = field(default=lambda *a, **k: None)
+
+    @classmethod
+    def create(cls, model: nn.Module, net: nn.Module, loss_fn: LossFn, config: TrainConfig, ctx: RunContext,
+               trainable: list[nn.Parameter], lr: float, batches: int, after_step: Callable[[nn.Module], None] | None,
+               description: str) -> _EpochRunner:
+        """AdamW on ``trainable`` and its schedule over the run's optimizer steps (``batches`` per epoch)."""
+        steps_per_epoch = math.ceil(batches / config.accumulate)  # optimizer steps
+        total_steps = max(1, config.epochs * steps_per_epoch)
+        if config.max_steps:
+            total_steps = min(total_steps, config.max_steps)
+        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
+        precision = _Precision(ctx)
+        warmup = min(round(config.warmup_epochs * steps_per_epoch), total_steps // 10)
+        scheduler = LRSchedule(optimizer, config.schedule, lr, total_steps=total_steps, warmup_steps=warmup, floor=config.lr_floor)
+        return cls(model, net, loss_fn, config, ctx, optimizer, scheduler, precision, after_step, description)
+
+    def train_epoch(self, loader: DataLoader, state: _FitState, epoch: int) -> tuple[float, int]:
+        """One pass over ``loader``; returns (sum of the batch losses, batches).
+
+        With ``config.accumulate`` > 1, the gradients of that many batches (fewer at the epoch's end) are averaged
+        into one optimizer step.
+        """
+        seed = self.ctx.seed
+        # Same shuffles and dropout whether or not we resumed: reseed per epoch, loader generator too.
+        torch.manual_seed(seed * 1000 + epoch)
+        if getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(seed * 1000 + epoch)
+        self.model.train()
+        accumulate, total, count, n = self.config.accumulate, 0.0, 0, len(loader)
+        for i, (x, y) in enumerate(loader):
+            x, y = to_device(x, self.ctx.device), to_device(y, self.ctx.device)
+            group_start = i - i % accumulate
+            in_group = min(accumulate, n - group_start)  # batches in this optimizer step
+            loss = self._loss(x, y)
+            value = loss.item()  # one host sync per step, used for the check and the running mean
+            if not math.isfinite(value):
+                self.net.load_state_dict(state.best_state)
+                raise TrainingError(
+                    f"{self.description}: loss became {value} at epoch {epoch}, step {state.result.steps}; the model was "
+                    "restored to its last good weights. Lower the learning rate or check the inputs for NaN/inf."
+                )
+            if i == group_start:
+                self.optimizer.zero_grad(set_to_none=True)
+            part = loss / in_group if in_group > 1 else loss
+            (self.precision.scaler.scale(part) if self.precision.scaler else part).backward()
+            total, count = total + value, count + 1
+            self.advance(1, loss=total / count)
+            if i + 1 < group_start + in_group:
+                continue  # more batches add to this step's gradient
+            if self._step(state.result, epoch):
+                break
+        return total, count
+
+    def _loss(self, x: Batch, y: Any) -> Tensor:
+        if self.precision.enabled:
+            with self.precision.autocast():
+                return self.loss_fn(self.model, x, y).float()
+        return self.loss_fn(self.model, x, y)
+
+    def _step(self, result: FitResult, epoch: int) -> bool:
+        """One optimizer step on the accumulated gradients; True when ``max_steps`` or the time budget ends the epoch."""
+        if self.precision.scaler:
+            self.precision.scaler.step(self.optimizer)
+            self.precision.scaler.update()
         else:
-            loss = loss_fn(model, x, y)
-        value = loss.item()  # one host sync per step, used for the check and the running mean
-        if not math.isfinite(value):
-            net.load_state_dict(best_state)
-            raise TrainingError(
-                f"{description}: loss became {value} at epoch {epoch}, step {result.steps}; the model was "
-                "restored to its last good weights. Lower the learning rate or check the inputs for NaN/inf."
-            )
-        if i == group_start:
-            optimizer.zero_grad(set_to_none=True)
-        part = loss / in_group if in_group > 1 else loss
-        (precision.scaler.scale(part) if precision is not None and precision.scaler else part).backward()
-        total, count = total + value, count + 1
-        advance(1, loss=total / count)
-        if i + 1 < group_start + in_group:
-            continue  # more batches add to this step's gradient
-        if precision is not None and precision.scaler:
-            precision.scaler.step(optimizer)
-            precision.scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        if after_step is not None:
-            after_step(net)
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.after_step is not None:
+            self.after_step(self.net)
         result.steps += 1
-        if max_steps and result.steps >= max_steps:
-            break
-        if _out_of_time(result, description, epoch):
-            break
-    return total, count
+        max_steps = self.config.max_steps
+        return bool(max_steps and result.steps >= max_steps) or _out_of_time(result, self.description, epoch)
 
 
 def _sum_over_ranks(total: float, count: int) -> tuple[float, int]:

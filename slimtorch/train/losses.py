@@ -15,9 +15,10 @@ Example:
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
+from slimtorch.batch import Batch, forward
 from slimtorch.data.bundle import UNLABELED
 
 
@@ -39,4 +40,9 @@ def labeled_cross_entropy_rows(logits: Tensor, labels: Tensor) -> Tensor:
 def labeled_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy over the rows whose label is not ``UNLABELED``; 0 when there is none. -> scalar."""
     return labeled_cross_entropy_rows(logits, labels).mean()
+
+
+def cross_entropy(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
+    """The labels-only training loss ``loss_fn(model, x, y)``: :func:`labeled_cross_entropy` of the model's output."""
+    return labeled_cross_entropy(forward(model, x), y)
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
-from slimtorch.core import Batch, RunContext, Stage, StageRecord, forward
+from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.train.loop import TrainConfig, convergence_note, fit
-from slimtorch.train.losses import labeled_cross_entropy
+from slimtorch.train.losses import cross_entropy
 
 
 class FinetuneConfig(TrainConfig):
@@ -17,9 +17,7 @@ class FinetuneConfig(TrainConfig):
     epochs: int = Field(5, ge=0)
 
 
-def cross_entropy(model: nn.Module, x: Batch, y: Tensor) -> Tensor:
-    """Mean cross-entropy over the labeled rows (transfer-set rows carry UNLABELED and are skipped). -> scalar."""
-    return labeled_cross_entropy(forward(model, x), y)
+__all__ = ["FinetuneConfig", "FinetuneStage", "cross_entropy"]  # cross_entropy lives in train.losses
 
 
 class FinetuneStage(Stage[FinetuneConfig], kind="finetune"):

@@ -128,3 +128,29 @@ def test_a_causal_lm_is_timed_at_batch_1_unless_the_recipe_names_batch_sizes():
     assert LatencyConfig().sizes_for(is_causal_lm=True) == [1]
     assert LatencyConfig().sizes_for(is_causal_lm=False) == [1, 64]
     assert LatencyConfig(batch_sizes=[1, 8]).sizes_for(is_causal_lm=True) == [1, 8]
+
+
+def test_eval_mode_restores_each_submodule_mode():
+    from slimtorch.measure import eval_mode
+
+    net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout())
+    net[1].eval()  # a frozen norm inside a training network must stay frozen
+    with eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert net.training and net[0].training and not net[1].training and net[2].training
+
+
+def test_quick_latency_ms_times_in_eval_mode_and_restores():
+    from slimtorch.measure import quick_latency_ms
+
+    net = nn.Sequential(nn.Linear(16, 16), nn.Dropout())
+    ms = quick_latency_ms(net, torch.zeros(1, 16), budget_s=0.05)
+    assert ms > 0 and net.training
+
+
+def test_efficiency_rule():
+    from slimtorch.measure import lags_mac_cut, speedup_efficiency
+
+    assert speedup_efficiency(1.0, 2.0) is None  # the MACs did not fall
+    assert speedup_efficiency(4.0, 2.0) == 0.5
+    assert lags_mac_cut(4.0, 1.5) and not lags_mac_cut(4.0, 2.0) and not lags_mac_cut(1.4, 0.1)

@@ -154,3 +154,17 @@ def test_a_tied_table_written_twice_by_the_exporter_is_found():
     assert duplicated_tables(helper.make_model(graph)) == ["wte [1200, 8] and head_t [8, 1200]"]
     del graph.initializer[1]
     assert duplicated_tables(helper.make_model(graph)) == []
+
+
+def test_quick_counts_skip_zero_weights_and_match_count_macs():
+    from slimtorch.measure import layer_macs, quick_counts
+
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[0].weight[:2] = 0  # half of the first layer's weights
+    x = torch.zeros(3, 8)
+    counts = quick_counts(net, x)
+    assert counts.macs == count_macs(net, x) == 8 * 4 + 4 * 2
+    assert counts.nonzero_macs == counts.macs - 16
+    assert counts.params == 8 * 4 + 4 + 4 * 2 + 2 and counts.nonzero_params == counts.params - 16
+    assert layer_macs(net, x)["0"].nonzero_macs == 16
