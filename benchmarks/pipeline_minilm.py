@@ -104,7 +104,7 @@ def run(recipe: dict[str, Any], out: Path, resume: bool) -> tuple[slimtorch.RunR
 
 def recovery_curve(result: slimtorch.RunResult) -> list[dict[str, float]]:
     """Validation cosine after each distillation epoch of the run's (first) distill stage."""
-    for stage in result.report["stages"]:
+    for stage in result.report.to_json()["stages"]:
         hops = (stage.get("details") or {}).get("hops")
         if hops:
             return [{"epoch": h["epoch"] + 1, "val_cosine": h["val"], "loss": h["loss"]} for h in hops[-1]["history"]]
@@ -114,7 +114,7 @@ def recovery_curve(result: slimtorch.RunResult) -> list[dict[str, float]]:
 def stage_summary(result: slimtorch.RunResult) -> list[dict[str, Any]]:
     """Per model of the run: name, cosine on the report's eval sentences, b8 p50 of the report card."""
     rows = []
-    for m in result.report["models"]:
+    for m in result.report.to_json()["models"]:
         lat = m.get("latency_ms", {}).get("8", {})
         rows.append({"model": m["name"], "cosine": m["metrics"].get("cosine"), "b8_p50_ms": lat.get("p50"),
                      "params": m.get("params"), "size_bytes": m.get("size_bytes")})
@@ -156,7 +156,7 @@ def main() -> None:
     if not args.no_planner:
         planned, planned_s = run(planner_recipe(hand, args.speedup, args.planner_steps), root / "planned", args.resume)
         runs["planner"] = (planned, planned_s)
-        plan = planned.report.get("plan")
+        plan = planned.report.to_json().get("plan")
 
     # Held-out test sentences of the hand recipe's data (same seed/split as the runs: never trained on).
     d = hand["data"]
@@ -191,8 +191,8 @@ def main() -> None:
                      "cpu_speedup": round(base_cpu / cpu50[name], 3),
                      "vs_ort_int8": round(p50["ort int8 (original)"] / p50[name], 3), "cosine_mean": round(cos.mean().item(), 4),
                      "cosine_p10": round(cos.quantile(0.1).item(), 4), "cosine_min": round(cos.min().item(), 4),
-                     "size_bytes": r[0].report["models"][-1].get("size_bytes") if r else None,
-                     "stages": [s.get("name", s.get("model")) for s in r[0].report["stages"]] if r else [],
+                     "size_bytes": r[0].report.to_json()["models"][-1].get("size_bytes") if r else None,
+                     "stages": [s.get("name", s.get("model")) for s in r[0].report.to_json()["stages"]] if r else [],
                      "run_s": round(r[1], 1) if r else None,
                      "meets_goal": base / p50[name] >= GOAL_SPEEDUP and cos.mean().item() >= GOAL_COSINE})
 
@@ -213,7 +213,7 @@ def main() -> None:
         if curve:
             print("  recovery (val cosine after each distillation epoch): "
                   + ", ".join(f"{c['epoch']}: {c['val_cosine']:.4f}" for c in curve))
-        for w in r.report.get("warnings", []):
+        for w in r.report.warnings:
             print(f"  warning: {w}")
     if plan is not None:
         print(f"\nplanner: {plan['message']}")

@@ -300,7 +300,7 @@ def measure(
     from slimtorch.measure.config import LatencyConfig
     from slimtorch.models import build_model
     from slimtorch.outdir import claim_out_dir
-    from slimtorch.report import build_report, write_report
+    from slimtorch.report import write_report
     from slimtorch.report.card import Report
 
     with _user_errors():
@@ -329,8 +329,7 @@ def measure(
                 artifact.save(model, model_dir)
             m = run_measure(model, name=Path(model_ref).name or model_ref, stage="measure", data=bundle, config=config, artifact_dir=model_dir,
                             device=where)
-            report = Report.from_json(build_report(recipe={"name": f"measure {model_ref}"}, baseline=m.name, final=m.name,
-                                                   models=[m], stages=[]))
+            report = Report.create(recipe={"name": f"measure {model_ref}"}, baseline=m.name, final=m.name, models=[m])
             if out is not None:
                 write_report(out, report)
         print_models_table(report)

@@ -84,23 +84,30 @@ class RunContext:
 
 @dataclass
 class StageRecord:
-    """What one stage did: its config, cost, notes for the report, and models worth reporting.
+    """What one stage did, and its row in the report card: config, cost, notes, and models worth reporting.
 
     ``extra_models`` are intermediate models (e.g. the teaching assistant) to measure and save
     alongside the stage's output; ``details`` holds stage-specific facts (removed channels, the
-    sensitivity scan, the lottery-ticket control) that the report renders as-is.
+    sensitivity scan, the lottery-ticket control) that the report renders as-is. ``model`` names the
+    model the stage produced (None for rows that produced none, such as a teacher's training);
+    ``extra`` holds a row's other report.json keys (a sweep variant's ``assignment``); ``absent`` the
+    standard keys a row was written without (a teacher's training has no ``config``), so a report.json
+    reads back and writes again key for key.
     """
 
     name: str
-    config: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     status: str = "done"
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     extra_models: list[tuple[str, nn.Module]] = field(default_factory=list)
+    model: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    absent: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "config": self.config,
             "seconds": round(self.seconds, 3),
@@ -108,6 +115,19 @@ class StageRecord:
             "notes": list(self.notes),
             "details": self.details,
         }
+        if self.model is not None:
+            out = {"model": self.model, **out}
+        return {**{k: v for k, v in out.items() if k not in self.absent}, **self.extra}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> StageRecord:
+        """A report row back from report.json (or from a dict a run wrote); a missing ``seconds``/``status`` is 0.0/done."""
+        optional = ("config", "notes", "details")
+        return cls(name=str(row.get("name", "")), config=dict(row.get("config") or {}), seconds=float(row.get("seconds", 0.0)),
+                   status=str(row.get("status", "done")), notes=list(row.get("notes") or []),
+                   details=dict(row.get("details") or {}), model=row.get("model"),
+                   extra={k: v for k, v in row.items() if k not in {"name", "model", "seconds", "status", *optional}},
+                   absent=frozenset(k for k in optional if k not in row))
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -55,10 +55,10 @@ def test_every_model_reloads_and_matches_its_report(small_run, digits):
     report = result.report
     from slimtorch.measure.accuracy import accuracy_of, predict
 
-    for m in report["models"]:
-        model = slimtorch.load(out / "models" / m["name"])
+    for m in report.models:
+        model = slimtorch.load(out / "models" / m.name)
         logits, labels = predict(model, digits.loader("test"))
-        assert accuracy_of(logits, labels) == pytest.approx(m["metrics"]["accuracy"], abs=1e-6)
+        assert accuracy_of(logits, labels) == pytest.approx(m.metrics["accuracy"], abs=1e-6)
 
 
 def test_refuses_existing_dir_then_resume_reuses_everything(small_run):
@@ -68,7 +68,7 @@ def test_refuses_existing_dir_then_resume_reuses_everything(small_run):
     events: list[str] = []
     again = compress(SMALL, out, resume=True, events=events.append)
     assert sum("reusing" in e for e in events) == 4
-    assert [m["metrics"] for m in again.report["models"]] == [m["metrics"] for m in result.report["models"]]
+    assert [m.metrics for m in again.report.models] == [m.metrics for m in result.report.models]
 
 
 def test_changed_stage_recomputes_from_there(small_run, tmp_path):
@@ -83,8 +83,8 @@ def test_changed_stage_recomputes_from_there(small_run, tmp_path):
     result = compress(changed, copy, resume=True, events=events.append)
     reused = [e for e in events if "reusing" in e]
     assert len(reused) == 2  # teacher and distill; prune and quantize ran again
-    prune = next(m for m in result.report["models"] if m["name"] == "2_prune")
-    assert prune["nonzero_params"] < prune["params"] * 0.5
+    prune = result.report.model("2_prune")
+    assert prune.nonzero_params < prune.params * 0.5
 
 
 def test_force_refuses_foreign_directories(tmp_path):
@@ -114,8 +114,8 @@ def test_recipe_without_student_prunes_a_copy_of_the_teacher(tmp_path):
     recipe = {"name": "copy", "teacher": {"model": "mlp", "args": {"hidden": [32]}, "train": {"epochs": 2}},
               "stages": [{"prune": {"sparsity": 0.3}}], "evaluate": {"latency": {"batch_sizes": [1], "repeats": 3, "warmup": 0}}}
     result = compress(recipe, tmp_path / "c")
-    teacher, pruned = result.report["models"]
-    assert pruned["params"] == teacher["params"] and pruned["nonzero_params"] < teacher["nonzero_params"]
+    teacher, pruned = result.report.models
+    assert pruned.params == teacher.params and pruned.nonzero_params < teacher.nonzero_params
     assert isinstance(result.model, torch.nn.Module)
 
 

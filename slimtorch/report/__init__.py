@@ -1,10 +1,10 @@
 """The report card: report.json (versioned), report.md, pareto.png and a self-contained report.html.
 
-Renderers take the typed :class:`Report`; dicts exist only as report.json (``build_report`` builds one,
-``load_report`` reads and validates one, ``Report.from_json`` types it).
+Renderers take the typed :class:`Report`; dicts exist only as report.json (``Report.create`` builds a card,
+``Report.to_json`` writes one, ``load_report`` reads and validates one, ``Report.from_json`` types it).
 
->>> data = build_report(recipe=recipe, baseline="teacher", final="3_quantize", models=measurements, stages=rows)  # doctest: +SKIP
->>> write_report(Path("runs/digits"), Report.from_json(data))                                                     # doctest: +SKIP
+>>> card = Report.create(recipe=recipe, baseline="teacher", final="3_quantize", models=measurements, stages=records)  # doctest: +SKIP
+>>> write_report(Path("runs/digits"), card)                                                                           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from slimtorch.report.hardware import hardware_warnings
 from slimtorch.report.html import render_html
 from slimtorch.report.markdown import render_markdown
 from slimtorch.report.plots import pareto_front, plot_pareto
-from slimtorch.report.schema import REPORT_SCHEMA_VERSION, build_report, load_report, validate_report
+from slimtorch.report.schema import REPORT_SCHEMA_VERSION, load_report, validate_report
 
 
 def write_report(out_dir: str | Path, report: Report) -> None:
@@ -36,7 +36,6 @@ def write_report(out_dir: str | Path, report: Report) -> None:
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "Report",
-    "build_report",
     "hardware_warnings",
     "load_report",
     "pareto_front",

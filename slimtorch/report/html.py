@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from html import escape
 
 import yaml
@@ -21,7 +22,7 @@ from slimtorch.report.markdown import (
 )
 from slimtorch.report.plots import pareto_png, per_class_png, quant_sensitivity_png, robustness_png, sensitivity_png
 from slimtorch.report.sensitivity import sensitivity_curves
-from slimtorch.report.table import by_name, compare, fmt_bytes, fmt_delta, fmt_metric, fmt_ratio
+from slimtorch.report.table import Cell, by_name, compare, fmt_bytes, fmt_delta, fmt_metric, fmt_ratio
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
@@ -54,15 +55,16 @@ def _img(png: bytes | None, alt: str) -> str:
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-def _cell(text: str, stack: bool) -> str:
-    """A cell's text; with ``stack`` a trailing ``(ratio)`` goes on its own line so wide tables fit 1280 px."""
-    value, sep, tail = text.rpartition(" (")
-    if stack and sep and tail.endswith(")"):
-        return f"{escape(value)}<br><small>({escape(tail)}</small>"
-    return escape(text)
+def _cell(cell: Cell | str, stack: bool) -> str:
+    """A cell; with ``stack`` its bracketed note goes on its own line so wide tables fit 1280 px."""
+    if isinstance(cell, str):
+        return escape(cell)
+    if stack and cell.note is not None:
+        return f"{escape(cell.text)}<br><small>({escape(cell.note)})</small>"
+    return escape(cell.plain())
 
 
-def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None, wrap_last: bool = False,
+def _table(header: list[str], rows: Sequence[Sequence[Cell | str]], classes: list[str] | None = None, wrap_last: bool = False,
            stack: bool = False) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = []
@@ -122,8 +124,8 @@ def render_html(report: Report) -> str:
         parts += ["<h2 id=per-class>Per-class accuracy</h2>", per_class]
     charts = [_img(robustness_png(report), "robustness to input noise")]
     charts += [_img(sensitivity_png(stage, curves), f"sensitivity scan of {stage}") for stage, curves in sensitivity_curves(report)]
-    charts += [_img(quant_sensitivity_png(s.get("name", "quantize"), s["details"]["quant_sensitivity"]), "int8 sensitivity")
-               for s in report.stages if isinstance((s.get("details") or {}).get("quant_sensitivity"), dict)]
+    charts += [_img(quant_sensitivity_png(s.name, s.details["quant_sensitivity"]), "int8 sensitivity")
+               for s in report.stages if isinstance(s.details.get("quant_sensitivity"), dict)]
     if any(charts):
         parts.append("<h2 id=robustness>Robustness and sensitivity</h2><div class=grid2>"
                      + "".join(f"<div>{c}</div>" for c in charts if c) + "</div>")
@@ -140,7 +142,8 @@ def render_html(report: Report) -> str:
 def _stage_details(report: Report) -> str:
     out = []
     for s in report.stages:
-        if s.get("details") or s.get("config"):
-            body = json.dumps({"config": s.get("config"), "details": s.get("details")}, indent=2, default=str)
-            out.append(f"<details><summary>{escape(str(s.get('name', 'stage')))}: config and details</summary><pre>{escape(body)}</pre></details>")
+        if s.details or s.config:
+            # a row written without a config (a teacher's training) shows null, as report.json has none
+            body = json.dumps({"config": None if "config" in s.absent else s.config, "details": None if "details" in s.absent else s.details}, indent=2, default=str)
+            out.append(f"<details><summary>{escape(s.name)}: config and details</summary><pre>{escape(body)}</pre></details>")
     return "".join(out)

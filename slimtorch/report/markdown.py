@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from slimtorch.report.card import Report
 from slimtorch.report.energy import energy_lines
 from slimtorch.report.table import (
+    Cell,
     batches,
     compare,
     fmt_bytes,
@@ -22,7 +24,7 @@ from slimtorch.report.table import (
 )
 
 if TYPE_CHECKING:
-    from slimtorch.measure.measurement import Measurement
+    from slimtorch.measure.measurement import LLMFacts, Measurement
 
 
 def _text(value: object) -> str:
@@ -30,11 +32,12 @@ def _text(value: object) -> str:
     return html.escape(str(value), quote=False)
 
 
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(_text(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+def _row(cells: Sequence[Cell | str]) -> str:
+    texts = (c.plain() if isinstance(c, Cell) else c for c in cells)
+    return "| " + " | ".join(_text(c).replace("|", "\\|").replace("\n", " ") for c in texts) + " |"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def _table(header: list[str], rows: Sequence[Sequence[Cell | str]]) -> list[str]:
     return [_row(header), _row([":--" if h in TEXT_COLUMNS else "--:" for h in header]), *map(_row, rows)]
 
 
@@ -53,26 +56,26 @@ def summary_header(report: Report) -> list[str]:
             *[k.replace("_", " ") for k in _noise_keys(report)]]
 
 
-def summary_rows(report: Report) -> list[list[str]]:
-    """The cells of the summary table (shared with the HTML card)."""
+def summary_rows(report: Report) -> list[list[Cell]]:
+    """The typed cells of the summary table, which report.md and the HTML card both draw."""
     noise = _noise_keys(report)
     out = []
     for r in compare(report.models, report.baseline, report.final):
         m, is_base = r.model, r.is_baseline
         tag = " (baseline)" if is_base else " (final)" if r.is_final else ""
         out.append([
-            f"{m.name}{tag}", m.stage, m.runtime,
+            Cell(f"{m.name}{tag}"), Cell(m.stage), Cell(m.runtime),
             with_ratio(fmt_count(m.params), r.params_x, is_base),
-            f"{fmt_count(m.nonzero_params)} ({fmt_pct(m.nonzero_params / m.params if m.params else None)})",
+            Cell(fmt_count(m.nonzero_params), fmt_pct(m.nonzero_params / m.params if m.params else None)),
             with_ratio(fmt_bytes(m.size_bytes), r.size_x, is_base),
             with_ratio(fmt_bytes(m.compressed_bytes), r.compressed_x, is_base),
             with_ratio(fmt_count(m.macs), r.macs_x, is_base),
-            *[f"{fmt_ms(p50(m, b))} (≈)" if r.same_speed[b] else with_ratio(fmt_ms(p50(m, b)), r.speedup[b], is_base)
+            *[Cell(fmt_ms(p50(m, b)), "≈") if r.same_speed[b] else with_ratio(fmt_ms(p50(m, b)), r.speedup[b], is_base)
               for b in batches(report.models)],
-            fmt_metric(r.metric_name, r.metric),
-            "—" if is_base else fmt_delta(r.delta_points),
-            fmt_pct(m.agreement) if r.metric_name == "accuracy" else (f"{m.agreement:.4f}" if m.agreement is not None else "—"),
-            *[fmt_metric(r.metric_name, m.robustness.get(k)) for k in noise],
+            Cell(fmt_metric(r.metric_name, r.metric)),
+            Cell("—" if is_base else fmt_delta(r.delta_points)),
+            Cell(fmt_pct(m.agreement) if r.metric_name == "accuracy" else (f"{m.agreement:.4f}" if m.agreement is not None else "—")),
+            *[Cell(fmt_metric(r.metric_name, m.robustness.get(k))) for k in noise],
         ])
     return out
 
@@ -82,12 +85,12 @@ def latency_rows(report: Report) -> list[list[str]]:
     out = []
     for m in report.models:
         for b in batches(report.models):
-            t = m.latency_ms.get(b)
-            if not t:
+            t = m.latency(b)
+            if t is None:
                 continue
-            spread = t["p90"] / t["p50"] if t.get("p50") else None
-            out.append([m.name, f"{m.runtime} on {m.device}", str(m.threads), b, fmt_ms(t["p50"]), fmt_ms(t["p90"]),
-                        fmt_ratio(spread), f"{fmt_ms(t.get('mean'))} ± {fmt_ms(t.get('std'))}", str(t.get("repeats", ""))])
+            spread = t.p90 / t.p50 if t.p50 else None
+            out.append([m.name, f"{m.runtime} on {m.device}", str(m.threads), b, fmt_ms(t.p50), fmt_ms(t.p90),
+                        fmt_ratio(spread), f"{fmt_ms(t.mean)} ± {fmt_ms(t.std)}", "" if t.repeats is None else str(t.repeats)])
     return out
 
 
@@ -96,8 +99,7 @@ STAGE_HEADER = ["stage", "model", "status", "seconds", "notes"]
 
 
 def stage_rows(report: Report) -> list[list[str]]:
-    return [[s.get("name", ""), s.get("model", ""), s.get("status", ""), f"{float(s.get('seconds', 0)):.1f}",
-             "; ".join(s.get("notes", []))] for s in report.stages]
+    return [[s.name, s.model or "", s.status, f"{s.seconds:.1f}", "; ".join(s.notes)] for s in report.stages]
 
 
 def all_warnings(report: Report) -> list[str]:
@@ -146,61 +148,67 @@ def llm_lines(report: Report) -> list[str]:
     lms = [m for m in report.models if m.decode_tokens_per_s]
     if not lms:
         return []
+    facts = {m.name: m.llm_facts for m in lms}
     decode = sorted({b for m in lms for b in m.decode_tokens_per_s}, key=int)
     base = next((m for m in lms if m.name == report.baseline), lms[0])
-    compiled = any(m.llm.get("setup", {}).get("decode") == "compiled" for m in lms)
+    compiled = any(f.setup.decode == "compiled" for f in facts.values())
     rows = [[m.name, f"{m.metrics['perplexity']:.3f}",
              f"{m.metrics['perplexity'] / base.metrics['perplexity']:.3f}×",
              fmt_pct(m.metrics.get("token_agreement")), _fmt_kl(m.metrics.get("kl_to_original")),
-             fmt_ms(m.llm.get("prefill_ms", {}).get("p50")),
+             fmt_ms(prefill.p50 if (prefill := facts[m.name].prefill_ms) else None),
              *[f"{m.decode_tokens_per_s.get(b, float('nan')):.2f}" for b in decode],
-             *[f"{m.llm.get('decode_eager_tokens_per_s', {}).get(b, float('nan')):.2f}" for b in decode if compiled]]
+             *[f"{facts[m.name].decode_eager_tokens_per_s.get(b, float('nan')):.2f}" for b in decode if compiled]]
             for m in lms]
-    setup = base.llm.get("setup", {})
+    setup = facts[base.name].setup
     kind = "compiled" if compiled else "eager"
     how = ("the decode step compiled by torch.compile (inductor) with a static KV cache, first call (compiling) excluded; "
-           f"eager columns: the same models without compiling; compile s per batch size: {', '.join(_compile_s(m) for m in lms)}"
+           f"eager columns: the same models without compiling; compile s per batch size: {', '.join(_compile_s(m.name, facts[m.name]) for m in lms)}"
            if compiled else "eager PyTorch")
     lines = ["", "## Language model", "",
              *_table(["model", "perplexity", "vs baseline", "top-1 agreement", "KL nats", "prefill ms b1",
                       *[f"decode tok/s b{b} ({kind})" for b in decode], *[f"eager tok/s b{b}" for b in decode if compiled]], rows),
-             "", (f"Perplexity over {setup.get('scored_tokens', '?')} tokens of the {setup.get('split', 'test')} split in windows of "
-                  f"{setup.get('window', '?')} tokens every {setup.get('stride', '?')}; agreement and KL against the baseline's "
-                  f"next-token distribution; prefill of {setup.get('prefill_tokens', '?')} tokens; decode = greedy with the KV "
-                  f"cache, {setup.get('decode_new_tokens', '?')} new tokens, {how}."), *llamacpp_lines(lms), "", "### Greedy samples", ""]
-    for prompt in base.llm.get("samples", {}):
+             "", (f"Perplexity over {_known(setup.scored_tokens)} tokens of the {setup.split} split in windows of "
+                  f"{_known(setup.window)} tokens every {_known(setup.stride)}; agreement and KL against the baseline's "
+                  f"next-token distribution; prefill of {_known(setup.prefill_tokens)} tokens; decode = greedy with the KV "
+                  f"cache, {_known(setup.decode_new_tokens)} new tokens, {how}."), *llamacpp_lines(lms, facts), "",
+             "### Greedy samples", ""]
+    for prompt in facts[base.name].samples:
         lines += [f"**{prompt}**", "", *_table(["model", "continuation"], [
-            [m.name, m.llm.get("samples", {}).get(prompt, "—")] for m in [base, *[x for x in lms if x is not base]]]), ""]
+            [m.name, facts[m.name].samples.get(prompt, "—")] for m in [base, *[x for x in lms if x is not base]]]), ""]
     return lines
 
 
-def llamacpp_lines(lms: list[Measurement]) -> list[str]:
+def llamacpp_lines(lms: list[Measurement], facts: dict[str, LLMFacts]) -> list[str]:
     """GGUF models as llama.cpp runs them: its perplexity beside torch's on the same tokens, and its tokens/s per thread count."""
-    runs = [(m, m.llm["llamacpp"]) for m in lms if isinstance(m.llm.get("llamacpp"), dict)]
+    runs = [(m, cpp) for m in lms if (cpp := facts[m.name].llamacpp) is not None]
     if not runs:
         return []
-    skipped = [f"{m.name}: {facts['skipped']}" for m, facts in runs if "skipped" in facts]
-    measured = [(m, facts) for m, facts in runs if "threads" in facts]
+    skipped = [f"{m.name}: {cpp.skipped}" for m, cpp in runs if cpp.skipped is not None]
+    measured = [(m, cpp) for m, cpp in runs if cpp.threads]
     lines = ["", "### In llama.cpp", ""]
     if measured:
-        counts = sorted({t for _, facts in measured for t in facts["threads"]}, key=int)
-        rows = [[m.name, f"{facts['perplexity']:.3f}", f"{m.metrics['perplexity']:.3f}",
-                 *[f"{facts['threads'][t]['prefill_tokens_per_s']:.1f} / {facts['threads'][t]['decode_tokens_per_s']:.1f}"
-                   if t in facts["threads"] else "—" for t in counts]] for m, facts in measured]
+        counts = sorted({t for _, cpp in measured for t in cpp.threads}, key=int)
+        rows = [[m.name, f"{cpp.perplexity:.3f}" if cpp.perplexity is not None else "—", f"{m.metrics['perplexity']:.3f}",
+                 *[f"{cpp.threads[t].prefill_tokens_per_s:.1f} / {cpp.threads[t].decode_tokens_per_s:.1f}"
+                   if t in cpp.threads else "—" for t in counts]] for m, cpp in measured]
         lines += _table(["model", "perplexity (llama.cpp)", "perplexity (torch)",
                          *[f"prefill / decode tok/s, {t} thread{'s' if t != '1' else ''}" for t in counts]], rows)
         first = measured[0][1]
-        lines += ["", (f"The GGUF file run by llama-cpp-python {first['llama_cpp']} on the same token ids and windows; prefill of "
-                      f"{first['prefill_tokens']} tokens, then {first['decode_new_tokens']} greedy tokens with its KV cache.")]
+        lines += ["", (f"The GGUF file run by llama-cpp-python {first.llama_cpp} on the same token ids and windows; prefill of "
+                      f"{first.prefill_tokens} tokens, then {first.decode_new_tokens} greedy tokens with its KV cache.")]
     if skipped:
         lines += ["", *[f"- {line}" for line in skipped]]
     return lines
 
 
-def _compile_s(m: Measurement) -> str:
+def _known(value: object) -> str:
+    return "?" if value is None else str(value)
+
+
+def _compile_s(name: str, facts: LLMFacts) -> str:
     """``name 34/61 s``: seconds of each batch size's first compiled call (compiling included)."""
-    seconds = m.llm.get("compile_s", {})
-    return f"{m.name} {'/'.join(f'{v:.0f}' for v in seconds.values())} s" if seconds else f"{m.name} —"
+    seconds = facts.compile_s
+    return f"{name} {'/'.join(f'{v:.0f}' for v in seconds.values())} s" if seconds else f"{name} —"
 
 
 def _fmt_kl(kl: float | None) -> str:

@@ -1,74 +1,19 @@
-"""report.json: building it, reading it back, and checking it is one we can render."""
+"""report.json: reading it back and checking it is one we can render (:meth:`Report.create` builds one)."""
 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from slimtorch.errors import ArtifactError
 from slimtorch.io import read_json
-from slimtorch.measure.machine import probe
 from slimtorch.measure.measurement import Measurement
-from slimtorch.report.hardware import hardware_warnings
-from slimtorch.version import __version__
 
 REPORT_SCHEMA_VERSION = 1
-STAGE_DEFAULTS = {"seconds": 0.0, "status": "done"}
 # A report is a page: these bounds refuse a hostile or runaway report.json before it is rendered.
 MAX_REPORT_BYTES = 64_000_000
 MAX_REPORT_MODELS = 1000
-
-
-def build_report(
-    *,
-    recipe: dict[str, Any],
-    baseline: str,
-    final: str,
-    models: list[Measurement],
-    stages: list[dict[str, Any]],
-    warnings: list[str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The report card as a JSON-ready dict (see docs/REPORT.md for every field).
-
-    Args:
-        recipe: the recipe as a dict (rendered back as YAML in the HTML card).
-        baseline, final: names of the reference model and of the run's output; both must be in ``models``.
-        models: one :class:`Measurement` (or its ``to_json()`` dict) per model, in run order.
-        stages: one row per stage: ``name``, ``seconds``, ``status`` and optionally ``model``, ``config``,
-            ``notes``, ``details`` (``details["sensitivity"]`` is plotted).
-        warnings: run-level warnings; hardware warnings are derived and stored under ``hardware_warnings``.
-        extra: more top-level keys (e.g. ``data``); they cannot replace the keys above.
-
-    Raises:
-        ArtifactError: ``baseline`` or ``final`` names no model in ``models``.
-    """
-    typed = [m if isinstance(m, Measurement) else Measurement.from_json(m) for m in models]
-    entries = [m.to_json() for m in typed]
-    names = [m["name"] for m in entries]
-    for role, name in (("baseline", baseline), ("final", final)):
-        if name not in names:
-            raise ArtifactError(f"report {role} {name!r} is not among the measured models {names}; pass one of those names.")
-    report: dict[str, Any] = {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "slimtorch_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "recipe": recipe,
-        "baseline": baseline,
-        "final": final,
-        "models": entries,
-        "stages": [{**STAGE_DEFAULTS, **row} for row in stages],
-        "warnings": list(warnings or []),
-    }
-    # the CPU (instruction sets) and GPU every figure was measured on; a re-rendered report keeps its own
-    for key, value in {"machine": probe().to_json(), **(extra or {})}.items():
-        if key in report:
-            raise ArtifactError(f"extra report key {key!r} would replace a standard field; rename it.")
-        report[key] = value
-    report["hardware_warnings"] = hardware_warnings(typed, baseline)
-    return report
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

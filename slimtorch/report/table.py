@@ -25,8 +25,8 @@ def metric_of(m: Measurement) -> tuple[str, float | None]:
 
 
 def p50(m: Measurement, batch: str) -> float | None:
-    t = m.latency_ms.get(batch)
-    return None if not t else t.get("p50")
+    t = m.latency(batch)
+    return None if t is None else t.p50
 
 
 def within_spread(base: Measurement, m: Measurement, batch: str) -> bool:
@@ -34,10 +34,10 @@ def within_spread(base: Measurement, m: Measurement, batch: str) -> bool:
 
     Timings without a p10 (reports written before side-by-side timing) never count as overlapping.
     """
-    a, b = base.latency_ms.get(batch), m.latency_ms.get(batch)
-    if not a or not b or "p10" not in a or "p10" not in b:
+    a, b = base.latency(batch), m.latency(batch)
+    if a is None or b is None or a.p10 is None or b.p10 is None:
         return False
-    return a["p10"] <= b["p50"] <= a["p90"] and b["p10"] <= a["p50"] <= b["p90"]
+    return a.p10 <= b.p50 <= a.p90 and b.p10 <= a.p50 <= b.p90
 
 
 def ratio(base: float | None, value: float | None) -> float | None:
@@ -122,5 +122,19 @@ def fmt_delta(x: float | None) -> str:
     return "—" if x is None else f"{x:+.2f}"
 
 
-def with_ratio(text: str, x: float | None, is_baseline: bool) -> str:
-    return text if is_baseline or x is None else f"{text} ({fmt_ratio(x)})"
+@dataclass(frozen=True)
+class Cell:
+    """One table cell as both renderers draw it: a figure and, in brackets after it, its ratio or share.
+
+    Markdown writes ``text (note)`` on one line; HTML puts the note on its own line so wide tables fit.
+    """
+
+    text: str
+    note: str | None = None
+
+    def plain(self) -> str:
+        return self.text if self.note is None else f"{self.text} ({self.note})"
+
+
+def with_ratio(text: str, x: float | None, is_baseline: bool) -> Cell:
+    return Cell(text) if is_baseline or x is None else Cell(text, fmt_ratio(x))

@@ -33,7 +33,7 @@ from slimtorch.plan import Plan, TargetConfig, plan
 from slimtorch.prune import PruneConfig
 from slimtorch.recipe import Recipe, dump_recipe, load_recipe
 from slimtorch.recipe.schema import StageSpec
-from slimtorch.report import build_report, write_report
+from slimtorch.report import write_report
 from slimtorch.report.card import Report
 from slimtorch.report.hardware import input_of
 from slimtorch.run.loop import run_stages
@@ -254,10 +254,10 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     warnings = _untrained_baseline(store.measurements[0], data.num_classes) + _unrecovered_pruning(planned.stages, store.measurements)
     if recipe.target is not None:
         warnings += _check_target(recipe.target, extra["plan"], next(m for m in store.measurements if m.name == final))
-    report = Report.from_json(build_report(
+    report = Report.create(
         recipe=recipe.to_dict(), baseline=names[0], final=final, models=store.measurements,
         stages=starting.rows + run.rows, warnings=warnings, extra=extra,
-    ))
+    )
     write_report(out, report)
     track_run(recipe.tracking, out, report, say)
     return RunResult(out=out, report=report, model=run.model, records=run.records)

@@ -20,6 +20,7 @@ import yaml
 
 import slimtorch.stages  # noqa: F401  (registers every stage before recipes are validated)
 from slimtorch import artifact
+from slimtorch.core import StageRecord
 from slimtorch.data import build_data
 from slimtorch.distributed import launched_by_torchrun
 from slimtorch.errors import RecipeError
@@ -29,7 +30,7 @@ from slimtorch.measure import Measurement
 from slimtorch.measure.runner import retime_side_by_side
 from slimtorch.outdir import claim_out_dir
 from slimtorch.recipe import load_recipe
-from slimtorch.report import build_report, load_report, write_report
+from slimtorch.report import load_report, write_report
 from slimtorch.report.card import Report
 from slimtorch.run.pipeline import compress
 from slimtorch.run.resume import fingerprint
@@ -161,7 +162,7 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
            progress: Callable[..., Any] | None, events: Callable[[str], None], device: str | None = None) -> Report:
     finals: list[Measurement] = []
     dirs: list[Path] = []
-    rows = []
+    rows: list[StageRecord] = []
     for i, (slug, assignment, variant) in enumerate(runs):
         run_dir = out / "variants" / slug
         variant_fp = fingerprint(variant)
@@ -176,7 +177,9 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
         # a copy named after the variant: retiming below rewrites its latency, not the variant's own report
         finals.append(Measurement.from_json({**report.final_model.to_json(), "name": slug, "stage": "sweep"}))
         dirs.append(run_dir / "models" / report.final)
-        rows.append({"name": slug, "seconds": sum(s.get("seconds", 0) for s in report.stages), "status": "done", "assignment": assignment})
+        # a variant's row: its seconds and grid assignment (no config, notes or details of its own)
+        rows.append(StageRecord(slug, seconds=sum(s.seconds for s in report.stages), extra={"assignment": assignment},
+                                absent=frozenset({"config", "notes", "details"})))
     baseline_report = Report.from_json(load_report(out / "variants" / runs[0][0] / "report.json"))
     teacher = baseline_report.baseline_model
     models = [teacher, *finals]
@@ -184,9 +187,9 @@ def _sweep(base: dict[str, Any], axes: list[Any], runs: list[tuple[str, dict[str
     events(f"timing the baseline and {len(finals)} final models side by side")
     _retime(base, models, dirs)
     best = max(finals, key=lambda m: (m.primary_metric[1] or 0.0, -(m.size_bytes or 0)))
-    card = Report.from_json(build_report(
+    card = Report.create(
         recipe=base, baseline=teacher.name, final=best.name, models=models, stages=rows,
-        extra={"sweep": {"grid": {a.path: list(a.values) for a in axes}, "variants": [r["name"] for r in rows]}}))
+        extra={"sweep": {"grid": {a.path: list(a.values) for a in axes}, "variants": [r.name for r in rows]}})
     write_report(out, card)
     return card
 

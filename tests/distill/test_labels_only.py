@@ -22,10 +22,10 @@ def test_the_control_is_trained_from_the_same_start_and_reported_beside_the_dist
     models = {m.name: m for m in result.report.models}
     assert list(models) == ["teacher", "1_distill", "1_distill_labels_only"]
     assert models["1_distill_labels_only"].params == models["1_distill"].params
-    row = next(s for s in result.report.stages if s["name"] == "distill")
-    control = row["details"]["labels_only"]
+    row = next(s for s in result.report.stages if s.name == "distill")
+    control = row.details["labels_only"]
     assert 0 < control["val_accuracy"] <= 1 and control["epochs_run"] >= 1
-    (note,) = [n for n in row["notes"] if n.startswith("control without the teacher")]
+    (note,) = [n for n in row.notes if n.startswith("control without the teacher")]
     assert f"{100 * control['val_accuracy']:.2f}% against" in note and "points from distillation" in note
     # different training (soft targets vs labels) from one start: different models, both well above chance
     assert models["1_distill"].metrics["accuracy"] > 0.5 and models["1_distill_labels_only"].metrics["accuracy"] > 0.3

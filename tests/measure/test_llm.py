@@ -15,7 +15,6 @@ from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.llm import LLMReference, eval_token_ids, scored_logprobs, windows
 from slimtorch.models import build_model
 from slimtorch.quantize import _torch
-from slimtorch.report import build_report
 from slimtorch.report.card import Report
 from slimtorch.report.markdown import render_markdown
 from slimtorch.report.schema import validate_report
@@ -70,7 +69,7 @@ def test_llm_report_card_against_the_original_and_int4(setup, tmp_path):
     quantized = _int4_copy(model)
     q = measure(quantized, name="int4", stage="quantize", data=data, config=CONFIG, baseline_outputs=reference)
     assert q.metrics["kl_to_original"] > 0 and q.metrics["token_agreement"] < 1.0
-    report = build_report(recipe={"name": "llm"}, baseline="original", final="int4", models=[same, q], stages=[])
+    report = Report.create(recipe={"name": "llm"}, baseline="original", final="int4", models=[same, q]).to_json()
     validate_report(json.loads(json.dumps(report)))
     assert report["models"][1]["decode_tokens_per_s"]["1"] > 0 and "perplexity" in report["models"][1]["metrics"]
     md = render_markdown(Report.from_json(report))

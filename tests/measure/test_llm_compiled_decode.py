@@ -13,7 +13,6 @@ from slimtorch.measure import EvaluateConfig, LatencyConfig, measure, outputs_on
 from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.llm import compiled_decode_kwargs, forget_foreign_compiled_call_
 from slimtorch.quantize import _torch
-from slimtorch.report import build_report
 from slimtorch.report.card import Report
 from slimtorch.report.markdown import render_markdown
 from tests.tiny_llm import load_tiny_gguf, write_text
@@ -79,7 +78,7 @@ def test_report_card_keeps_compiled_and_eager_decode_apart(tiny):
     assert m.llm["setup"]["decode"] == "compiled"
     assert m.decode_tokens_per_s["1"] > 0 and m.llm["decode_eager_tokens_per_s"]["1"] > 0
     assert m.llm["compile_s"]["1"] > 0
-    report = build_report(recipe={"name": "llm"}, baseline="original", final="original", models=[m], stages=[])
+    report = Report.create(recipe={"name": "llm"}, baseline="original", final="original", models=[m]).to_json()
     card = Report.from_json(json.loads(json.dumps(report)))
     md = render_markdown(card)
     assert "decode tok/s b1 (compiled)" in md and "eager tok/s b1" in md and "torch.compile" in md

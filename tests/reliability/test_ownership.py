@@ -286,9 +286,9 @@ def test_resume_after_changing_only_evaluate_measures_again(finished_run, tmp_pa
     path.write_text(path.read_text().replace("batch_sizes: [1]", "batch_sizes: [1, 4]"))
     events: list[str] = []
     result = compress(path, run, resume=True, events=events.append)
-    assert set(result.report["models"][0]["latency_ms"]) == {"1", "4"}
+    assert set(result.report.to_json()["models"][0]["latency_ms"]) == {"1", "4"}
     assert any("reusing finished model" in e for e in events) and any("measuring the finished model again" in e for e in events)
-    assert result.report["recipe"]["evaluate"]["latency"]["batch_sizes"] == [1, 4]
+    assert result.report.to_json()["recipe"]["evaluate"]["latency"]["batch_sizes"] == [1, 4]
 
 
 def test_files_honour_the_umask(tmp_path):

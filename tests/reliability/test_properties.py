@@ -36,7 +36,7 @@ from slimtorch.prune.masks import masked_modules
 from slimtorch.prune.structured import mask_plan_, prune_structured_
 from slimtorch.prune.targets import select_layers
 from slimtorch.recipe import load_recipe
-from slimtorch.report import build_report, load_report, validate_report
+from slimtorch.report import Report, load_report, validate_report
 
 FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
@@ -168,8 +168,8 @@ def _report(draw):
     names = draw(st.lists(_names, min_size=1, max_size=4, unique=True))
     models = [draw(_measurement(n)) for n in names]
     stages = [{"name": n, "seconds": draw(_finite), "status": "done", "notes": [draw(_names)]} for n in names[1:]]
-    return build_report(recipe={"name": "prop", "seed": draw(st.integers(-5, 5))}, baseline=names[0], final=names[-1],
-                        models=models, stages=stages, warnings=draw(st.lists(_names, max_size=2)))
+    return Report.create(recipe={"name": "prop", "seed": draw(st.integers(-5, 5))}, baseline=names[0], final=names[-1],
+                         models=models, stages=stages, warnings=draw(st.lists(_names, max_size=2))).to_json()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=FIXTURES)

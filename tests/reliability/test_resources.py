@@ -122,7 +122,7 @@ def test_stage_and_teacher_training_stop_at_max_stage_seconds(tmp_path):
     start = time.perf_counter()
     result = compress(recipe, tmp_path / "o")
     assert time.perf_counter() - start < 60
-    rows = {row["name"]: row for row in result.report["stages"]}
+    rows = {row["name"]: row for row in result.report.to_json()["stages"]}
     for name in ("train_teacher", "finetune"):
         row = rows[name]
         assert row["status"] == "stopped at time budget", row

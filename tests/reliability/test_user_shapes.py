@@ -60,7 +60,7 @@ def test_accepted_data_shapes_train_and_measure(source, tmp_path):
     x, y = next(iter(data.loader("test")))
     assert x.dtype == torch.float32 and y.dtype == torch.long and x.shape == (16, 8)
     result = compress(recipe(tmp_path, data=f"{{source: 'user_shapes:{source}', batch_size: 16}}"), tmp_path / "out")
-    assert result.report["models"][0]["metrics"]["accuracy"] > 0.6
+    assert result.report.to_json()["models"][0]["metrics"]["accuracy"] > 0.6
 
 
 @pytest.mark.parametrize("kind", ["tuple_out", "dict_out", "model_output_out"])
@@ -83,7 +83,7 @@ def test_forward_output_kinds_run_a_whole_recipe(kind, tmp_path):
               "{quantize: {mode: dynamic_int8, runtime: onnxruntime}}]")
     teacher = f"{{model: 'user_shapes:{kind}', train: {{epochs: 3, lr: 0.01}}}}"
     result = compress(recipe(tmp_path, teacher=teacher, stages=stages), tmp_path / "out")
-    models = {m["name"]: m for m in result.report["models"]}
+    models = {m["name"]: m for m in result.report.to_json()["models"]}
     assert models["teacher"]["metrics"]["accuracy"] > 0.6
     assert models["3_quantize"]["runtime"] == "onnxruntime" and models["3_quantize"]["agreement"] > 0.8
     assert models["2_prune"]["params"] < models["teacher"]["params"]
@@ -95,12 +95,12 @@ def test_custom_layer_torch_pruning_does_not_know_is_left_whole(tmp_path):
     stages = "[{prune: {sparsity: 0.5, granularity: neuron}}]"
     teacher = "{model: 'user_shapes:custom_layer', train: {epochs: 2, lr: 0.01}}"
     result = compress(recipe(tmp_path, teacher=teacher, stages=stages), tmp_path / "out")
-    row = next(s for s in result.report["stages"] if s["name"] == "prune")
+    row = next(s for s in result.report.to_json()["stages"] if s["name"] == "prune")
     skipped = {s["fqn"]: s["reason"] for s in row["details"]["skipped"]}
     assert re.search(r"parameter 'mix\.mix' \(16, 16\) of Mix, a layer Torch-Pruning has no rule for", skipped["a"])
     assert row["details"]["channels"] == {"a": [16, 16], "b": [16, 8]}
     assert row["status"] == "done"
-    assert result.report["models"][-1]["metrics"]["accuracy"] > 0.4
+    assert result.report.to_json()["models"][-1]["metrics"]["accuracy"] > 0.4
 
 
 # -- refused shapes ----------------------------------------------------------------------------------

@@ -38,15 +38,15 @@ def stages():
     return [
         {"name": "distill", "model": "1_distill", "seconds": 12.0, "status": "done", "notes": [], "details": {}},
         {"name": "prune", "model": "2_prune", "seconds": 1.5, "status": "done", "notes": ["masks kept"],
-         "details": {"sensitivity": {"fc1": {"0.5": 0.97, "0.9": 0.8}, "fc2": [[0.5, 0.96], [0.9, 0.9]]}}},
+         "details": {"sensitivity": {"baseline": 0.98, "layers": {"fc1": [[0.5, 0.97], [0.9, 0.8]], "fc2": [[0.5, 0.96], [0.9, 0.9]]}}}},
         {"name": "quantize", "model": "3_quantize", "seconds": 0.3, "status": "done"},
     ]
 
 
 @pytest.fixture()
 def report(models, stages):
-    from slimtorch.report import build_report
+    from slimtorch.report import Report
 
     recipe = {"name": "unit", "seed": 0, "stages": [{"distill": {"epochs": 1}}, {"prune": {"sparsity": 0.5}}]}
-    return build_report(recipe=recipe, baseline="teacher", final="3_quantize", models=models, stages=stages,
-                        warnings=["a run-level warning"], extra={"data": {"source": "digits"}})
+    return Report.create(recipe=recipe, baseline="teacher", final="3_quantize", models=models, stages=stages,
+                         warnings=["a run-level warning"], extra={"data": {"source": "digits"}}).to_json()

@@ -27,7 +27,7 @@ def test_a_release_0_1_0_report_types_with_its_figures():
     assert [m.name for m in card.models] == ["teacher", "1_prune", "2_quantize"] and card.final == "2_quantize"
     assert card.final_model.size_bytes == old["models"][2]["size_bytes"] and card.final_model.device == "cpu"
     assert card.headline == ("accuracy", old["models"][0]["metrics"]["accuracy"], old["models"][2]["metrics"]["accuracy"])
-    assert card.hardware_warnings == old["hardware_warnings"] and card["data"] == old["data"]
+    assert card.hardware_warnings == old["hardware_warnings"] and card.extra["data"] == old["data"]
 
 
 def test_slimtorch_report_renders_a_release_0_1_0_report_json(tmp_path):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from slimtorch.report import build_report, hardware_warnings
+from slimtorch.report import Report, hardware_warnings
 
 
 def _report(models):
-    return build_report(recipe={}, baseline=models[0].name, final=models[-1].name, models=models, stages=[])
+    return Report.create(recipe={}, baseline=models[0].name, final=models[-1].name, models=models).to_json()
 
 
 def test_mac_cut_without_speedup_is_flagged(make_measurement):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from slimtorch.errors import ArtifactError
 from slimtorch.measure import Measurement
-from slimtorch.report import REPORT_SCHEMA_VERSION, build_report, load_report, write_report
+from slimtorch.report import REPORT_SCHEMA_VERSION, load_report, write_report
 from slimtorch.report.card import Report
 from slimtorch.version import __version__
 
@@ -85,7 +85,7 @@ def test_not_an_object_raises(tmp_path):
 
 def test_unknown_baseline_raises(models, stages):
     with pytest.raises(ArtifactError, match="baseline 'nope' is not among the measured models"):
-        build_report(recipe={}, baseline="nope", final="teacher", models=models, stages=stages)
+        Report.create(recipe={}, baseline="nope", final="teacher", models=models, stages=stages)
 
 
 def test_final_in_file_must_be_a_model(report, tmp_path):
@@ -96,7 +96,7 @@ def test_final_in_file_must_be_a_model(report, tmp_path):
 
 def test_extra_cannot_replace_standard_fields(models, stages):
     with pytest.raises(ArtifactError, match="would replace a standard field"):
-        build_report(recipe={}, baseline="teacher", final="teacher", models=models, stages=stages, extra={"models": []})
+        Report.create(recipe={}, baseline="teacher", final="teacher", models=models, stages=stages, extra={"models": []})
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -104,7 +104,7 @@ def test_extra_cannot_replace_standard_fields(models, stages):
 def test_any_measurements_round_trip_through_json(accs, sizes, tmp_path_factory, make_measurement):
     make = make_measurement
     models = [make(f"m{i}", "s", 10, 10, sizes[i], 10, 1.0, 2.0, a) for i, a in enumerate(accs)]
-    report = build_report(recipe={"name": "h"}, baseline="m0", final=models[-1].name, models=models, stages=[])
+    report = Report.create(recipe={"name": "h"}, baseline="m0", final=models[-1].name, models=models).to_json()
     out = tmp_path_factory.mktemp("r")
     (out / "report.json").write_text(json.dumps(report))
     assert load_report(out)["models"] == [m.to_json() for m in models]
@@ -120,11 +120,11 @@ def test_typed_report_round_trips_report_json_and_reads_like_it(tmp_path):
               Measurement(name="small", stage="prune", params=50, nonzero_params=25, size_bytes=200, compressed_bytes=100,
                           macs=50, runtime="torch", threads=1, latency_ms={"1": {"p50": 0.5, "p90": 0.6}},
                           metrics={"accuracy": 0.88}, agreement=0.97, robustness={})]
-    raw = build_report(recipe={"name": "r"}, baseline="teacher", final="small", models=models, stages=[{"name": "prune"}],
-                       extra={"data": {"source": "digits"}})
-    write_report(tmp_path, Report.from_json(raw))
+    card = Report.create(recipe={"name": "r"}, baseline="teacher", final="small", models=models, stages=[{"name": "prune"}],
+                        extra={"data": {"source": "digits"}})
+    write_report(tmp_path, card)
     card = Report.from_json(json.loads((tmp_path / "report.json").read_text()))
     assert card.to_json() == json.loads((tmp_path / "report.json").read_text())
     assert card.final_model.nonzero_params == 25 and card.baseline_model.name == "teacher"
     assert card.headline == ("accuracy", 0.9, 0.88)
-    assert card["data"] == {"source": "digits"} and card["models"][1]["name"] == "small"
+    assert card.extra["data"] == {"source": "digits"} and card.models[1].name == "small"
