@@ -359,5 +359,5 @@ def _load_gguf(directory: Path, spec: dict[str, Any]) -> nn.Module:
     return set_attrs_(model, slimtorch_format="gguf", gguf_bytes=path.read_bytes())
 
 
-if "gguf" not in FORMATS:
+if not FORMATS.registered("gguf"):
     FORMATS.register("gguf")(ArtifactFormat(_save_gguf, _load_gguf))
