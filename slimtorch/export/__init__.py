@@ -5,8 +5,9 @@ from typing import TYPE_CHECKING
 from slimtorch.registry import lazy_exports
 
 if TYPE_CHECKING:
+    from slimtorch.export.config import ExportConfig
     from slimtorch.export.onnx import bake_parametrizations_, export_onnx, max_abs_diff, to_ort
-    from slimtorch.export.stage import ExportConfig, ExportStage
+    from slimtorch.export.stage import ExportStage
 
 # Public name -> module defining it, imported on first use so importing a leaf (say a config) of this
 # package does not load its engine.
@@ -15,7 +16,7 @@ _EXPORTS = {
     "export_onnx": "slimtorch.export.onnx",
     "max_abs_diff": "slimtorch.export.onnx",
     "to_ort": "slimtorch.export.onnx",
-    "ExportConfig": "slimtorch.export.stage",
+    "ExportConfig": "slimtorch.export.config",
     "ExportStage": "slimtorch.export.stage",
 }
 __all__ = ["ExportConfig", "ExportStage", "bake_parametrizations_", "export_onnx", "max_abs_diff", "to_ort"]
