@@ -16,7 +16,6 @@ factory itself). Anyone who can edit ``slimtorch.json`` could otherwise make ``l
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -41,9 +40,10 @@ from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
 SPEC_FILE = "slimtorch.json"
 # Side files of an artifact are a few kB (an hf config inside the spec, a shape table): far below this bound.
 MAX_JSON_BYTES = 16_000_000
-# Formats registered by engine packages, imported on demand so `load` works in a fresh process.
-_FORMAT_MODULES = {"onnx": "slimtorch.runtime", "openvino": "slimtorch.runtime", "torch_quantized": "slimtorch.quantize",
-                   "hf_pruned": "slimtorch.prune", "gguf": "slimtorch.export"}
+# Formats registered by engine modules, imported on first lookup so `load` works in a fresh process.
+_FORMAT_MODULES = {"onnx": "slimtorch.runtime", "openvino": "slimtorch.runtime",
+                   "torch_quantized": "slimtorch.quantize.formats", "hf_pruned": "slimtorch.prune.hf_format",
+                   "gguf": "slimtorch.export.gguf"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ArtifactFormat:
     rebuilds: bool = False  # True when ``load`` builds the architecture from the spec's model reference
 
 
-FORMATS: Registry[ArtifactFormat] = Registry("artifact format")
+FORMATS: Registry[ArtifactFormat] = Registry("artifact format", _FORMAT_MODULES)
 
 
 def format_of(model: nn.Module) -> str:
@@ -135,8 +135,6 @@ def load(directory: str | Path, *, trust_code: bool = False,
     directory = Path(directory)
     spec = read_spec(directory)
     fmt = spec.get("format", "torch")
-    if fmt not in FORMATS and fmt in _FORMAT_MODULES:
-        importlib.import_module(_FORMAT_MODULES[fmt])
     if fmt not in FORMATS:
         raise ArtifactError(f"{directory}/{SPEC_FILE} names an unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}.")
     loader = FORMATS.get(fmt)

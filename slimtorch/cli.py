@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from slimtorch.errors import SlimtorchError
+from slimtorch.errors import RecipeError, SlimtorchError
 from slimtorch.version import __version__
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only inside the commands that need them
@@ -212,7 +212,6 @@ def _with_tracking(recipe: Any, track: list[str] | None) -> Any:
     """The recipe (a path, YAML text or dict) with the ``--track`` backends added to its ``tracking:`` block."""
     if not track:
         return recipe
-    from slimtorch.errors import RecipeError
     from slimtorch.recipe import load_recipe
     from slimtorch.track.config import TrackingConfig
 
@@ -295,7 +294,6 @@ def measure(
     from slimtorch import artifact
     from slimtorch.data import build_data
     from slimtorch.device import check_device_spec, resolve_device
-    from slimtorch.errors import RecipeError
     from slimtorch.measure import measure as run_measure
     from slimtorch.measure.config import LatencyConfig
     from slimtorch.models import build_model
@@ -385,7 +383,6 @@ def _evaluate_option(text: str | None) -> Any:
     import yaml
     from pydantic import ValidationError
 
-    from slimtorch.errors import RecipeError
     from slimtorch.measure.config import EvaluateConfig
 
     if text is None:
@@ -415,7 +412,6 @@ def _evaluate_option(text: str | None) -> Any:
 
 
 def _json_option(flag: str, text: str) -> Any:
-    from slimtorch.errors import RecipeError
 
     try:
         return json.loads(text)

@@ -173,5 +173,16 @@ class Stage(Generic[ConfigT]):
         return StageRecord(self.name, self.config.model_dump(mode="json"), **fields)
 
 
-# name -> Stage class; each class has ``config_cls`` and ``__init__(self, config)``. Filled by Stage subclasses.
-STAGES: Registry[type[Stage[Any]]] = Registry("stage")
+# The built-in stages: recipe key -> module that defines the stage. The registry imports that module on first
+# lookup, so loading a recipe needs no import done beforehand; user stages register by subclassing Stage.
+BUILTIN_STAGES = {
+    "distill": "slimtorch.distill.stage",
+    "export": "slimtorch.export.stage",
+    "finetune": "slimtorch.train.stage",
+    "lora": "slimtorch.lora.stage",
+    "prune": "slimtorch.prune.stage",
+    "quantize": "slimtorch.quantize.stage",
+}
+
+# name -> Stage class; each class has ``config_cls`` and ``__init__(self, config)``.
+STAGES: Registry[type[Stage[Any]]] = Registry("stage", BUILTIN_STAGES)

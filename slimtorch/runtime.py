@@ -355,9 +355,9 @@ def _load_openvino(directory: Any, spec: dict[str, Any]) -> nn.Module:
 def _register_format() -> None:
     from slimtorch.artifact import FORMATS, ArtifactFormat
 
-    if "onnx" not in FORMATS:
+    if not FORMATS.registered("onnx"):
         FORMATS.register("onnx")(ArtifactFormat(_save_onnx, _load_onnx))
-    if "openvino" not in FORMATS:
+    if not FORMATS.registered("openvino"):
         FORMATS.register("openvino")(ArtifactFormat(_save_openvino, _load_openvino))
 
 

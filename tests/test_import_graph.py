@@ -72,3 +72,26 @@ def test_no_import_cycles():
 def test_the_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def function_level_imports() -> list[str]:
+    """``module:line`` of each slimtorch import made inside a function (a deferred import of a slimtorch module)."""
+    out = set()
+    for mod, path in _modules().items():
+        for func in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "slimtorch" \
+                        or isinstance(node, ast.Import) and any(a.name.split(".")[0] == "slimtorch" for a in node.names):
+                    out.add(f"{mod}:{node.lineno}")
+    return sorted(out)
+
+
+# A ceiling, lowered as deferred imports go: one only dodging a cycle should become a module-level import.
+MAX_FUNCTION_LEVEL_IMPORTS = 75
+
+
+def test_function_level_imports_do_not_creep_back():
+    found = function_level_imports()
+    assert len(found) <= MAX_FUNCTION_LEVEL_IMPORTS, found

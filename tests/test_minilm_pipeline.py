@@ -17,8 +17,6 @@ RECIPE = Path(__file__).resolve().parents[1] / "examples" / "minilm.yaml"
 
 
 def test_text_padding_max_length_gives_fixed_shape_batches():
-    import slimtorch.stages  # noqa: F401  (registers the text source)
-
     data = build_data("text", args={"max_sentences": 40, "max_length": 128, "padding": "max_length"}, batch_size=8)
     batch = data.example_batch(8)
     assert tuple(batch["input_ids"].shape) == (8, 128)
@@ -29,8 +27,6 @@ def test_text_padding_max_length_gives_fixed_shape_batches():
 
 
 def test_text_padding_rejects_unknown_mode():
-    import slimtorch.stages  # noqa: F401
-
     with pytest.raises(DataError, match="padding must be 'longest' or 'max_length'; got 'max'"):
         build_data("text", args={"max_sentences": 40, "padding": "max"})
 

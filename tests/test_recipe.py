@@ -2,7 +2,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import slimtorch.stages  # noqa: F401
 from slimtorch.errors import RecipeError
 from slimtorch.recipe import dump_recipe, load_recipe
 

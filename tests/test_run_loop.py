@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 
-import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch.core import STAGES, forward
 from slimtorch.measure import EvaluateConfig
 from slimtorch.run.loop import run_stages

@@ -15,7 +15,6 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch import artifact
 from slimtorch.core import STAGES, Stage, StageRecord, forward
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,10 +11,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from slimtorch.data.bundle import UNLABELED, DataBundle, dataset_len
 from slimtorch.data.checks import check_same_shapes, check_split, class_labels, transfer_split
+from slimtorch.data.registry import DATA_SOURCES, unknown_args_message
 from slimtorch.errors import DataError, ModelRefError, RecipeError
-from slimtorch.registry import Registry
-
-DATA_SOURCES: Registry[Callable[..., dict[str, Any]]] = Registry("data source")
 
 
 def _split(x: np.ndarray, y: np.ndarray, fractions: tuple[float, float], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -127,22 +123,6 @@ def _call_user_source(ref: str, args: dict[str, Any]) -> dict[str, Any]:
         got = sorted(out) if isinstance(out, dict) else type(out).__name__
         raise DataError(f"data source {ref!r} must return a dict with keys 'train', 'val', 'test' (and optionally 'transfer'); got {got}.")
     return out
-
-
-def source_args(source: str) -> list[str]:
-    """The ``data.args`` keys a built-in source takes (``seed`` comes from the recipe)."""
-    return [n for n in inspect.signature(DATA_SOURCES.get(source)).parameters if n != "seed"]
-
-
-def unknown_args_message(source: str, args: dict[str, Any]) -> str | None:
-    """What is wrong when ``args`` has a key the built-in ``source`` does not take (naming the valid ones), else None."""
-    valid = source_args(source)
-    unknown = [k for k in args if k not in valid and k != "seed"]
-    if not unknown:
-        return None
-    close = difflib.get_close_matches(str(unknown[0]), valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"unknown data.args key {unknown[0]!r} for data source {source!r}.{hint} Valid keys: {', '.join(valid) or 'none'}"
 
 
 def check_source_args(source: str, args: dict[str, Any]) -> None:

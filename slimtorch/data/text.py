@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from slimtorch.data.corpora import corpus_sentences, dedup_key, split_sentences
-from slimtorch.data.sources import DATA_SOURCES
+from slimtorch.data.registry import DATA_SOURCES
 from slimtorch.errors import DataError
 
 __all__ = ["SentenceDataset", "TextCollate", "split_sentences", "text"]

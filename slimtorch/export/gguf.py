@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from slimtorch.artifact import FORMATS, ArtifactFormat
 from slimtorch.errors import ArtifactError, DataError, MissingExtraError, UnsupportedModuleError
+from slimtorch.export.config import GGUFQuant
 from slimtorch.measure.llm import PROMPTS, causal_lm_of, eval_token_ids
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.gguf import INSTALL_HINT, PACKAGED_GGUF, check_gguf_file, packaged_gguf
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GGUFQuant = Literal["f32", "f16", "q8_0", "q4_0", "q4_1"]
 # The token-embedding table and the output layer (one tensor when tied): 4-bit rounding of the table costs most of a small
 # LM's quality (SmolLM2-135M in llama.cpp: q4_0 everywhere 1.265x perplexity; llama-quantize's Q4_0, whose table is 8-bit,
 # 1.136x), so a 4-bit file keeps them at q8_0 unless told otherwise, as llama.cpp's own quantizer does.
@@ -359,5 +359,5 @@ def _load_gguf(directory: Path, spec: dict[str, Any]) -> nn.Module:
     return set_attrs_(model, slimtorch_format="gguf", gguf_bytes=path.read_bytes())
 
 
-if "gguf" not in FORMATS:
+if not FORMATS.registered("gguf"):
     FORMATS.register("gguf")(ArtifactFormat(_save_gguf, _load_gguf))

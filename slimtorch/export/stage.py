@@ -2,49 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.errors import UnsupportedModuleError
-from slimtorch.export.gguf import GGUFQuant, export_gguf
+from slimtorch.export.config import ExportConfig
+from slimtorch.export.gguf import export_gguf
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
 from slimtorch.models.attrs import set_attrs_
-
-
-class ExportConfig(BaseModel):
-    """Recipe entry ``- export: {opset: 17, atol: 1e-4}``, or ``- export: {format: gguf, quant: q4_1}`` for llama.cpp."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    format: Literal["onnx", "gguf"] = Field("onnx", description="onnx (onnxruntime), or gguf (llama.cpp; LLaMA-architecture causal LMs)")
-    quant: GGUFQuant | None = Field(None, description="gguf: how weight matrices are stored (default q8_0; q4_1 keeps slimtorch's "
-                                    "int4 codes exactly)")
-    table: GGUFQuant | None = Field(None, description="gguf: how the token-embedding / output table is stored (default q8_0 "
-                                    "for a 4-bit quant, as llama.cpp's quantizer keeps it, else quant; slimtorch int4 table codes "
-                                    "in a q4_1 file stay exact)")
-    min_top1_agreement: float = Field(0.5, ge=0, le=1, description="gguf: least top-1 agreement of the file read back with the "
-                                      "model (a wrong layout gives chance level)")
-    check_tokens: int = Field(256, ge=8, description="gguf: tokens of the test text the read-back logits are compared on")
-
-    opset: int = Field(17, ge=13, le=21, description="ONNX opset version")
-    atol: float = Field(1e-4, gt=0, description="largest allowed |onnxruntime - torch| on the parity batches")
-    on_mismatch: Literal["error", "warn"] = Field("error", description="what to do when parity fails (onnx: atol, gguf: "
-                                                  "min_top1_agreement)")
-    example_batch_size: int = Field(4, ge=1, description="rows of the example batch traced by the exporter")
-    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads of the returned model")
-
-    @model_validator(mode="after")
-    def _check(self) -> ExportConfig:
-        if self.table is not None and self.format != "gguf":
-            raise ValueError(f"export.table ({self.table!r}) sets how a GGUF file stores its embedding table; add format: gguf, or "
-                             "remove table.")
-        if self.quant is not None and self.format != "gguf":
-            raise ValueError(f"export.quant ({self.quant!r}) sets how a GGUF file stores its weights; add format: gguf, or remove "
-                             "quant (ONNX export writes float32; quantize with a quantize stage).")
-        return self
 
 
 def parity_check(model: nn.Module, ort_model: nn.Module, ctx: RunContext, batch_size: int) -> dict[str, float]:

@@ -144,5 +144,5 @@ def _dynamic_linear(state: dict[str, Tensor], fqn: str, entry: dict[str, Any]) -
     return module
 
 
-if "torch_quantized" not in FORMATS:
+if not FORMATS.registered("torch_quantized"):
     FORMATS.register("torch_quantized")(ArtifactFormat(_save, _load, rebuilds=True))

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from slimtorch.data.sources import DATA_SOURCES, unknown_args_message
+from slimtorch.data.registry import DATA_SOURCES, unknown_args_message
 from slimtorch.device import check_device_spec
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.plan.config import TargetConfig

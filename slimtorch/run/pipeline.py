@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch.core import STAGES, RunContext, StageRecord, seed_everything, silent_progress
 from slimtorch.data import build_data
 from slimtorch.device import device_facts, resolve_device

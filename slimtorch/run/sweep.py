@@ -18,7 +18,6 @@ from typing import Any
 
 import yaml
 
-import slimtorch.stages  # noqa: F401  (registers every stage before recipes are validated)
 from slimtorch import artifact
 from slimtorch.core import StageRecord
 from slimtorch.data import build_data

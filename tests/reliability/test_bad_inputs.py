@@ -22,7 +22,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch import artifact
 from slimtorch.cli import app
 from slimtorch.core import RunContext

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-import slimtorch.stages  # noqa: F401
 from slimtorch import artifact
 from slimtorch.core import RunContext
 from slimtorch.data.bundle import UNLABELED

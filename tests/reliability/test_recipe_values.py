@@ -16,7 +16,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch.cli import app
 from slimtorch.core import RunContext
 from slimtorch.data import build_data

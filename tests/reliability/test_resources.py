@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import slimtorch.stages  # noqa: F401
 from slimtorch.core import RunContext
 from slimtorch.errors import RecipeError
 from slimtorch.models import build_model

@@ -18,7 +18,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import slimtorch.stages  # noqa: F401  (registers every stage)
 from slimtorch.cli import app
 from slimtorch.core import forward, output_tensor
 from slimtorch.data import build_data
