@@ -43,7 +43,8 @@ SPEC_FILE = "slimtorch.json"
 MAX_JSON_BYTES = 16_000_000
 # Formats registered by engine packages, imported on demand so `load` works in a fresh process.
 _FORMAT_MODULES = {"onnx": "slimtorch.runtime", "openvino": "slimtorch.runtime", "torch_quantized": "slimtorch.quantize",
-                   "hf_pruned": "slimtorch.prune", "gguf": "slimtorch.export"}
+                   "hf_pruned": "slimtorch.prune", "gguf": "slimtorch.export",
+                   "executorch": "slimtorch.export.executorch"}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.errors import UnsupportedModuleError
+from slimtorch.export.executorch import PteModule, executorch, export_pte
 from slimtorch.export.gguf import GGUFQuant, export_gguf
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
 from slimtorch.models.attrs import set_attrs_
@@ -19,7 +20,10 @@ class ExportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["onnx", "gguf"] = Field("onnx", description="onnx (onnxruntime), or gguf (llama.cpp; LLaMA-architecture causal LMs)")
+    format: Literal["onnx", "gguf", "executorch"] = Field("onnx", description="onnx (onnxruntime), gguf (llama.cpp; LLaMA-architecture "
+                                                          "causal LMs), or executorch (a .pte with the XNNPACK delegate, for phones)")
+    int8: bool = Field(False, description="executorch: int8 through XNNPACK's quantizer, calibrated on training batches")
+    calibration_batches: int = Field(4, ge=1, description="executorch int8: training batches the quantizer observes")
     quant: GGUFQuant | None = Field(None, description="gguf: how weight matrices are stored (default q8_0; q4_1 keeps slimtorch's "
                                     "int4 codes exactly)")
     table: GGUFQuant | None = Field(None, description="gguf: how the token-embedding / output table is stored (default q8_0 "
@@ -44,6 +48,8 @@ class ExportConfig(BaseModel):
         if self.quant is not None and self.format != "gguf":
             raise ValueError(f"export.quant ({self.quant!r}) sets how a GGUF file stores its weights; add format: gguf, or remove "
                              "quant (ONNX export writes float32; quantize with a quantize stage).")
+        if self.int8 and self.format != "executorch":
+            raise ValueError("export.int8 quantizes an ExecuTorch program; add format: executorch, or use a quantize stage.")
         return self
 
 
@@ -66,6 +72,8 @@ class ExportStage(Stage[ExportConfig], kind="export"):
         cfg = self.config
         if cfg.format == "gguf":
             return self._gguf(model, ctx)
+        if cfg.format == "executorch":
+            return self._executorch(model, ctx)
         example = ctx.data.example_batch(cfg.example_batch_size)
         ort_model = to_ort(model, example, cfg.opset, cfg.threads)
         diffs = parity_check(model, ort_model, ctx, cfg.example_batch_size)
@@ -84,6 +92,28 @@ class ExportStage(Stage[ExportConfig], kind="export"):
                 raise UnsupportedModuleError(message)
             record.notes.append(message)
         return ort_model, record
+
+    def _executorch(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
+        cfg = self.config
+        executorch("executorch.runtime")  # MissingExtraError before any work when executorch is absent
+        example = ctx.data.example_batch(cfg.example_batch_size)
+        calibration = [batch[0] for _, batch in zip(range(cfg.calibration_batches), ctx.data.loader("train"))] if cfg.int8 else []
+        pte_model = PteModule(export_pte(model, example, cfg.int8, calibration), int8=cfg.int8)
+        diffs = parity_check(model, pte_model, ctx, cfg.example_batch_size)
+        worst = max(diffs.values())
+        set_attrs_(pte_model, slimtorch_spec=getattr(model, "slimtorch_spec", None))
+        record = self.record(details={
+            "backend": "torch.export + to_edge_transform_and_lower (XnnpackPartitioner) + executorch.runtime",
+            "int8": cfg.int8, "pte_bytes": pte_model.size_bytes, "max_abs_diff": worst, "max_abs_diff_by_batch": diffs,
+        })
+        atol = cfg.atol if not cfg.int8 else float("inf")  # int8 is judged by the card's metric and agreement, not atol
+        if worst > atol:
+            message = (f"the ExecuTorch program differs from torch by {worst:.3g} (> atol {cfg.atol:g}); raise export.atol if "
+                       "this is expected, or keep format: onnx.")
+            if cfg.on_mismatch == "error":
+                raise UnsupportedModuleError(message)
+            record.notes.append(message)
+        return pte_model, record
 
     def _gguf(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config
