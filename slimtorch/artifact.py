@@ -43,7 +43,8 @@ MAX_JSON_BYTES = 16_000_000
 # Formats registered by engine modules, imported on first lookup so `load` works in a fresh process.
 _FORMAT_MODULES = {"onnx": "slimtorch.runtime", "openvino": "slimtorch.runtime",
                    "torch_quantized": "slimtorch.quantize.formats", "hf_pruned": "slimtorch.prune.hf_format",
-                   "gguf": "slimtorch.export.gguf"}
+                   "gguf": "slimtorch.export.gguf",
+                   "executorch": "slimtorch.export.executorch"}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from slimtorch.errors import MissingExtraError, ShapeMismatchError
+from slimtorch.optional import import_optional
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,7 @@ def onnx_initializer_stats(onnx_bytes: bytes) -> dict[str, int]:
 
 
 def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
-        raise MissingExtraError("running ONNX models needs onnxruntime: pip install onnxruntime.") from exc
-    return onnxruntime
+    return import_optional("onnxruntime", feature="running ONNX models")
 
 
 class OrtModule(nn.Module):

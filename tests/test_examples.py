@@ -44,6 +44,8 @@ def test_example_runs_end_to_end(path, tmp_path, monkeypatch):
     if "runtime: openvino" in path.read_text() or "quantizer: nncf" in path.read_text():
         for package in ("openvino", "nncf"):
             pytest.importorskip(package, reason="needs the openvino extra: pip install 'slimtorch[openvino]'")
+    if "format: executorch" in path.read_text():
+        pytest.importorskip("executorch", reason="needs the executorch extra: pip install 'slimtorch[executorch]'")
     if "wordnet" in path.read_text() and not (wordnet_dir() / "data.noun").is_file():
         pytest.skip("the wordnet text corpus needs the Debian package wordnet-base: apt-get install wordnet-base")
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # module:function references resolve from the root

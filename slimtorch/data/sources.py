@@ -13,6 +13,7 @@ from slimtorch.data.bundle import UNLABELED, DataBundle, dataset_len
 from slimtorch.data.checks import check_same_shapes, check_split, class_labels, transfer_split
 from slimtorch.data.registry import DATA_SOURCES, unknown_args_message
 from slimtorch.errors import DataError, ModelRefError, RecipeError
+from slimtorch.optional import import_optional
 
 
 def _split(x: np.ndarray, y: np.ndarray, fractions: tuple[float, float], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -30,9 +31,7 @@ def _tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
 @DATA_SOURCES.register("digits")
 def digits(seed: int = 0) -> dict[str, Any]:
     """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), scaled to [0, 1], shape (1, 8, 8)."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    bunch = import_optional("sklearn.datasets", feature="the digits data source").load_digits()
     x = (bunch.data / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
     train, val, test = _split(x, bunch.target, (0.1, 0.2), seed)
     return {"train": _tensors(*train), "val": _tensors(*val), "test": _tensors(*test), "num_classes": 10}
@@ -41,7 +40,8 @@ def digits(seed: int = 0) -> dict[str, Any]:
 @DATA_SOURCES.register("mnist1d")
 def mnist1d(seed: int = 0, num_samples: int = 5000) -> dict[str, Any]:
     """MNIST-1D (Greydanus 2020), generated offline: 40-sample 1-D signals of 10 classes, shape (1, 40)."""
-    from mnist1d.data import get_dataset_args, make_dataset
+    mnist1d_data = import_optional("mnist1d.data", feature="the mnist1d data source")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
 
     args = get_dataset_args()
     args.num_samples = num_samples

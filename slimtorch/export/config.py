@@ -15,7 +15,10 @@ class ExportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["onnx", "gguf"] = Field("onnx", description="onnx (onnxruntime), or gguf (llama.cpp; LLaMA-architecture causal LMs)")
+    format: Literal["onnx", "gguf", "executorch"] = Field("onnx", description="onnx (onnxruntime), gguf (llama.cpp; LLaMA-architecture "
+                                                          "causal LMs), or executorch (a .pte with the XNNPACK delegate, for phones)")
+    int8: bool = Field(False, description="executorch: int8 through XNNPACK's quantizer, calibrated on training batches")
+    calibration_batches: int = Field(4, ge=1, description="executorch int8: training batches the quantizer observes")
     quant: GGUFQuant | None = Field(None, description="gguf: how weight matrices are stored (default q8_0; q4_1 keeps slimtorch's "
                                     "int4 codes exactly)")
     table: GGUFQuant | None = Field(None, description="gguf: how the token-embedding / output table is stored (default q8_0 "
@@ -40,4 +43,6 @@ class ExportConfig(BaseModel):
         if self.quant is not None and self.format != "gguf":
             raise ValueError(f"export.quant ({self.quant!r}) sets how a GGUF file stores its weights; add format: gguf, or remove "
                              "quant (ONNX export writes float32; quantize with a quantize stage).")
+        if self.int8 and self.format != "executorch":
+            raise ValueError("export.int8 quantizes an ExecuTorch program; add format: executorch, or use a quantize stage.")
         return self

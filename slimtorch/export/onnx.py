@@ -24,6 +24,7 @@ from slimtorch.device import to_device
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.measure.modes import eval_mode
 from slimtorch.models.attrs import set_attrs_
+from slimtorch.optional import import_optional
 from slimtorch.runtime import OrtModule
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ def export_onnx(model: nn.Module, example: Batch, opset: int = 17) -> bytes:
         example: one input batch, a tensor ``(B, ...)`` or a dict of ``(B, T)`` tensors.
         opset: ONNX opset version.
     """
+    for package in ("onnx", "onnxscript"):  # torch.onnx's exporter builds the graph with both (the `onnx` extra)
+        import_optional(package, feature="ONNX export")
     # Exported from the CPU whatever device the run trained on: the graph must not name a GPU.
     module, example = plain_copy(model).to("cpu"), to_device(example, torch.device("cpu"))
     names = input_names_of(example)

@@ -7,6 +7,7 @@ from torch import nn
 from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.export.config import ExportConfig
+from slimtorch.export.executorch import PteModule, executorch, export_pte
 from slimtorch.export.gguf import export_gguf
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
 from slimtorch.models.attrs import set_attrs_
@@ -31,6 +32,8 @@ class ExportStage(Stage[ExportConfig], kind="export"):
         cfg = self.config
         if cfg.format == "gguf":
             return self._gguf(model, ctx)
+        if cfg.format == "executorch":
+            return self._executorch(model, ctx)
         example = ctx.data.example_batch(cfg.example_batch_size)
         ort_model = to_ort(model, example, cfg.opset, cfg.threads)
         diffs = parity_check(model, ort_model, ctx, cfg.example_batch_size)
@@ -49,6 +52,28 @@ class ExportStage(Stage[ExportConfig], kind="export"):
                 raise UnsupportedModuleError(message)
             record.notes.append(message)
         return ort_model, record
+
+    def _executorch(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
+        cfg = self.config
+        executorch("executorch.runtime")  # MissingExtraError before any work when executorch is absent
+        example = ctx.data.example_batch(cfg.example_batch_size)
+        calibration = [batch[0] for _, batch in zip(range(cfg.calibration_batches), ctx.data.loader("train"))] if cfg.int8 else []
+        pte_model = PteModule(export_pte(model, example, cfg.int8, calibration), int8=cfg.int8)
+        diffs = parity_check(model, pte_model, ctx, cfg.example_batch_size)
+        worst = max(diffs.values())
+        set_attrs_(pte_model, slimtorch_spec=getattr(model, "slimtorch_spec", None))
+        record = self.record(details={
+            "backend": "torch.export + to_edge_transform_and_lower (XnnpackPartitioner) + executorch.runtime",
+            "int8": cfg.int8, "pte_bytes": pte_model.size_bytes, "max_abs_diff": worst, "max_abs_diff_by_batch": diffs,
+        })
+        atol = cfg.atol if not cfg.int8 else float("inf")  # int8 is judged by the card's metric and agreement, not atol
+        if worst > atol:
+            message = (f"the ExecuTorch program differs from torch by {worst:.3g} (> atol {cfg.atol:g}); raise export.atol if "
+                       "this is expected, or keep format: onnx.")
+            if cfg.on_mismatch == "error":
+                raise UnsupportedModuleError(message)
+            record.notes.append(message)
+        return pte_model, record
 
     def _gguf(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from slimtorch.errors import MissingExtraError, UnsupportedModuleError
+from slimtorch.errors import UnsupportedModuleError
+from slimtorch.optional import import_optional
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -18,11 +19,7 @@ HF_DEFAULT_TARGETS = ("query", "value", "q_proj", "v_proj", "c_attn")
 
 
 def _peft() -> Any:
-    try:
-        import peft
-    except ImportError as exc:  # pragma: no cover - peft is a core dependency
-        raise MissingExtraError("LoRA needs peft: pip install peft.") from exc
-    return peft
+    return import_optional("peft", feature="LoRA")
 
 
 def _matches(fqn: str, pattern: str) -> bool:

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from slimtorch.errors import ArtifactError, MissingExtraError, ModelRefError
+from slimtorch.errors import ArtifactError, ModelRefError
 from slimtorch.models.gguf import PACKAGED_GGUF, converted_dir, packaged_gguf
 from slimtorch.models.weights import Shapes, check_fits_weights, safetensors_shapes
+from slimtorch.optional import import_optional
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -36,10 +37,7 @@ OFFLINE_PACKAGES = {
 
 
 def _transformers() -> Any:
-    try:
-        return importlib.import_module("transformers")
-    except ImportError as exc:  # pragma: no cover - transformers is a core dependency
-        raise MissingExtraError("Hugging Face models need transformers: pip install 'slimtorch[hf]'.") from exc
+    return import_optional("transformers", feature="Hugging Face models")
 
 
 class HFModel(nn.Module):

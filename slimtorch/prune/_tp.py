@@ -9,15 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from slimtorch.core import Batch, forward
-from slimtorch.errors import MissingExtraError
+from slimtorch.optional import import_optional
 
 
 def tp() -> Any:
-    try:
-        import torch_pruning
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise MissingExtraError("structured pruning needs torch-pruning: pip install torch-pruning") from exc
-    return torch_pruning
+    return import_optional("torch_pruning", feature="structured pruning")
 
 
 class OutputActivationImportance:

@@ -16,23 +16,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from slimtorch.errors import MissingExtraError, NotCalibratedError, UnsupportedModuleError
+from slimtorch.errors import NotCalibratedError, UnsupportedModuleError
+from slimtorch.optional import import_optional
 
 log = logging.getLogger(__name__)
 
 
 def _quantization() -> Any:
-    try:
-        from onnxruntime import quantization
-    except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
-        raise MissingExtraError("onnxruntime quantization needs onnxruntime: pip install onnxruntime.") from exc
-    return quantization
+    import_optional("onnx", feature="onnxruntime quantization")
+    return import_optional("onnxruntime.quantization", feature="onnxruntime quantization")
 
 
 def ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
+    return str(import_optional("onnxruntime", feature="int8 in onnxruntime").__version__)
 
 
 def _preprocess(src: Path, dst: Path) -> Path:

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from slimtorch.optional import import_optional
+
 
 @functools.cache
 def u8s8_saturates() -> bool:
@@ -23,8 +25,9 @@ def u8s8_saturates() -> bool:
     is this CPU's, whatever /proc/cpuinfo says.
     """
     import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    ort = import_optional("onnxruntime", feature="int8 in onnxruntime")
+    onnx = import_optional("onnx", feature="int8 in onnxruntime")
+    TensorProto, helper = onnx.TensorProto, onnx.helper
 
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "u8s8",

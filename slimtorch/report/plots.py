@@ -5,17 +5,28 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from typing import TYPE_CHECKING, Any
 
 from slimtorch.io import atomic_write_bytes
+from slimtorch.optional import available, import_optional
 from slimtorch.report.card import Report
 from slimtorch.report.table import batches, fmt_bytes, metric_of, p50
 
 COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
 FRONTIER = "#C44E52"
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure (the ``plots`` extra); callers first check :func:`plots_available`."""
+    return import_optional("matplotlib.figure", feature="report plots").Figure(**kwargs)
+
+
+def plots_available() -> bool:
+    """Whether matplotlib is installed: without it the report card skips its figures (tables stay)."""
+    return available("matplotlib")
 
 
 def _png(fig: Figure, dpi: int = 110) -> bytes:
@@ -62,9 +73,10 @@ def _panel(ax: Any, report: Report, xs: dict[str, float | None], xlabel: str, fm
     lo_x, hi_x = min(p[0] for p in points) / 1.6, max(p[0] for p in points) * 2.2
     decades = math.log10(hi_x / lo_x)
     # 1-2-5 ticks crowd each other past two decades (labels like "50 kB100 kB200 kB"): then decades only
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0, 3.0) if decades <= 3 else (1.0,)))
-    ax.xaxis.set_major_formatter(FuncFormatter(fmt))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ticker = import_optional("matplotlib.ticker", feature="report plots")
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0, 3.0) if decades <= 3 else (1.0,)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(fmt))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric} (%)" if metric == "accuracy" else metric)
     ax.grid(True, which="major", alpha=0.3)
@@ -94,9 +106,11 @@ def _label(ax: Any, points: list[tuple[float, float, str]]) -> None:
                     ha="left" if best[0] > 0 else "right")
 
 
-def pareto_png(report: Report) -> bytes:
+def pareto_png(report: Report) -> bytes | None:
     """Two panels: size on disk and smallest-batch p50 latency (log x) against the metric; frontier dashed."""
-    fig = Figure(figsize=(11, 4.4))
+    if not plots_available():  # the `plots` extra; the card's tables carry the same figures
+        return None
+    fig = _figure(figsize=(11, 4.4))
     ax_size, ax_lat = fig.subplots(1, 2)
     b = (batches(report.models) or ["1"])[0]
     sizes: dict[str, float | None] = {m.name: m.size_bytes for m in report.models}
@@ -117,18 +131,22 @@ def pareto_png(report: Report) -> bytes:
 
 
 def plot_pareto(report: Report, path: str | Path) -> None:
-    """Write :func:`pareto_png` to ``path`` atomically."""
-    atomic_write_bytes(Path(path), pareto_png(report))
+    """Write :func:`pareto_png` to ``path`` atomically (nothing without matplotlib, the ``plots`` extra)."""
+    png = pareto_png(report)
+    if png is not None:
+        atomic_write_bytes(Path(path), png)
 
 
 def per_class_png(report: Report) -> bytes | None:
     """Heatmap of per-class accuracy (models × classes), or None when no model has it."""
+    if not plots_available():  # the `plots` extra; the card's tables carry the same figures
+        return None
     models = [m for m in report.models if m.metrics.get("per_class_accuracy")]
     if not models:
         return None
     classes = sorted({c for m in models for c in m.metrics["per_class_accuracy"]}, key=_class_key)
     grid = [[m.metrics["per_class_accuracy"].get(c, float("nan")) * 100 for c in classes] for m in models]
-    fig = Figure(figsize=(max(6.0, 0.62 * len(classes) + 2.5), 0.5 * len(models) + 1.4))
+    fig = _figure(figsize=(max(6.0, 0.62 * len(classes) + 2.5), 0.5 * len(models) + 1.4))
     ax = fig.subplots()
     flat = [v for row in grid for v in row if not math.isnan(v)]
     image = ax.imshow(grid, cmap="RdYlGn", vmin=max(0.0, min(flat) - 5) if flat else 0, vmax=100, aspect="auto")
@@ -147,10 +165,12 @@ def per_class_png(report: Report) -> bytes | None:
 
 def robustness_png(report: Report) -> bytes | None:
     """The metric against the input-noise level (0 = clean) for each model, or None when not measured."""
+    if not plots_available():  # the `plots` extra; the card's tables carry the same figures
+        return None
     models = [m for m in report.models if m.robustness]
     if not models:
         return None
-    fig = Figure(figsize=(6.5, 3.8))
+    fig = _figure(figsize=(6.5, 3.8))
     ax = fig.subplots()
     metric = _metric_label(report)
     scale = 100.0 if metric == "accuracy" else 1.0
@@ -170,9 +190,11 @@ def robustness_png(report: Report) -> bytes | None:
     return _png(fig)
 
 
-def sensitivity_png(stage: str, curves: dict[str, list[tuple[float, float]]]) -> bytes:
+def sensitivity_png(stage: str, curves: dict[str, list[tuple[float, float]]]) -> bytes | None:
     """One line per layer: the metric after pruning only that layer to each sparsity."""
-    fig = Figure(figsize=(6.5, 3.8))
+    if not plots_available():  # the `plots` extra; the card's tables carry the same figures
+        return None
+    fig = _figure(figsize=(6.5, 3.8))
     ax = fig.subplots()
     for i, (layer, points) in enumerate(sorted(curves.items())):
         points = sorted(points)
@@ -186,13 +208,15 @@ def sensitivity_png(stage: str, curves: dict[str, list[tuple[float, float]]]) ->
     return _png(fig)
 
 
-def quant_sensitivity_png(stage: str, scan: dict[str, Any]) -> bytes:
+def quant_sensitivity_png(stage: str, scan: dict[str, Any]) -> bytes | None:
     """Per-layer int8 cost (all layers int8 but this one): val drop and output error; float-kept layers in red."""
+    if not plots_available():  # the `plots` extra; the card's tables carry the same figures
+        return None
     layers = scan["layers"]
     kept = set(scan.get("float_layers", []))
     names = [c["layer"].strip("/").removesuffix("/Conv").removesuffix("/Gemm").removesuffix("/MatMul") for c in layers]
     colors = [FRONTIER if c["layer"] in kept else COLORS[0] for c in layers]
-    fig = Figure(figsize=(8.5, 0.9 + 0.32 * len(layers)))
+    fig = _figure(figsize=(8.5, 0.9 + 0.32 * len(layers)))
     left, right = fig.subplots(1, 2, sharey=True)
     y = range(len(layers))
     scale, unit = (100.0, " (points)") if scan.get("metric") == "accuracy" else (1.0, "")
