@@ -161,7 +161,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "smaller"
         artifact.save(student, out)
-        ours = causal_lm_of(student).hf(input_ids=ids[:64][None]).logits[0]
+        with torch.no_grad():
+            ours = causal_lm_of(student).hf(input_ids=ids[:64][None]).logits[0]
         result["plain_transformers_max_abs_diff"] = float((plain_transformers_check(out, ids) - ours).abs().max())
         if llamacpp.available():
             for quant in ("f32", "q8_0"):
