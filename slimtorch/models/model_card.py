@@ -131,11 +131,11 @@ def measured_figures(measurement: Any) -> dict[str, Any]:
 
 def refresh_card(directory: Path, model: Any, stage: str, measurement: Any) -> None:
     """Rewrite the card of a saved HF model with the figures its run just measured (no-op for other models)."""
-    from slimtorch.artifact import format_of
     from slimtorch.models.hf import HFModel
 
     hf_model = next((c for c in (model, getattr(model, "model", None)) if isinstance(c, HFModel)), None)
     if hf_model is None:
         return
-    write_hf_card(Path(directory), format_of(model), hf_model, {"stages": [f"{stage} (slimtorch stage; the run's report.md has the recipe)"],
+    fmt = getattr(model, "slimtorch_format", None) or "hf"  # artifact.format_of, without importing artifact
+    write_hf_card(Path(directory), fmt, hf_model, {"stages": [f"{stage} (slimtorch stage; the run's report.md has the recipe)"],
                                                    "figures": measured_figures(measurement)})
