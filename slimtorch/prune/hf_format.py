@@ -50,7 +50,7 @@ def _save(model: nn.Module, directory: Path) -> None:
 
 
 @torch.no_grad()
-def _pad_heads_(hf: nn.Module, fam: str) -> None:
+def _pad_heads_(hf: Any, fam: str) -> None:
     """Give every layer the config's head count again, the added heads all zero (plain transformers then loads it)."""
     from slimtorch.prune.transformers import attn_modules, blocks, head_info
 
@@ -74,13 +74,13 @@ def _pad_heads_(hf: nn.Module, fam: str) -> None:
             set_attrs_(block.get_submodule("attn"), num_heads=heads, split_size=full)
         else:  # BERT: Linear query/key/value (O, I), output.dense (H, O)
             for m in qkv:
-                w, b = cast(Tensor, m.weight), cast("Tensor | None", m.bias)
-                new_w = w.new_zeros(full, w.shape[1])
-                new_w[: w.shape[0]] = w
+                lw, lb = cast(Tensor, m.weight), cast("Tensor | None", m.bias)
+                new_w = lw.new_zeros(full, lw.shape[1])
+                new_w[: lw.shape[0]] = lw
                 m.weight = nn.Parameter(new_w)
-                if b is not None:
-                    new_b = b.new_zeros(full)
-                    new_b[: b.shape[0]] = b
+                if lb is not None:
+                    new_b = lb.new_zeros(full)
+                    new_b[: lb.shape[0]] = lb
                     m.bias = nn.Parameter(new_b)
                 set_attrs_(m, out_features=full)
             w = cast(Tensor, out.weight)
@@ -100,7 +100,7 @@ def _load_padded(directory: Path, shapes: dict[str, Any]) -> nn.Module:
     hf = model.hf
     keep = int(shapes["heads_per_layer"])
     if keep < head_info(hf)[0]:
-        scores = {m: cast(Tensor, m.weight).detach().abs() for m in hf.modules()
+        scores = {m: m.weight.detach().abs() for m in hf.modules()
                   if hasattr(m, "weight") and isinstance(m.weight, torch.Tensor)}
         prune_heads_(hf, keep, scores)
     return set_attrs_(model, slimtorch_format="hf_pruned")
