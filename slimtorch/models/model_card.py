@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from slimtorch.io import atomic_write_text
+from slimtorch.models.hf import HFModel
 
 CARD_FILE = "README.md"
 
@@ -131,7 +132,6 @@ def measured_figures(measurement: Any) -> dict[str, Any]:
 
 def refresh_card(directory: Path, model: Any, stage: str, measurement: Any) -> None:
     """Rewrite the card of a saved HF model with the figures its run just measured (no-op for other models)."""
-    from slimtorch.models.hf import HFModel
 
     hf_model = next((c for c in (model, getattr(model, "model", None)) if isinstance(c, HFModel)), None)
     if hf_model is None:

@@ -22,14 +22,14 @@ from slimtorch.artifact import FORMATS, ArtifactFormat
 from slimtorch.errors import ArtifactError
 from slimtorch.io import atomic_write_json
 from slimtorch.models.attrs import set_attrs_
+from slimtorch.models.hf import HFModel, _auto_class, load_hf
 from slimtorch.prune.masks import bake_masks_
+from slimtorch.prune.transformers import attn_modules, blocks, family, head_info, prune_heads_
 
 SHAPES_FILE = "pruned_shapes.json"
 
 
 def _save(model: nn.Module, directory: Path) -> None:
-    from slimtorch.models.hf import HFModel
-    from slimtorch.prune.transformers import attn_modules, blocks, family, head_info
 
     baked = bake_masks_(copy.deepcopy(model))
     assert isinstance(baked, HFModel), "only head pruning of an HFModel selects the hf_pruned format"
@@ -52,7 +52,6 @@ def _save(model: nn.Module, directory: Path) -> None:
 @torch.no_grad()
 def _pad_heads_(hf: Any, fam: str) -> None:
     """Give every layer the config's head count again, the added heads all zero (plain transformers then loads it)."""
-    from slimtorch.prune.transformers import attn_modules, blocks, head_info
 
     heads, _kv, dim = head_info(hf)  # the config still holds the original head count
     full = heads * dim
@@ -93,8 +92,6 @@ def _pad_heads_(hf: Any, fam: str) -> None:
 
 def _load_padded(directory: Path, shapes: dict[str, Any]) -> nn.Module:
     """A padded artifact: plain ``from_pretrained``, then the zero heads removed (they score zero by magnitude)."""
-    from slimtorch.models.hf import load_hf
-    from slimtorch.prune.transformers import head_info, prune_heads_
 
     model = load_hf(str(directory / "hf"), kind=shapes["kind"])
     hf = model.hf
@@ -110,8 +107,6 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
     import transformers
     from safetensors.torch import load_file
 
-    from slimtorch.models.hf import HFModel, _auto_class
-    from slimtorch.prune.transformers import head_info, prune_heads_
 
     try:
         shapes = json.loads((directory / SHAPES_FILE).read_text())
