@@ -62,6 +62,10 @@ def main() -> None:
     parser.add_argument("--gptq", action="store_true", help="also GPTQ int4 (g64, 256 calibration sentences) written code for code as "
                         "q4_1 (a few CPU-minutes)")
     parser.add_argument("--model", default="hf:smollm2", help="another LLaMA causal LM loaded from GGUF")
+    parser.add_argument("--kquant", action="store_true", help="slimtorch's K-quant files: llama.cpp's Q4_K_M mix with GPTQ codes on "
+                        "the stored grids, and size targets at the size of llama.cpp's Q4_K_M and Q4_0 files")
+    parser.add_argument("--calibration-examples", type=int, default=128, help="calibration sentences of the GGUF GPTQ exports")
+    parser.add_argument("--no-legacy", action="store_true", help="skip slimtorch's q8_0/q4_0 rows")
     args = parser.parse_args()
     if not llamacpp.available():  # make bench runs every script: say what is missing, do not fail the others
         print(f"skipped: {llamacpp.INSTALL_HINT}")
@@ -87,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="slimtorch-llamacpp-") as tmp_dir:
         tmp = Path(tmp_dir)
         files: list[tuple[str, Path]] = []
-        sources = [("f32", original), ("q8_0", original), ("q4_0", original)]
+        sources = [("f32", original)] + ([] if args.no_legacy else [("q8_0", original), ("q4_0", original)])
         if args.gptq:
             start = time.perf_counter()
             gptq, _ = QuantizeStage(QuantizeConfig(mode="int4_weight_only", runtime="torch", group_size=64, method="gptq",
@@ -103,6 +107,28 @@ def main() -> None:
         f32 = files[0][1]
         for kind in LLAMA_TYPES:
             files.append((f"llama-quantize {kind}", llama_quantize(f32, tmp / f"{kind}.gguf", kind)))
+        if args.kquant:
+            sizes = {kind: path.stat().st_size / 1e6 for label, path in files for kind in LLAMA_TYPES if label.endswith(kind)}
+            kq = [("q4_k_m rtn", {"quant": "q4_k_m"}), ("q4_k_m gptq", {"quant": "q4_k_m", "method": "gptq"}),
+                  (f"gptq, size of Q4_K_M ({sizes['Q4_K_M']:.1f} MB)", {"quant": "q4_k_m", "method": "gptq",
+                                                                       "size_mb": sizes["Q4_K_M"]}),
+                  (f"gptq, size of Q4_0 ({sizes['Q4_0']:.1f} MB)", {"quant": "q4_0", "method": "gptq", "size_mb": sizes["Q4_0"]})]
+            for i, (label, cfg) in enumerate(kq):
+                start = time.perf_counter()
+                _, record = ExportStage(ExportConfig(format="gguf", min_top1_agreement=0.0, calibration_examples=args.calibration_examples,
+                                                     **cfg)).apply(copy.deepcopy(original), RunContext(data=data, work_dir=tmp / f"kq{i}"))
+                plan = record.details["size_plan"]
+                print(f"slimtorch {label}: {time.perf_counter() - start:.0f} s, {record.details['tensor_types']}, "
+                      f"{record.details['bits_per_weight']:.3f} bits/weight" + (f", plan {plan['tensors_by_type']}" if plan else ""),
+                      flush=True)
+                files.append((f"slimtorch {label}", tmp / f"kq{i}" / "00_export" / "model.gguf"))
+            import gguf
+
+            for label, path in files:
+                counts: dict[str, int] = {}
+                for t in gguf.GGUFReader(str(path)).tensors:
+                    counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+                print(f"types {label}: {dict(sorted(counts.items()))}", flush=True)
         for label, path in files:
             facts = llamacpp.measure_gguf(path, ids.tolist(), spans, cfg)
             one = facts["threads"]["1"]

@@ -9,7 +9,7 @@ from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.errors import UnsupportedModuleError
-from slimtorch.export.gguf import GGUFQuant, export_gguf
+from slimtorch.export.gguf import GGUFCalibration, GGUFQuant, export_gguf
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
 from slimtorch.models.attrs import set_attrs_
 
@@ -28,6 +28,14 @@ class ExportConfig(BaseModel):
     min_top1_agreement: float = Field(0.5, ge=0, le=1, description="gguf: least top-1 agreement of the file read back with the "
                                       "model (a wrong layout gives chance level)")
     check_tokens: int = Field(256, ge=8, description="gguf: tokens of the test text the read-back logits are compared on")
+    method: Literal["rtn", "gptq"] = Field("rtn", description="gguf block types: rtn (round to nearest on each block's best "
+                                           "range) or gptq (codes chosen by GPTQ on the exact stored grid; needs calibration text)")
+    calibration_examples: int = Field(128, ge=1, description="gguf, with method: gptq or a size target: calibration sentences")
+    calibration_split: Literal["train", "val", "transfer"] = Field("train", description="gguf: split the calibration text comes from")
+    bits_per_weight: float | None = Field(None, gt=2, le=16, description="gguf size target: bits per weight over the weight "
+                                          "matrices; a type per matrix is chosen by measured sensitivity")
+    size_mb: float | None = Field(None, gt=0, description="gguf size target: file size in MB (1e6 bytes), allocated like "
+                                  "bits_per_weight")
 
     opset: int = Field(17, ge=13, le=21, description="ONNX opset version")
     atol: float = Field(1e-4, gt=0, description="largest allowed |onnxruntime - torch| on the parity batches")
@@ -41,6 +49,12 @@ class ExportConfig(BaseModel):
         if self.table is not None and self.format != "gguf":
             raise ValueError(f"export.table ({self.table!r}) sets how a GGUF file stores its embedding table; add format: gguf, or "
                              "remove table.")
+        gguf_only = {"method": self.method != "rtn", "bits_per_weight": self.bits_per_weight is not None,
+                     "size_mb": self.size_mb is not None}
+        if self.format != "gguf" and any(gguf_only.values()):
+            raise ValueError(f"export.{next(k for k, v in gguf_only.items() if v)} applies to GGUF files; add format: gguf.")
+        if self.bits_per_weight is not None and self.size_mb is not None:
+            raise ValueError("give one GGUF size target: export.bits_per_weight or export.size_mb, not both.")
         if self.quant is not None and self.format != "gguf":
             raise ValueError(f"export.quant ({self.quant!r}) sets how a GGUF file stores its weights; add format: gguf, or remove "
                              "quant (ONNX export writes float32; quantize with a quantize stage).")
@@ -88,7 +102,8 @@ class ExportStage(Stage[ExportConfig], kind="export"):
     def _gguf(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config
         quant = cfg.quant or "q8_0"
-        out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens, cfg.table)
+        calibration = GGUFCalibration(cfg.method, cfg.calibration_examples, cfg.calibration_split, cfg.bits_per_weight, cfg.size_mb)
+        out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens, cfg.table, calibration)
         record = self.record(details=details)
         parity = details["parity"]
         table = f", embedding table {details['table_quant']}" if details["table_quant"] not in (None, quant) else ""
@@ -96,6 +111,13 @@ class ExportStage(Stage[ExportConfig], kind="export"):
                             f"{parity['top1_agreement']:.3f}, max |Δ logit| {parity['max_abs_diff']:.3g}, KL {parity['kl_nats']:.4f} "
                             f"nats on {parity['tokens']} tokens; the report card measures its weights dequantized to fp32 in torch "
                             "(llama.cpp runs the file itself).")
+        if details["size_plan"]:
+            plan = details["size_plan"]
+            record.notes.append(f"size target: {plan['bits_per_weight']:.3f} bits per weight over the matrices "
+                                f"({plan['matrix_bytes'] / 1e6:.2f} of {plan['budget_bytes'] / 1e6:.2f} MB allowed), types "
+                                + ", ".join(f"{k} ×{v}" for k, v in plan["tensors_by_type"].items()))
+        if details["gptq_tensors"]:
+            record.notes.append(f"{details['gptq_tensors']} matrices' codes chosen by GPTQ on the stored block grid.")
         if details["exact_int4_tensors"]:
             record.notes.append(f"{details['exact_int4_tensors']} int4 matrices written code for code as Q4_1.")
         if details["f16_fallback_tensors"]:
