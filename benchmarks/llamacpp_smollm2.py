@@ -43,13 +43,28 @@ from slimtorch.quantize import QuantizeConfig, QuantizeStage
 LLAMA_TYPES = ("Q8_0", "Q4_0", "Q4_K_M")
 
 
-def llama_quantize(source: Path, out: Path, kind: str) -> Path:
-    """llama.cpp's own quantizer (``llama-quantize``) on ``source`` into ``out`` as ``kind`` (no importance matrix)."""
+def llama_quantize(source: Path, out: Path, kind: str, imatrix: dict[str, torch.Tensor] | None = None) -> Path:
+    """llama.cpp's own quantizer (``llama-quantize``) on ``source`` into ``out`` as ``kind``.
+
+    ``imatrix``: llama-imatrix's importance per input column (mean x² of each matrix's inputs) by gguf tensor name,
+    passed through ``llama_model_quantize_params.imatrix`` (an array ended by an entry without a name).
+    """
+    import ctypes
+
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}")
     params.nthread = os.cpu_count() or 1
+    keep = []
+    if imatrix:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(sorted(imatrix.items())):
+            array = (ctypes.c_float * len(values))(*values.float().tolist())
+            keep.append(array)
+            entries[i].name, entries[i].data, entries[i].size = f"{name}.weight".encode(), array, len(values)
+        entries[len(imatrix)].name = None
+        params.imatrix = entries
     if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
         raise RuntimeError(f"llama_model_quantize failed for {kind}")
     return out
@@ -65,6 +80,8 @@ def main() -> None:
     parser.add_argument("--kquant", action="store_true", help="slimtorch's K-quant files: llama.cpp's Q4_K_M mix with GPTQ codes on "
                         "the stored grids, and size targets at the size of llama.cpp's Q4_K_M and Q4_0 files")
     parser.add_argument("--calibration-examples", type=int, default=128, help="calibration sentences of the GGUF GPTQ exports")
+    parser.add_argument("--imatrix", action="store_true", help="also llama.cpp's Q4_0 and Q4_K_M with an importance matrix "
+                        "(llama-imatrix's mean x² per column, from the same calibration sentences)")
     parser.add_argument("--no-legacy", action="store_true", help="skip slimtorch's q8_0/q4_0 rows")
     args = parser.parse_args()
     if not llamacpp.available():  # make bench runs every script: say what is missing, do not fail the others
@@ -107,6 +124,14 @@ def main() -> None:
         f32 = files[0][1]
         for kind in LLAMA_TYPES:
             files.append((f"llama-quantize {kind}", llama_quantize(f32, tmp / f"{kind}.gguf", kind)))
+        if args.imatrix:  # llama-imatrix's statistic (mean x² per input column) from slimtorch's calibration pass
+            from slimtorch.export.gguf import gguf_hessians
+            from slimtorch.quantize.gptq import calibration_inputs
+
+            hessians = gguf_hessians(lm, calibration_inputs(lm, data, "train", args.calibration_examples))
+            imatrix = {name: torch.diag(h) / 2 for name, h in hessians.items()}
+            for kind in ("Q4_0", "Q4_K_M"):
+                files.append((f"llama-quantize {kind} + imatrix", llama_quantize(f32, tmp / f"{kind}-imatrix.gguf", kind, imatrix)))
         if args.kquant:
             sizes = {kind: path.stat().st_size / 1e6 for label, path in files for kind in LLAMA_TYPES if label.endswith(kind)}
             kq = [("q4_k_m rtn", {"quant": "q4_k_m"}), ("q4_k_m gptq", {"quant": "q4_k_m", "method": "gptq"}),
