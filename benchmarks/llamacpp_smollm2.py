@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--kquant", action="store_true", help="slimtorch's K-quant files: llama.cpp's Q4_K_M mix with GPTQ codes on "
                         "the stored grids, and size targets at the size of llama.cpp's Q4_K_M and Q4_0 files")
     parser.add_argument("--calibration-examples", type=int, default=128, help="calibration sentences of the GGUF GPTQ exports")
+    parser.add_argument("--all-kquant", action="store_true", help="with --kquant: also round-to-nearest Q4_K_M and a size target "
+                        "at Q4_K_M's size")
     parser.add_argument("--imatrix", action="store_true", help="also llama.cpp's Q4_0 and Q4_K_M with an importance matrix "
                         "(llama-imatrix's mean x² per column, from the same calibration sentences)")
     parser.add_argument("--no-legacy", action="store_true", help="skip slimtorch's q8_0/q4_0 rows")
@@ -122,7 +124,7 @@ def main() -> None:
             label = "slimtorch GGUF " + (f"{quant} (GPTQ g64 codes)" if quant == "q4_1" else quant)
             files.append((label, tmp / quant / "00_export" / "model.gguf"))
         f32 = files[0][1]
-        for kind in LLAMA_TYPES:
+        for kind in LLAMA_TYPES[1:] if args.no_legacy else LLAMA_TYPES:
             files.append((f"llama-quantize {kind}", llama_quantize(f32, tmp / f"{kind}.gguf", kind)))
         if args.imatrix:  # llama-imatrix's statistic (mean x² per input column) from slimtorch's calibration pass
             from slimtorch.export.gguf import gguf_hessians
@@ -134,14 +136,16 @@ def main() -> None:
                 files.append((f"llama-quantize {kind} + imatrix", llama_quantize(f32, tmp / f"{kind}-imatrix.gguf", kind, imatrix)))
         if args.kquant:
             sizes = {kind: path.stat().st_size / 1e6 for label, path in files for kind in LLAMA_TYPES if label.endswith(kind)}
-            kq = [("q4_k_m rtn", {"quant": "q4_k_m"}), ("q4_k_m gptq", {"quant": "q4_k_m", "method": "gptq"}),
-                  (f"gptq, size of Q4_K_M ({sizes['Q4_K_M']:.1f} MB)", {"quant": "q4_k_m", "method": "gptq",
-                                                                       "size_mb": sizes["Q4_K_M"]}),
+            kq = [("q4_k_m gptq", {"quant": "q4_k_m", "method": "gptq"}),
                   (f"gptq, size of Q4_0 ({sizes['Q4_0']:.1f} MB)", {"quant": "q4_0", "method": "gptq", "size_mb": sizes["Q4_0"]})]
-            for i, (label, cfg) in enumerate(kq):
+            if args.all_kquant:
+                kq[:0] = [("q4_k_m rtn", {"quant": "q4_k_m"})]
+                kq.append((f"gptq, size of Q4_K_M ({sizes['Q4_K_M']:.1f} MB)", {"quant": "q4_k_m", "method": "gptq",
+                                                                                "size_mb": sizes["Q4_K_M"]}))
+            for i, (label, export_cfg) in enumerate(kq):
                 start = time.perf_counter()
                 _, record = ExportStage(ExportConfig(format="gguf", min_top1_agreement=0.0, calibration_examples=args.calibration_examples,
-                                                     **cfg)).apply(copy.deepcopy(original), RunContext(data=data, work_dir=tmp / f"kq{i}"))
+                                                     **export_cfg)).apply(copy.deepcopy(original), RunContext(data=data, work_dir=tmp / f"kq{i}"))
                 plan = record.details["size_plan"]
                 print(f"slimtorch {label}: {time.perf_counter() - start:.0f} s, {record.details['tensor_types']}, "
                       f"{record.details['bits_per_weight']:.3f} bits/weight" + (f", plan {plan['tensors_by_type']}" if plan else ""),

@@ -328,7 +328,7 @@ def gguf_hessians(lm: HFModel, batches: list[Any]) -> dict[str, Tensor]:
 
 def output_error(weight: Tensor, qtype: str, hessian: Tensor | None) -> float:
     """``tr(ΔW H ΔWᵀ)`` of rounding ``weight`` to ``qtype`` on its importance-chosen grid (``H = I`` without one)."""
-    grid = block_grid(weight, qtype, None if hessian is None else torch.diag(hessian))
+    grid = block_grid(weight, qtype, None if hessian is None else torch.diag(hessian), steps=5)  # coarse range search: a ranking
     delta = grid.dequantize(grid.codes(weight)) - weight  # (N, K)
     if hessian is None:
         return float((delta**2).sum())
