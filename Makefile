@@ -41,7 +41,7 @@ test-llm: $(VENV)/.installed-dev
 # llama.cpp's own figures for GGUF files: llama-cpp-python builds llama.cpp from source here (~8 min on 2 cores), then its tests.
 test-llamacpp: $(VENV)/.installed-dev
 	$(BIN)/pip install --quiet -e ".[llamacpp]"
-	$(BIN)/python -m pytest -q -m "not llm" tests/measure/test_llamacpp.py
+	$(BIN)/python -m pytest -q -m "not llm" tests/measure/test_llamacpp.py tests/export/test_export_gguf_kquant.py
 
 # The CPU-sensitive int8 tests on an emulated AVX2-only CPU (Zen 3: no AVX-512, VNNI or BF16), opt-in, ~1 min a test:
 # qemu-user (apt-get install qemu-user) runs python as EPYC-Milan, so torch, fbgemm and onnxruntime's MLAS pick their AVX2

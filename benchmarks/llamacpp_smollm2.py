@@ -43,13 +43,28 @@ from slimtorch.quantize import QuantizeConfig, QuantizeStage
 LLAMA_TYPES = ("Q8_0", "Q4_0", "Q4_K_M")
 
 
-def llama_quantize(source: Path, out: Path, kind: str) -> Path:
-    """llama.cpp's own quantizer (``llama-quantize``) on ``source`` into ``out`` as ``kind`` (no importance matrix)."""
+def llama_quantize(source: Path, out: Path, kind: str, imatrix: dict[str, torch.Tensor] | None = None) -> Path:
+    """llama.cpp's own quantizer (``llama-quantize``) on ``source`` into ``out`` as ``kind``.
+
+    ``imatrix``: llama-imatrix's importance per input column (mean x² of each matrix's inputs) by gguf tensor name,
+    passed through ``llama_model_quantize_params.imatrix`` (an array ended by an entry without a name).
+    """
+    import ctypes
+
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}")
     params.nthread = os.cpu_count() or 1
+    keep = []
+    if imatrix:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(sorted(imatrix.items())):
+            array = (ctypes.c_float * len(values))(*values.float().tolist())
+            keep.append(array)
+            entries[i].name, entries[i].data, entries[i].size = f"{name}.weight".encode(), array, len(values)
+        entries[len(imatrix)].name = None
+        params.imatrix = entries
     if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
         raise RuntimeError(f"llama_model_quantize failed for {kind}")
     return out
@@ -62,6 +77,14 @@ def main() -> None:
     parser.add_argument("--gptq", action="store_true", help="also GPTQ int4 (g64, 256 calibration sentences) written code for code as "
                         "q4_1 (a few CPU-minutes)")
     parser.add_argument("--model", default="hf:smollm2", help="another LLaMA causal LM loaded from GGUF")
+    parser.add_argument("--kquant", action="store_true", help="slimtorch's K-quant files: llama.cpp's Q4_K_M mix with GPTQ codes on "
+                        "the stored grids, and size targets at the size of llama.cpp's Q4_K_M and Q4_0 files")
+    parser.add_argument("--calibration-examples", type=int, default=128, help="calibration sentences of the GGUF GPTQ exports")
+    parser.add_argument("--all-kquant", action="store_true", help="with --kquant: also round-to-nearest Q4_K_M and a size target "
+                        "at Q4_K_M's size")
+    parser.add_argument("--imatrix", action="store_true", help="also llama.cpp's Q4_0 and Q4_K_M with an importance matrix "
+                        "(llama-imatrix's mean x² per column, from the same calibration sentences)")
+    parser.add_argument("--no-legacy", action="store_true", help="skip slimtorch's q8_0/q4_0 rows")
     args = parser.parse_args()
     if not llamacpp.available():  # make bench runs every script: say what is missing, do not fail the others
         print(f"skipped: {llamacpp.INSTALL_HINT}")
@@ -87,7 +110,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="slimtorch-llamacpp-") as tmp_dir:
         tmp = Path(tmp_dir)
         files: list[tuple[str, Path]] = []
-        sources = [("f32", original), ("q8_0", original), ("q4_0", original)]
+        sources = [("f32", original)] + ([] if args.no_legacy else [("q8_0", original), ("q4_0", original)])
         if args.gptq:
             start = time.perf_counter()
             gptq, _ = QuantizeStage(QuantizeConfig(mode="int4_weight_only", runtime="torch", group_size=64, method="gptq",
@@ -101,8 +124,40 @@ def main() -> None:
             label = "slimtorch GGUF " + (f"{quant} (GPTQ g64 codes)" if quant == "q4_1" else quant)
             files.append((label, tmp / quant / "00_export" / "model.gguf"))
         f32 = files[0][1]
-        for kind in LLAMA_TYPES:
+        for kind in LLAMA_TYPES[1:] if args.no_legacy else LLAMA_TYPES:
             files.append((f"llama-quantize {kind}", llama_quantize(f32, tmp / f"{kind}.gguf", kind)))
+        if args.imatrix:  # llama-imatrix's statistic (mean x² per input column) from slimtorch's calibration pass
+            from slimtorch.export.gguf import gguf_hessians
+            from slimtorch.quantize.gptq import calibration_inputs
+
+            hessians = gguf_hessians(lm, calibration_inputs(lm, data, "train", args.calibration_examples))
+            imatrix = {name: torch.diag(h) / 2 for name, h in hessians.items()}
+            for kind in ("Q4_0", "Q4_K_M"):
+                files.append((f"llama-quantize {kind} + imatrix", llama_quantize(f32, tmp / f"{kind}-imatrix.gguf", kind, imatrix)))
+        if args.kquant:
+            sizes = {kind: path.stat().st_size / 1e6 for label, path in files for kind in LLAMA_TYPES if label.endswith(kind)}
+            kq = [("q4_k_m gptq", {"quant": "q4_k_m", "method": "gptq"}),
+                  (f"gptq, size of Q4_0 ({sizes['Q4_0']:.1f} MB)", {"quant": "q4_0", "method": "gptq", "size_mb": sizes["Q4_0"]})]
+            if args.all_kquant:
+                kq[:0] = [("q4_k_m rtn", {"quant": "q4_k_m"})]
+                kq.append((f"gptq, size of Q4_K_M ({sizes['Q4_K_M']:.1f} MB)", {"quant": "q4_k_m", "method": "gptq",
+                                                                                "size_mb": sizes["Q4_K_M"]}))
+            for i, (label, export_cfg) in enumerate(kq):
+                start = time.perf_counter()
+                _, record = ExportStage(ExportConfig(format="gguf", min_top1_agreement=0.0, calibration_examples=args.calibration_examples,
+                                                     **export_cfg)).apply(copy.deepcopy(original), RunContext(data=data, work_dir=tmp / f"kq{i}"))
+                plan = record.details["size_plan"]
+                print(f"slimtorch {label}: {time.perf_counter() - start:.0f} s, {record.details['tensor_types']}, "
+                      f"{record.details['bits_per_weight']:.3f} bits/weight" + (f", plan {plan['tensors_by_type']}" if plan else ""),
+                      flush=True)
+                files.append((f"slimtorch {label}", tmp / f"kq{i}" / "00_export" / "model.gguf"))
+            import gguf
+
+            for label, path in files:
+                counts: dict[str, int] = {}
+                for t in gguf.GGUFReader(str(path)).tensors:
+                    counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+                print(f"types {label}: {dict(sorted(counts.items()))}", flush=True)
         for label, path in files:
             facts = llamacpp.measure_gguf(path, ids.tolist(), spans, cfg)
             one = facts["threads"]["1"]

@@ -32,7 +32,7 @@ def test_smollm2_example_report_card(tmp_path):
     raw["evaluate"] = {"latency": {"batch_sizes": [1], "warmup": 1, "repeats": 3},
                        "llm": {"window": 128, "stride": 96, "max_tokens": 384, "kl_tokens": 128, "prefill_repeats": 3,
                                "decode_tokens": 4, "decode_repeats": 1, "decode_batch_sizes": [1, 8], "sample_tokens": 8}}
-    report = compress(raw, tmp_path / "smollm2").report
+    report = compress(raw, tmp_path / "smollm2").report.to_json()
     original, final = report["models"][0], report["models"][-1]
     assert original["metrics"]["token_agreement"] == 1.0
     assert 1 < original["metrics"]["perplexity"] < 100  # it reads English

@@ -45,7 +45,7 @@ def test_minilm_recipe_cut_down_runs_end_to_end(tmp_path):
 
     result = slimtorch.compress(recipe, out=tmp_path / "run")
 
-    report = result.report
+    report = result.report.to_json()
     names = [m["name"] for m in report["models"]]
     assert names == ["teacher", "1_prune", "2_distill", "3_quantize"]
     assert report["baseline"] == "teacher" and report["final"] == "3_quantize"

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # How a GGUF file stores a weight matrix (llama.cpp's names).
-GGUFQuant = Literal["f32", "f16", "q8_0", "q4_0", "q4_1"]
+GGUFQuant = Literal["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"]
 
 
 class ExportConfig(BaseModel):
@@ -27,6 +27,14 @@ class ExportConfig(BaseModel):
     min_top1_agreement: float = Field(0.5, ge=0, le=1, description="gguf: least top-1 agreement of the file read back with the "
                                       "model (a wrong layout gives chance level)")
     check_tokens: int = Field(256, ge=8, description="gguf: tokens of the test text the read-back logits are compared on")
+    method: Literal["rtn", "gptq"] = Field("rtn", description="gguf block types: rtn (round to nearest on each block's best "
+                                           "range) or gptq (codes chosen by GPTQ on the exact stored grid; needs calibration text)")
+    calibration_examples: int = Field(128, ge=1, description="gguf, with method: gptq or a size target: calibration sentences")
+    calibration_split: Literal["train", "val", "transfer"] = Field("train", description="gguf: split the calibration text comes from")
+    bits_per_weight: float | None = Field(None, gt=2, le=16, description="gguf size target: bits per weight over the weight "
+                                          "matrices; a type per matrix is chosen by measured sensitivity")
+    size_mb: float | None = Field(None, gt=0, description="gguf size target: file size in MB (1e6 bytes), allocated like "
+                                  "bits_per_weight")
 
     opset: int = Field(17, ge=13, le=21, description="ONNX opset version")
     atol: float = Field(1e-4, gt=0, description="largest allowed |onnxruntime - torch| on the parity batches")
@@ -40,6 +48,12 @@ class ExportConfig(BaseModel):
         if self.table is not None and self.format != "gguf":
             raise ValueError(f"export.table ({self.table!r}) sets how a GGUF file stores its embedding table; add format: gguf, or "
                              "remove table.")
+        gguf_only = {"method": self.method != "rtn", "bits_per_weight": self.bits_per_weight is not None,
+                     "size_mb": self.size_mb is not None}
+        if self.format != "gguf" and any(gguf_only.values()):
+            raise ValueError(f"export.{next(k for k, v in gguf_only.items() if v)} applies to GGUF files; add format: gguf.")
+        if self.bits_per_weight is not None and self.size_mb is not None:
+            raise ValueError("give one GGUF size target: export.bits_per_weight or export.size_mb, not both.")
         if self.quant is not None and self.format != "gguf":
             raise ValueError(f"export.quant ({self.quant!r}) sets how a GGUF file stores its weights; add format: gguf, or remove "
                              "quant (ONNX export writes float32; quantize with a quantize stage).")

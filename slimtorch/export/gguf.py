@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -38,12 +38,17 @@ from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.gguf import INSTALL_HINT, PACKAGED_GGUF, check_gguf_file, packaged_gguf
 from slimtorch.models.hf import HFModel
 from slimtorch.quantize._torch import WeightOnlyEmbedding, WeightOnlyLinear
+from slimtorch.quantize.ggml_blocks import block_grid, quantize_blocks
+from slimtorch.quantize.gguf_plan import SizePlan, allocate, candidates, mix_plan
 
 if TYPE_CHECKING:
     from slimtorch.data.bundle import DataBundle
 
 log = logging.getLogger(__name__)
 
+# Written by the gguf package's own rounding (llama.cpp's reference quantizer), unless calibrated; the others by
+# slimtorch.quantize.ggml_blocks on the type's stored grid, with the per-tensor choice of slimtorch.quantize.gguf_plan.
+LEGACY_QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 # The token-embedding table and the output layer (one tensor when tied): 4-bit rounding of the table costs most of a small
 # LM's quality (SmolLM2-135M in llama.cpp: q4_0 everywhere 1.265x perplexity; llama-quantize's Q4_0, whose table is 8-bit,
 # 1.136x), so a 4-bit file keeps them at q8_0 unless told otherwise, as llama.cpp's own quantizer does.
@@ -57,7 +62,8 @@ def table_quant_for(quant: GGUFQuant, table: GGUFQuant | None) -> GGUFQuant:
     return "q8_0" if quant in ("q4_0", "q4_1") else quant
 BLOCK = 32  # weights per block of q8_0 / q4_0 / q4_1
 # llama.cpp's LlamaFileType of a file whose matrices are mostly of this type.
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q4_k": 14, "q4_k_m": 15, "q5_k": 16,
+              "q5_k_m": 17, "q6_k": 18}
 GGML_QUANT_VERSION = 2
 # HF LLaMA module -> llama.cpp tensor name (per layer: "blk.{i}." + name).
 LAYER_TENSORS = {
@@ -75,6 +81,7 @@ class GGUFFile:
     quant: str
     tensor_types: dict[str, str] = field(default_factory=dict)
     exact_int4: list[str] = field(default_factory=list)  # int4 codes copied as Q4_1 blocks
+    gptq: list[str] = field(default_factory=list)  # codes chosen by GPTQ on the stored block grid
     fallback: list[str] = field(default_factory=list)  # matrices whose rows are no multiple of 32: f16
     is_tied: bool = False  # no output.weight: llama.cpp (and transformers) reuse token_embd
 
@@ -167,21 +174,30 @@ def _int4_layer(module: nn.Module, quant: str) -> WeightOnlyLinear | None:
     return None
 
 
-def _tensor(gguf: Any, module: nn.Module, quant: str, heads: int | None) -> tuple[np.ndarray, Any, str]:
-    """The array to write for ``module``, its GGML type, and how it was made (``exact_int4``, ``fallback`` or ``""``)."""
+def _tensor(gguf: Any, module: nn.Module, quant: str, heads: int | None, hessian: Tensor | None = None,
+            use_gptq: bool = False) -> tuple[np.ndarray, Any, str]:
+    """The array to write for ``module``, its GGML type, and how it was made (``exact_int4``, ``fallback``, ``gptq`` or ``""``).
+
+    ``hessian`` (K, K) of the module's inputs picks each group's range by importance (and GPTQ's codes with
+    ``use_gptq``) for the block types; without it the legacy types use the gguf package's own rounding.
+    """
     types = gguf.GGMLQuantizationType
     layer = _int4_layer(module, quant)
     if layer is not None:
         blocks = torch.from_numpy(q4_1_blocks(layer))  # (N, K/32 · 20): codes move with their rows
         return (permute_rows(blocks, heads) if heads else blocks).numpy(), types.Q4_1, "exact_int4"
     weight = effective_weight(module)
-    array = (permute_rows(weight, heads) if heads else weight).numpy()
+    weight = permute_rows(weight, heads) if heads else weight  # rows move; H is over columns, so it stays
+    array = weight.numpy()
     if array.ndim == 1 or quant == "f32":
         return array.astype(np.float32), types.F32, ""
     if quant == "f16" or array.shape[-1] % BLOCK:
         return array.astype(np.float16), types.F16, "" if quant == "f16" else "fallback"
     qtype = getattr(types, quant.upper())
-    return gguf.quants.quantize(array, qtype), qtype, ""
+    if quant in LEGACY_QUANTS and hessian is None:
+        return gguf.quants.quantize(array, qtype), qtype, ""
+    data, _ = quantize_blocks(weight, quant, hessian, use_gptq=use_gptq and hessian is not None)
+    return data, qtype, "gptq" if use_gptq and hessian is not None else ""
 
 
 def source_gguf(model: nn.Module) -> Path | None:
@@ -209,13 +225,17 @@ def copy_tokenizer_(writer: Any, source: Path, vocab_size: int) -> None:
             writer.add_key_value(name, f.contents(), f.types[0], sub_type=sub)
 
 
-def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None, table: GGUFQuant | None = None) -> GGUFFile:
+def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None, table: GGUFQuant | None = None,
+               plan: dict[str, str] | None = None, hessians: dict[str, Tensor] | None = None, use_gptq: bool = False) -> GGUFFile:
     """Write ``model`` (a LLaMA causal LM) to ``path`` with matrices stored as ``quant``.
 
     Args:
         source: the GGUF file the model was loaded from (:func:`source_gguf`): its tokenizer is copied.
         table: how the embedding/output table is stored (:func:`table_quant_for`); slimtorch int4 table codes written to a
             q4_1 file stay code for code whatever this says.
+        plan: the GGML type of each matrix by gguf tensor name (:func:`tensor_plan`); overrides ``quant``/``table``.
+        hessians: ``H`` of each matrix's inputs by gguf tensor name (:func:`gguf_hessians`): ranges by importance, and
+            GPTQ codes with ``use_gptq``.
 
     Raises:
         UnsupportedModuleError: not LLaMA, or no source GGUF file to take the tokenizer from.
@@ -255,7 +275,11 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
             if name == "output" and out.is_tied:
                 continue
             exact_table = name in TABLES and _int4_layer(module, quant) is not None
-            array, qtype, how = _tensor(gguf, module, table_quant if name in TABLES and not exact_table else quant, heads)
+            kind: str = table_quant if name in TABLES and not exact_table else quant
+            if plan is not None and name in plan:
+                kind = plan[name]
+            hessian = (hessians or {}).get(name)
+            array, qtype, how = _tensor(gguf, module, kind, heads, hessian, use_gptq)
             if how:
                 getattr(out, how).append(name)
             writer.add_tensor(f"{name}.weight", array, raw_dtype=qtype)
@@ -265,6 +289,73 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+# --- per-tensor types: llama.cpp's mixes, or a size target ------------------------------------------
+
+
+def matrix_shapes(lm: HFModel) -> dict[str, tuple[int, int]]:
+    """``(rows, columns)`` of every weight matrix the file stores, by gguf tensor name (no ``output`` when tied)."""
+    embedding = effective_weight(lm.hf.model.embed_tokens)
+    tied = torch.equal(effective_weight(lm.hf.lm_head), embedding)
+    shapes = {}
+    for name, module, _ in _modules(lm):
+        if name in ("output_norm",) or name.endswith(("_norm",)) or (name == "output" and tied):
+            continue
+        weight = effective_weight(module)
+        if weight.ndim == 2:
+            shapes[name] = (int(weight.shape[0]), int(weight.shape[1]))
+    return shapes
+
+
+def gguf_hessians(lm: HFModel, batches: list[Any]) -> dict[str, Tensor]:
+    """``H = 2XXᵀ/n`` of each float matrix's inputs by gguf tensor name (a tied table: the ``lm_head``'s inputs)."""
+    from slimtorch.quantize.gptq import input_hessians
+
+    fqn_of = {id(module): fqn for fqn, module in lm.named_modules()}
+    names: dict[str, str] = {}
+    for name, module, _ in _modules(lm):
+        if isinstance(module, nn.Linear):
+            names[name] = fqn_of[id(module)]
+    if "output" in names and isinstance(lm.hf.lm_head, nn.Linear):
+        names.setdefault("token_embd", names["output"])
+    hessians = input_hessians(lm, sorted(set(names.values())), batches)
+    out = {name: hessians[fqn] for name, fqn in names.items()}
+    if torch.equal(effective_weight(lm.hf.lm_head), effective_weight(lm.hf.model.embed_tokens)):
+        out["token_embd"] = out.pop("output")  # one tensor: the table is written once, as token_embd
+    return out
+
+
+def output_error(weight: Tensor, qtype: str, hessian: Tensor | None) -> float:
+    """``tr(ΔW H ΔWᵀ)`` of rounding ``weight`` to ``qtype`` on its importance-chosen grid (``H = I`` without one)."""
+    grid = block_grid(weight, qtype, None if hessian is None else torch.diag(hessian), steps=5)  # coarse range search: a ranking
+    delta = grid.dequantize(grid.codes(weight)) - weight  # (N, K)
+    if hessian is None:
+        return float((delta**2).sum())
+    return float(((delta @ hessian) * delta).sum())
+
+
+def tensor_plan(lm: HFModel, quant: GGUFQuant, table: GGUFQuant | None, hessians: dict[str, Tensor] | None,
+                budget_bytes: int | None) -> tuple[dict[str, str], SizePlan | None]:
+    """The type of every matrix: llama.cpp's mix for ``quant``, or, with ``budget_bytes`` for all matrices, the
+    least-error allocation by measured sensitivity (:func:`slimtorch.quantize.gguf_plan.allocate`)."""
+    shapes = matrix_shapes(lm)
+    columns = {name: cols for name, (_, cols) in shapes.items()}
+    plan = mix_plan(quant, columns, len(lm.hf.model.layers), table)
+    if budget_bytes is None:
+        return plan, None
+    modules = {name: module for name, module, _ in _modules(lm)}
+    errors: dict[str, dict[str, float]] = {}
+    fixed = {}
+    for name, (_, cols) in shapes.items():
+        hessian = (hessians or {}).get(name)
+        if hessian is None or (table is not None and name in TABLES):  # no inputs measured (an untied input table)
+            fixed[name] = plan[name]
+            continue
+        weight = effective_weight(modules[name])
+        errors[name] = {qtype: output_error(weight, qtype, hessian) for qtype in candidates(cols)}
+    size = allocate(errors, shapes, budget_bytes, fixed)
+    return size.types, size
 
 
 # --- reading the file back ------------------------------------------------------------------------
@@ -314,9 +405,42 @@ def architecture_of(config: Any) -> dict[str, int]:
             "vocab_size": int(config.vocab_size)}
 
 
+@dataclass(frozen=True)
+class GGUFCalibration:
+    """How the block types are solved: ``method`` (rtn or gptq on the stored grid) on calibration text, and a size target
+    (``bits_per_weight`` over the weight matrices, or ``size_mb`` for the whole file) that allocates a type per matrix."""
+
+    method: Literal["rtn", "gptq"] = "rtn"
+    examples: int = 128
+    split: str = "train"
+    bits_per_weight: float | None = None
+    size_mb: float | None = None
+
+    @property
+    def needs_inputs(self) -> bool:
+        return self.method == "gptq" or self.bits_per_weight is not None or self.size_mb is not None
+
+
+def budget_bytes(lm: HFModel, calibration: GGUFCalibration, source: Path | None) -> int | None:
+    """Bytes allowed for the weight matrices by the size target, or None without one."""
+    shapes = matrix_shapes(lm)
+    if calibration.bits_per_weight is not None:
+        return int(calibration.bits_per_weight * sum(r * c for r, c in shapes.values()) / 8)
+    if calibration.size_mb is None:
+        return None
+    # The rest of the file: f32 norms, and the metadata (the tokenizer, copied from the source file, dominates it).
+    norms = sum(4 * int(effective_weight(m).numel()) for name, m, _ in _modules(lm) if name.endswith("_norm"))
+    metadata = int(_gguf().GGUFReader(str(source)).data_offset) if source is not None else 0
+    return int(calibration.size_mb * 1e6) - norms - metadata - 4096
+
+
 def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUFQuant, check_tokens: int,
-                table: GGUFQuant | None = None) -> tuple[HFModel, dict[str, Any]]:
+                table: GGUFQuant | None = None, calibration: GGUFCalibration | None = None) -> tuple[HFModel, dict[str, Any]]:
     """Write ``model`` to ``directory/model.gguf``, read it back through transformers and compare logits.
+
+    Args:
+        calibration: solve the block types on calibration text (GPTQ codes, importance-chosen ranges) and/or meet a size
+            target; default: llama.cpp's mix for ``quant`` with round-to-nearest.
 
     Returns:
         The model as the file holds it (an fp32 :class:`HFModel` tagged ``slimtorch_format="gguf"``,
@@ -327,7 +451,16 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
         raise UnsupportedModuleError(f"GGUF export writes causal language models with a tokenizer; got a {type(model).__name__}. "
                                      "Use format: onnx for other models.")
     spec = getattr(model, "slimtorch_spec", None)
-    written = write_gguf(lm, directory / GGUF_FILE, quant, source_gguf(model), table)
+    calibration = calibration or GGUFCalibration()
+    source = source_gguf(model)
+    hessians, plan, size = None, None, None
+    if calibration.needs_inputs:
+        from slimtorch.quantize.gptq import calibration_inputs
+
+        hessians = gguf_hessians(lm, calibration_inputs(lm, data, calibration.split, calibration.examples))
+    if quant not in LEGACY_QUANTS or calibration.needs_inputs:
+        plan, size = tensor_plan(lm, quant, table, hessians, budget_bytes(lm, calibration, source))
+    written = write_gguf(lm, directory / GGUF_FILE, quant, source, table, plan, hessians, calibration.method == "gptq")
     back = read_back(written.path, lm.tokenizer)
     expected, got = architecture_of(lm.hf.config), architecture_of(back.hf.config)
     if expected != got:
@@ -340,10 +473,21 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
                "gguf_bytes": written.size_bytes, "tensor_types": types,
                "exact_int4_tensors": len(written.exact_int4), "f16_fallback_tensors": written.fallback,
                "tied_output": written.is_tied, "architecture": got, "parity": parity,
+               "calibration": calibration.method, "gptq_tensors": len(written.gptq),
+               "bits_per_weight": round(matrix_bits_per_weight(written.path), 4),
+               "size_plan": size.summary() if size is not None else None,
                "backend": f"gguf {importlib.metadata.version('gguf')} GGUFWriter; read back by transformers "
                           f"{importlib.metadata.version('transformers')}"}
     out = set_attrs_(back, slimtorch_format="gguf", gguf_bytes=written.path.read_bytes(), slimtorch_spec=spec)
     return out, details
+
+
+def matrix_bits_per_weight(path: Path) -> float:
+    """Bits per weight of the file's weight matrices (every tensor of two dimensions), as stored."""
+    gguf = _gguf()
+    reader = gguf.GGUFReader(str(path))
+    matrices = [t for t in reader.tensors if len(t.shape) == 2]
+    return sum(int(t.n_bytes) for t in matrices) * 8 / max(sum(int(t.n_elements) for t in matrices), 1)
 
 
 def _save_gguf(model: nn.Module, directory: Path) -> None:

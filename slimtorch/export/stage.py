@@ -8,7 +8,7 @@ from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.export.config import ExportConfig
 from slimtorch.export.executorch import PteModule, executorch, export_pte
-from slimtorch.export.gguf import export_gguf
+from slimtorch.export.gguf import GGUFCalibration, export_gguf
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
 from slimtorch.models.attrs import set_attrs_
 
@@ -78,7 +78,8 @@ class ExportStage(Stage[ExportConfig], kind="export"):
     def _gguf(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config
         quant = cfg.quant or "q8_0"
-        out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens, cfg.table)
+        calibration = GGUFCalibration(cfg.method, cfg.calibration_examples, cfg.calibration_split, cfg.bits_per_weight, cfg.size_mb)
+        out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens, cfg.table, calibration)
         record = self.record(details=details)
         parity = details["parity"]
         table = f", embedding table {details['table_quant']}" if details["table_quant"] not in (None, quant) else ""
@@ -86,6 +87,13 @@ class ExportStage(Stage[ExportConfig], kind="export"):
                             f"{parity['top1_agreement']:.3f}, max |Δ logit| {parity['max_abs_diff']:.3g}, KL {parity['kl_nats']:.4f} "
                             f"nats on {parity['tokens']} tokens; the report card measures its weights dequantized to fp32 in torch "
                             "(llama.cpp runs the file itself).")
+        if details["size_plan"]:
+            plan = details["size_plan"]
+            record.notes.append(f"size target: {plan['bits_per_weight']:.3f} bits per weight over the matrices "
+                                f"({plan['matrix_bytes'] / 1e6:.2f} of {plan['budget_bytes'] / 1e6:.2f} MB allowed), types "
+                                + ", ".join(f"{k} ×{v}" for k, v in plan["tensors_by_type"].items()))
+        if details["gptq_tensors"]:
+            record.notes.append(f"{details['gptq_tensors']} matrices' codes chosen by GPTQ on the stored block grid.")
         if details["exact_int4_tensors"]:
             record.notes.append(f"{details['exact_int4_tensors']} int4 matrices written code for code as Q4_1.")
         if details["f16_fallback_tensors"]:

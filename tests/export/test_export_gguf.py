@@ -160,7 +160,7 @@ def test_compress_runs_quantize_then_gguf_export_and_reports_the_file(tiny, tmp_
               "evaluate": {"latency": {"batch_sizes": [1], "warmup": 1, "repeats": 3},
                            "llm": {"window": 32, "stride": 16, "max_tokens": 64, "prefill_tokens": 16, "decode_tokens": 3,
                                    "decode_repeats": 1, "decode_batch_sizes": [1], "sample_tokens": 4}}}
-    report = compress(recipe, tmp_path / "run").report
+    report = compress(recipe, tmp_path / "run").report.to_json()
     export = next(s for s in report["stages"] if s["name"] == "export")
     assert export["details"]["exact_int4_tensors"] == 16 and export["details"]["parity"]["top1_agreement"] > 0.9
     final = report["models"][-1]

@@ -62,7 +62,7 @@ def test_impossible_budget_is_reported_honestly_end_to_end(tmp_path):
         "evaluate": {"latency": {"batch_sizes": [1], "repeats": 5, "warmup": 1}},
     }
     result = compress(recipe, tmp_path / "run")
-    report = result.report
+    report = result.report.to_json()
     assert report["plan"]["is_feasible"] is False
     assert any("cannot be met by any candidate" in w for w in report["warnings"])
     assert any("target latency_ms≤1e-06 at batch 1 missed" in w for w in report["warnings"])
