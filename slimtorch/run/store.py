@@ -1,8 +1,9 @@
 """Where a run keeps its models: ``OUT/models/<name>/`` saved, measured, reloaded and reused on resume.
 
 Every model of a run (teachers, each stage's output, the intermediate models a stage reports) goes
-through :meth:`RunStore.save_and_measure`, so each one is saved and measured by the same code and
-appears once in :attr:`RunStore.measurements`, in run order.
+through :meth:`RunStore.finish` (or, reused on resume, :meth:`RunStore.adopt`), so each one is saved and
+measured by the same code and appears once in :attr:`RunStore.measurements`, in run order. The store's
+lists change through its methods only.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from torch import Tensor, nn
 from slimtorch import artifact
 from slimtorch.data import DataBundle
 from slimtorch.errors import ArtifactError
-from slimtorch.measure import Measurement, measure
+from slimtorch.measure import Measurement, measure, outputs_on
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.measure.llm import LLMReference, causal_lm_of
 from slimtorch.measure.runner import retime_side_by_side
 from slimtorch.prune.masks import masks_from_zeros, rearm_masks_
-from slimtorch.run.resume import ResumeState, fingerprint
+from slimtorch.run.resume import ResumeState, StepEntry, fingerprint
 
 
 class RunStore:
@@ -31,7 +32,7 @@ class RunStore:
     Args:
         out: the run's output directory (models go to ``out/models/<name>``).
         data: the run's data (measurements and artifact metadata).
-        evaluate: how models are measured; a plan may widen it later (:attr:`evaluate` is public).
+        evaluate: how models are measured; a plan may widen it later (:meth:`widen_evaluate`).
         state: ``state.json`` of the run.
         trusted_refs: the (factory, args) calls the recipe makes (:func:`trusted_calls`); a saved model may be
             rebuilt with these only.
@@ -41,18 +42,76 @@ class RunStore:
 
     def __init__(self, out: Path, data: DataBundle, evaluate: EvaluateConfig, state: ResumeState,
                  trusted_refs: frozenset[tuple[str, str]], events: Callable[[str], None], device: torch.device | None = None) -> None:
-        self.out, self.data, self.evaluate, self.state = out, data, evaluate, state
+        self.out, self.data, self.state = out, data, state
         self.trusted_refs, self.events = trusted_refs, events
         self.device = device if device is not None else torch.device("cpu")
-        self.measurements: list[Measurement] = []
+        self._evaluate = evaluate
+        self._measurements: list[Measurement] = []
         # The first teacher's outputs: every later model's agreement is measured against them.
-        self.baseline_outputs: Tensor | LLMReference | None = None
+        self._baseline_outputs: Tensor | LLMReference | None = None
         # Measurements depend on `evaluate` only: when it alone changed, finished models are measured again.
         # Taken from the recipe's own settings, before a plan widens them, so a resumed plan run matches.
         self.evaluate_fingerprint = fingerprint(evaluate.model_dump())
 
+    @property
+    def measurements(self) -> list[Measurement]:
+        """Every model of the run measured so far, in run order (a copy: the store alone adds to it)."""
+        return list(self._measurements)
+
+    @property
+    def evaluate(self) -> EvaluateConfig:
+        return self._evaluate
+
+    def widen_evaluate(self, evaluate: EvaluateConfig) -> None:
+        """Measure later models with ``evaluate`` (a plan adds its target's batch size); reuse still compares the recipe's."""
+        self._evaluate = evaluate
+
+    def set_baseline(self, model: nn.Module) -> None:
+        """Measure every later model's agreement against ``model``'s outputs (the first teacher's)."""
+        self._baseline_outputs = outputs_on(model, self.data, self._evaluate)
+
     def model_dir(self, name: str) -> Path:
         return self.out / "models" / name
+
+    def on_cpu(self, model: nn.Module | None) -> nn.Module | None:
+        """Artifacts are saved, and the report measured, from the CPU (device-neutral); a no-op on CPU runs."""
+        return model.to("cpu") if model is not None and self.device.type != "cpu" else model
+
+    # -- finished steps ---------------------------------------------------------------------------
+    def finished(self, name: str, step_fingerprint: str,
+                 load: Callable[[str], nn.Module] | None) -> tuple[nn.Module | None, StepEntry] | None:
+        """Step ``name``'s finished model (None for a step that saves none) and entry; None when it must run (again)."""
+        done = self.state.done(name, step_fingerprint)
+        if done is None:
+            return None
+        if load is None:
+            return None, done
+        model = self.reuse(name, done, load)
+        return None if model is None else (model, done)
+
+    def invalidate_from(self, name: str) -> None:
+        """Step ``name`` runs again: it and every step stored after it are stale."""
+        self.state.invalidate_after(name)
+
+    def adopt(self, name: str, done: StepEntry, model: nn.Module | None) -> None:
+        """Take a reused step's measurements into the run, measuring again if `evaluate` changed since."""
+        if done.measurements and model is not None and not self.is_measured_now(done):
+            done.measurements = [m.to_json() for m in self.remeasure(done, model)]
+            done.evaluate = self.evaluate_fingerprint
+            self.state.save(name, done)
+        else:
+            self._measurements.extend(Measurement.from_json(m) for m in done.measurements)
+
+    def finish(self, name: str, entry: StepEntry, model: nn.Module | None, extras: list[tuple[str, nn.Module]],
+               stage: str) -> None:
+        """Save and measure a step's model (as ``name``) and the extra models it reported; mark it finished."""
+        if model is not None:
+            measured = [self.save_and_measure(model, name, stage)]
+            for extra_name, extra in extras:
+                measured.append(self.save_and_measure(self.on_cpu(extra) or extra, f"{name}_{extra_name}", stage))
+            entry.measurements = [m.to_json() for m in measured]
+            entry.evaluate = self.evaluate_fingerprint
+        self.state.save(name, entry)
 
     # -- save and measure -----------------------------------------------------------------------
     def save_and_measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
@@ -64,18 +123,18 @@ class RunStore:
     def measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
         """Measure a saved model and append it to :attr:`measurements`."""
         # Latency is timed for all models together at the end (retime); causal LMs keep their own decode timings.
-        m = measure(model, name=name, stage=stage, data=self.data, config=self.evaluate,
-                    artifact_dir=self.model_dir(name), baseline_outputs=self.baseline_outputs,
+        m = measure(model, name=name, stage=stage, data=self.data, config=self._evaluate,
+                    artifact_dir=self.model_dir(name), baseline_outputs=self._baseline_outputs,
                     time_now=causal_lm_of(model) is not None, device=self.device)
-        self.measurements.append(m)
+        self._measurements.append(m)
         return m
 
     def retime(self) -> None:
         """Time every model of the run side by side in interleaved rounds (ratios free of machine drift)."""
-        pairs = [(m, self.load(m.name)) for m in self.measurements if not m.llm]
+        pairs = [(m, self.load(m.name)) for m in self._measurements if not m.llm]
         if pairs:
             self.events(f"timing {len(pairs)} models side by side")
-            retime_side_by_side(pairs, self.data, self.evaluate)
+            retime_side_by_side(pairs, self.data, self._evaluate)
 
     # -- reload and reuse -----------------------------------------------------------------------
     def load(self, name: str) -> nn.Module:
@@ -90,28 +149,26 @@ class RunStore:
             rearm_masks_(model, masks_from_zeros(model, masked))
         return model
 
-    def reuse(self, name: str, done: dict[str, Any] | None, load: Callable[[str], nn.Module]) -> nn.Module | None:
-        """The finished model of step ``name``, or None when it must run (again): not done, or damaged on disk."""
-        if not done:
-            return None
+    def reuse(self, name: str, done: StepEntry, load: Callable[[str], nn.Module]) -> nn.Module | None:
+        """The finished model of step ``name``, or None when it must run again (damaged on disk)."""
         try:
             model = load(name)
-            for m in done.get("measurements", [])[1:]:  # the extra models a stage reported
+            for m in done.measurements[1:]:  # the extra models a stage reported
                 artifact.read_spec(self.model_dir(m["name"]))
             return model
         except ArtifactError as exc:
             self.events(f"{name}: the finished model on disk is damaged ({exc}); running the step again")
             return None
 
-    def remeasure(self, done: dict[str, Any], first: nn.Module) -> list[Measurement]:
+    def remeasure(self, done: StepEntry, first: nn.Module) -> list[Measurement]:
         """Measure finished models again (the recipe's `evaluate` changed since they were measured)."""
-        old = [Measurement.from_json(m) for m in (done.get("measurements") or [done["measurement"]])]
+        old = [Measurement.from_json(m) for m in done.measurements]
         self.events(f"{old[0].name}: evaluate settings changed; measuring the finished model again")
         return [self.measure(first if i == 0 else self.load(m.name), m.name, m.stage) for i, m in enumerate(old)]
 
-    def is_measured_now(self, done: dict[str, Any]) -> bool:
+    def is_measured_now(self, done: StepEntry) -> bool:
         """Whether a finished step's measurements were taken with today's `evaluate` settings."""
-        return done.get("evaluate") == self.evaluate_fingerprint
+        return done.evaluate == self.evaluate_fingerprint
 
 
 def model_refs(tree: Any) -> frozenset[str]:
