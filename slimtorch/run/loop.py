@@ -130,7 +130,7 @@ def run_step(step: Step, store: RunStore | None, say: Callable[[str], None]) -> 
     row = made.report_row(step.name)
     if store is not None:
         if is_main():
-            model = store.on_cpu(made.model)  # artifacts are saved, and the report measured, from the CPU
+            model = store.on_cpu(made.model) if made.model is not None else None  # saved and measured from the CPU
             if model is not None and step.before_measure is not None:
                 step.before_measure(model)
             extras = made.record.extra_models if made.record is not None else []

@@ -42,7 +42,7 @@ class RunStore:
 
     def __init__(self, out: Path, data: DataBundle, evaluate: EvaluateConfig, state: ResumeState,
                  trusted_refs: frozenset[tuple[str, str]], events: Callable[[str], None], device: torch.device | None = None) -> None:
-        self.out, self.data, self.state = out, data, state
+        self.out, self.data, self._state = out, data, state
         self.trusted_refs, self.events = trusted_refs, events
         self.device = device if device is not None else torch.device("cpu")
         self._evaluate = evaluate
@@ -51,12 +51,17 @@ class RunStore:
         self._baseline_outputs: Tensor | LLMReference | None = None
         # Measurements depend on `evaluate` only: when it alone changed, finished models are measured again.
         # Taken from the recipe's own settings, before a plan widens them, so a resumed plan run matches.
-        self.evaluate_fingerprint = fingerprint(evaluate.model_dump())
+        self._evaluate_fingerprint = fingerprint(evaluate.model_dump())
 
     @property
     def measurements(self) -> list[Measurement]:
         """Every model of the run measured so far, in run order (a copy: the store alone adds to it)."""
         return list(self._measurements)
+
+    @property
+    def state(self) -> ResumeState:
+        """``state.json`` of the run (read it; the store records finished steps)."""
+        return self._state
 
     @property
     def evaluate(self) -> EvaluateConfig:
@@ -73,32 +78,32 @@ class RunStore:
     def model_dir(self, name: str) -> Path:
         return self.out / "models" / name
 
-    def on_cpu(self, model: nn.Module | None) -> nn.Module | None:
+    def on_cpu(self, model: nn.Module) -> nn.Module:
         """Artifacts are saved, and the report measured, from the CPU (device-neutral); a no-op on CPU runs."""
-        return model.to("cpu") if model is not None and self.device.type != "cpu" else model
+        return model.to("cpu") if self.device.type != "cpu" else model
 
     # -- finished steps ---------------------------------------------------------------------------
     def finished(self, name: str, step_fingerprint: str,
                  load: Callable[[str], nn.Module] | None) -> tuple[nn.Module | None, StepEntry] | None:
         """Step ``name``'s finished model (None for a step that saves none) and entry; None when it must run (again)."""
-        done = self.state.done(name, step_fingerprint)
+        done = self._state.done(name, step_fingerprint)
         if done is None:
             return None
         if load is None:
             return None, done
-        model = self.reuse(name, done, load)
+        model = self._reuse(name, done, load)
         return None if model is None else (model, done)
 
     def invalidate_from(self, name: str) -> None:
         """Step ``name`` runs again: it and every step stored after it are stale."""
-        self.state.invalidate_after(name)
+        self._state.invalidate_after(name)
 
     def adopt(self, name: str, done: StepEntry, model: nn.Module | None) -> None:
         """Take a reused step's measurements into the run, measuring again if `evaluate` changed since."""
-        if done.measurements and model is not None and not self.is_measured_now(done):
-            done.measurements = [m.to_json() for m in self.remeasure(done, model)]
-            done.evaluate = self.evaluate_fingerprint
-            self.state.save(name, done)
+        if done.measurements and model is not None and not self._is_measured_now(done):
+            done.measurements = [m.to_json() for m in self._remeasure(done, model)]
+            done.evaluate = self._evaluate_fingerprint
+            self._state.save(name, done)
         else:
             self._measurements.extend(Measurement.from_json(m) for m in done.measurements)
 
@@ -106,21 +111,21 @@ class RunStore:
                stage: str) -> None:
         """Save and measure a step's model (as ``name``) and the extra models it reported; mark it finished."""
         if model is not None:
-            measured = [self.save_and_measure(model, name, stage)]
+            measured = [self._save_and_measure(model, name, stage)]
             for extra_name, extra in extras:
-                measured.append(self.save_and_measure(self.on_cpu(extra) or extra, f"{name}_{extra_name}", stage))
+                measured.append(self._save_and_measure(self.on_cpu(extra), f"{name}_{extra_name}", stage))
             entry.measurements = [m.to_json() for m in measured]
-            entry.evaluate = self.evaluate_fingerprint
-        self.state.save(name, entry)
+            entry.evaluate = self._evaluate_fingerprint
+        self._state.save(name, entry)
 
     # -- save and measure -----------------------------------------------------------------------
-    def save_and_measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
+    def _save_and_measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
         """Save ``model`` as ``models/<name>`` (with the data's task facts) and measure it."""
         artifact.save(model, self.model_dir(name), task=self.data.task, num_classes=self.data.num_classes,
                       input_shape=list(self.data.input_shape) if self.data.input_shape else None)
-        return self.measure(model, name, stage)
+        return self._measure(model, name, stage)
 
-    def measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
+    def _measure(self, model: nn.Module, name: str, stage: str) -> Measurement:
         """Measure a saved model and append it to :attr:`measurements`."""
         # Latency is timed for all models together at the end (retime); causal LMs keep their own decode timings.
         m = measure(model, name=name, stage=stage, data=self.data, config=self._evaluate,
@@ -149,7 +154,7 @@ class RunStore:
             rearm_masks_(model, masks_from_zeros(model, masked))
         return model
 
-    def reuse(self, name: str, done: StepEntry, load: Callable[[str], nn.Module]) -> nn.Module | None:
+    def _reuse(self, name: str, done: StepEntry, load: Callable[[str], nn.Module]) -> nn.Module | None:
         """The finished model of step ``name``, or None when it must run again (damaged on disk)."""
         try:
             model = load(name)
@@ -160,15 +165,15 @@ class RunStore:
             self.events(f"{name}: the finished model on disk is damaged ({exc}); running the step again")
             return None
 
-    def remeasure(self, done: StepEntry, first: nn.Module) -> list[Measurement]:
+    def _remeasure(self, done: StepEntry, first: nn.Module) -> list[Measurement]:
         """Measure finished models again (the recipe's `evaluate` changed since they were measured)."""
         old = [Measurement.from_json(m) for m in done.measurements]
         self.events(f"{old[0].name}: evaluate settings changed; measuring the finished model again")
-        return [self.measure(first if i == 0 else self.load(m.name), m.name, m.stage) for i, m in enumerate(old)]
+        return [self._measure(first if i == 0 else self.load(m.name), m.name, m.stage) for i, m in enumerate(old)]
 
-    def is_measured_now(self, done: StepEntry) -> bool:
+    def _is_measured_now(self, done: StepEntry) -> bool:
         """Whether a finished step's measurements were taken with today's `evaluate` settings."""
-        return done.evaluate == self.evaluate_fingerprint
+        return done.evaluate == self._evaluate_fingerprint
 
 
 def model_refs(tree: Any) -> frozenset[str]:
