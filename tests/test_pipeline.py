@@ -71,6 +71,25 @@ def test_refuses_existing_dir_then_resume_reuses_everything(small_run):
     assert [m.metrics for m in again.report.models] == [m.metrics for m in result.report.models]
 
 
+def test_a_run_written_in_the_earlier_state_layout_still_resumes(small_run, tmp_path):
+    import shutil
+
+    out, result, _ = small_run
+    copy = tmp_path / "old_layout"
+    shutil.copytree(out, copy)
+    state = json.loads((copy / "state.json").read_text())
+    teacher = state["steps"]["teacher"]  # the earlier layout: a teacher's one `measurement` and its `seconds`
+    state["steps"]["teacher"] = {"fingerprint": teacher["fingerprint"], "measurement": teacher["measurements"][0],
+                                 "seconds": 1.0, "row": teacher["row"], "evaluate": teacher["evaluate"]}
+    for entry in list(state["steps"].values())[1:]:
+        entry.pop("output")
+    (copy / "state.json").write_text(json.dumps(state))
+    events: list[str] = []
+    again = compress(SMALL, copy, resume=True, events=events.append)
+    assert sum("reusing" in e for e in events) == 4  # nothing ran again
+    assert [m.metrics for m in again.report.models] == [m.metrics for m in result.report.models]
+
+
 def test_changed_stage_recomputes_from_there(small_run, tmp_path):
     import shutil
 
@@ -137,3 +156,26 @@ def test_pruning_that_cost_accuracy_with_no_recovery_after_it_is_called_out(tmp_
     tuned = compress({**base, "name": "tuned", "stages": [{"prune": {"sparsity": 0.95}}, {"finetune": {"epochs": 1}}]},
                      tmp_path / "tuned").report
     assert not [w for w in tuned.warnings if "nothing trained it back" in w]
+
+
+def test_the_plan_is_a_step_reused_on_resume_also_from_the_earlier_state_layout(tmp_path):
+    recipe = {
+        "name": "planned", "seed": 0, "data": {"source": "digits", "batch_size": 64},
+        "teacher": {"model": "mlp", "args": {"hidden": [64]}, "train": {"epochs": 2, "lr": 0.01}},
+        "target": {"size_mb": 1.0, "batch": 1, "sparsities": [0.0, 0.5], "quantize": ["none"], "recover_epochs": 1, "repeats": 5},
+        "evaluate": {"latency": {"batch_sizes": [1], "repeats": 3, "warmup": 0}},
+    }
+    out = tmp_path / "run"
+    first = compress(recipe, out)
+    state = json.loads((out / "state.json").read_text())
+    assert list(state["steps"])[:2] == ["teacher", "plan"]
+    plan = state["steps"]["plan"]
+    assert set(plan) == set(state["steps"]["teacher"])  # one entry shape for every step
+    state["steps"]["plan"] = {"fingerprint": plan["fingerprint"], "plan": plan["output"]}  # the earlier layout
+    (out / "state.json").write_text(json.dumps(state))
+    events: list[str] = []
+    again = compress(recipe, out, resume=True, events=events.append)
+    assert "plan: reusing the finished search" in events
+    assert sum("reusing" in e for e in events) == len(state["steps"])  # nothing ran again
+    assert again.report.extra["plan"] == first.report.extra["plan"]
+    assert [m.metrics for m in again.report.models] == [m.metrics for m in first.report.models]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from slimtorch.errors import OutputDirError
-from slimtorch.run.resume import STATE_FILE, ResumeState, claim_work_dir, fingerprint
+from slimtorch.run.resume import STATE_FILE, ResumeState, StepEntry, claim_work_dir, fingerprint
 
 
 def test_stale_epoch_checkpoints_are_cleared_when_the_step_changes(tmp_path):
@@ -27,8 +27,8 @@ def test_fingerprint_ignores_key_order_but_not_values():
 
 def test_a_step_is_done_only_for_its_fingerprint_and_survives_a_reload(tmp_path):
     state = ResumeState(tmp_path, resume=False)
-    state.save("teacher", {"fingerprint": "f1", "row": None})
-    assert state.done("teacher", "f1") == {"fingerprint": "f1", "row": None}
+    state.save("teacher", StepEntry("f1"))
+    assert state.done("teacher", "f1") == StepEntry("f1")
     assert state.done("teacher", "f2") is None and state.done("1_prune", "f1") is None
     assert ResumeState(tmp_path, resume=True).done("teacher", "f1") is not None
     assert ResumeState(tmp_path, resume=False).steps == {}  # a fresh run ignores what is on disk
@@ -37,7 +37,7 @@ def test_a_step_is_done_only_for_its_fingerprint_and_survives_a_reload(tmp_path)
 def test_a_changed_step_makes_every_later_step_stale(tmp_path):
     state = ResumeState(tmp_path, resume=False)
     for name in ("teacher", "1_distill", "2_prune", "3_quantize"):
-        state.save(name, {"fingerprint": name})
+        state.save(name, StepEntry(name))
     state.invalidate_after("2_prune")
     assert list(state.steps) == ["teacher", "1_distill"]
     state.invalidate_after("not_there")  # a step never run changes nothing
@@ -54,5 +54,20 @@ def test_a_corrupted_state_file_is_refused_with_the_fix(tmp_path, text):
 def test_the_state_file_names_the_version_that_wrote_it(tmp_path):
     from slimtorch.version import __version__
 
-    ResumeState(tmp_path, resume=False).save("plan", {"fingerprint": "p"})
-    assert json.loads((tmp_path / STATE_FILE).read_text()) == {"slimtorch_version": __version__, "steps": {"plan": {"fingerprint": "p"}}}
+    ResumeState(tmp_path, resume=False).save("plan", StepEntry("p", output={"stages": []}))
+    entry = {"fingerprint": "p", "row": None, "measurements": [], "evaluate": None, "output": {"stages": []}}
+    assert json.loads((tmp_path / STATE_FILE).read_text()) == {"slimtorch_version": __version__, "steps": {"plan": entry}}
+
+
+def test_teachers_plans_and_stages_share_one_entry_shape_and_the_earlier_shapes_still_read(tmp_path):
+    teacher = {"name": "teacher", "stage": "teacher"}
+    old = {"teacher": {"fingerprint": "t", "measurement": teacher, "seconds": 1.5, "row": None, "evaluate": "e"},
+           "plan": {"fingerprint": "p", "plan": {"stages": ["prune"]}},
+           "1_prune": {"fingerprint": "s", "row": {"model": "1_prune"}, "measurements": [{"name": "1_prune"}], "evaluate": "e"}}
+    (tmp_path / STATE_FILE).write_text(json.dumps({"slimtorch_version": "0.1.0", "steps": old}))
+    state = ResumeState(tmp_path, resume=True)
+    assert state.done("teacher", "t") == StepEntry("t", measurements=[teacher], evaluate="e")
+    assert state.done("plan", "p") == StepEntry("p", output={"stages": ["prune"]})
+    assert state.done("1_prune", "s") == StepEntry("s", row={"model": "1_prune"}, measurements=[{"name": "1_prune"}], evaluate="e")
+    state.save("teacher", state.done("teacher", "t"))  # rewritten in today's one shape
+    assert set(json.loads((tmp_path / STATE_FILE).read_text())["steps"]["teacher"]) == set(StepEntry("x").to_json())

@@ -9,7 +9,7 @@ import torch
 
 from slimtorch.core import STAGES, forward
 from slimtorch.measure import EvaluateConfig
-from slimtorch.run.loop import run_stages
+from slimtorch.run.loop import Step, StepOutput, run_stages, run_step
 from slimtorch.run.resume import ResumeState
 from slimtorch.run.store import RunStore, model_refs
 
@@ -106,6 +106,43 @@ def test_a_stage_over_its_time_budget_is_recorded_as_stopped(mlp, ctx):
     (record,) = result.records
     assert record.status == "stopped at time budget" and any("max_stage_seconds" in n and "ran out" in n for n in record.notes)
     assert record.details["epochs_run"] < 50
+
+
+def test_any_step_is_saved_measured_and_reused_by_the_same_loop_and_a_change_invalidates_what_follows(mlp, ctx, tmp_path):
+    out, events, calls = tmp_path / "run", [], []
+
+    def steps(store, version):
+        def make() -> StepOutput:
+            calls.append("model")
+            return StepOutput(model=copy.deepcopy(mlp), row={"name": "train_model"})
+
+        def choose() -> StepOutput:
+            calls.append("choice")
+            return StepOutput(output={"choice": version})
+
+        return [Step(name="model", depends_on=["m"], run=make, kind="teacher", load=store.load, before_measure=store.set_baseline,
+                     work_dir=tmp_path / "work" / "model"),
+                Step(name="choice", depends_on=["c", version], run=choose)]
+
+    store = _store(out, ctx.data, events)
+    first = [run_step(step, store, events.append) for step in steps(store, 1)]
+    assert calls == ["model", "choice"] and first[1].output == {"choice": 1} and first[0].row == {"name": "train_model"}
+    assert [m.name for m in store.measurements] == ["model"] and store.measurements[0].agreement == 1.0
+    entries = store.state.steps
+    assert set(entries["model"]) == set(entries["choice"])  # one entry shape for a model step and an output step
+    assert entries["choice"]["measurements"] == [] and (tmp_path / "work" / "model" / "FINGERPRINT").is_file()
+
+    calls.clear()
+    again = _store(out, ctx.data, events, resume=True)
+    reused = [run_step(step, again, events.append) for step in steps(again, 1)]
+    assert calls == [] and [d.ran for d in reused] == [None, None]  # nothing ran again
+    assert reused[1].output == {"choice": 1} and reused[0].row == {"name": "train_model"}
+    assert [m.to_json() for m in again.measurements] == [m.to_json() for m in store.measurements]
+
+    changed = _store(out, ctx.data, events, resume=True)
+    for step in steps(changed, 2):
+        run_step(step, changed, events.append)
+    assert calls == ["choice"] and changed.state.steps["choice"]["output"] == {"choice": 2}
 
 
 def test_model_refs_finds_every_model_reference_of_a_recipe():

@@ -1,9 +1,12 @@
-"""The run loop: the one place a stage is seeded, timed, bounded, saved, measured and resumed.
+"""The run loop: the one place a step is fingerprinted, reused, claimed, bounded, saved, measured and resumed.
 
-``compress`` runs a recipe's stages through :func:`run_stages` with a :class:`~slimtorch.run.store.RunStore`
-(each stage's model saved as ``models/<i>_<kind>``, measured, and reused by ``--resume`` while its
-fingerprint is unchanged); the planner runs each candidate's stages through the same function with no
-store (nothing saved, nothing resumed).
+A run is a sequence of :class:`Step`\\ s — its teachers (:mod:`slimtorch.run.starting_models`), the plan
+(:mod:`slimtorch.run.pipeline`) and each stage (:func:`run_stages`) — and :func:`run_step` is the one
+function that runs them: fingerprint → reuse (or invalidate later steps) → claim the work folder → time
+budget and out-of-memory naming → save → measure → ``state.json``. ``compress`` runs a recipe's stages
+through :func:`run_stages` with a :class:`~slimtorch.run.store.RunStore` (each stage's model saved as
+``models/<i>_<kind>``, measured, and reused by ``--resume`` while its fingerprint is unchanged); the
+planner runs each candidate's stages through the same function with no store (nothing saved, nothing resumed).
 """
 
 from __future__ import annotations
@@ -12,17 +15,141 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord, seed_everything
 from slimtorch.distributed import barrier, is_main
-from slimtorch.measure import Measurement
 from slimtorch.measure.llm import with_model_tokens
 from slimtorch.resources import named_out_of_memory, time_budget
-from slimtorch.run.resume import claim_work_dir, fingerprint
+from slimtorch.run.resume import StepEntry, claim_work_dir, fingerprint
 from slimtorch.run.store import RunStore
+
+STOPPED = "stopped at time budget"
+
+
+@dataclass
+class StepOutput:
+    """What a step's ``run`` made.
+
+    Attributes:
+        model: the step's model, saved as ``models/<step name>`` and measured (None: the step saves no model).
+        record: a stage's record (its report row is ``{"model": name, **record.to_json()}``).
+        row: the report row of a step that is not a stage (a teacher's training); None: no row.
+        output: what else the step made, stored in its ``state.json`` entry (the plan).
+    """
+
+    model: nn.Module | None = None
+    record: StageRecord | None = None
+    row: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None
+
+    def report_row(self, name: str) -> dict[str, Any] | None:
+        return {"model": name, **self.record.to_json()} if self.record is not None else self.row
+
+    def stopped(self, notes: list[str]) -> None:
+        """The time budget ran out during the step: say so in its record or row."""
+        if self.record is not None:
+            self.record.status = STOPPED
+            self.record.notes.extend(notes)
+        elif self.row is not None:
+            self.row.update(status=STOPPED, notes=self.row.get("notes", []) + list(notes))
+
+
+@dataclass
+class Step:
+    """One unit of a run the loop runs, reuses on ``--resume`` and invalidates when it changed.
+
+    Attributes:
+        name: its ``state.json`` key and the name its model is saved under.
+        depends_on: the recipe parts it is computed from (its fingerprint).
+        run: does the work (called only when no finished result may be reused).
+        label: how status messages name it.
+        kind: the ``stage`` its measurements carry (``teacher``, a stage kind).
+        work_dir: its epoch-checkpoint folder, claimed for its fingerprint before it runs.
+        load: reloads its finished model on resume (None: the step saves no model).
+        before_measure: called on rank 0 with its model (new or reused) before it is measured.
+        max_seconds: its wall-time budget.
+        oom: ``(what, batch_size)`` an out-of-memory error in it is named with.
+        reused_note: the status message's tail when a finished result is reused.
+    """
+
+    name: str
+    depends_on: Sequence[Any]
+    run: Callable[[], StepOutput]
+    label: str = ""
+    kind: str = ""
+    work_dir: Path | None = None
+    load: Callable[[str], nn.Module] | None = None
+    before_measure: Callable[[nn.Module], None] | None = None
+    max_seconds: float | None = None
+    oom: tuple[str, int | None] | None = None
+    reused_note: str = "reusing finished result"
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(*self.depends_on)
+
+
+@dataclass
+class StepDone:
+    """What :func:`run_step` returns: the step's model, its report row, what else it made, whether it ran now."""
+
+    model: nn.Module | None
+    row: dict[str, Any] | None
+    output: dict[str, Any] | None
+    ran: StepOutput | None  # None: reused
+
+
+def run_step(step: Step, store: RunStore | None, say: Callable[[str], None]) -> StepDone:
+    """Run ``step``, or reuse its finished result from ``store``; with a store its model is saved and measured.
+
+    Under torchrun every rank runs the step; rank 0 alone claims, saves, measures and writes ``state.json``.
+    """
+    label = step.label or step.name
+    if store is not None:
+        step_fp = step.fingerprint
+        done = store.finished(step.name, step_fp, step.load)
+        if done is not None:
+            say(f"{label}: {step.reused_note}")
+            model, entry = done
+            if is_main():  # measurements live on rank 0
+                if model is not None and step.before_measure is not None:
+                    step.before_measure(model)
+                store.adopt(step.name, entry, model)
+            barrier()
+            return StepDone(model=model, row=entry.row, output=entry.output, ran=None)
+        store.invalidate_from(step.name)
+        if step.work_dir is not None:
+            if is_main():
+                claim_work_dir(step.work_dir, step_fp)
+            barrier()  # stale checkpoints are gone before any rank looks for one
+    made = _run_bounded(step)
+    row = made.report_row(step.name)
+    if store is not None:
+        if is_main():
+            model = store.on_cpu(made.model) if made.model is not None else None  # saved and measured from the CPU
+            if model is not None and step.before_measure is not None:
+                step.before_measure(model)
+            extras = made.record.extra_models if made.record is not None else []
+            store.finish(step.name, StepEntry(step_fp, row=row, output=made.output), model, extras, step.kind)
+        barrier()
+    return StepDone(model=made.model, row=row, output=made.output, ran=made)
+
+
+def _run_bounded(step: Step) -> StepOutput:
+    """``step.run`` under its time budget, with out-of-memory errors named."""
+    with time_budget(step.max_seconds) as budget:
+        if step.oom is None:
+            made = step.run()
+        else:
+            with named_out_of_memory(*step.oom):
+                made = step.run()
+    if budget is not None and budget.notes:
+        made.stopped(budget.notes)
+    return made
 
 
 @dataclass
@@ -40,11 +167,6 @@ class StagesRun:
     final: str | None = None
     records: list[StageRecord] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _on_cpu(model: nn.Module, ctx: RunContext) -> nn.Module:
-    """Artifacts are saved, and the report measured, from the CPU (device-neutral); a no-op on CPU runs."""
-    return model.to("cpu") if ctx.device.type != "cpu" else model
 
 
 def run_stages(
@@ -79,76 +201,41 @@ def run_stages(
     result = StagesRun(model=model)
     chain = list(depends_on)
     for i, stage in enumerate(stages, start=1):
-        name = f"{i}_{stage.name}"
         chain.append([stage.name, stage.config.model_dump()])
-        step_fp = fingerprint(*chain)
-        label = f"stage {i}/{len(stages)} {stage.name}"
-        if store is not None and _reuse_finished(result, store, name, step_fp, label, say):
-            continue
+        done = run_step(_stage_step(stage, i, len(stages), result, ctx, list(chain), store, reseed, max_stage_seconds, say),
+                        store, say)
+        assert done.model is not None and done.row is not None  # a stage always returns a model and a record
+        result.model = done.model
+        result.rows.append(done.row)
+        if done.ran is not None and done.ran.record is not None:
+            result.records.append(done.ran.record)
         if store is not None:
-            store.state.invalidate_after(name)
-            ctx.stage_index = i
-            if is_main():
-                claim_work_dir(ctx.stage_dir(stage.name), step_fp)
-            barrier()  # stale checkpoints are gone before any rank looks for one
-        say(label)
-        if reseed:
-            seed_everything(ctx.seed + i)
-        result.model, record = _apply_timed(stage, result.model, ctx, f"stage {i} ({stage.name})", max_stage_seconds)
-        result.records.append(record)
-        row = {"model": name, **record.to_json()}
-        result.rows.append(row)
-        if store is not None:
-            if is_main():
-                _save_stage(store, result.model, record, name, stage.name, row, step_fp, ctx)
-            barrier()
-            result.final = name
+            result.final = f"{i}_{stage.name}"
     return result
 
 
-def _apply_timed(stage: Stage[Any], model: nn.Module, ctx: RunContext, what: str,
-                 max_stage_seconds: float | None) -> tuple[nn.Module, StageRecord]:
-    """``stage.apply`` under the time budget, with out-of-memory errors named; the record gets the wall time."""
+def _stage_step(stage: Stage[Any], i: int, count: int, result: StagesRun, ctx: RunContext, depends_on: list[Any],
+                store: RunStore | None, reseed: bool, max_seconds: float | None, say: Callable[[str], None]) -> Step:
+    """Stage ``i`` as a step: applied to the model ``result`` holds, seeded ``ctx.seed + i``."""
+    label = f"stage {i}/{count} {stage.name}"
+
+    def run() -> StepOutput:
+        if store is not None:
+            ctx.stage_index = i
+        say(label)
+        if reseed:
+            seed_everything(ctx.seed + i)
+        start = time.perf_counter()
+        # A causal LM reads text through its own tokenizer: calibration, importance and training batches
+        # tokenized any other way would be valid-looking ids that mean other words (SmolLM2 vs the default vocabulary).
+        stage_ctx = dataclasses.replace(ctx, data=with_model_tokens(ctx.data, result.model))
+        model, record = stage.apply(result.model, stage_ctx)
+        record.seconds = time.perf_counter() - start
+        return StepOutput(model=model, record=record)
+
     batch_size = getattr(stage.config, "batch_size", None) or ctx.data.batch_size
-    start = time.perf_counter()
-    # A causal LM reads text through its own tokenizer: calibration, importance and training batches
-    # tokenized any other way would be valid-looking ids that mean other words (SmolLM2 vs the default vocabulary).
-    ctx = dataclasses.replace(ctx, data=with_model_tokens(ctx.data, model))
-    with time_budget(max_stage_seconds) as budget, named_out_of_memory(what, batch_size):
-        model, record = stage.apply(model, ctx)
-    record.seconds = time.perf_counter() - start
-    if budget is not None and budget.notes:
-        record.status = "stopped at time budget"
-        record.notes.extend(budget.notes)
-    return model, record
+    return Step(name=f"{i}_{stage.name}", depends_on=depends_on, run=run, label=label, kind=stage.name,
+                work_dir=ctx.work_dir / f"{i:02d}_{stage.name}" if store is not None else None,
+                load=store.load_stage_model if store is not None else None, max_seconds=max_seconds,
+                oom=(f"stage {i} ({stage.name})", batch_size))
 
-
-def _reuse_finished(result: StagesRun, store: RunStore, name: str, step_fp: str, label: str,
-                    say: Callable[[str], None]) -> bool:
-    """Take stage ``name``'s finished model into ``result`` when it may be reused; False when it must run."""
-    done = store.state.done(name, step_fp)
-    reused = store.reuse(name, done, store.load_stage_model)
-    if reused is None or done is None:
-        return False
-    say(f"{label}: reusing finished result")
-    result.model = reused
-    if is_main():  # measurements live on rank 0
-        if not store.is_measured_now(done):
-            done["measurements"] = [m.to_json() for m in store.remeasure(done, reused)]
-            done["evaluate"] = store.evaluate_fingerprint
-            store.state.save(name, done)
-        else:
-            store.measurements.extend(Measurement.from_json(m) for m in done["measurements"])
-    result.rows.append(done["row"])
-    result.final = name
-    return True
-
-
-def _save_stage(store: RunStore, model: nn.Module, record: StageRecord, name: str, kind: str, row: dict[str, Any],
-                step_fp: str, ctx: RunContext) -> None:
-    """Save and measure a stage's output and the extra models it reported, then mark the stage finished."""
-    measured = [store.save_and_measure(_on_cpu(model, ctx), name, kind)]
-    for extra_name, extra in record.extra_models:
-        measured.append(store.save_and_measure(_on_cpu(extra, ctx), f"{name}_{extra_name}", kind))
-    store.state.save(name, {"fingerprint": step_fp, "row": row, "measurements": [m.to_json() for m in measured],
-                            "evaluate": store.evaluate_fingerprint})

@@ -1,8 +1,9 @@
 """Run a recipe: data → teacher(s) → student → plan → the run loop over the stages → report card.
 
 This module is the recipe's orchestration only. The models a run starts from are built in
-:mod:`slimtorch.run.starting_models`; every stage is seeded, timed, saved, measured and resumed by
-:func:`slimtorch.run.loop.run_stages`; ``state.json`` and fingerprints live in :mod:`slimtorch.run.resume`;
+:mod:`slimtorch.run.starting_models`; every step (each teacher, the plan, each stage) is fingerprinted,
+reused, bounded, saved, measured and resumed by :func:`slimtorch.run.loop.run_step` (stages through
+:func:`slimtorch.run.loop.run_stages`); ``state.json`` and fingerprints live in :mod:`slimtorch.run.resume`;
 the saved models and their measurements in :class:`slimtorch.run.store.RunStore`.
 """
 
@@ -35,8 +36,8 @@ from slimtorch.recipe.schema import StageSpec
 from slimtorch.report import write_report
 from slimtorch.report.card import Report
 from slimtorch.report.hardware import input_of
-from slimtorch.run.loop import run_stages
-from slimtorch.run.resume import ResumeState, fingerprint
+from slimtorch.run.loop import Step, StepOutput, run_stages, run_step
+from slimtorch.run.resume import ResumeState
 from slimtorch.run.starting_models import StartingModels
 from slimtorch.run.store import RunStore, trusted_calls
 from slimtorch.track.log_run import track_run
@@ -67,24 +68,23 @@ def _before_stages(recipe: Recipe) -> list[Any]:
 
 def _plan(recipe: Recipe, model: nn.Module, ctx: RunContext, target: TargetConfig, store: RunStore,
           events: Callable[[str], None]) -> tuple[dict[str, Any], Recipe]:
-    """Choose stages for ``target`` by measuring candidates; returns the plan and the recipe running it.
+    """Choose stages for ``target`` by measuring candidates (the ``plan`` step); returns the plan and the recipe running it.
 
     The planned recipe's stages replace the recipe's own (which become the recovery after pruning), and
     its ``evaluate`` also times the target's batch size.
     """
-    step_fp = fingerprint(*_before_stages(recipe), target.model_dump())
-    done = store.state.done("plan", step_fp)
-    if done:
-        events("plan: reusing the finished search")
-        chosen = Plan(**done["plan"])
-    else:
+    def search() -> StepOutput:
         events(f"plan: measuring {len(target.sparsities) * len(target.quantize)} candidates for {target.kind}")
-        store.state.invalidate_after("plan")
         # Candidates are timed: latencies differ between processes, so rank 0 alone chooses and tells the others.
         with local_only():
             chosen = main_then_all(lambda: plan(model, ctx, target, threads=recipe.evaluate.latency.threads))
-        if is_main():
-            store.state.save("plan", {"fingerprint": step_fp, "plan": chosen.to_json()})
+        return StepOutput(output=chosen.to_json())
+
+    step = Step(name="plan", depends_on=[*_before_stages(recipe), target.model_dump()], run=search,
+                reused_note="reusing the finished search")
+    done = run_step(step, store, events)
+    assert done.output is not None  # the plan step always makes a plan
+    chosen = Plan(**done.output)
     events(chosen.message)
     recovery = list(recipe.stages)
     if not recovery and ctx.data.task == "classification" and target.recover_epochs > 0:
@@ -242,7 +242,7 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     planned = recipe
     if recipe.target is not None:
         extra["plan"], planned = _plan(recipe, model, ctx, recipe.target, store, say)
-        store.evaluate = planned.evaluate
+        store.widen_evaluate(planned.evaluate)
     run = run_stages(model, [STAGES.get(s.kind)(s.config) for s in planned.stages], ctx, store=store,
                      depends_on=_before_stages(recipe), max_stage_seconds=recipe.resources.max_stage_seconds, events=say)
     if not is_main():

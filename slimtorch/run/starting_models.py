@@ -17,17 +17,16 @@ from torch import nn
 from slimtorch.core import RunContext, seed_everything
 from slimtorch.data import DataBundle
 from slimtorch.distill.auto_student import derive_student
-from slimtorch.distributed import barrier, is_main
 from slimtorch.errors import RecipeError
-from slimtorch.measure import Measurement, check_model_fits_data, outputs_on
+from slimtorch.measure import check_model_fits_data
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.models import build_model
 from slimtorch.models.architecture import is_safe_ref
 from slimtorch.models.weights import available_memory_bytes
 from slimtorch.recipe import Recipe
 from slimtorch.recipe.schema import ModelSpec
-from slimtorch.resources import check_model_fits, model_memory_mb, named_out_of_memory, time_budget
-from slimtorch.run.resume import claim_work_dir, fingerprint
+from slimtorch.resources import check_model_fits, model_memory_mb
+from slimtorch.run.loop import Step, StepOutput, run_step
 from slimtorch.run.store import RunStore
 from slimtorch.train import convergence_note, cross_entropy, fit
 from slimtorch.units import MB
@@ -37,7 +36,7 @@ TRAINING_STAGES = frozenset({"distill", "finetune", "lora", "prune"})
 
 
 class StartingModels:
-    """Builds a recipe's teachers and student; teachers are saved, measured and resumed through ``store``."""
+    """Builds a recipe's teachers and student; each teacher is a :class:`~slimtorch.run.loop.Step` of the run loop."""
 
     def __init__(self, recipe: Recipe, data: DataBundle, store: RunStore, events: Callable[[str], None]) -> None:
         self.recipe, self.data, self.store, self.events = recipe, data, store, events
@@ -49,53 +48,31 @@ class StartingModels:
         """Every teacher of the recipe, trained when it asks to be, on ``ctx.device``."""
         teachers = []
         for i, (spec, name) in enumerate(zip(self.recipe.teachers, self.recipe.teacher_names())):
-            step_fp = fingerprint(self.recipe.seed, self.recipe.data.model_dump(), spec.model_dump())
-            done = self.store.state.done(name, step_fp)
-            reused = self.store.reuse(name, done, self.store.load)
-            row: dict[str, Any] | None
-            if reused is not None and done is not None:
-                self.events(f"{name}: reusing finished model")
-                model, row = reused, done.get("row")
-                if row:
-                    self.rows.append(row)
-            else:
-                done = None
-                self.store.state.invalidate_after(name)
-                if is_main():
-                    claim_work_dir(self.store.out / "work" / name, step_fp)
-                barrier()  # stale checkpoints are gone before any rank looks for one
-                model, row = self._teacher(spec, name, i, ctx)
-            if is_main():  # one process saves and measures; the others wait at the barrier below
-                self._record_teacher(model, name, i, done, row, step_fp, ctx)
-            barrier()
-            teachers.append(model.to(ctx.device))
+            done = run_step(self._teacher_step(spec, name, i, ctx), self.store, self.events)
+            assert done.model is not None  # a teacher step always makes a model
+            if done.row:
+                self.rows.append(done.row)
+            teachers.append(done.model.to(ctx.device))
         return teachers
 
-    def _record_teacher(self, model: nn.Module, name: str, i: int, done: dict[str, Any] | None,
-                        row: dict[str, Any] | None, step_fp: str, ctx: RunContext) -> None:
-        store = self.store
-        if ctx.device.type != "cpu":
-            model.to("cpu")  # artifacts are saved, and the report measured, from the CPU
-        if i == 0:
-            store.baseline_outputs = outputs_on(model, self.data, self.recipe.evaluate)
-        if done is None:
-            m = store.save_and_measure(model, name, "teacher")
-        elif not store.is_measured_now(done):
-            m = store.remeasure(done, model)[0]
-        else:
-            m = Measurement.from_json(done["measurement"])
-            store.measurements.append(m)
-        store.state.save(name, {"fingerprint": step_fp, "measurement": m.to_json(), "seconds": m.seconds, "row": row,
-                                "evaluate": store.evaluate_fingerprint})
+    def _teacher_step(self, spec: ModelSpec, name: str, i: int, ctx: RunContext) -> Step:
+        """Teacher ``i`` as a step: built (and trained when it asks to be); the first one is the run's baseline."""
+        train = spec.train
+        return Step(name=name, depends_on=[self.recipe.seed, self.recipe.data.model_dump(), spec.model_dump()],
+                    run=lambda: self._teacher(spec, name, i, ctx), kind="teacher", work_dir=self.store.out / "work" / name,
+                    load=self.store.load, before_measure=self.store.set_baseline if i == 0 else None,
+                    max_seconds=self.recipe.resources.max_stage_seconds if train is not None else None,
+                    oom=(f"training {name}", train.batch_size or self.data.batch_size) if train is not None else None,
+                    reused_note="reusing finished model")
 
-    def _teacher(self, spec: ModelSpec, name: str, i: int, ctx: RunContext) -> tuple[nn.Module, dict[str, Any] | None]:
+    def _teacher(self, spec: ModelSpec, name: str, i: int, ctx: RunContext) -> StepOutput:
         # Seed before building: a resumed run must initialise exactly as an uninterrupted one.
         seed_everything(self.recipe.seed + 1000 * i)
         model = self._build(spec, training=spec.train is not None)
         if i == 0:
             self._check_student_early(model)  # before the teacher trains
         if spec.train is None:
-            return model.eval(), None
+            return StepOutput(model=model.eval())
         if self.data.task != "classification":
             raise RecipeError(f"teacher {name!r}: `train` needs a labeled classification dataset; give a trained model instead (omit `train`).")
         self.events(f"{name}: training up to {spec.train.epochs} epochs")
@@ -103,19 +80,14 @@ class StartingModels:
         # The teacher learns from the full labeled split even when the student's labels are reduced.
         split = self.data.teacher_train if self.data.teacher_train is not None else self.data.train
         loader = self.data.loader(split, spec.train.batch_size, shuffle=True, seed=self.recipe.seed)
-        with time_budget(self.recipe.resources.max_stage_seconds) as budget, \
-                named_out_of_memory(f"training {name}", spec.train.batch_size or self.data.batch_size):
-            result = fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
-                         checkpoint_dir=self.store.out / "work" / name, description=f"train {name}")
+        result = fit(model, cross_entropy, loader, spec.train, ctx, evaluate=lambda m: task_metric(m, self.data, "val"),
+                     checkpoint_dir=self.store.out / "work" / name, description=f"train {name}")
         row: dict[str, Any] = {"name": f"train_{name}", "seconds": round(time.perf_counter() - start, 3), "status": "done",
                                "details": {"best_val": result.best_metric, **result.summary()}}
         note = convergence_note(result, f"training {name}", spec.train.min_loss_improvement)
         if note:
             row["notes"] = [note]
-        if budget is not None and budget.notes:
-            row.update(status="stopped at time budget", notes=row.get("notes", []) + list(budget.notes))
-        self.rows.append(row)
-        return model, row
+        return StepOutput(model=model, row=row)
 
     # -- student --------------------------------------------------------------------------------
     def student(self, teacher: nn.Module) -> nn.Module:
