@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast test-llm test-llamacpp test-vision test-avx2-emulated bench lint clean
+.PHONY: demo test test-fast test-llm test-llamacpp test-vision test-executorch test-avx2-emulated bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ test-vision:
 	$(MAKE) VENV=.venv-vision TORCH_SPEC="$(VISION_SPEC)" .venv-vision/.installed-dev
 	.venv-vision/bin/pip install --quiet -e ".[vision,dev]"
 	.venv-vision/bin/python -m pytest -q -m vision
+
+# ExecuTorch's runtime (executorch 1.5.1 runs beside CPU torch 2.13.0 but pulls torchao, pandas, coremltools...), in its own venv.
+test-executorch:
+	$(MAKE) VENV=.venv-executorch .venv-executorch/.installed-dev
+	.venv-executorch/bin/pip install --quiet -e ".[executorch]"
+	.venv-executorch/bin/python -m pytest -q -p no:cacheprovider tests/export/test_export_executorch.py
 
 bench: $(VENV)/.installed-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
