@@ -126,5 +126,5 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
     return model
 
 
-if "executorch" not in FORMATS:
+if not FORMATS.registered("executorch"):
     FORMATS.register("executorch")(ArtifactFormat(_save, _load))
