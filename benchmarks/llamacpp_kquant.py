@@ -23,36 +23,29 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch
 
 from slimtorch.core import RunContext
-from slimtorch.data import build_data
 from slimtorch.export import ExportConfig, ExportStage
 from slimtorch.export.gguf import gguf_hessians, matrix_bits_per_weight
 from slimtorch.measure import llamacpp
-from slimtorch.measure.config import LLMEvalConfig
-from slimtorch.measure.llm import causal_lm_of, eval_token_ids, windows, with_model_tokens
+from slimtorch.measure.llm import windows
 from slimtorch.measure.machine import probe
-from slimtorch.models import build_model
 from slimtorch.quantize.gptq import calibration_inputs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llamacpp_smollm2 import llama_quantize
+from llamacpp_smollm2 import held_out_text, llama_quantize, skipped_without_llamacpp
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/llamacpp_kquant"))
     parser.add_argument("--calibration-examples", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    if skipped_without_llamacpp("llamacpp_kquant"):
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {probe().summary()}", flush=True)
-    original = build_model("hf:smollm2")
-    data = with_model_tokens(build_data("text", args={"max_sentences": 4000}, seed=0), original)
-    lm = causal_lm_of(original)
-    assert lm is not None
-    cfg = LLMEvalConfig(max_tokens=args.max_tokens, decode_repeats=args.repeats)
-    ids = eval_token_ids(lm, data, "test", cfg.max_tokens)
-    spans = windows(len(ids), cfg.window, cfg.stride)
+    original, data, lm, cfg, ids, spans = held_out_text("hf:smollm2", args.max_tokens, args.repeats)
     rows: dict[str, dict] = {}
 
     def score(label: str, path: Path) -> None:

@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -70,6 +71,26 @@ def llama_quantize(source: Path, out: Path, kind: str, imatrix: dict[str, torch.
     return out
 
 
+def held_out_text(model_ref: str, max_tokens: int, repeats: int) -> tuple[Any, Any, Any, LLMEvalConfig, torch.Tensor, Any]:
+    """The model, its text data, its causal LM, the eval settings, and the held-out token ids and windows scored."""
+    original = build_model(model_ref)
+    data = with_model_tokens(build_data("text", args={"max_sentences": 4000}, seed=0), original)
+    lm = causal_lm_of(original)
+    assert lm is not None
+    cfg = LLMEvalConfig(max_tokens=max_tokens, decode_repeats=repeats)
+    ids = eval_token_ids(lm, data, "test", cfg.max_tokens)
+    return original, data, lm, cfg, ids, windows(len(ids), cfg.window, cfg.stride)
+
+
+def skipped_without_llamacpp(benchmark: str) -> bool:
+    """``make bench`` runs every script: without llama.cpp say what is missing, and do not fail the others."""
+    if llamacpp.available():
+        return False
+    print(f"skipped: {llamacpp.INSTALL_HINT}")
+    print(json.dumps({"machine": probe().to_json(), "benchmark": benchmark, "skipped": llamacpp.INSTALL_HINT}))
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=2048, help="eval tokens scored for perplexity")
@@ -86,19 +107,11 @@ def main() -> None:
                         "(llama-imatrix's mean x² per column, from the same calibration sentences)")
     parser.add_argument("--no-legacy", action="store_true", help="skip slimtorch's q8_0/q4_0 rows")
     args = parser.parse_args()
-    if not llamacpp.available():  # make bench runs every script: say what is missing, do not fail the others
-        print(f"skipped: {llamacpp.INSTALL_HINT}")
-        print(json.dumps({"machine": probe().to_json(), "benchmark": "llamacpp_smollm2", "skipped": llamacpp.INSTALL_HINT}))
+    if skipped_without_llamacpp("llamacpp_smollm2"):
         return
     machine = probe()
     print(f"machine: {machine.summary()}", flush=True)
-    original = build_model(args.model)
-    data = with_model_tokens(build_data("text", args={"max_sentences": 4000}, seed=0), original)
-    lm = causal_lm_of(original)
-    assert lm is not None
-    cfg = LLMEvalConfig(max_tokens=args.max_tokens, decode_repeats=args.repeats)
-    ids = eval_token_ids(lm, data, "test", cfg.max_tokens)
-    spans = windows(len(ids), cfg.window, cfg.stride)
+    original, data, lm, cfg, ids, spans = held_out_text(args.model, args.max_tokens, args.repeats)
     with pinned_threads(original, 1):
         nll, _, _ = scored_logprobs(lm, ids, cfg)
         torch_ppl = math.exp(nll.mean().item())
