@@ -4,7 +4,7 @@ The short form of ``llamacpp_smollm2.py --kquant --imatrix`` for a loaded machin
 and its llama.cpp perplexity printed at once, so a run cut short keeps what it measured; tokens/s at 1 and all threads
 follow for every file at the end.
 
-    .venv/bin/python benchmarks/llamacpp_kquant.py --out /tmp/kquant [--calibration-examples 128]
+    .venv/bin/python benchmarks/llamacpp_kquant.py [--out runs/bench/llamacpp_kquant] [--calibration-examples 128]
 """
 
 from __future__ import annotations

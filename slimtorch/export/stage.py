@@ -46,12 +46,15 @@ class ExportStage(Stage[ExportConfig], kind="export"):
             "max_abs_diff": worst, "max_abs_diff_by_batch": diffs,
         })
         if worst > cfg.atol:
-            message = (f"ONNX export differs from torch by {worst:.3g} (> atol {cfg.atol:g}); some op is not "
-                       "reproduced faithfully. Raise export.atol if this is expected, or keep runtime: torch.")
-            if cfg.on_mismatch == "error":
-                raise UnsupportedModuleError(message)
-            record.notes.append(message)
+            self._mismatch(record, f"ONNX export differs from torch by {worst:.3g} (> atol {cfg.atol:g}); some op is not "
+                                   "reproduced faithfully. Raise export.atol if this is expected, or keep runtime: torch.")
         return ort_model, record
+
+    def _mismatch(self, record: StageRecord, message: str) -> None:
+        """A parity failure: an error, or a note on the record with ``on_mismatch: warn``."""
+        if self.config.on_mismatch == "error":
+            raise UnsupportedModuleError(message)
+        record.notes.append(message)
 
     def _executorch(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         cfg = self.config
@@ -68,11 +71,8 @@ class ExportStage(Stage[ExportConfig], kind="export"):
         })
         atol = cfg.atol if not cfg.int8 else float("inf")  # int8 is judged by the card's metric and agreement, not atol
         if worst > atol:
-            message = (f"the ExecuTorch program differs from torch by {worst:.3g} (> atol {cfg.atol:g}); raise export.atol if "
-                       "this is expected, or keep format: onnx.")
-            if cfg.on_mismatch == "error":
-                raise UnsupportedModuleError(message)
-            record.notes.append(message)
+            self._mismatch(record, f"the ExecuTorch program differs from torch by {worst:.3g} (> atol {cfg.atol:g}); raise "
+                                   "export.atol if this is expected, or keep format: onnx.")
         return pte_model, record
 
     def _gguf(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
@@ -99,9 +99,7 @@ class ExportStage(Stage[ExportConfig], kind="export"):
         if details["f16_fallback_tensors"]:
             record.notes.append(f"kept f16 (rows not a multiple of 32): {', '.join(details['f16_fallback_tensors'][:8])}")
         if parity["top1_agreement"] < cfg.min_top1_agreement:
-            message = (f"the GGUF file agrees with the model on only {parity['top1_agreement']:.3f} of next tokens "
-                       f"(< min_top1_agreement {cfg.min_top1_agreement}); store more bits (quant: q8_0) or lower min_top1_agreement.")
-            if cfg.on_mismatch == "error":
-                raise UnsupportedModuleError(message)
-            record.notes.append(message)
+            self._mismatch(record, f"the GGUF file agrees with the model on only {parity['top1_agreement']:.3f} of next tokens "
+                                   f"(< min_top1_agreement {cfg.min_top1_agreement}); store more bits (quant: q8_0) or lower "
+                                   "min_top1_agreement.")
         return out, record

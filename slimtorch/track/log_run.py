@@ -3,7 +3,7 @@ figures, and the report files and plots as artifacts, all read from the finished
 
 Reading the directory rather than hooking the run keeps tracking out of the training loop and makes a resumed
 run log the same things as an uninterrupted one: every training run (``fit``) checkpoints its history per epoch
-under ``OUT/work/**/last/meta.json``, the models' figures are in ``report.json``.
+in each training step's ``last/meta.json`` inside the run's work folder, the models' figures are in ``report.json``.
 """
 
 from __future__ import annotations
