@@ -11,11 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from slimtorch.version import __version__
-
 # Public name -> module that defines it. Imported on first use (PEP 562) so `slimtorch --version`
 # and error paths of the CLI do not pay for transformers/onnxruntime imports.
 _EXPORTS = {
+    "__version__": "slimtorch.version",
     "compress": "slimtorch.run.pipeline", "RunResult": "slimtorch.run.pipeline",
     "load": "slimtorch.artifact", "save": "slimtorch.artifact",
     "load_recipe": "slimtorch.recipe", "Recipe": "slimtorch.recipe",
@@ -35,7 +34,7 @@ _EXPORTS = {
         "ShapeMismatchError", "NotCalibratedError", "TrainingError", "OutputDirError", "MissingExtraError", "TrackingError")},
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]  # noqa: PLE0604 - built from the table above, all strings
+__all__ = [*sorted(_EXPORTS)]  # noqa: PLE0604 - built from the table above, all strings
 
 
 def __getattr__(name: str) -> Any:

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from slimtorch.errors import RecipeError, SlimtorchError
+from slimtorch.resources import check_device_spec
 from slimtorch.version import __version__
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only inside the commands that need them
@@ -293,7 +294,7 @@ def measure(
     """Measure one model (a saved slimtorch directory or any model reference) and print its report row."""
     from slimtorch import artifact
     from slimtorch.data import build_data
-    from slimtorch.device import check_device_spec, resolve_device
+    from slimtorch.device import resolve_device
     from slimtorch.measure import measure as run_measure
     from slimtorch.measure.config import LatencyConfig
     from slimtorch.models import build_model

@@ -22,6 +22,7 @@ from torch import nn
 # Batch helpers live in slimtorch.batch (data code needs them without the run context); re-exported here.
 from slimtorch.batch import OUTPUT_KEYS, Batch, batch_len, describe_output, forward, output_tensor  # noqa: F401
 from slimtorch.registry import Registry
+from slimtorch.stage_tags import StageTags, tags_of
 
 if TYPE_CHECKING:
     from slimtorch.data.bundle import DataBundle
@@ -163,6 +164,10 @@ class Stage(Generic[ConfigT]):
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config
+
+    def tags(self) -> StageTags:
+        """What this stage is (trains, hands on, takes): its config's :meth:`~slimtorch.stage_tags.StageConfig.stage_tags`."""
+        return tags_of(self.config)
 
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         """Run the step on ``model`` (changed in place or replaced) and return it with its record."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from typing import Any
 
 import torch
@@ -12,14 +11,6 @@ import torch
 from slimtorch.errors import RecipeError
 
 DEVICE_HELP = "use auto, cpu, cuda, cuda:N or mps"
-
-
-def check_device_spec(value: str) -> str:
-    """``value`` normalised when it names a device kind (not checked against this machine), else ValueError."""
-    v = value.strip().lower()
-    if v not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", v):
-        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {value!r}")
-    return v
 
 
 def resolve_device(spec: str | None) -> torch.device:

@@ -1,4 +1,4 @@
-"""Resource limits from the recipe's ``resources:`` block.
+"""Resource limits from the recipe's ``resources:`` block, and the check of its ``device:`` spelling.
 
 - ``max_params`` / ``max_memory_mb``: checked on every model the run builds (teachers, the student,
   an auto-derived student) *before* any training, so a model that cannot fit fails in seconds.
@@ -11,17 +11,29 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
 from slimtorch.errors import RecipeError, TrainingError
 from slimtorch.units import MB
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def check_device_spec(value: str) -> str:
+    """``value`` normalised when it names a device kind (not checked against this machine), else ValueError."""
+    v = value.strip().lower()
+    if v not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", v):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps; got {value!r}")
+    return v
 
 
 class ResourceSpec(BaseModel):

@@ -22,8 +22,9 @@ from slimtorch.distributed import world_size
 from slimtorch.errors import RecipeError
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.models.hf import causal_lm_inner
+from slimtorch.train.config import FinetuneConfig
 from slimtorch.train.loop import convergence_note, fit, train_fields
-from slimtorch.train.stage import FinetuneConfig, cross_entropy
+from slimtorch.train.losses import cross_entropy
 
 log = logging.getLogger(__name__)
 

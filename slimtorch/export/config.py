@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from slimtorch.stage_tags import Handoff, StageConfig, StageTags
 
 # How a GGUF file stores a weight matrix (llama.cpp's names).
 GGUFQuant = Literal["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"]
 
 
-class ExportConfig(BaseModel):
+class ExportConfig(StageConfig):
     """Recipe entry ``- export: {opset: 17, atol: 1e-4}``, or ``- export: {format: gguf, quant: q4_1}`` for llama.cpp."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: Literal["onnx", "gguf", "executorch"] = Field("onnx", description="onnx (onnxruntime), gguf (llama.cpp; LLaMA-architecture "
                                                           "causal LMs), or executorch (a .pte with the XNNPACK delegate, for phones)")
@@ -60,3 +60,9 @@ class ExportConfig(BaseModel):
         if self.int8 and self.format != "executorch":
             raise ValueError("export.int8 quantizes an ExecuTorch program; add format: executorch, or use a quantize stage.")
         return self
+
+    def stage_tags(self) -> StageTags:
+        runtime = {"onnx": "onnxruntime", "gguf": "llama.cpp", "executorch": "ExecuTorch"}[self.format]
+        # A GGUF file is written from the weights, so it also takes torch's int8/int4 layers (int4 codes go to Q4_1 as they are).
+        takes = frozenset[Handoff]({"torch", "torch_int"} if self.format == "gguf" else {"torch"})
+        return StageTags(deploys=True, hands_on=frozenset({"graph"}), takes=takes, runtime=runtime)

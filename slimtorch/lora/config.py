@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, Field
+
+from slimtorch.stage_tags import StageConfig, StageTags
 
 
-class LoraConfig(BaseModel):
+class LoraConfig(StageConfig):
     """Recipe entry ``- lora: {rank: 8, epochs: 2}``.
 
     LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685): ``W' = W + (lora_alpha / rank) · B A`` with
     ``A`` (rank, in) and ``B`` (out, rank) trained and ``W`` frozen; merged into ``W`` afterwards.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     rank: int = Field(8, ge=1, description="rank r of the update B·A")
     lora_alpha: float = Field(16.0, gt=0, description="scaling numerator: the update is (lora_alpha / rank)·B·A")
@@ -32,3 +32,6 @@ class LoraConfig(BaseModel):
     keep_sparsity: bool = Field(True, description="re-apply pruning masks to merged weights (the LoRA update is dense)")
     compare_full_finetune: bool = Field(True, description="also fine-tune every weight with the same step budget")
     full_finetune_lr: float = Field(5e-4, gt=0, description="learning rate of the full fine-tune comparison")
+
+    def stage_tags(self) -> StageTags:
+        return StageTags(trains=True, backward=True)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from slimtorch.device import check_device_spec
+from slimtorch.resources import check_device_spec
 
 # A causal LM is timed by its prefill and decode loop (evaluate.llm); its plain forward pass only at batch 1.
 CAUSAL_LM_BATCH_SIZES = [1]

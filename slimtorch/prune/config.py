@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slimtorch.stage_tags import StageConfig, StageTags
+
 UNSTRUCTURED = ("weight", "vector", "kernel")
 STRUCTURED = ("filter", "channel", "neuron")
 TRANSFORMER = ("head", "ffn", "layer")
@@ -94,15 +96,13 @@ class SensitivityConfig(BaseModel):
         return sorted(v)
 
 
-class PruneConfig(BaseModel):
+class PruneConfig(StageConfig):
     """Recipe entry ``- prune: {sparsity, granularity, criterion, schedule, ...}``.
 
     ``sparsity`` is the fraction removed: of weights (weight/vector/kernel), of channels per layer
     (filter/channel/neuron), of heads/FFN neurons per layer, or of layers. ``"N:M"`` keeps N of every
     M consecutive weights, so its sparsity is ``1 - N/M`` and the ``sparsity`` field is not used.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     sparsity: float = 0.5
     granularity: str = "weight"
@@ -203,6 +203,11 @@ class PruneConfig(BaseModel):
         if self.finetune_epochs is not None:
             return self.finetune_epochs
         return 0 if self.schedule == "oneshot" else 1
+
+    def stage_tags(self) -> StageTags:
+        # Recovery epochs and lottery tickets retrain; Taylor scores take gradients even when nothing trains.
+        trains = bool(self.recovery_epochs) or self.lottery is not None
+        return StageTags(trains=trains, backward=trains or self.criterion == "taylor")
 
     @property
     def kind(self) -> Literal["mask", "structured", "transformer"]:

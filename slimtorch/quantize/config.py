@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slimtorch.errors import MissingExtraError
+from slimtorch.stage_tags import FLOAT_TORCH, Handoff, StageConfig, StageTags
 
 Mode = Literal["dynamic_int8", "static_int8", "fp16", "bf16", "int8_weight_only", "int4_weight_only", "fp32"]
 Runtime = Literal["auto", "torch", "onnxruntime", "openvino"]
@@ -61,15 +62,13 @@ class QATConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (a short pass over a large corpus)")
 
 
-class QuantizeConfig(BaseModel):
+class QuantizeConfig(StageConfig):
     """Recipe entry ``- quantize: {mode: dynamic_int8, runtime: onnxruntime}``.
 
     Example:
         >>> QuantizeConfig(mode="static_int8", runtime="onnxruntime", calibration_batches=8).mode
         'static_int8'
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Mode = Field("dynamic_int8", description="target precision")
     runtime: Runtime = Field("auto", description="what runs the quantized model; auto: each runtime that implements the mode "
@@ -215,6 +214,20 @@ class QuantizeConfig(BaseModel):
             raise ValueError("quantize.calibrate_method, per_channel and reduce_range set onnxruntime's quantizer; quantizer: nncf "
                              f"uses NNCF's defaults (got calibrate_method {self.calibrate_method!r}, per_channel {self.per_channel}, "
                              f"reduce_range {self.reduce_range}). Leave them at minmax / true / false, or use quantizer: onnxruntime.")
+
+    def stage_tags(self) -> StageTags:
+        trains = self.qat is not None
+        label = f"mode {self.mode}, runtime {self.runtime}"
+        if self.runtime == "torch" and self.mode == "bf16":  # trainable, but onnxruntime has no bfloat16 kernels for it
+            return StageTags(trains=trains, backward=trains, deploys=True, hands_on=frozenset({"torch_bf16"}), label=label,
+                             instead="For half precision on onnxruntime use quantize {mode: fp16, runtime: onnxruntime} instead of bf16")
+        # runtime auto picks among its candidates when it runs: a later stage has to take what any of them returns
+        runtimes = self.candidate_runtimes() if self.runtime == "auto" else [self.runtime]
+        hands_on = frozenset[Handoff]("torch_int" if r == "torch" else "graph" for r in runtimes)
+        graph_runtime = next((r for r in runtimes if r != "torch"), "torch")
+        takes = frozenset[Handoff]({"torch"}) if self.runtime == "onnxruntime" else FLOAT_TORCH
+        return StageTags(trains=trains, backward=trains, deploys=True, hands_on=hands_on, takes=takes, runtime=graph_runtime,
+                         label=label)
 
     def backend(self) -> str:
         """Human-readable name of the library path that runs this config (an optional package not installed: its version is '?')."""

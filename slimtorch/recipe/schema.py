@@ -12,39 +12,12 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from slimtorch.data.registry import DATA_SOURCES, unknown_args_message
-from slimtorch.device import check_device_spec
 from slimtorch.measure.config import EvaluateConfig
 from slimtorch.plan.config import TargetConfig
-from slimtorch.resources import ResourceSpec
+from slimtorch.resources import ResourceSpec, check_device_spec
+from slimtorch.stage_tags import StageTags, tags_of
 from slimtorch.track.config import TrackingConfig
 from slimtorch.train.config import TrainConfig
-
-
-def _describe(spec: StageSpec) -> str:
-    if spec.kind == "quantize":
-        return f"quantize (mode {spec.config.mode}, runtime {spec.config.runtime})"
-    return spec.kind
-
-
-def _leaves_no_torch_model(spec: StageSpec) -> str | None:
-    """Why no torch stage can follow ``spec`` (it turns the model into something else), or None."""
-    if spec.kind == "export" or (spec.kind == "quantize" and spec.config.runtime in ("onnxruntime", "openvino")):
-        runtime = "onnxruntime" if spec.kind == "export" else spec.config.runtime
-        return f"turns the model into an {runtime} graph with no torch layers left to prune, train, quantize or export"
-    if spec.kind == "quantize" and spec.config.mode != "bf16":
-        return "replaces its layers with int8/int4 kernels that have no float weights to prune, train or export"
-    if spec.kind == "quantize":  # bf16 torch: trainable, but onnxruntime has no bfloat16 kernels for it
-        return "leaves bfloat16 weights that onnxruntime has no kernels for"
-    return None
-
-
-def _needs_torch_model(later: StageSpec, earlier: StageSpec) -> bool:
-    """Whether ``later`` fails on what ``earlier`` (a stage with a :func:`_leaves_no_torch_model` reason) returns."""
-    if earlier.kind == "quantize" and earlier.config.runtime == "torch" and earlier.config.mode == "bf16":
-        return later.kind == "export" or (later.kind == "quantize" and later.config.runtime == "onnxruntime")
-    # GGUF export reads the int8/int4 layers' weights (int4 codes go to Q4_1 as they are)
-    return not (later.kind == "export" and later.config.format == "gguf" and earlier.kind == "quantize"
-                and earlier.config.runtime == "torch")
 
 
 class _Strict(BaseModel):
@@ -133,7 +106,17 @@ class StageSpec(_Strict):
     """One validated stage: its registered kind and typed config."""
 
     kind: str
-    config: Any
+    config: BaseModel
+
+    @property
+    def tags(self) -> StageTags:
+        """What this stage is (trains, hands on, takes), as its config says."""
+        return tags_of(self.config)
+
+    def describe(self) -> str:
+        """``kind``, with the settings that decide what it hands on: ``quantize (mode bf16, runtime torch)``."""
+        label = self.tags.label
+        return f"{self.kind} ({label})" if label else self.kind
 
 
 class Recipe(_Strict):
@@ -181,21 +164,19 @@ class Recipe(_Strict):
     @classmethod
     def _stage_order(cls, stages: list[StageSpec]) -> list[StageSpec]:
         for i, spec in enumerate(stages):
-            why = _leaves_no_torch_model(spec)
-            later = next(((j, s) for j, s in enumerate(stages[i + 1:], start=i + 1) if _needs_torch_model(s, spec)), None)
-            if why and later:
-                j, bad = later
-                fix = ("For half precision on onnxruntime use quantize {mode: fp16, runtime: onnxruntime} instead of bf16"
-                       if spec.kind == "quantize" and spec.config.mode == "bf16"
-                       else f"Put {bad.kind} before {spec.kind} (quantize and export go last)")
-                raise ValueError(f"stages[{j}] {bad.kind} cannot run after stages[{i}] {_describe(spec)}, which {why}. "
-                                 f"{fix}; got {spec.kind} then {bad.kind}")
+            tags = spec.tags
+            for j, later in enumerate(stages[i + 1:], start=i + 1):
+                why = tags.refusal(later.tags)
+                if why:
+                    fix = tags.instead or f"Put {later.kind} before {spec.kind} (quantize and export go last)"
+                    raise ValueError(f"stages[{j}] {later.kind} cannot run after stages[{i}] {spec.describe()}, which {why}. "
+                                     f"{fix}; got {spec.kind} then {later.kind}")
         return stages
 
     @model_validator(mode="after")
     def _target_adds_the_last_stage(self) -> Recipe:
         if self.target is not None:
-            last = next((s for s in self.stages if s.kind in ("quantize", "export")), None)
+            last = next((s for s in self.stages if s.tags.deploys), None)
             if last is not None:
                 raise ValueError(
                     f"with `target:` the stages are the recovery run after the planned pruning, and the planner adds "

@@ -187,7 +187,6 @@ def _untrained_baseline(baseline: Measurement, num_classes: int | None) -> list[
 
 
 UNRECOVERED_DROP = 0.01  # a metric fall (fraction) a pruning step with no recovery after it is called out for
-TRAINING_STAGES = ("distill", "finetune", "lora")
 
 
 def _unrecovered_pruning(stages: list[StageSpec], measured: list[Measurement]) -> list[str]:
@@ -195,12 +194,9 @@ def _unrecovered_pruning(stages: list[StageSpec], measured: list[Measurement]) -
     by_name = {m.name: i for i, m in enumerate(measured)}
     out = []
     for n, spec in enumerate(stages, start=1):
-        cfg = spec.config
-        if spec.kind != "prune" or not isinstance(cfg, PruneConfig) or f"{n}_prune" not in by_name:
+        if not isinstance(spec.config, PruneConfig) or f"{n}_prune" not in by_name:
             continue
-        later = any(s.kind in TRAINING_STAGES or (isinstance(s.config, PruneConfig) and s.config.recovery_epochs)
-                    or (s.kind == "quantize" and getattr(s.config, "qat", None)) for s in stages[n:])
-        if cfg.recovery_epochs or later:
+        if any(s.tags.trains for s in stages[n - 1:]):  # it, or a later stage, trains the model back
             continue
         i = by_name[f"{n}_prune"]
         start = input_of(measured[:i])

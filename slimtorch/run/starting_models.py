@@ -31,9 +31,6 @@ from slimtorch.run.store import RunStore
 from slimtorch.train import convergence_note, cross_entropy, fit
 from slimtorch.units import MB
 
-# Stages that may train the model they are given (their memory need is weights + grads + AdamW state).
-TRAINING_STAGES = frozenset({"distill", "finetune", "lora", "prune"})
-
 
 class StartingModels:
     """Builds a recipe's teachers and student; each teacher is a :class:`~slimtorch.run.loop.Step` of the run loop."""
@@ -123,7 +120,8 @@ class StartingModels:
         return model
 
     def _trains_student(self) -> bool:
-        return any(s.kind in TRAINING_STAGES for s in self.recipe.stages) or self.recipe.target is not None
+        # a stage that runs backward needs weights + gradients + AdamW state in memory, not only the weights
+        return any(s.tags.backward for s in self.recipe.stages) or self.recipe.target is not None
 
     def _build_student(self, spec: ModelSpec) -> nn.Module:
         # The student's initialisation must not depend on whether the teacher was trained or reloaded.

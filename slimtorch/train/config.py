@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from slimtorch.stage_tags import StageConfig, StageTags
 
 Schedule = Literal["constant", "cosine", "onecycle", "plateau"]
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StageConfig):
     """Optimiser and stopping settings shared by every stage that trains.
 
     Training runs until it has converged or reaches ``epochs``: it stops when, for ``patience``
     epochs, the validation metric has not improved and the mean training loss has not fallen by more
     than ``min_loss_improvement`` (relative) below its best; the best weights by validation are kept.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     epochs: int = Field(10, ge=0, description="ceiling on passes over the training set; training stops earlier once converged")
     lr: float | Literal["auto"] = Field(1e-3, description="AdamW peak learning rate, or 'auto' for a short range test")
@@ -41,6 +41,15 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lr must be a positive number or 'auto'; got {value!r}. 1e-3 suits Adam on small models; "
                              "'auto' runs a short learning-rate range test first.")
         return value
+
+    def stage_tags(self) -> StageTags:
+        return StageTags(trains=True, backward=True)
+
+
+class FinetuneConfig(TrainConfig):
+    """Settings of the ``finetune`` stage (the training settings, with a shorter default)."""
+
+    epochs: int = Field(5, ge=0)
 
 
 def train_fields(config: BaseModel) -> dict[str, Any]:

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.measure.accuracy import task_metric
-from slimtorch.train.loop import TrainConfig, convergence_note, fit
+from slimtorch.train.config import FinetuneConfig
+from slimtorch.train.loop import convergence_note, fit
 from slimtorch.train.losses import cross_entropy
-
-
-class FinetuneConfig(TrainConfig):
-    """Settings of the ``finetune`` stage (the training settings, with a shorter default)."""
-
-    epochs: int = Field(5, ge=0)
-
 
 __all__ = ["FinetuneConfig", "FinetuneStage", "cross_entropy"]  # cross_entropy lives in train.losses
 
