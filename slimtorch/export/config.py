@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from slimtorch.distill.config import DistillConfig
 from slimtorch.stage_tags import Handoff, StageConfig, StageTags
 
 # How a GGUF file stores a weight matrix (llama.cpp's names).
@@ -35,6 +36,10 @@ class ExportConfig(StageConfig):
                                           "matrices; a type per matrix is chosen by measured sensitivity")
     size_mb: float | None = Field(None, gt=0, description="gguf size target: file size in MB (1e6 bytes), allocated like "
                                   "bits_per_weight")
+    recover: DistillConfig | None = Field(None, description="gguf: token-distil the model from the original first, every "
+                                          "block-type matrix computing in the file's blocks (straight-through), so the rounding "
+                                          "it learns is the rounding written; the distill stage's settings (tokens, epochs, "
+                                          "max_steps, lr, ...)")
 
     opset: int = Field(17, ge=13, le=21, description="ONNX opset version")
     atol: float = Field(1e-4, gt=0, description="largest allowed |onnxruntime - torch| on the parity batches")
@@ -57,6 +62,15 @@ class ExportConfig(StageConfig):
         if self.quant is not None and self.format != "gguf":
             raise ValueError(f"export.quant ({self.quant!r}) sets how a GGUF file stores its weights; add format: gguf, or remove "
                              "quant (ONNX export writes float32; quantize with a quantize stage).")
+        if self.recover is not None:
+            if self.format != "gguf":
+                raise ValueError("export.recover trains the model in GGUF blocks; add format: gguf, or remove recover.")
+            if self.method != "rtn":
+                raise ValueError("export.recover trains the weights for round-to-nearest on the file's grid; GPTQ would choose other "
+                                 "codes after training. Use method: rtn with recover, or remove recover.")
+            if (self.quant or "q8_0") in ("f16", "f32"):
+                raise ValueError(f"export.recover recovers from block rounding; quant {self.quant} stores floats. Pick a block type "
+                                 "(q4_k_m, q4_0, ...), or remove recover.")
         if self.int8 and self.format != "executorch":
             raise ValueError("export.int8 quantizes an ExecuTorch program; add format: executorch, or use a quantize stage.")
         return self
@@ -65,4 +79,5 @@ class ExportConfig(StageConfig):
         runtime = {"onnx": "onnxruntime", "gguf": "llama.cpp", "executorch": "ExecuTorch"}[self.format]
         # A GGUF file is written from the weights, so it also takes torch's int8/int4 layers (int4 codes go to Q4_1 as they are).
         takes = frozenset[Handoff]({"torch", "torch_int"} if self.format == "gguf" else {"torch"})
-        return StageTags(deploys=True, hands_on=frozenset({"graph"}), takes=takes, runtime=runtime)
+        trains = self.recover is not None
+        return StageTags(trains=trains, backward=trains, deploys=True, hands_on=frozenset({"graph"}), takes=takes, runtime=runtime)

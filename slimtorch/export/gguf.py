@@ -21,7 +21,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -175,7 +175,7 @@ def _int4_layer(module: nn.Module, quant: str) -> WeightOnlyLinear | None:
 
 
 def _tensor(gguf: Any, module: nn.Module, quant: str, heads: int | None, hessian: Tensor | None = None,
-            use_gptq: bool = False) -> tuple[np.ndarray, Any, str]:
+            use_gptq: bool = False, block_rounding: bool = False) -> tuple[np.ndarray, Any, str]:
     """The array to write for ``module``, its GGML type, and how it was made (``exact_int4``, ``fallback``, ``gptq`` or ``""``).
 
     ``hessian`` (K, K) of the module's inputs picks each group's range by importance (and GPTQ's codes with
@@ -194,7 +194,7 @@ def _tensor(gguf: Any, module: nn.Module, quant: str, heads: int | None, hessian
     if quant == "f16" or array.shape[-1] % BLOCK:
         return array.astype(np.float16), types.F16, "" if quant == "f16" else "fallback"
     qtype = getattr(types, quant.upper())
-    if quant in LEGACY_QUANTS and hessian is None:
+    if quant in LEGACY_QUANTS and hessian is None and not block_rounding:
         return gguf.quants.quantize(array, qtype), qtype, ""
     data, _ = quantize_blocks(weight, quant, hessian, use_gptq=use_gptq and hessian is not None)
     return data, qtype, "gptq" if use_gptq and hessian is not None else ""
@@ -226,7 +226,8 @@ def copy_tokenizer_(writer: Any, source: Path, vocab_size: int) -> None:
 
 
 def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None, table: GGUFQuant | None = None,
-               plan: dict[str, str] | None = None, hessians: dict[str, Tensor] | None = None, use_gptq: bool = False) -> GGUFFile:
+               plan: dict[str, str] | None = None, hessians: dict[str, Tensor] | None = None, use_gptq: bool = False,
+               block_rounding: bool = False) -> GGUFFile:
     """Write ``model`` (a LLaMA causal LM) to ``path`` with matrices stored as ``quant``.
 
     Args:
@@ -236,6 +237,8 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
         plan: the GGML type of each matrix by gguf tensor name (:func:`tensor_plan`); overrides ``quant``/``table``.
         hessians: ``H`` of each matrix's inputs by gguf tensor name (:func:`gguf_hessians`): ranges by importance, and
             GPTQ codes with ``use_gptq``.
+        block_rounding: round the legacy types (q8_0, q4_0, q4_1) on slimtorch's block grid too, not the gguf package's
+            own rounding: the grid a recovery trained with (:mod:`slimtorch.export.gguf_recovery`).
 
     Raises:
         UnsupportedModuleError: not LLaMA, or no source GGUF file to take the tokenizer from.
@@ -279,7 +282,7 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
             if plan is not None and name in plan:
                 kind = plan[name]
             hessian = (hessians or {}).get(name)
-            array, qtype, how = _tensor(gguf, module, kind, heads, hessian, use_gptq)
+            array, qtype, how = _tensor(gguf, module, kind, heads, hessian, use_gptq, block_rounding)
             if how:
                 getattr(out, how).append(name)
             writer.add_tensor(f"{name}.weight", array, raw_dtype=qtype)
@@ -341,6 +344,8 @@ def tensor_plan(lm: HFModel, quant: GGUFQuant, table: GGUFQuant | None, hessians
     least-error allocation by measured sensitivity (:func:`slimtorch.quantize.gguf_plan.allocate`)."""
     shapes = matrix_shapes(lm)
     columns = {name: cols for name, (_, cols) in shapes.items()}
+    if budget_bytes is None and quant in LEGACY_QUANTS:
+        table = table_quant_for(quant, table)  # the table the unplanned writer gives a legacy file (q8_0 in a 4-bit one)
     plan = mix_plan(quant, columns, len(lm.hf.model.layers), table)
     if budget_bytes is None:
         return plan, None
@@ -435,12 +440,15 @@ def budget_bytes(lm: HFModel, calibration: GGUFCalibration, source: Path | None)
 
 
 def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUFQuant, check_tokens: int,
-                table: GGUFQuant | None = None, calibration: GGUFCalibration | None = None) -> tuple[HFModel, dict[str, Any]]:
+                table: GGUFQuant | None = None, calibration: GGUFCalibration | None = None,
+                recover: Recovery | None = None) -> tuple[HFModel, dict[str, Any]]:
     """Write ``model`` to ``directory/model.gguf``, read it back through transformers and compare logits.
 
     Args:
         calibration: solve the block types on calibration text (GPTQ codes, importance-chosen ranges) and/or meet a size
             target; default: llama.cpp's mix for ``quant`` with round-to-nearest.
+        recover: token-distil the model first with its matrices in the blocks the plan gives them
+            (:mod:`slimtorch.export.gguf_recovery`); the file then holds the trained weights rounded the same way.
 
     Returns:
         The model as the file holds it (an fp32 :class:`HFModel` tagged ``slimtorch_format="gguf"``,
@@ -458,9 +466,14 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
         from slimtorch.quantize.gptq import calibration_inputs
 
         hessians = gguf_hessians(lm, calibration_inputs(lm, data, calibration.split, calibration.examples))
-    if quant not in LEGACY_QUANTS or calibration.needs_inputs:
+    if quant not in LEGACY_QUANTS or calibration.needs_inputs or recover is not None:
         plan, size = tensor_plan(lm, quant, table, hessians, budget_bytes(lm, calibration, source))
-    written = write_gguf(lm, directory / GGUF_FILE, quant, source, table, plan, hessians, calibration.method == "gptq")
+    recovery = None
+    if recover is not None:
+        assert plan is not None  # planned above
+        recovery = recover(lm, _trainable_matrices(lm, plan), hessians)
+    written = write_gguf(lm, directory / GGUF_FILE, quant, source, table, plan, hessians, calibration.method == "gptq",
+                         block_rounding=recover is not None)
     back = read_back(written.path, lm.tokenizer)
     expected, got = architecture_of(lm.hf.config), architecture_of(back.hf.config)
     if expected != got:
@@ -475,11 +488,31 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
                "tied_output": written.is_tied, "architecture": got, "parity": parity,
                "calibration": calibration.method, "gptq_tensors": len(written.gptq),
                "bits_per_weight": round(matrix_bits_per_weight(written.path), 4),
-               "size_plan": size.summary() if size is not None else None,
+               "size_plan": size.summary() if size is not None else None, "recovery": recovery,
                "backend": f"gguf {importlib.metadata.version('gguf')} GGUFWriter; read back by transformers "
                           f"{importlib.metadata.version('transformers')}"}
     out = set_attrs_(back, slimtorch_format="gguf", gguf_bytes=written.path.read_bytes(), slimtorch_spec=spec)
     return out, details
+
+
+# Trains the model in place with {gguf name: (Linear, block type)} in their blocks; returns the facts for the record.
+Recovery = Callable[[HFModel, dict[str, tuple[nn.Module, str]], "dict[str, Tensor] | None"], dict[str, Any]]
+
+
+def _trainable_matrices(lm: HFModel, plan: dict[str, str]) -> dict[str, tuple[nn.Module, str]]:
+    """The matrices a recovery trains in their blocks: every float ``Linear``/``Embedding`` the plan gives a block type.
+
+    A tied output layer computes with the table's rounding (the file stores one tensor); int8/int4 layers have no
+    float weight to train, and rows not a multiple of 32 are stored f16.
+    """
+    out: dict[str, tuple[nn.Module, str]] = {}
+    for name, module, _ in _modules(lm):
+        kind = plan.get(name) or (plan.get("token_embd") if name == "output" else None)
+        weight = getattr(module, "weight", None)
+        if type(module) in (nn.Linear, nn.Embedding) and kind not in (None, "f16", "f32") and isinstance(weight, Tensor) \
+                and weight.shape[-1] % BLOCK == 0:
+            out[name] = (module, kind)
+    return out
 
 
 def matrix_bits_per_weight(path: Path) -> float:

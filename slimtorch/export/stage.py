@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
+
+from torch import Tensor, nn
 
 from slimtorch.core import RunContext, Stage, StageRecord
-from slimtorch.errors import UnsupportedModuleError
+from slimtorch.errors import RecipeError, UnsupportedModuleError
 from slimtorch.export.config import ExportConfig
 from slimtorch.export.executorch import PteModule, executorch, export_pte
 from slimtorch.export.gguf import GGUFCalibration, export_gguf
+from slimtorch.export.gguf_recovery import recover_in_blocks
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
 from slimtorch.models.attrs import set_attrs_
 
@@ -79,8 +82,26 @@ class ExportStage(Stage[ExportConfig], kind="export"):
         cfg = self.config
         quant = cfg.quant or "q8_0"
         calibration = GGUFCalibration(cfg.method, cfg.calibration_examples, cfg.calibration_split, cfg.bits_per_weight, cfg.size_mb)
-        out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens, cfg.table, calibration)
+        recover = None
+        if cfg.recover is not None:
+            if ctx.teacher is None:
+                raise RecipeError("export.recover distils from the original model, and this run has none; give the recipe a "
+                                  "teacher (the model to compress), or remove recover.")
+            settings, teacher = cfg.recover, ctx.teacher
+
+            def recover(lm: nn.Module, matrices: dict[str, tuple[nn.Module, str]], hessians: dict[str, Tensor] | None) -> dict[str, Any]:
+                facts, hop = recover_in_blocks(lm, matrices, hessians, teacher, settings, ctx)
+                return {**facts.to_json(), **hop}
+
+        out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens, cfg.table, calibration, recover)
         record = self.record(details=details)
+        if details["recovery"]:
+            done = details["recovery"]
+            kl = done["heldout_kl_to_teacher"]
+            record.notes.append(f"recovered in the file's blocks: {done['matrices']} matrices trained through their rounding for "
+                                f"{done['tokens_seen']:,} tokens; held-out KL to the original {kl['before']:.4f} → {kl['after']:.4f} "
+                                f"nats (rounded, before → after training); the writer's grid changed {100 * done['codes_moved_at_write']:.2f} % "
+                                "of the codes.")
         parity = details["parity"]
         table = f", embedding table {details['table_quant']}" if details["table_quant"] not in (None, quant) else ""
         record.notes.append(f"GGUF {quant}{table} ({details['gguf_bytes'] / 1e6:.1f} MB) read back by transformers: top-1 agreement "
