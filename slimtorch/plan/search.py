@@ -12,12 +12,15 @@ becomes ordinary recipe stages, so the run, its resume and its report are those 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+from pydantic.dataclasses import dataclass
 from torch import nn
 
 from slimtorch import artifact
@@ -26,7 +29,7 @@ from slimtorch.export import ExportConfig, to_ort
 from slimtorch.measure import dir_size_bytes
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.measure.latency import time_interleaved
-from slimtorch.plan.config import TargetConfig
+from slimtorch.plan.config import QuantizeOption, TargetConfig
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
 from slimtorch.run.loop import run_stages
@@ -38,21 +41,63 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Plan:
-    """The planner's decision and the evidence for it."""
+# The settings the planner gives a pruning candidate, in the order report.json lists them.
+PRUNE_SETTINGS = ("sparsity", "granularity", "round_to", "recover", "criterion")
 
-    prune: dict[str, Any] | None
-    quantize: dict[str, Any] | None
-    export: dict[str, Any] | None
+
+def settings_json(config: BaseModel, first: tuple[str, ...]) -> dict[str, Any]:
+    """The settings ``config`` was given (``first`` in that order, then the rest in field order), as report.json lists them."""
+    given = config.model_dump(mode="json", exclude_unset=True)
+    return {**{k: given[k] for k in first if k in given}, **given}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One measured point of the search: a row of the plan's ``candidates`` in report.json.
+
+    ``quantize`` is the int8 mode tried (``"none"`` for fp32); ``val_metric_before_recovery`` is the predicted
+    accuracy (or cosine); ``latency_ms`` is p50 at the target batch, timed beside the original.
+    """
+
+    sparsity: float
+    quantize: str
+    size_bytes: int
+    val_metric_before_recovery: float
+    latency_ms: float
+    meets_budget: bool
+    chosen: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's decision and the evidence for it: the chosen stages' configs and every candidate measured.
+
+    Built from report.json or ``state.json`` through :meth:`from_json`; being a pydantic dataclass it also validates
+    the same dict passed as keyword arguments (``Plan(**plan.to_json())``).
+    """
+
+    prune: PruneConfig | None
+    quantize: QuantizeConfig | None
+    export: ExportConfig | None
     is_feasible: bool
     message: str
     baseline_latency_ms: float
-    candidates: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"prune": self.prune, "quantize": self.quantize, "export": self.export, "is_feasible": self.is_feasible, "message": self.message,
-                "baseline_latency_ms": self.baseline_latency_ms, "candidates": self.candidates}
+        return {"prune": None if self.prune is None else settings_json(self.prune, PRUNE_SETTINGS),
+                "quantize": None if self.quantize is None else settings_json(self.quantize, ("mode", "runtime")),
+                "export": None if self.export is None else settings_json(self.export, ()),
+                "is_feasible": self.is_feasible, "message": self.message, "baseline_latency_ms": self.baseline_latency_ms,
+                "candidates": [c.to_json() for c in self.candidates]}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Plan:
+        """A plan as :meth:`to_json` wrote it (the configs validated again)."""
+        return cls(**raw)
 
     def stages(self, recovery: list[StageSpec]) -> list[StageSpec]:
         """prune → recovery (the recipe's own stages, or a short fine-tune) → quantize."""
@@ -61,13 +106,13 @@ class Plan:
         from slimtorch.recipe.schema import StageSpec
 
         out: list[StageSpec] = []
-        if self.prune:
-            out.append(StageSpec(kind="prune", config=PruneConfig(**self.prune)))
+        if self.prune is not None:
+            out.append(StageSpec(kind="prune", config=self.prune))
             out.extend(recovery)
-        if self.quantize:
-            out.append(StageSpec(kind="quantize", config=QuantizeConfig(**self.quantize)))
+        if self.quantize is not None:
+            out.append(StageSpec(kind="quantize", config=self.quantize))
         elif self.export is not None:
-            out.append(StageSpec(kind="export", config=ExportConfig(**self.export)))
+            out.append(StageSpec(kind="export", config=self.export))
         return out
 
 
@@ -80,19 +125,69 @@ def _budget_value(target: TargetConfig, latency_ms: float, size_bytes: int, base
     return latency_ms, baseline_ms / float(target.speedup or 1)
 
 
-def _candidate_stages(sparsity: float, quant: str, target: TargetConfig
-                      ) -> tuple[list[Stage[Any]], dict[str, Any] | None, dict[str, Any] | None]:
+def _candidate_stages(sparsity: float, quant: QuantizeOption, target: TargetConfig
+                      ) -> tuple[list[Stage[Any]], PruneConfig | None, QuantizeConfig | None]:
     """The stages that build one candidate (one-shot pruning, then int8), and their configs."""
-    stages: list[Stage[Any]] = []
     prune_cfg = quant_cfg = None
     if sparsity > 0:
-        prune_cfg = {"sparsity": sparsity, "granularity": target.granularity, "round_to": target.round_to, "recover": "none",
-                     "criterion": target.prune_criterion}
-        stages.append(PruneStage(PruneConfig(**prune_cfg)))
+        prune_cfg = PruneConfig(sparsity=sparsity, granularity=target.granularity, round_to=target.round_to, recover="none",
+                                criterion=target.prune_criterion)
     if quant != "none":
-        quant_cfg = {"mode": quant, "runtime": "onnxruntime", **target.quantize_args}
-        stages.append(QuantizeStage(QuantizeConfig(**quant_cfg)))
+        quant_cfg = QuantizeConfig(mode=quant, runtime="onnxruntime", **target.quantize_args)
+    stages: list[Stage[Any]] = [*([PruneStage(prune_cfg)] if prune_cfg else []), *([QuantizeStage(quant_cfg)] if quant_cfg else [])]
     return stages, prune_cfg, quant_cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """A candidate built and measured but not yet timed: how it was made, its size and predicted accuracy."""
+
+    sparsity: float
+    quantize: QuantizeOption
+    prune_cfg: PruneConfig | None
+    quant_cfg: QuantizeConfig | None
+    size_bytes: int
+    val_metric: float
+
+
+def _build(model: nn.Module, ctx: RunContext, target: TargetConfig, sparsity: float, quant: QuantizeOption) -> tuple[nn.Module, _Built]:
+    """One candidate through the stages (no store: nothing saved or resumed, no reseeding), its size and val metric."""
+    stages, prune_cfg, quant_cfg = _candidate_stages(sparsity, quant, target)
+    candidate = run_stages(copy.deepcopy(model), stages, ctx, reseed=False).model
+    if quant_cfg is None and target.runtime == "onnxruntime":
+        # An fp32 candidate is timed on onnxruntime, as the chosen plan's export stage will run it.
+        candidate = to_ort(candidate.eval(), ctx.data.example_batch(2))
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact.save(candidate, Path(tmp) / "m")
+        size = dir_size_bytes(Path(tmp) / "m")
+    accuracy = task_metric(candidate, ctx.data, "val", reference=ctx.teacher)
+    return candidate, _Built(sparsity, quant, prune_cfg, quant_cfg, size, accuracy)
+
+
+def _choose(target: TargetConfig, rows: list[Candidate], baseline_ms: float) -> tuple[int, bool, str]:
+    """(index of the chosen candidate, whether it meets the budget, the plan's message)."""
+    def achieved(r: Candidate) -> float:
+        return _budget_value(target, r.latency_ms, r.size_bytes, baseline_ms)[0]
+
+    floor = target.min_accuracy
+    feasible = [r for r in rows if r.meets_budget]
+    if floor is not None:
+        # Prefer candidates that already clear the floor before recovery; recovery only adds accuracy.
+        feasible = [r for r in feasible if r.val_metric_before_recovery >= floor] or feasible
+    unit = {"latency_ms": "ms", "size_mb": "MB", "speedup": "ms"}[target.kind]
+    budget = _budget_value(target, 0.0, 0, baseline_ms)[1]
+    if feasible:
+        best = max(feasible, key=lambda r: (r.val_metric_before_recovery, -r.latency_ms))
+        message = (f"budget {target.kind}≤{budget:.4g} {unit} met by sparsity {best.sparsity} + quantize {best.quantize}: "
+                   f"{achieved(best):.4g} {unit} measured, val {best.val_metric_before_recovery:.4f} before recovery.")
+    else:
+        # Closest to the budget, among the candidates above the accuracy floor when there are any.
+        pool = [r for r in rows if floor is None or r.val_metric_before_recovery >= floor] or rows
+        best = min(pool, key=achieved)
+        message = (f"budget {target.kind}≤{budget:.4g} {unit} cannot be met by any candidate searched; the closest is sparsity "
+                   f"{best.sparsity} + quantize {best.quantize} at {achieved(best):.4g} {unit}. Widen target.sparsities, add "
+                   "quantization, or relax the budget.")
+    return next(i for i, r in enumerate(rows) if r is best), bool(feasible), message
 
 
 def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int = 1) -> Plan:
@@ -102,57 +197,29 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
         slimtorch.errors.RecipeError: (from the stages) when the model cannot be pruned structurally.
     """
     example = ctx.data.example_batch(target.batch)
-    rows: list[dict[str, Any]] = []
-    built: list[nn.Module] = []
+    built: list[_Built] = []
+    models: list[nn.Module] = []
     for sparsity in target.sparsities:
         for quant in target.quantize:
             if target.runtime == "torch" and quant != "none":
                 continue  # int8 here runs in onnxruntime; a torch-only target keeps fp32
-            stages, prune_cfg, quant_cfg = _candidate_stages(sparsity, quant, target)
-            # The run loop without a store: nothing saved or resumed, and no reseeding between candidates.
-            candidate = run_stages(copy.deepcopy(model), stages, ctx, reseed=False).model
-            if quant_cfg is None and target.runtime == "onnxruntime":
-                # An fp32 candidate is timed on onnxruntime, as the chosen plan's export stage will run it.
-                candidate = to_ort(candidate.eval(), ctx.data.example_batch(2))
-            with tempfile.TemporaryDirectory() as tmp:
-                artifact.save(candidate, Path(tmp) / "m")
-                size = dir_size_bytes(Path(tmp) / "m")
-            accuracy = task_metric(candidate, ctx.data, "val", reference=ctx.teacher)
-            built.append(candidate)
-            rows.append({"sparsity": sparsity, "quantize": quant, "size_bytes": size, "val_metric_before_recovery": accuracy,
-                         "_prune": prune_cfg, "_quantize": quant_cfg})
+            candidate, facts = _build(model, ctx, target, sparsity, quant)
+            models.append(candidate)
+            built.append(facts)
     # The original and every candidate timed together in interleaved rounds: a ratio (and a budget near the baseline)
     # then compares models, not moments of a shared machine.
-    timings = time_interleaved([(m, {"b": example}) for m in [model, *built]], warmup=10, repeats=target.repeats, threads=threads)
+    timings = time_interleaved([(m, {"b": example}) for m in [model, *models]], warmup=10, repeats=target.repeats, threads=threads)
     baseline_ms = timings[0]["b"]["p50"]
-    for r, timing in zip(rows, timings[1:]):
-        r["latency_ms"] = timing["b"]["p50"]
-        achieved, budget = _budget_value(target, r["latency_ms"], r["size_bytes"], baseline_ms)
-        r["meets_budget"] = achieved <= budget
-        log.info("plan candidate sparsity=%.2f quantize=%s: %.4f ms, %d bytes, val %.4f", r["sparsity"], r["quantize"],
-                 r["latency_ms"], r["size_bytes"], r["val_metric_before_recovery"])
-    feasible = [r for r in rows if r["meets_budget"]]
-    if target.min_accuracy is not None:
-        # Prefer candidates that already clear the floor before recovery; recovery only adds accuracy.
-        above = [r for r in feasible if r["val_metric_before_recovery"] >= target.min_accuracy]
-        feasible = above or feasible
-    unit = {"latency_ms": "ms", "size_mb": "MB", "speedup": "ms"}[target.kind]
-    if feasible:
-        best = max(feasible, key=lambda r: (r["val_metric_before_recovery"], -r["latency_ms"]))
-        achieved, budget = _budget_value(target, best["latency_ms"], best["size_bytes"], baseline_ms)
-        message = (f"budget {target.kind}≤{budget:.4g} {unit} met by sparsity {best['sparsity']} + quantize {best['quantize']}: "
-                   f"{achieved:.4g} {unit} measured, val {best['val_metric_before_recovery']:.4f} before recovery.")
-    else:
-        # Closest to the budget, among the candidates above the accuracy floor when there are any.
-        pool = [r for r in rows if target.min_accuracy is None or r["val_metric_before_recovery"] >= target.min_accuracy] or rows
-        best = min(pool, key=lambda r: _budget_value(target, r["latency_ms"], r["size_bytes"], baseline_ms)[0])
-        achieved, budget = _budget_value(target, best["latency_ms"], best["size_bytes"], baseline_ms)
-        message = (f"budget {target.kind}≤{budget:.4g} {unit} cannot be met by any candidate searched; the closest is sparsity "
-                   f"{best['sparsity']} + quantize {best['quantize']} at {achieved:.4g} {unit}. Widen target.sparsities, add "
-                   "quantization, or relax the budget.")
-    for r in rows:
-        r["chosen"] = r is best
-    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    export: dict[str, Any] | None = {} if target.runtime == "onnxruntime" and best["_quantize"] is None else None
-    return Plan(prune=best["_prune"], quantize=best["_quantize"], export=export, is_feasible=bool(feasible), message=message,
-                baseline_latency_ms=baseline_ms, candidates=public)
+    rows = []
+    for b, timing in zip(built, timings[1:]):
+        latency_ms = timing["b"]["p50"]
+        achieved, budget = _budget_value(target, latency_ms, b.size_bytes, baseline_ms)
+        rows.append(Candidate(b.sparsity, b.quantize, b.size_bytes, b.val_metric, latency_ms, achieved <= budget))
+        log.info("plan candidate sparsity=%.2f quantize=%s: %.4f ms, %d bytes, val %.4f", b.sparsity, b.quantize,
+                 latency_ms, b.size_bytes, b.val_metric)
+    chosen, is_feasible, message = _choose(target, rows, baseline_ms)
+    rows = [replace(r, chosen=i == chosen) for i, r in enumerate(rows)]
+    best = built[chosen]
+    export = ExportConfig() if target.runtime == "onnxruntime" and best.quant_cfg is None else None
+    return Plan(prune=best.prune_cfg, quantize=best.quant_cfg, export=export, is_feasible=is_feasible, message=message,
+                baseline_latency_ms=baseline_ms, candidates=rows)

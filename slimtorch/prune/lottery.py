@@ -9,14 +9,15 @@ from a fresh random initialisation: a real ticket beats it.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from slimtorch.core import RunContext, StageRecord, seed_everything
+from slimtorch.core import RunContext, seed_everything
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.prune.config import PruneConfig
+from slimtorch.prune.details import LotteryDetails, LotteryRound, PruneResult
 from slimtorch.prune.importance import build_importance
 from slimtorch.prune.masks import compute_masks, mask_of, raw_weight, set_mask_
 from slimtorch.prune.targets import select_mask_targets
@@ -71,16 +72,17 @@ def _train(model: nn.Module, ctx: RunContext, epochs: int, lr: float, tag: str) 
         evaluate=lambda m: task_metric(m, ctx.data, "val"), description=tag)
 
 
-def run_lottery(model: nn.Module, cfg: Any, ctx: RunContext, record: StageRecord) -> nn.Module:
-    """Find a ticket at ``cfg.sparsity``; returns it, with the dense run and the random re-init control in
-    ``record.extra_models`` and every accuracy in ``record.details["lottery"]``."""
+def find_ticket(model: nn.Module, cfg: PruneConfig, ctx: RunContext) -> PruneResult:
+    """Find a ticket at ``cfg.sparsity`` (``cfg.lottery`` set); the result's model is the ticket, its extra models the
+    dense run and the random re-init control, its details every round's test metric."""
     lot = cfg.lottery
+    if lot is None:
+        raise ValueError("find_ticket needs prune.lottery set; without it the mask method prunes the model as given.")
     if ctx.task != "classification":
         raise UnsupportedModuleError("lottery tickets need a labelled classification task to retrain on.")
     example = ctx.data.example_batch(2, split="val")
     ticket = reinit_(copy.deepcopy(model), ctx.seed)
     targets, skipped = select_mask_targets(ticket, cfg.layers, example, cfg.granularity, cfg.vector_size)
-    record.details["skipped"] = skipped
     if not targets:
         raise UnsupportedModuleError("nothing in this model can be pruned for a lottery ticket (no Linear/Conv layer besides the output).")
     seed_everything(ctx.seed)
@@ -88,7 +90,7 @@ def run_lottery(model: nn.Module, cfg: Any, ctx: RunContext, record: StageRecord
     rewind_state = snapshot(ticket)
     _train(ticket, ctx, lot.epochs - lot.rewind_epoch, lot.lr, "lottery: dense")
     dense = copy.deepcopy(ticket)
-    history = [{"iteration": 0, "sparsity": 0.0, "test": task_metric(ticket, ctx.data, "test")}]
+    rounds = [LotteryRound(0, 0.0, task_metric(ticket, ctx.data, "test"))]
     crit = build_importance("magnitude", p=cfg.p)
     for it in range(1, lot.iterations + 1):
         s = 1 - (1 - cfg.sparsity) ** (it / lot.iterations)
@@ -98,18 +100,15 @@ def run_lottery(model: nn.Module, cfg: Any, ctx: RunContext, record: StageRecord
             set_mask_(targets[f], mask)
         rewind_(ticket, rewind_state)
         _train(ticket, ctx, lot.epochs - lot.rewind_epoch, lot.lr, f"lottery: round {it}")
-        history.append({"iteration": it, "sparsity": round(s, 4), "test": task_metric(ticket, ctx.data, "test")})
-    result: dict[str, Any] = {"rounds": history, "dense_test": history[0]["test"], "ticket_test": history[-1]["test"]}
-    record.extra_models.append(("lottery_dense", dense))
+        rounds.append(LotteryRound(it, s, task_metric(ticket, ctx.data, "test")))
+    details = LotteryDetails(skipped, rounds)
+    extra_models = [("lottery_dense", dense)]
     if lot.control:
         control = copy.deepcopy(ticket)
         fresh = snapshot(reinit_(copy.deepcopy(dense), ctx.seed + 1))
         rewind_(control, fresh)
         _train(control, ctx, lot.epochs, lot.lr, "lottery: random re-init control")
-        result["random_reinit_test"] = task_metric(control, ctx.data, "test")
-        record.extra_models.append(("lottery_random_reinit", control))
-    record.details["lottery"] = result
-    record.notes.append(
-        "lottery ticket search retrains from a fresh initialisation: the incoming weights are used only for the architecture."
-    )
-    return ticket
+        details.random_reinit_test = task_metric(control, ctx.data, "test")
+        extra_models.append(("lottery_random_reinit", control))
+    note = "lottery ticket search retrains from a fresh initialisation: the incoming weights are used only for the architecture."
+    return PruneResult(ticket, details, [note], extra_models=extra_models)

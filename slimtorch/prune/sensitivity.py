@@ -12,19 +12,23 @@ import copy
 import io
 import itertools
 import logging
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from slimtorch.core import RunContext, StageRecord
+from slimtorch.core import RunContext
 from slimtorch.io import atomic_write_bytes
 from slimtorch.measure.accuracy import accuracy_of, mean_cosine, predict
 from slimtorch.measure.latency import quick_latency_ms
 from slimtorch.measure.macs import layer_macs, quick_counts
 from slimtorch.measure.params import count_nonzero, count_params
-from slimtorch.prune.importance import Importance
+from slimtorch.prune.config import PruneConfig, SensitivityConfig
+from slimtorch.prune.details import RatioPlan, SensitivityScan, TargetGoal
+from slimtorch.prune.importance import Importance, calibrate
 from slimtorch.prune.masks import compute_masks, raw_weight, weight_2d, weight_of
+from slimtorch.prune.structured import prune_structured_
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +54,12 @@ def _trial_mask(module: nn.Module, score: torch.Tensor, granularity: str, s: flo
 
 
 def scan(model: nn.Module, targets: dict[str, nn.Module], crit: Importance, ctx: RunContext, granularity: str,
-         sparsities: list[float], max_batches: int, structured: bool, vector_size: int = 4) -> dict[str, Any]:
-    """``{"baseline": m, "layers": {fqn: [[s, metric], ...]}}`` pruning one layer at a time."""
+         sparsities: list[float], max_batches: int, structured: bool, vector_size: int = 4) -> SensitivityScan:
+    """The metric after pruning each target layer alone to each of ``sparsities`` (the others untouched)."""
     batches = list(itertools.islice(ctx.data.loader("val"), max_batches))
     reference = predict(model, batches)[0] if ctx.task != "classification" else None
     baseline = _metric(model, batches, reference, ctx.task)
-    layers: dict[str, list[list[float]]] = {}
+    layers: dict[str, list[tuple[float, float]]] = {}
     for fqn, module in targets.items():
         score = crit.masked_scores(fqn, module)
         raw = raw_weight(module)
@@ -64,13 +68,13 @@ def scan(model: nn.Module, targets: dict[str, nn.Module], crit: Importance, ctx:
         for s in sparsities:
             with torch.no_grad():
                 raw.mul_(_trial_mask(module, score, granularity, s, structured, vector_size).to(raw.dtype))
-            layers[fqn].append([s, round(_metric(model, batches, reference, ctx.task), 5)])
+            layers[fqn].append((s, round(_metric(model, batches, reference, ctx.task), 5)))
             with torch.no_grad():
                 raw.copy_(saved)
-    return {"baseline": round(baseline, 5), "layers": layers}
+    return SensitivityScan(round(baseline, 5), layers)
 
 
-def plot(result: dict[str, Any], path: Any, metric_name: str) -> None:
+def plot(result: SensitivityScan, path: Path, metric_name: str) -> None:
     """Metric against sparsity, one line per layer, written atomically as PNG."""
     import matplotlib
 
@@ -78,8 +82,8 @@ def plot(result: dict[str, Any], path: Any, metric_name: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for fqn, points in result["layers"].items():
-        ax.plot([0.0] + [p[0] for p in points], [result["baseline"]] + [p[1] for p in points], marker="o", label=fqn)
+    for fqn, points in result.layers.items():
+        ax.plot([0.0] + [s for s, _ in points], [result.baseline] + [m for _, m in points], marker="o", label=fqn)
     ax.set_xlabel("sparsity of this layer alone")
     ax.set_ylabel(metric_name)
     ax.set_title("pruning sensitivity per layer")
@@ -92,13 +96,13 @@ def plot(result: dict[str, Any], path: Any, metric_name: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def auto_ratios(result: dict[str, Any], costs: dict[str, float], remove: float) -> dict[str, float]:
+def auto_ratios(result: SensitivityScan, costs: dict[str, float], remove: float) -> dict[str, float]:
     """Greedy per-layer sparsities removing at least ``remove`` cost with the least predicted loss.
 
     Each move raises one layer to its next scanned sparsity, choosing the smallest
     ``metric drop / cost saved``; ``costs[fqn]`` is the layer's cost at sparsity 0.
     """
-    levels = {f: [[0.0, result["baseline"]]] + pts for f, pts in result["layers"].items()}
+    levels = {f: [(0.0, result.baseline), *pts] for f, pts in result.layers.items()}
     at = {f: 0 for f in levels}
     removed = 0.0
     while removed < remove:
@@ -119,24 +123,20 @@ def auto_ratios(result: dict[str, Any], costs: dict[str, float], remove: float) 
     return {f: levels[f][at[f]][0] for f in levels}
 
 
-def plan_ratios(model: nn.Module, cfg: Any, ctx: RunContext, targets: dict[str, nn.Module], crit: Importance,
-                record: StageRecord) -> dict[str, float] | None:
-    """Scan (always), plot, and turn ``cfg.target`` into per-layer ratios (``None`` without a target)."""
-    from slimtorch.prune.config import SensitivityConfig
-    from slimtorch.prune.importance import calibrate
-
+def plan_ratios(model: nn.Module, cfg: PruneConfig, ctx: RunContext, targets: dict[str, nn.Module], crit: Importance) -> RatioPlan:
+    """Scan (always), plot, and turn ``cfg.target`` into per-layer ratios (``ratios`` is ``None`` without a target)."""
     sens = cfg.sensitivity or SensitivityConfig()
     structured = cfg.kind == "structured"
     calibrate(crit, model, targets, ctx, cfg.calibration_batches)
     result = scan(model, targets, crit, ctx, cfg.granularity, sens.sparsities, sens.max_batches, structured, cfg.vector_size)
-    record.details["sensitivity"] = result
     metric_name = "accuracy" if ctx.task == "classification" else "cosine to the unpruned model"
+    plot_path = None
     if sens.plot:
         path = ctx.stage_dir("prune") / "sensitivity.png"
         plot(result, path, metric_name)
-        record.details["sensitivity_plot"] = str(path)
+        plot_path = str(path)
     if cfg.target is None:
-        return None
+        return RatioPlan(result, plot_path)
     example = ctx.data.example_batch(2, split="val")
     kind, value = cfg.target.kind, cfg.target.value
     if kind == "params":
@@ -145,36 +145,43 @@ def plan_ratios(model: nn.Module, cfg: Any, ctx: RunContext, targets: dict[str, 
     else:
         costs = {f: v.macs for f, v in layer_macs(model, example).items() if f in targets}
         total = quick_counts(model, example).macs
-    fraction = value
+    fraction, dense_ms = value, None
     if kind == "latency_ms":
-        base = quick_latency_ms(model, ctx.data.example_batch(1, split="val"))
-        fraction = min(1.0, value / base)
-        record.details["latency_ms_dense_b1"] = round(base, 4)
+        dense_ms = quick_latency_ms(model, ctx.data.example_batch(1, split="val"))
+        fraction = min(1.0, value / dense_ms)
     if structured:  # removing a layer's outputs also removes the next layer's inputs: count both halves
         costs = {f: 2 * c for f, c in costs.items()}
     ratios = auto_ratios(result, costs, total * (1 - fraction))
     if structured:
-        ratios = _calibrate_structured(model, cfg, ctx, targets, crit, result, costs, total, fraction, ratios, kind)
-    record.details["auto_ratios"] = {f: round(r, 4) for f, r in ratios.items()}
-    record.details["target"] = {"kind": kind, "value": value, "fraction_kept_goal": round(fraction, 4)}
-    return ratios
+        ratios = _calibrate_structured(model, cfg, ctx, targets, crit, _Budget(result, costs, total, fraction, kind), ratios)
+    return RatioPlan(result, plot_path, ratios, dense_ms, TargetGoal(kind, value, fraction))
 
 
-def _calibrate_structured(model, cfg, ctx, targets, crit, result, costs, total, fraction, ratios, kind):
+@dataclass(frozen=True)
+class _Budget:
+    """What the structured re-planning spends: the scan, per-layer costs, the model's total and the fraction kept."""
+
+    scan: SensitivityScan
+    costs: dict[str, float]
+    total: float
+    fraction: float
+    kind: str
+
+
+def _calibrate_structured(model: nn.Module, cfg: PruneConfig, ctx: RunContext, targets: dict[str, nn.Module], crit: Importance,
+                          budget: _Budget, ratios: dict[str, float]) -> dict[str, float]:
     """Re-plan until a trial removal on a copy reaches the budget (dependency coupling changes the cost)."""
-    from slimtorch.prune.structured import prune_structured_
-
     example = ctx.data.example_batch(2, split="val")
-    goal = total * (1 - fraction)
+    goal = budget.total * (1 - budget.fraction)
     remove = goal
     for _ in range(4):
         trial = copy.deepcopy(model)
         names = dict(trial.named_modules())
         prune_structured_(trial, example, crit.tp_importance(), {f: names[f] for f in targets}, 0.0, ratio_dict=ratios,
                           round_to=cfg.round_to)
-        achieved = total - (count_params(trial) if kind == "params" else quick_counts(trial, example).macs)
+        achieved = budget.total - (count_params(trial) if budget.kind == "params" else quick_counts(trial, example).macs)
         if achieved >= goal * 0.98 or achieved <= 0:
             break
         remove *= goal / achieved
-        ratios = auto_ratios(result, costs, remove)
+        ratios = auto_ratios(budget.scan, budget.costs, remove)
     return ratios

@@ -8,6 +8,7 @@ the same plan as zero masks on an unpruned copy, which computes exactly what the
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from slimtorch.core import Batch
 from slimtorch.prune._tp import build_pruner, describe_group, unknown_layer_couplings
+from slimtorch.prune.details import SkippedLayer, skipped_reasons
 from slimtorch.prune.masks import weight_2d, weight_of
 from slimtorch.prune.targets import is_prunable_type
 
@@ -23,6 +25,23 @@ log = logging.getLogger(__name__)
 
 def out_channels(module: nn.Module) -> int:
     return int(weight_2d(module, weight_of(module)).shape[0])
+
+
+@dataclass(frozen=True)
+class StructuredStep:
+    """What one removal did.
+
+    Attributes:
+        groups: Torch-Pruning's groups as removed, ``[[{"fqn", "is_out", "idxs"}]]`` (:func:`mask_plan_` replays them).
+        channels: fqn -> (before, after) output channels of each target layer.
+        unchanged: fqn -> plain reason, for target layers that were asked to lose channels and kept them all.
+        notes: where ``round_to`` changed the share removed.
+    """
+
+    groups: list[list[dict[str, Any]]]
+    channels: dict[str, tuple[int, int]]
+    unchanged: dict[str, str]
+    notes: list[str]
 
 
 def prune_structured_(
@@ -35,15 +54,11 @@ def prune_structured_(
     ratio_dict: dict[str, float] | None = None,
     round_to: int | None = None,
     scope: str = "layer",
-) -> dict[str, Any]:
+) -> StructuredStep:
     """Remove ``sparsity`` of the output channels of each target layer (in place).
 
     Target layers whose channels also size a parameter of a layer Torch-Pruning has no rule for are
     left whole (see :func:`~slimtorch.prune._tp.unknown_layer_couplings`).
-
-    Returns:
-        ``{"groups": [[{"fqn", "is_out", "idxs"}]], "channels": {fqn: [before, after]},
-        "unchanged": {fqn: plain reason}, "notes": [where round_to changed the share removed]}``.
     """
     # An nn.MultiheadAttention's own Linears are cut by its Torch-Pruning rule, never ignored on their own.
     inner = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.modules() if c is not m}
@@ -70,7 +85,7 @@ def prune_structured_(
     notes = [rounding_note(f, before[f], before[f] - after[f], ratios[f], round_to)
              for f in targets if before[f] != after[f] and scope == "layer" and round_to
              and abs(before[f] - after[f] - ratios[f] * before[f]) >= 1 + 1e-9]
-    return {"groups": groups, "channels": {f: [before[f], after[f]] for f in targets}, "unchanged": unchanged, "notes": notes}
+    return StructuredStep(groups, {f: (before[f], after[f]) for f in targets}, unchanged, notes)
 
 
 COUPLED = "no prunable group: its channels are coupled to an excluded layer or the output"
@@ -100,11 +115,11 @@ def rounding_note(fqn: str, channels: int, removed: int, ratio: float, round_to:
             f"keeps a multiple of {round_to} channels.")
 
 
-def outcome(channels: dict[str, list[int]], skipped: list[dict[str, str]]) -> tuple[str | None, list[str]]:
-    """``(status or None for "done", notes)`` of a structured prune stage, from ``{fqn: [before, after]}``."""
+def outcome(channels: dict[str, tuple[int, int]], skipped: list[SkippedLayer]) -> tuple[str | None, list[str]]:
+    """``(status or None for "done", notes)`` of a structured prune stage, from ``{fqn: (before, after)}``."""
     if any(before != after for before, after in channels.values()):
         return None, []
-    reasons = "; ".join(f"{s['fqn']}: {s['reason']}" for s in skipped if s["fqn"] in channels)
+    reasons = skipped_reasons([s for s in skipped if s.fqn in channels])
     return "nothing pruned", [f"no channel was removed, so the model is unchanged ({reasons})."]
 
 

@@ -12,6 +12,7 @@ from slimtorch.core import Batch, forward
 from slimtorch.errors import RecipeError
 from slimtorch.measure.modes import eval_mode
 from slimtorch.prune.config import LayersConfig
+from slimtorch.prune.details import SkippedLayer
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -107,22 +108,22 @@ def _attention_owner(model: nn.Module) -> dict[str, str]:
             for c, _ in m.named_modules() if c}
 
 
-def select_layers(model: nn.Module, layers: LayersConfig, example: Batch | None) -> tuple[dict[str, nn.Module], list[dict[str, str]]]:
+def select_layers(model: nn.Module, layers: LayersConfig, example: Batch | None) -> tuple[dict[str, nn.Module], list[SkippedLayer]]:
     """Prunable layers and the skipped ones with reasons.
 
     Returns:
-        (fqn -> module to prune, [{"fqn", "reason"}] for layers left alone).
+        (fqn -> module to prune, a :class:`SkippedLayer` for each layer left alone).
     """
     check_names(model, layers)
     heads = set(output_layers(model, example)) if example is not None else set()
     in_attention = _attention_owner(model)
     targets: dict[str, nn.Module] = {}
-    skipped: list[dict[str, str]] = []
+    skipped: list[SkippedLayer] = []
     for fqn, module in model.named_modules():
         if fqn and isinstance(module, nn.RNNBase) and _selected(fqn, layers):
-            skipped.append({"fqn": fqn, "reason": f"{type(module).__name__} ({fqn}) has no pruning rule here: its weights are "
-                                                  "packed per gate (weight_ih_l0, weight_hh_l0...); its input and output widths "
-                                                  "follow the layers around it"})
+            skipped.append(SkippedLayer(fqn, f"{type(module).__name__} ({fqn}) has no pruning rule here: its weights are "
+                                             "packed per gate (weight_ih_l0, weight_hh_l0...); its input and output widths "
+                                             "follow the layers around it"))
             continue
         weight = getattr(module, "weight", None)
         if not fqn or not isinstance(weight, Tensor) or weight.dim() < 2:
@@ -130,14 +131,14 @@ def select_layers(model: nn.Module, layers: LayersConfig, example: Batch | None)
         if not _selected(fqn, layers):
             continue
         if fqn in heads:
-            skipped.append({"fqn": fqn, "reason": "produces the model output (classifier / LM head); pruning it removes classes"})
+            skipped.append(SkippedLayer(fqn, "produces the model output (classifier / LM head); pruning it removes classes"))
         elif fqn in in_attention:
-            skipped.append({"fqn": fqn, "reason": f"part of nn.MultiheadAttention {in_attention[fqn]!r}, which is cut as one unit "
-                                                  "with the width it reads and writes"})
+            skipped.append(SkippedLayer(fqn, f"part of nn.MultiheadAttention {in_attention[fqn]!r}, which is cut as one unit "
+                                             "with the width it reads and writes"))
         elif isinstance(module, nn.Embedding):
-            skipped.append({"fqn": fqn, "reason": "embedding table: a lookup, not a matmul; pruning saves no compute"})
+            skipped.append(SkippedLayer(fqn, "embedding table: a lookup, not a matmul; pruning saves no compute"))
         elif not is_prunable_type(module):
-            skipped.append({"fqn": fqn, "reason": f"{type(module).__name__} has no pruning rule (supported: Linear, Conv1d/2d/3d, Conv1D)"})
+            skipped.append(SkippedLayer(fqn, f"{type(module).__name__} has no pruning rule (supported: Linear, Conv1d/2d/3d, Conv1D)"))
         else:
             targets[fqn] = module
     return targets, skipped
@@ -145,7 +146,7 @@ def select_layers(model: nn.Module, layers: LayersConfig, example: Batch | None)
 
 def select_mask_targets(
     model: nn.Module, layers: LayersConfig, example: Batch | None, granularity: str, vector_size: int
-) -> tuple[dict[str, nn.Module], list[dict[str, str]]]:
+) -> tuple[dict[str, nn.Module], list[SkippedLayer]]:
     """:func:`select_layers`, minus the layers a mask granularity does not fit (each skipped with its reason)."""
     from slimtorch.prune.masks import group_layout
 
@@ -153,6 +154,6 @@ def select_mask_targets(
     for fqn in list(targets):
         reason = group_layout(targets[fqn], granularity, vector_size)
         if reason:
-            skipped.append({"fqn": fqn, "reason": reason})
+            skipped.append(SkippedLayer(fqn, reason))
             del targets[fqn]
     return targets, skipped

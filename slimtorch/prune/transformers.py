@@ -11,17 +11,21 @@ as zeros, so plain transformers still loads it; slimtorch removes them again on 
 
 from __future__ import annotations
 
+import itertools
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from slimtorch.core import RunContext, StageRecord
+from slimtorch.core import Batch, RunContext, forward
 from slimtorch.distill.losses import masked_token_mean
 from slimtorch.errors import UnsupportedModuleError
 from slimtorch.models.attrs import set_attrs_
-from slimtorch.prune.importance import Importance
+from slimtorch.prune.config import PruneConfig
+from slimtorch.prune.details import FfnPruned, HeadsPruned, LayersDropped, PruneResult, TransformerDetails
+from slimtorch.prune.importance import build_importance, calibration_loss
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -182,12 +186,12 @@ def _unit_rows(units: Tensor, per_unit: int, dim: int) -> Tensor:
     return torch.cat([torch.arange(u * per_unit * dim, (u + 1) * per_unit * dim) for u in units.tolist()])
 
 
-def prune_heads_(hf: PreTrainedModel, keep_units: int, scores: dict[nn.Module, Tensor]) -> dict[str, Any]:
-    """Keep ``keep_units`` heads (KV groups for GQA) in every layer. Returns kept units per layer."""
+def prune_heads_(hf: PreTrainedModel, keep_units: int, scores: dict[nn.Module, Tensor]) -> HeadsPruned:
+    """Keep ``keep_units`` heads (KV groups for GQA) in every layer. Returns the heads left and the units kept per layer."""
     fam = family(hf)
     heads, kv, dim = head_info(hf)
     rep = heads // kv
-    kept = {}
+    kept: dict[int, list[int]] = {}
     for i, block in enumerate(blocks(hf)):
         keep = _head_scores(fam, block, scores, heads, kv, dim).topk(keep_units).indices.sort().values
         kept[i] = keep.tolist()
@@ -207,12 +211,12 @@ def prune_heads_(hf: PreTrainedModel, keep_units: int, scores: dict[nn.Module, T
     c = config_of(hf)
     if fam == "llama":
         c.num_attention_heads, c.num_key_value_heads, c.head_dim = keep_units * rep, keep_units, dim
-    return {"heads_per_layer": keep_units * rep, "kept": kept, "needs_hf_pruned_format": fam != "llama"}
+    return HeadsPruned(keep_units * rep, kept, needs_hf_pruned_format=fam != "llama")
 
 
 # -- FFN -----------------------------------------------------------------------------------------
 
-def prune_ffn_(hf: PreTrainedModel, keep: int, scores: dict[nn.Module, Tensor]) -> dict[str, Any]:
+def prune_ffn_(hf: PreTrainedModel, keep: int, scores: dict[nn.Module, Tensor]) -> None:
     """Keep ``keep`` FFN neurons in every layer; updates the config's intermediate size."""
     fam = family(hf)
     for block in blocks(hf):
@@ -226,12 +230,11 @@ def prune_ffn_(hf: PreTrainedModel, keep: int, scores: dict[nn.Module, Tensor]) 
         config_of(hf).n_inner = keep
     else:
         config_of(hf).intermediate_size = keep
-    return {"ffn_per_layer": keep}
 
 
 # -- layers --------------------------------------------------------------------------------------
 
-def drop_layers_(hf: PreTrainedModel, drop: list[int]) -> dict[str, Any]:
+def drop_layers_(hf: PreTrainedModel, drop: list[int]) -> LayersDropped:
     """Remove whole blocks ``drop``; renumbers ``layer_idx`` (KV cache) and updates the config."""
     fam = family(hf, has_projections=False)
     old = blocks(hf)
@@ -250,7 +253,7 @@ def drop_layers_(hf: PreTrainedModel, drop: list[int]) -> dict[str, Any]:
         c.n_layer = len(new)
     else:
         c.num_hidden_layers = len(new)
-    return {"dropped_layers": sorted(drop), "layers_after": len(new)}
+    return LayersDropped(sorted(drop), len(new))
 
 
 @torch.no_grad()
@@ -261,8 +264,6 @@ def block_influence(model: nn.Module, hf: PreTrainedModel, batches: list[Any]) -
     length they would outnumber the words and decide the ranking (MiniLM at 128 tokens: layer 0
     instead of layer 2).
     """
-    from slimtorch.core import forward
-
     bl = blocks(hf)
     sums = torch.zeros(len(bl))
     ins: dict[int, Tensor] = {}
@@ -302,12 +303,9 @@ def _linear_targets(hf: PreTrainedModel) -> dict[str, nn.Module]:
             if isinstance(m, nn.Linear) or _is_conv1d(m)}
 
 
-def prune_transformer_stage(model: nn.Module, cfg: Any, ctx: RunContext, record: StageRecord, crit: Importance) -> None:
-    """Dispatch head / ffn / layer pruning on an ``HFModel``; fills ``record.details``."""
-    import itertools
-
-    from slimtorch.prune.importance import calibration_loss
-
+def prune_transformer(model: nn.Module, cfg: PruneConfig, ctx: RunContext, example: Batch) -> PruneResult:
+    """The ``transformer`` method: head, FFN or layer surgery on an ``HFModel`` (``example`` is not needed: it calibrates on train batches)."""
+    crit = build_importance(cfg.criterion, p=cfg.p, seed=ctx.seed)
     hf = getattr(model, "hf", None)
     if hf is None:
         raise UnsupportedModuleError(
@@ -320,39 +318,43 @@ def prune_transformer_stage(model: nn.Module, cfg: Any, ctx: RunContext, record:
     if crit.needs_data:
         crit.prepare(model, targets, batches, calibration_loss(ctx.task, getattr(model, "kind", None)))
     scores = {m: crit.scores(f, m).float() for f, m in targets.items()}
-    record.details["family"] = fam
-    record.details["skipped"] = [{"fqn": "embeddings / lm_head", "reason": "not pruned by head/ffn/layer granularity"}]
+    notes: list[str] = []
+    change: HeadsPruned | FfnPruned | LayersDropped
     if cfg.granularity == "head":
-        heads, kv, _dim = head_info(hf)
-        units = kv
-        keep = max(1, round((1 - cfg.sparsity) * units))
-        info = prune_heads_(hf, keep, scores)
-        if info["needs_hf_pruned_format"]:
-            set_attrs_(model, slimtorch_format="hf_pruned")
-            record.notes.append(
-                f"{fam} configs derive the head size from hidden_size / num_heads, so no config describes fewer heads; the "
-                "model is saved in slimtorch's hf_pruned format: plain from_pretrained loads hf/ with the removed heads as "
-                "zeros (same outputs, unpruned attention size), slimtorch.load removes them again."
-            )
-        if kv != heads:
-            record.notes.append(f"grouped-query attention: pruned whole KV groups ({heads // kv} query heads each).")
+        change = _prune_heads(model, hf, fam, cfg, scores, notes)
     elif cfg.granularity == "ffn":
         inter = _w(ffn_modules(fam, blocks(hf)[0])[1], scores).shape[1]
         keep = max(1, round((1 - cfg.sparsity) * inter))
         if cfg.round_to:
             keep = max(cfg.round_to, round(keep / cfg.round_to) * cfg.round_to)
-        info = prune_ffn_(hf, keep, scores)
-        record.details["ffn_before"] = inter
+        prune_ffn_(hf, keep, scores)
+        change = FfnPruned(inter, keep)
     else:
         n = len(blocks(hf))
         n_drop = min(n - 1, round(cfg.sparsity * n))
+        influence = None
         if cfg.criterion == "activation":
             per_layer = block_influence(model, hf, batches)
-            record.details["block_influence"] = [round(float(v), 5) for v in per_layer]
+            influence = [float(v) for v in per_layer]
         else:
             per_layer = torch.tensor([sum(float(scores[m].mean()) for m in b.modules() if m in scores) for b in blocks(hf)])
-        info = drop_layers_(hf, per_layer.argsort()[:n_drop].tolist())
-    record.details.update({k: v for k, v in info.items() if k != "needs_hf_pruned_format"})
-    record.notes.append(
-        "removed transformer structure usually needs recovery: distil from the original (add a distill stage or recover: distill)."
-    )
+        change = replace(drop_layers_(hf, per_layer.argsort()[:n_drop].tolist()), block_influence=influence)
+    notes.append("removed transformer structure usually needs recovery: distil from the original (add a distill stage or recover: distill).")
+    return PruneResult(model, TransformerDetails(fam, change), notes)
+
+
+def _prune_heads(model: nn.Module, hf: PreTrainedModel, fam: str, cfg: PruneConfig, scores: dict[nn.Module, Tensor],
+                 notes: list[str]) -> HeadsPruned:
+    heads, kv, _dim = head_info(hf)
+    keep = max(1, round((1 - cfg.sparsity) * kv))
+    info = prune_heads_(hf, keep, scores)
+    if info.needs_hf_pruned_format:
+        set_attrs_(model, slimtorch_format="hf_pruned")
+        notes.append(
+            f"{fam} configs derive the head size from hidden_size / num_heads, so no config describes fewer heads; the "
+            "model is saved in slimtorch's hf_pruned format: plain from_pretrained loads hf/ with the removed heads as "
+            "zeros (same outputs, unpruned attention size), slimtorch.load removes them again."
+        )
+    if kv != heads:
+        notes.append(f"grouped-query attention: pruned whole KV groups ({heads // kv} query heads each).")
+    return info

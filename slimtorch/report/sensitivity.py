@@ -1,14 +1,15 @@
 """Read the sensitivity scans the prune stage records in ``details["sensitivity"]``.
 
-Its one shape (:func:`slimtorch.prune.sensitivity.scan`): ``{"baseline": m, "layers": {layer: [[sparsity, metric], ...]}}``,
-the metric after pruning that layer alone to each sparsity. Anything else (a hand-edited report.json) is not plotted.
+Their shape is :class:`slimtorch.prune.details.SensitivityScan` (``{"baseline": m, "layers": {layer: [[sparsity, metric], ...]}}``
+in report.json), read back through its ``from_json``: the metric after pruning that layer alone to each sparsity.
+Anything else (a hand-edited report.json) is not plotted.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from slimtorch.prune.details import SensitivityScan
 from slimtorch.report.card import Report
 
 Curves = dict[str, list[tuple[float, float]]]
@@ -25,15 +26,7 @@ def sensitivity_curves(report: Report) -> list[tuple[str, Curves]]:
 
 
 def parse_curves(raw: Any) -> Curves:
-    """``{layer: [(sparsity, metric), ...]}`` from one recorded scan; points that are not two numbers are skipped."""
-    layers = raw.get("layers") if isinstance(raw, dict) else None
-    if not isinstance(layers, dict):
-        return {}
-    curves = {str(layer): sorted((float(p[0]), float(p[1])) for p in points if _pair(p))
-              for layer, points in layers.items() if isinstance(points, list)}
-    return {k: v for k, v in curves.items() if v}
-
-
-def _pair(p: Any) -> bool:
-    return (isinstance(p, (list, tuple)) and len(p) == 2
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in p))
+    """``{layer: [(sparsity, metric), ...]}`` (sorted by sparsity) from one recorded scan; points that are not two
+    numbers are skipped."""
+    scan = SensitivityScan.from_json(raw)
+    return {} if scan is None else {layer: sorted(points) for layer, points in scan.layers.items()}

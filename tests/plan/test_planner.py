@@ -30,15 +30,15 @@ def test_a_speed_budget_is_judged_against_the_measured_original(trained):
     target = TargetConfig(speedup=1.33, batch=32, runtime="torch", sparsities=[0.0, 0.75], quantize=["none"], repeats=5)
     chosen = plan(model, ctx, target)
     assert chosen.baseline_latency_ms > 0
-    assert [c["sparsity"] for c in chosen.candidates] == [0.0, 0.75]
+    assert [c.sparsity for c in chosen.candidates] == [0.0, 0.75]
     for c in chosen.candidates:
-        assert c["meets_budget"] == (c["latency_ms"] <= chosen.baseline_latency_ms / 1.33)
-    assert chosen.is_feasible == any(c["meets_budget"] for c in chosen.candidates)
-    assert sum(c["chosen"] for c in chosen.candidates) == 1
-    winner = next(c for c in chosen.candidates if c["chosen"])
+        assert c.meets_budget == (c.latency_ms <= chosen.baseline_latency_ms / 1.33)
+    assert chosen.is_feasible == any(c.meets_budget for c in chosen.candidates)
+    assert sum(c.chosen for c in chosen.candidates) == 1
+    winner = next(c for c in chosen.candidates if c.chosen)
     if chosen.is_feasible:
-        assert winner["meets_budget"] and f"met by sparsity {winner['sparsity']}" in chosen.message
-        if winner["sparsity"] > 0:
+        assert winner.meets_budget and f"met by sparsity {winner.sparsity}" in chosen.message
+        if winner.sparsity > 0:
             assert [s.kind for s in chosen.stages([])] == ["prune"]
     else:
         assert "cannot be met by any candidate" in chosen.message
@@ -48,8 +48,8 @@ def test_an_absolute_latency_budget_is_compared_with_the_measured_candidates(tra
     model, ctx = trained
     chosen = plan(model, ctx, TargetConfig(latency_ms=1e3, batch=32, runtime="torch", sparsities=[0.0, 0.75], quantize=["none"],
                                            repeats=5))
-    assert chosen.is_feasible and all(c["meets_budget"] for c in chosen.candidates)  # a second per call: every candidate
-    assert chosen.prune is None or chosen.prune["sparsity"] == 0.0  # the unpruned model keeps the most accuracy
+    assert chosen.is_feasible and all(c.meets_budget for c in chosen.candidates)  # a second per call: every candidate
+    assert chosen.prune is None or chosen.prune.sparsity == 0.0  # the unpruned model keeps the most accuracy
     assert "budget latency_ms≤1000 ms met by sparsity 0.0" in chosen.message
 
 
@@ -87,8 +87,9 @@ def test_layer_candidates_rank_layers_by_block_influence_unless_told_otherwise()
 
     layer = TargetConfig(speedup=3, granularity="layer", quantize_args={"attention": "eager", "smooth": 0.8})
     stages, prune_cfg, quant_cfg = _candidate_stages(0.17, "dynamic_int8", layer)
-    assert prune_cfg is not None and prune_cfg["criterion"] == "activation"
-    assert quant_cfg == {"mode": "dynamic_int8", "runtime": "onnxruntime", "attention": "eager", "smooth": 0.8}
+    assert prune_cfg is not None and prune_cfg.criterion == "activation"
+    assert quant_cfg is not None
+    assert quant_cfg.model_dump(exclude_unset=True) == {"mode": "dynamic_int8", "runtime": "onnxruntime", "attention": "eager", "smooth": 0.8}
     assert [s.config.criterion for s in stages[:1]] == ["activation"] and stages[1].config.smooth == 0.8
     assert TargetConfig(speedup=3).prune_criterion == "magnitude"  # filters and channels keep the magnitude default
     assert TargetConfig(speedup=3, granularity="layer", criterion="magnitude").prune_criterion == "magnitude"
@@ -103,3 +104,25 @@ def test_layer_candidates_rank_layers_by_block_influence_unless_told_otherwise()
 def test_bad_quantize_args(quantize_args, match):
     with pytest.raises(ValidationError, match=match):
         TargetConfig(speedup=3, quantize_args=quantize_args)
+
+
+def test_a_plan_reads_back_and_writes_report_json_key_for_key():
+    import json
+
+    from slimtorch.plan import Plan
+    from slimtorch.plan.search import Candidate
+
+    # as the planner wrote plan sections before it was typed (report.json and state.json)
+    row = {"sparsity": 0.5, "quantize": "dynamic_int8", "size_bytes": 1234, "val_metric_before_recovery": 0.91,
+           "latency_ms": 0.25, "meets_budget": True, "chosen": True}
+    raw = {"prune": {"sparsity": 0.5, "granularity": "filter", "round_to": 8, "recover": "none", "criterion": "magnitude"},
+           "quantize": {"mode": "dynamic_int8", "runtime": "onnxruntime", "attention": "eager"}, "export": None,
+           "is_feasible": True, "message": "met", "baseline_latency_ms": 0.5,
+           "candidates": [row, {**row, "sparsity": 0.0, "chosen": False, "meets_budget": False}]}
+    for chosen in (Plan.from_json(raw), Plan(**raw)):
+        assert json.dumps(chosen.to_json()) == json.dumps(raw)
+        assert chosen.prune is not None and chosen.prune.round_to == 8 and isinstance(chosen.candidates[0], Candidate)
+        assert [s.kind for s in chosen.stages([])] == ["prune", "quantize"]
+    fp32 = {**raw, "prune": None, "quantize": None, "export": {}}
+    assert json.dumps(Plan.from_json(fp32).to_json()) == json.dumps(fp32)
+    assert [s.kind for s in Plan.from_json(fp32).stages([])] == ["export"]

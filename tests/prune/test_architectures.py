@@ -68,7 +68,7 @@ def test_attention_projection_is_skipped_with_its_reason():
     model = build_model(ZOO, {"name": "mha"})
     targets, skipped = select_layers(model, LayersConfig(), torch.randn(2, 12, 16))
     assert "attn.out_proj" not in targets
-    assert any(s["fqn"] == "attn.out_proj" and "nn.MultiheadAttention 'attn'" in s["reason"] for s in skipped)
+    assert any(s.fqn == "attn.out_proj" and "nn.MultiheadAttention 'attn'" in s.reason for s in skipped)
 
 
 @pytest.mark.parametrize(("name", "granularity"), [("lstm", "weight"), ("gru", "filter")])

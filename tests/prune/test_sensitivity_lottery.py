@@ -3,6 +3,7 @@ import itertools
 import pytest
 
 from slimtorch.prune import PruneConfig, PruneStage
+from slimtorch.prune.details import SensitivityScan
 from slimtorch.prune.schedule import sparsity_schedule, step_ratios
 from slimtorch.prune.sensitivity import auto_ratios
 
@@ -26,7 +27,7 @@ def test_structured_macs_target_reported(resnet, ctx):
 
 
 def test_auto_ratios_prefers_insensitive_layer():
-    scan = {"baseline": 0.9, "layers": {"a": [[0.5, 0.89], [0.9, 0.88]], "b": [[0.5, 0.5], [0.9, 0.1]]}}
+    scan = SensitivityScan(0.9, {"a": [(0.5, 0.89), (0.9, 0.88)], "b": [(0.5, 0.5), (0.9, 0.1)]})
     assert auto_ratios(scan, {"a": 100, "b": 100}, 80) == {"a": 0.9, "b": 0.0}
 
 

@@ -34,10 +34,10 @@ def test_removed_equals_masked(kind, round_to, digits):
     targets, _ = select_layers(removed, LayersConfig(), x)
     plan = prune_structured_(removed, x, IMPORTANCE.get("magnitude")().tp_importance(), targets, 0.5, round_to=round_to)
     assert sum(p.numel() for p in removed.parameters()) < sum(p.numel() for p in model.parameters())
-    masked = mask_plan_(copy.deepcopy(model), plan["groups"])
+    masked = mask_plan_(copy.deepcopy(model), plan.groups)
     torch.testing.assert_close(removed(x), masked(x), atol=1e-5, rtol=1e-5)
     if round_to:
-        assert all(after % round_to == 0 for _, after in plan["channels"].values())
+        assert all(after % round_to == 0 for _, after in plan.channels.values())
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet"])

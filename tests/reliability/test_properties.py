@@ -136,7 +136,7 @@ def test_removed_equals_masked_for_any_ratio(kind, sparsity, width, round_to, se
     removed = copy.deepcopy(model)
     targets, _ = select_layers(removed, LayersConfig(), x)
     plan = prune_structured_(removed, x, IMPORTANCE.get("magnitude")().tp_importance(), targets, sparsity, round_to=round_to)
-    masked = mask_plan_(copy.deepcopy(model), plan["groups"])
+    masked = mask_plan_(copy.deepcopy(model), plan.groups)
     with torch.no_grad():
         torch.testing.assert_close(removed(x), masked(x), atol=1e-5, rtol=1e-5)
 
