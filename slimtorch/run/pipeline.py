@@ -67,7 +67,7 @@ def _before_stages(recipe: Recipe) -> list[Any]:
 
 
 def _plan(recipe: Recipe, model: nn.Module, ctx: RunContext, target: TargetConfig, store: RunStore,
-          events: Callable[[str], None]) -> tuple[dict[str, Any], Recipe]:
+          events: Callable[[str], None]) -> tuple[Plan, Recipe]:
     """Choose stages for ``target`` by measuring candidates (the ``plan`` step); returns the plan and the recipe running it.
 
     The planned recipe's stages replace the recipe's own (which become the recovery after pruning), and
@@ -84,7 +84,7 @@ def _plan(recipe: Recipe, model: nn.Module, ctx: RunContext, target: TargetConfi
                 reused_note="reusing the finished search")
     done = run_step(step, store, events)
     assert done.output is not None  # the plan step always makes a plan
-    chosen = Plan(**done.output)
+    chosen = Plan.from_json(done.output)
     events(chosen.message)
     recovery = list(recipe.stages)
     if not recovery and ctx.data.task == "classification" and target.recover_epochs > 0:
@@ -92,10 +92,10 @@ def _plan(recipe: Recipe, model: nn.Module, ctx: RunContext, target: TargetConfi
     latency = recipe.evaluate.latency
     batches = sorted({*latency.batch_sizes, target.batch})
     evaluate = recipe.evaluate.model_copy(update={"latency": latency.model_copy(update={"batch_sizes": batches})})
-    return chosen.to_json(), recipe.model_copy(update={"stages": chosen.stages(recovery), "evaluate": evaluate})
+    return chosen, recipe.model_copy(update={"stages": chosen.stages(recovery), "evaluate": evaluate})
 
 
-def _check_target(target: TargetConfig, plan: dict[str, Any], final: Measurement) -> list[str]:
+def _check_target(target: TargetConfig, plan: Plan, final: Measurement) -> list[str]:
     """Compare the final model with the budget and the accuracy floor; say plainly what was missed."""
     warnings = []
     latency = final.latency_ms.get(str(target.batch), {}).get("p50")
@@ -104,15 +104,15 @@ def _check_target(target: TargetConfig, plan: dict[str, Any], final: Measurement
     if target.latency_ms is not None and latency is not None and latency > target.latency_ms:
         warnings.append(f"target latency_ms≤{target.latency_ms} at batch {target.batch} missed: the final model measured {latency:.4g} ms p50.")
     if target.speedup is not None and latency is not None:  # exactly one budget is set (TargetConfig checks it)
-        achieved = plan["baseline_latency_ms"] / latency
+        achieved = plan.baseline_latency_ms / latency
         if achieved < target.speedup:
             warnings.append(f"target speedup≥{target.speedup}× missed: measured {achieved:.2f}× at batch {target.batch}.")
     # the floor applies to the task metric: accuracy for classifiers, cosine to the original for encoders
     _, metric = final.primary_metric
     if target.min_accuracy is not None and metric is not None and metric < target.min_accuracy:
         warnings.append(f"accuracy floor {target.min_accuracy:.4f} missed: the final model scores {metric:.4f}. Add recovery epochs or relax the budget.")
-    if not plan["is_feasible"]:
-        warnings.append(plan["message"])
+    if not plan.is_feasible:
+        warnings.append(plan.message)
     return warnings
 
 
@@ -235,9 +235,10 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     model = starting.student(teachers[0])
     extra: dict[str, Any] = {"data": {"source": d.source, **data.info},
                              "training": {**device_facts(device), "processes": world_size(), "precision": recipe.precision}}
-    planned = recipe
+    planned, chosen = recipe, None
     if recipe.target is not None:
-        extra["plan"], planned = _plan(recipe, model, ctx, recipe.target, store, say)
+        chosen, planned = _plan(recipe, model, ctx, recipe.target, store, say)
+        extra["plan"] = chosen.to_json()
         store.widen_evaluate(planned.evaluate)
     run = run_stages(model, [STAGES.get(s.kind)(s.config) for s in planned.stages], ctx, store=store,
                      depends_on=_before_stages(recipe), max_stage_seconds=recipe.resources.max_stage_seconds, events=say)
@@ -247,8 +248,8 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
     names = [m.name for m in store.measurements]
     final = run.final or "teacher"
     warnings = _untrained_baseline(store.measurements[0], data.num_classes) + _unrecovered_pruning(planned.stages, store.measurements)
-    if recipe.target is not None:
-        warnings += _check_target(recipe.target, extra["plan"], next(m for m in store.measurements if m.name == final))
+    if recipe.target is not None and chosen is not None:
+        warnings += _check_target(recipe.target, chosen, next(m for m in store.measurements if m.name == final))
     report = Report.create(
         recipe=recipe.to_dict(), baseline=names[0], final=final, models=store.measurements,
         stages=starting.rows + run.rows, warnings=warnings, extra=extra,
