@@ -97,3 +97,34 @@ def test_recover_is_refused_where_it_cannot_reach_the_file(tiny256):
     with pytest.raises(RecipeError, match="has none; give the recipe a teacher"):
         _export(tiny256, "no_teacher", teacher=False, quant="q4_0", recover=RECOVER)
     assert ExportConfig(format="gguf", recover={}).stage_tags().trains
+
+
+def test_the_cli_runs_a_recipe_whose_export_recovers_in_blocks(tiny256, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import yaml
+
+    _, _, root = tiny256
+    monkeypatch.setenv("SLIMTORCH_CACHE", str(root / "cache"))
+    recipe = {"name": "recover", "data": {"source": "text", "args": {"path": str(root / "text.txt")}, "batch_size": 4},
+              "teacher": {"model": f"gguf:{root / 'tiny.gguf'}"},
+              "stages": [{"export": {"format": "gguf", "quant": "q4_0", "min_top1_agreement": 0.0,
+                                     "recover": {**RECOVER, "max_steps": 8}}}],
+              "evaluate": {"latency": {"batch_sizes": [1], "warmup": 1, "repeats": 3},
+                           "llm": {"window": 32, "stride": 16, "max_tokens": 64, "prefill_tokens": 16, "decode_tokens": 3,
+                                   "decode_repeats": 1, "decode_batch_sizes": [1], "sample_tokens": 4}}}
+    path = tmp_path / "recover.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    done = subprocess.run([sys.executable, "-m", "slimtorch.cli", "compress", str(path), "--out", str(tmp_path / "run")],
+                          check=False, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "recovered in the file's blocks: 16 matrices" in report
+    # a recover block on an ONNX export is refused before any work, with exit code 2 and no traceback
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**recipe, "stages": [{"export": {"recover": {}}}]}))
+    refused = subprocess.run([sys.executable, "-m", "slimtorch.cli", "compress", str(bad), "--out", str(tmp_path / "bad")],
+                             check=False, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "add format: gguf" in refused.stderr + refused.stdout
+    assert "Traceback" not in refused.stderr
