@@ -16,13 +16,14 @@ transformers included. Embedding tables stay frozen: they are looked up, not mul
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.quantize.details import DynamicQATFacts
 from slimtorch.quantize.int8_arithmetic import int16_pair_excess, u8s8_saturates
 from slimtorch.quantize.qat import qat_loss
 from slimtorch.quantize.smooth import SmoothedLinear
@@ -106,7 +107,7 @@ def strip_(model: nn.Module) -> nn.Module:
     return model
 
 
-def train_dynamic_qat(model: nn.Module, ctx: RunContext, cfg: QATConfig, reduce_range: bool = False) -> dict[str, Any]:
+def train_dynamic_qat(model: nn.Module, ctx: RunContext, cfg: QATConfig, reduce_range: bool = False) -> DynamicQATFacts:
     """Train ``model`` (in place; float in, float out) with dynamic-int8 fake quantization and the recipe's loss.
 
     ``reduce_range``: the weights will be quantized to 7 bits (``quantize.reduce_range``), so they train on that grid.
@@ -142,6 +143,5 @@ def train_dynamic_qat(model: nn.Module, ctx: RunContext, cfg: QATConfig, reduce_
         strip_(model)
         for p in frozen:
             p.requires_grad_(True)
-    return {"fake_quant_linears": wrapped, "val_after_calibration": round(before, 6), "val_after_training": round(after, 6),
-            "loss": "distillation from the teacher" if ctx.teacher is not None else "cross-entropy on labels",
-            "best_val": result.best_metric, **result.summary()}
+    return DynamicQATFacts(wrapped, before, after, "distillation from the teacher" if ctx.teacher is not None else "cross-entropy on labels",
+                           result)

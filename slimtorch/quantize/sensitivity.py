@@ -129,6 +129,28 @@ class MixedPrecisionResult:
             "is_met": self.is_met,
         }
 
+    def notes(self) -> list[str]:
+        """Plain sentences for the report: which layers stayed float and what each bought, or why the budget failed.
+
+        Figures are the ones :meth:`to_details` records (rounded to 6 digits), so the notes and report.json agree.
+        """
+        all_drop = round(self.all_int8_drop, 6)
+        if self.max_drop is None:
+            worst = max(self.layers, key=lambda c: round(c.metric_gain, 6), default=None)
+            return [f"int8 sensitivity scan: all-int8 drop {all_drop:+.4f} {self.metric_name}"
+                    + (f"; keeping {worst.layer} float alone would change it by {-round(worst.metric_gain, 6):+.4f}" if worst else "")]
+        steps = {s.layer: s for s in self.steps}
+        kept = [f"{f} (drop {round(steps[f].drop, 6):.4f}, +{steps[f].onnx_bytes - self.all_int8.onnx_bytes} B)" for f in self.float_layers]
+        if self.is_met and not kept:
+            return [f"max_drop {self.max_drop}: all layers int8 (val drop {all_drop:.4f})."]
+        if self.is_met:
+            return [f"max_drop {self.max_drop}: kept in float {', '.join(kept)}; all-int8 drop was {all_drop:.4f}."]
+        return [f"max_drop {self.max_drop} not met: all-int8 val drop {all_drop:.4f}, best {round(self.final_drop, 6):.4f} "
+                f"with {len(self.float_layers)} of at most {self.max_float_layers} layers in float"
+                + (f" ({', '.join(self.float_layers)})" if self.float_layers else "")
+                + (f"; tried keeping float {', '.join(self.steps[-1].float_layers)}" if self.steps else "")
+                + ". Raise max_float_fraction or max_drop, try calibrate_method: percentile, or use qat."]
+
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}

@@ -56,9 +56,18 @@ class SmoothingResult:
     outlier_ratio_after: list[float]
 
     def to_details(self) -> dict[str, Any]:
+        before, after = self._max_ratios()
         return {"alpha": self.alpha, "linears": sum(len(g) for g in self.groups), "inputs": len(self.groups),
-                "outlier_ratio_before_max": round(max(self.outlier_ratio_before, default=0.0), 2),
-                "outlier_ratio_after_max": round(max(self.outlier_ratio_after, default=0.0), 2)}
+                "outlier_ratio_before_max": before, "outlier_ratio_after_max": after}
+
+    def note(self) -> str:
+        """One report sentence: how many Linears were smoothed and how far the worst input range was flattened."""
+        before, after = self._max_ratios()
+        return (f"SmoothQuant α {self.alpha}: {sum(len(g) for g in self.groups)} Linears on {len(self.groups)} inputs; the largest "
+                f"input channel's range over the median channel's went from {before} to {after}")
+
+    def _max_ratios(self) -> tuple[float, float]:
+        return round(max(self.outlier_ratio_before, default=0.0), 2), round(max(self.outlier_ratio_after, default=0.0), 2)
 
 
 def _linears(model: nn.Module) -> dict[str, nn.Linear]:

@@ -46,7 +46,7 @@ def test_doctor_prints_the_machine_and_the_table(monkeypatch):
 
 def test_a_weight_only_stage_says_whether_its_kernel_beats_fp32_here(mlp, ctx):
     from slimtorch.quantize import QuantizeConfig, QuantizeStage
-    from slimtorch.quantize.stage import kernel_check_note
+    from slimtorch.quantize.details import KernelCheck
 
     _, record = QuantizeStage(QuantizeConfig(mode="int8_weight_only")).apply(mlp, ctx)
     check = record.details["kernel_check"]
@@ -54,9 +54,9 @@ def test_a_weight_only_stage_says_whether_its_kernel_beats_fp32_here(mlp, ctx):
     assert check["speedup"] == pytest.approx(check["fp32_us"] / check["weight_only_us"], rel=0.05)
     warned = any(n.startswith("WARNING: int8 weight-only") for n in record.notes)
     assert warned == (check["speedup"] < 1.0)
-    slow = {**check, "bits": 4, "speedup": 0.4}
-    assert "0.40x the speed of fp32" in kernel_check_note(slow) and "mode: dynamic_int8" in kernel_check_note(slow)
-    assert kernel_check_note({**check, "speedup": 1.3}) is None
+    slow = KernelCheck.from_json({**check, "bits": 4, "speedup": 0.4}).note()
+    assert slow is not None and "0.40x the speed of fp32" in slow and "mode: dynamic_int8" in slow
+    assert KernelCheck.from_json({**check, "speedup": 1.3}).note() is None
 
 
 def test_int8_activations_auto_keeps_the_faster_16_bit_path_here(mlp, ctx):
