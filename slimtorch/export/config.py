@@ -6,11 +6,23 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from slimtorch.distill.config import DistillConfig
+from slimtorch.distill.config import DistillConfig, TokenSpec
 from slimtorch.stage_tags import Handoff, StageConfig, StageTags
 
 # How a GGUF file stores a weight matrix (llama.cpp's names).
 GGUFQuant = Literal["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"]
+
+
+class RecoverConfig(DistillConfig):
+    """``export.recover``: the distill stage's settings, with defaults for a short recovery of a pretrained LM: 64 steps
+    of 4 sequences of 128 tokens (the first 256 of the text, one epoch), the setting docs/LLM.md measures."""
+
+    epochs: int = Field(1, ge=0, description="ceiling on passes over the distillation text")
+    max_steps: int | None = Field(64, ge=1, description="optimizer steps (64 took SmolLM2-135M's q4_0 file from 1.136x to 1.046x "
+                                                        "fp32 perplexity)")
+    batch_size: int | None = Field(4, gt=0, description="sequences per step")
+    tokens: TokenSpec = Field(default_factory=lambda: TokenSpec(max_sequences=256), description="the distillation text as "
+                              "sequences (default: the first 256 of 128 tokens, what 64 steps of 4 use)")
 
 
 class ExportConfig(StageConfig):
@@ -36,7 +48,7 @@ class ExportConfig(StageConfig):
                                           "matrices; a type per matrix is chosen by measured sensitivity")
     size_mb: float | None = Field(None, gt=0, description="gguf size target: file size in MB (1e6 bytes), allocated like "
                                   "bits_per_weight")
-    recover: DistillConfig | None = Field(None, description="gguf: token-distil the model from the original first, every "
+    recover: RecoverConfig | None = Field(None, description="gguf: token-distil the model from the original first, every "
                                           "block-type matrix computing in the file's blocks (straight-through), so the rounding "
                                           "it learns is the rounding written; the distill stage's settings (tokens, epochs, "
                                           "max_steps, lr, ...)")
