@@ -26,6 +26,7 @@ from slimtorch.stage_tags import StageTags, tags_of
 
 if TYPE_CHECKING:
     from slimtorch.data.bundle import DataBundle
+    from slimtorch.measure.config import EvaluateConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,10 @@ class RunContext:
         work_dir: where a stage may keep checkpoints (``work_dir/<stage_dir>``) for ``--resume``.
         task: ``"classification"`` (logits) or ``"embedding"`` (vectors compared by cosine).
         progress: ``progress(description, total)`` is a context manager yielding ``advance(n=1, **fields)``.
-        extras: per-run objects stages hand over (e.g. ``"teachers"`` for multi-teacher distillation).
+        teachers: every teacher of the run, the first being ``teacher`` (several for multi-teacher distillation); empty
+            means ``[teacher]``.
+        evaluate: how the run measures its models (a quantize stage's ``runtime: auto`` times candidates alike).
+        extras: per-run objects a user's own stages hand over.
         device: where training runs (:func:`slimtorch.device.resolve_device`); artifacts are always saved from CPU.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast for training (weights stay fp32; fp16 gets a gradient scaler).
     """
@@ -71,6 +75,8 @@ class RunContext:
     work_dir: Path = field(default_factory=lambda: Path("runs/tmp"))
     task: str = "classification"
     progress: Callable[[str, int], Any] = silent_progress
+    teachers: list[nn.Module] = field(default_factory=list)
+    evaluate: EvaluateConfig | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"

@@ -36,7 +36,7 @@ def test_every_registered_stage_has_a_contract_entry():
 @pytest.mark.parametrize("kind", sorted(SMALL_CONFIGS))
 def test_stage_contract(kind, mlp, ctx, tmp_path):
     teacher = copy.deepcopy(mlp).eval()
-    ctx.teacher, ctx.extras["teachers"] = teacher, [teacher]
+    ctx.teacher, ctx.teachers = teacher, [teacher]
     x = ctx.data.example_batch(8)
     before = forward(mlp.eval(), x).detach()
     stage = STAGES.get(kind)(STAGES.get(kind).config_cls(**SMALL_CONFIGS[kind]))

@@ -34,8 +34,8 @@ def _count(model: nn.Module) -> int:
 
 
 def teachers_of(ctx: RunContext) -> list[nn.Module]:
-    """``ctx.extras["teachers"]`` (first = ``ctx.teacher``) or ``[ctx.teacher]``."""
-    teachers = list(ctx.extras.get("teachers") or ([] if ctx.teacher is None else [ctx.teacher]))
+    """``ctx.teachers`` (first = ``ctx.teacher``) or ``[ctx.teacher]``."""
+    teachers = list(ctx.teachers or ([] if ctx.teacher is None else [ctx.teacher]))
     if not teachers:
         raise RecipeError(
             "distill needs a trained teacher: give the recipe a `teacher:` entry (or set RunContext.teacher). "

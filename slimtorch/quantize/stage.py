@@ -99,7 +99,7 @@ def _fastest_runtime(cfg: QuantizeConfig, model: nn.Module, ctx: RunContext) -> 
     on this machine at all. Each candidate's time per batch size, fidelity and why it won or lost are in
     ``details["runtime_auto"]``.
     """
-    evaluate = ctx.extras.get("evaluate") or EvaluateConfig()
+    evaluate = ctx.evaluate or EvaluateConfig()
     lat = evaluate.latency
     sizes = lat.sizes_for(causal_lm_of(model) is not None)
     built: list[tuple[QuantizeConfig, nn.Module, QuantizeDetails, list[str]]] = []

@@ -230,8 +230,8 @@ def _compress(recipe: Recipe, out: Path, resume: bool, progress: Callable[..., A
                      device=device, precision=recipe.precision)
     starting = StartingModels(recipe, data, store, say)
     teachers = starting.teachers(ctx)
-    ctx.teacher, ctx.extras["teachers"] = teachers[0], teachers
-    ctx.extras["evaluate"] = recipe.evaluate  # how the run times its models: quantize's runtime: auto times candidates alike
+    ctx.teacher, ctx.teachers = teachers[0], teachers
+    ctx.evaluate = recipe.evaluate  # how the run times its models: quantize's runtime: auto times candidates alike
     model = starting.student(teachers[0])
     extra: dict[str, Any] = {"data": {"source": d.source, **data.info},
                              "training": {**device_facts(device), "processes": world_size(), "precision": recipe.precision}}

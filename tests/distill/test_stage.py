@@ -82,12 +82,12 @@ def test_multi_teacher_weights_select_and_mix(digits: DataBundle, digits_teacher
                                               digits_cnn_teacher: torch.nn.Module, tmp_path: Path) -> None:
     cfg = DistillConfig(epochs=2)
     single, _ = _run(cfg, _student(digits), digits, digits_teacher, tmp_path / "one")
-    teachers = {"teachers": [digits_teacher, digits_cnn_teacher]}
+    teachers = [digits_teacher, digits_cnn_teacher]
     weighted = cfg.model_copy(update={"teacher_weights": [1.0, 0.0]})
-    first_only, record = _run(weighted, _student(digits), digits, digits_teacher, tmp_path / "w", extras=teachers)
+    first_only, record = _run(weighted, _student(digits), digits, digits_teacher, tmp_path / "w", teachers=teachers)
     for p, q in zip(single.state_dict().values(), first_only.state_dict().values()):
         torch.testing.assert_close(p, q)
-    mixed, record = _run(cfg, _student(digits), digits, digits_teacher, tmp_path / "mix", extras=teachers)
+    mixed, record = _run(cfg, _student(digits), digits, digits_teacher, tmp_path / "mix", teachers=teachers)
     assert record.details["teachers"] == 2 and record.details["teacher_weights"] == [1.0, 1.0]
     assert record.details["hops"][0]["from"] == "2 teachers"
     assert not torch.equal(mixed.net[1].weight, single.net[1].weight)
