@@ -9,6 +9,7 @@ traced at batch 1, the batch a phone runs; :class:`PteModule` runs larger batche
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from slimtorch.core import Batch
 from slimtorch.errors import ArtifactError, UnsupportedModuleError
 from slimtorch.export.onnx import plain_copy
 from slimtorch.io import atomic_write_bytes, read_json
+from slimtorch.measure.macs import count_macs
+from slimtorch.measure.params import SourceCounts, count_nonzero, count_params
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.optional import import_optional
 
@@ -75,13 +78,20 @@ def export_pte(model: nn.Module, example: Batch, int8: bool = False, calibration
         raise UnsupportedModuleError(f"ExecuTorch could not lower {type(model).__name__}: {reason}. Keep format: onnx for it.") from exc
 
 
+def counts_of(model: nn.Module, example: Batch) -> SourceCounts:
+    """What the report card counts on the torch model a program is exported from (weights, nonzeros, MACs per example)."""
+    one = example[:1] if isinstance(example, Tensor) else example
+    return SourceCounts(count_params(model), count_nonzero(model), count_macs(model, one))
+
+
 class PteModule(nn.Module):
     """A ``.pte`` program run by ExecuTorch's Python runtime; batches run row by row (the program is traced at batch 1)."""
 
-    def __init__(self, pte: bytes, int8: bool = False) -> None:
+    def __init__(self, pte: bytes, int8: bool = False, source_counts: SourceCounts | None = None) -> None:
         super().__init__()
         self.pte = pte
         self.int8 = int8
+        self.source_counts = source_counts  # the program's weights are readable by ExecuTorch only: counted on its source
         self.slimtorch_format = "executorch"
         self.slimtorch_runtime = "executorch"
         self._method: Any = None
@@ -106,7 +116,8 @@ class PteModule(nn.Module):
 def _save(model: nn.Module, directory: Path) -> None:
     assert isinstance(model, PteModule)
     atomic_write_bytes(directory / PTE_FILE, model.pte)
-    atomic_write_bytes(directory / INFO_FILE, f'{{"int8": {str(model.int8).lower()}}}'.encode())
+    counts = None if model.source_counts is None else model.source_counts.to_json()
+    atomic_write_bytes(directory / INFO_FILE, json.dumps({"int8": model.int8, "source_counts": counts}).encode())
 
 
 def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
@@ -114,7 +125,9 @@ def _load(directory: Path, spec: dict[str, Any]) -> nn.Module:
     if not path.is_file():
         raise ArtifactError(f"{directory} has no {PTE_FILE}; re-run the export stage that wrote it.")
     info = read_json(directory / INFO_FILE, 1000, ArtifactError, "re-run the export stage") if (directory / INFO_FILE).is_file() else {}
-    model = PteModule(path.read_bytes(), int8=bool(info.get("int8", False)))
+    counts = info.get("source_counts")
+    model = PteModule(path.read_bytes(), int8=bool(info.get("int8", False)),
+                      source_counts=SourceCounts.from_json(counts) if isinstance(counts, dict) else None)
     set_attrs_(model, slimtorch_spec=spec.get("model"))
     try:
         model._forward_method()  # MissingExtraError without executorch; a corrupted file fails here, not at first call

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from slimtorch.core import RunContext, Stage, StageRecord
 from slimtorch.errors import RecipeError, UnsupportedModuleError
 from slimtorch.export.config import ExportConfig
-from slimtorch.export.executorch import PteModule, executorch, export_pte
+from slimtorch.export.executorch import PteModule, counts_of, executorch, export_pte
 from slimtorch.export.gguf import GGUFCalibration, export_gguf
 from slimtorch.export.gguf_recovery import recover_in_blocks
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
@@ -64,7 +64,7 @@ class ExportStage(Stage[ExportConfig], kind="export"):
         executorch("executorch.runtime")  # MissingExtraError before any work when executorch is absent
         example = ctx.data.example_batch(cfg.example_batch_size)
         calibration = [batch[0] for _, batch in zip(range(cfg.calibration_batches), ctx.data.loader("train"))] if cfg.int8 else []
-        pte_model = PteModule(export_pte(model, example, cfg.int8, calibration), int8=cfg.int8)
+        pte_model = PteModule(export_pte(model, example, cfg.int8, calibration), int8=cfg.int8, source_counts=counts_of(model, example))
         diffs = parity_check(model, pte_model, ctx, cfg.example_batch_size)
         worst = max(diffs.values())
         set_attrs_(pte_model, slimtorch_spec=getattr(model, "slimtorch_spec", None))

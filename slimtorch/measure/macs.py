@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from slimtorch.core import Batch, batch_len, forward
 from slimtorch.measure.modes import eval_mode
 from slimtorch.measure.onnx_graph import onnx_macs, onnx_model_of, runs_onnx_graph
-from slimtorch.measure.params import count_nonzero, count_params
+from slimtorch.measure.params import count_nonzero, count_params, source_counts
 
 
 def count_macs(model: nn.Module, example_input: Batch) -> int | None:
@@ -41,6 +41,9 @@ def count_macs(model: nn.Module, example_input: Batch) -> int | None:
 def count_macs_noted(model: nn.Module, example_input: Batch) -> tuple[int | None, list[str]]:
     """Like :func:`count_macs`, also returning notes on what could not be counted."""
     n = max(batch_len(example_input), 1)
+    counts = source_counts(model)
+    if counts is not None:
+        return counts.macs, ["MACs of the torch graph the program was exported from (its runtime runs the same operations)."]
     if runs_onnx_graph(model):
         graph = onnx_model_of(model)
         if graph is None:

@@ -5,13 +5,15 @@ A weight pruned with a mask — a ``torch.nn.utils.parametrize`` parametrization
 (masked) tensor, so masked entries count as zeros. Dynamically quantized torch modules keep their weights
 in packed params (not ``nn.Parameter``) and weight-only layers in buffers (exposed through a
 ``dequantized_weight()`` method); those are unpacked and counted too. For a model that runs in
-onnxruntime the counts come from the ONNX graph's initializers.
+onnxruntime the counts come from the ONNX graph's initializers; a program whose weights only its runtime can read (an
+ExecuTorch ``.pte``) carries the :class:`SourceCounts` of the torch model it was exported from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import cast
+from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,14 +22,38 @@ from torch.nn.utils import parametrize
 from slimtorch.measure.onnx_graph import onnx_initializers, onnx_model_of
 
 
+@dataclass(frozen=True)
+class SourceCounts:
+    """Weights, nonzero weights and MACs per example of the torch model a runtime program was exported from."""
+
+    params: int
+    nonzero: int
+    macs: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> SourceCounts:
+        return cls(int(raw["params"]), int(raw["nonzero"]), None if raw.get("macs") is None else int(raw["macs"]))
+
+
+def source_counts(model: nn.Module) -> SourceCounts | None:
+    """The counts a program wrapper carries from its torch source (``model.source_counts``), or None."""
+    counts = getattr(model, "source_counts", None)
+    return counts if isinstance(counts, SourceCounts) else None
+
+
 def count_params(model: nn.Module) -> int:
     """Number of weights the model holds (each shared tensor once)."""
-    return sum(t.numel() for t in _effective_tensors(model))
+    counts = source_counts(model)
+    return counts.params if counts is not None else sum(t.numel() for t in _effective_tensors(model))
 
 
 def count_nonzero(model: nn.Module) -> int:
     """Number of weights that are not exactly zero; masked entries count as zeros."""
-    return sum(int(torch.count_nonzero(t)) for t in _effective_tensors(model))
+    counts = source_counts(model)
+    return counts.nonzero if counts is not None else sum(int(torch.count_nonzero(t)) for t in _effective_tensors(model))
 
 
 def _effective_tensors(model: nn.Module) -> Iterator[Tensor]:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from slimtorch import artifact
 from slimtorch.errors import MissingExtraError
 from slimtorch.export import ExportConfig, ExportStage
+from slimtorch.measure.params import count_nonzero, count_params
 from slimtorch.models import build_model
 
 HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
@@ -58,6 +59,18 @@ def test_float_program_matches_torch_and_round_trips_through_load(cnn, ctx, digi
     loaded = artifact.load(tmp_path / "m")
     assert (tmp_path / "m" / "model.pte").read_bytes() == pte.pte
     torch.testing.assert_close(loaded(x), pte(x), atol=0, rtol=0)
+    assert loaded.source_counts == pte.source_counts and pte.source_counts.params == count_params(cnn)
+
+
+def test_a_program_is_counted_on_the_torch_model_it_was_exported_from(cnn, digits):
+    from slimtorch.export.executorch import PteModule, counts_of
+    from slimtorch.measure.macs import count_macs_noted
+
+    program = PteModule(b"weights only ExecuTorch reads", source_counts=counts_of(cnn, digits.example_batch(4)))
+    assert count_params(program) == count_params(cnn) > 0 and count_nonzero(program) == count_nonzero(cnn)
+    macs, notes = count_macs_noted(program, digits.example_batch(2))
+    assert macs == count_macs_noted(cnn, digits.example_batch(2))[0] > 0 and "exported from" in notes[0]
+    assert count_params(PteModule(b"")) == 0  # a program with no counts: nothing to read the weights with
 
 
 @needs_executorch
