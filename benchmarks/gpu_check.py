@@ -45,7 +45,7 @@ def run(recipe: str, device: str, out: Path) -> dict[str, Any]:
         "wall_s": round(time.perf_counter() - t0, 1),
         "measured_on": {m.name: m.device for m in report.models},
         "torch_model": last_torch.name,
-        "latency_p50_ms": {b: t["p50"] for b, t in last_torch.latency_ms.items()},
+        "latency_p50_ms": {b: t.p50 for b, t in last_torch.latency_ms.items()},
         "peak_memory_bytes": last_torch.peak_memory_bytes,
         "loads_on_cpu": all(model_device(artifact.load(out / "models" / m.name)).type == "cpu" for m in report.models),
     }

@@ -77,8 +77,8 @@ def main() -> None:
     score("slimtorch q4_k_m rtn", export("q4_k_m_rtn", quant="q4_k_m"))
     for label, row in rows.items():
         facts = llamacpp.measure_gguf(row["path"], ids.tolist()[:300], windows(300, 256, 128), cfg, [1, 2])
-        row["threads"] = facts["threads"]
-        print(f"speed {label}: {json.dumps(facts['threads'])}", flush=True)
+        row["threads"] = facts.to_json()["threads"]
+        print(f"speed {label}: {json.dumps(row['threads'])}", flush=True)
     print(json.dumps({"machine": probe().to_json(), "benchmark": "llamacpp_kquant", "files": rows}))
 
 

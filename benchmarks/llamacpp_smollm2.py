@@ -173,10 +173,10 @@ def main() -> None:
                 print(f"types {label}: {dict(sorted(counts.items()))}", flush=True)
         for label, path in files:
             facts = llamacpp.measure_gguf(path, ids.tolist(), spans, cfg)
-            one = facts["threads"]["1"]
-            rows.append({**facts, "variant": label, "bytes": facts["gguf_bytes"],
-                         "perplexity_vs_torch_fp32": round(facts["perplexity"] / torch_ppl, 4),
-                         "decode_vs_torch_fp32_1_thread": round(one["decode_tokens_per_s"] / torch_decode, 3)})
+            assert facts.threads is not None and facts.perplexity is not None  # measured, not skipped
+            rows.append({**facts.to_json(), "variant": label, "bytes": facts.gguf_bytes,
+                         "perplexity_vs_torch_fp32": round(facts.perplexity / torch_ppl, 4),
+                         "decode_vs_torch_fp32_1_thread": round(facts.threads["1"].decode_tokens_per_s / torch_decode, 3)})
             print(f"done {label}", flush=True)
 
     counts = sorted({t for r in rows for t in r["threads"]}, key=int)

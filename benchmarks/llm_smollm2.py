@@ -223,13 +223,15 @@ def main() -> None:
             directory = artifact.save(model, Path(tmp) / name.replace(" ", "_").replace("+", "").replace("/", ""))
             m = measure(model, name=name, stage="benchmark", data=data, config=config, artifact_dir=directory,
                         baseline_outputs=reference)
+            facts = m.llm
+            assert facts is not None and facts.prefill_ms is not None  # measure() gives a causal LM its LLMFacts
             rows.append({"variant": name, "bytes": dir_size_bytes(directory), "perplexity": m.metrics["perplexity"],
                          "token_agreement": m.metrics["token_agreement"], "kl_to_original": m.metrics["kl_to_original"],
-                         "prefill_ms_b1": m.llm["prefill_ms"]["p50"], "decode_tokens_per_s": m.decode_tokens_per_s,
-                         "decode": m.llm["setup"]["decode"], "compile_s": m.llm.get("compile_s", {}),
-                         "decode_eager_tokens_per_s": m.llm.get("decode_eager_tokens_per_s", m.decode_tokens_per_s),
-                         "samples": m.llm["samples"], "build_s": round(build_s, 1), "measure_s": m.seconds,
-                         "backend": details.get("backend", "torch fp32"), "scored_tokens": m.llm["setup"]["scored_tokens"],
+                         "prefill_ms_b1": facts.prefill_ms.p50, "decode_tokens_per_s": m.decode_tokens_per_s,
+                         "decode": facts.setup.decode, "compile_s": facts.compile_s or {},
+                         "decode_eager_tokens_per_s": facts.decode_eager_tokens_per_s or m.decode_tokens_per_s,
+                         "samples": facts.samples, "build_s": round(build_s, 1), "measure_s": m.seconds,
+                         "backend": details.get("backend", "torch fp32"), "scored_tokens": facts.setup.scored_tokens,
                          **{k: details[k] for k in ("dropped_layers", "kd_s", "kd", "perplexity_pruned", "perplexity_kd") if k in details}})
             print(f"done {name}: ppl {m.metrics['perplexity']:.3f} ({build_s:.0f} s to build, {m.seconds:.0f} s measure)", flush=True)
             models[name] = model

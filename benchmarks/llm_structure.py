@@ -170,9 +170,10 @@ def main() -> None:
                     student, RunContext(data=data, work_dir=Path(tmp) / quant))
                 path = Path(tmp) / quant / "00_export" / "model.gguf"
                 facts = llamacpp.measure_gguf(path, ids.tolist(), windows(len(ids), EVAL.window, EVAL.stride), EVAL, [args.threads])
-                result[f"llamacpp_{quant}"] = facts
-                print(f"llama.cpp {quant}: {facts['gguf_bytes'] / 1e6:.1f} MB, perplexity {facts['perplexity']:.3f}, "
-                      f"decode {facts['threads'][str(args.threads)]['decode_tokens_per_s']:.1f} tok/s", flush=True)
+                result[f"llamacpp_{quant}"] = facts.to_json()
+                assert facts.gguf_bytes is not None and facts.perplexity is not None and facts.threads is not None
+                print(f"llama.cpp {quant}: {facts.gguf_bytes / 1e6:.1f} MB, perplexity {facts.perplexity:.3f}, "
+                      f"decode {facts.threads[str(args.threads)].decode_tokens_per_s:.1f} tok/s", flush=True)
         else:
             result["llamacpp"] = {"skipped": llamacpp.INSTALL_HINT}
     print(f"params {after / before:.3f}x of the original; fp32 perplexity {base_ppl:.3f}; plain transformers max |dlogit| "

@@ -45,7 +45,7 @@ def main() -> None:
             base = outputs_on(model, data, config)
             m = measure(model, name=label, stage="-", data=data, config=config, artifact_dir=out, baseline_outputs=base)
             results[label] = {"cost_s": m.cost_s, "total_s": m.seconds, "params": m.params, "macs": m.macs,
-                              "p50_ms": {b: t["p50"] for b, t in m.latency_ms.items()}, "eval_examples": len(base)}
+                              "p50_ms": {b: t.p50 for b, t in m.latency_ms.items()}, "eval_examples": len(base)}
     header = f"{'model':<24}" + "".join(f"{p:>11}" for p in PARTS) + f"{'total s':>10}"
     print(f"measure() cost in seconds, digits test split ({results[next(iter(results))]['eval_examples']} examples), "
           f"latency at batch {config.latency.batch_sizes} x {config.latency.repeats} repeats")

@@ -114,10 +114,10 @@ def recovery_curve(result: slimtorch.RunResult) -> list[dict[str, float]]:
 def stage_summary(result: slimtorch.RunResult) -> list[dict[str, Any]]:
     """Per model of the run: name, cosine on the report's eval sentences, b8 p50 of the report card."""
     rows = []
-    for m in result.report.to_json()["models"]:
-        lat = m.get("latency_ms", {}).get("8", {})
-        rows.append({"model": m["name"], "cosine": m["metrics"].get("cosine"), "b8_p50_ms": lat.get("p50"),
-                     "params": m.get("params"), "size_bytes": m.get("size_bytes")})
+    for m in result.report.models:
+        lat = m.latency_ms.get("8")
+        rows.append({"model": m.name, "cosine": m.metrics.get("cosine"), "b8_p50_ms": None if lat is None else lat.p50,
+                     "params": m.params, "size_bytes": m.size_bytes})
     return rows
 
 

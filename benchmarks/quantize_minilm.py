@@ -114,7 +114,7 @@ def minilm_rows(args: argparse.Namespace, tmp: Path) -> list[dict]:
         lat8 = time_latency(model, batch8, warmup=3, repeats=max(5, args.repeats // 3), threads=args.threads)
         rows.append({"variant": label, "backend": backend, "bytes": artifact_bytes(model, tmp / f"m{i}"),
                      "cosine_mean": round(cos.mean().item(), 5), "cosine_min": round(cos.min().item(), 5),
-                     "b1_ms": lat1["p50"], "b8x128_ms": lat8["p50"]})
+                     "b1_ms": lat1.p50, "b8x128_ms": lat8.p50})
     base = rows[0]
     for row in rows:
         row["size_ratio"] = round(row["bytes"] / base["bytes"], 4)

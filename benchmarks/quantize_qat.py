@@ -168,8 +168,8 @@ def measure_model(model_name: str, source: str, name: str, args: dict, epochs: i
                      "kl_to_fp32": float(f"{kl.item():.3g}"), "delta_points": round(100 * (test - fp32_test), 2),
                      "onnx_bytes": len(graph), "weight_layers": layers["weight_layers"],
                      "int8_weight_layers": layers["int8_weight_layers"],
-                     "p50_ms_b1": round(timing["1"]["p50"], 4), "p50_ms_b64": round(timing["64"]["p50"], 4),
-                     "p10_ms_b1": round(timing["1"]["p10"], 4), "p10_ms_b64": round(timing["64"]["p10"], 4),
+                     "p50_ms_b1": round(timing["1"].p50, 4), "p50_ms_b64": round(timing["64"].p50, 4),
+                     "p10_ms_b1": round(timing["1"].p10 or 0.0, 4), "p10_ms_b64": round(timing["64"].p10 or 0.0, 4),
                      "torch_fp32_test_accuracy": round(fp32_test, 4), "test_examples": len(ctx.data.test), **facts})
     for r in rows:  # speed against the float graph on the same runtime (OpenVINO fp32 at f32)
         base = next(b for b in rows if b["model"] == r["model"] and b["variant"] == "fp32" and b["runtime"] == r["runtime"].split()[0])

@@ -120,7 +120,7 @@ def print_models_table(report: Report) -> None:
         metric_s = "-" if metric is None else (f"{100 * metric:.2f}%" if name == "accuracy" else f"cos {metric:.4f}")
         if metric is None and m.metrics.get("perplexity") is not None:  # causal LMs: lower is better
             metric_s = f"ppl {m.metrics['perplexity']:.2f}"
-        lat = [f"{m.latency_ms[b]['p50']:.3f}" if b in m.latency_ms else "-" for b in sizes]
+        lat = [f"{m.latency_ms[b].p50:.3f}" if b in m.latency_ms else "-" for b in sizes]
         agree = m.agreement
         table.add_row(m.name, m.stage, fmt_count(m.params), fmt_count(m.nonzero_params), fmt_bytes(m.size_bytes),
                       fmt_count(m.macs), m.runtime, *lat, metric_s, "-" if agree is None else f"{100 * agree:.1f}%")

@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from torch import nn
 from slimtorch.core import Batch, forward
 from slimtorch.device import model_device, synchronize
 from slimtorch.measure.energy import EnergyMeter
+from slimtorch.measure.measurement import LatencyStats
 from slimtorch.measure.modes import eval_mode
 from slimtorch.measure.onnx_graph import runs_onnx_graph
 
@@ -41,15 +43,15 @@ def time_latency(
     repeats: int,
     threads: int,
     max_seconds: float | None = None,
-) -> dict[str, float]:
-    """Time ``forward(model, example_input)``; returns ``{"p50", "p90", "mean", "std", "min", "repeats"}`` (ms).
+) -> LatencyStats:
+    """Time ``forward(model, example_input)``; returns its p10/p50/p90, mean, std, min (ms) and ``repeats``.
 
     Args:
         warmup: untimed passes first (allocator, caches, lazy init; ≥ 20 advised for batch 1 eager).
         repeats: timed passes (at least 3 are always run).
         threads: intra-op threads for the run; the previous setting is restored afterwards.
         max_seconds: optional time budget: warm-up stops once it has spent half of it (after one pass), the
-            timed passes once they have spent the other half (after three); the number run is in ``"repeats"``.
+            timed passes once they have spent the other half (after three); the number run is in ``repeats``.
     """
     with eval_mode(model), pinned_threads(model, threads), torch.inference_mode():
         warm_up(model, example_input, warmup, None if max_seconds is None else max_seconds / 2)
@@ -111,7 +113,7 @@ def time_interleaved(
     rounds: int = 5,
     max_seconds: float | None = None,
     energy: EnergyMeter | None = None,
-) -> list[dict[str, dict[str, float]]]:
+) -> list[dict[str, LatencyStats]]:
     """Time several models side by side: ``rounds`` passes over every model and batch, order rotating.
 
     A machine's speed drifts over minutes (other jobs, clocks, caches). Timing each model right after
@@ -126,7 +128,7 @@ def time_interleaved(
         energy: optional meter that reads the energy counter around each round's timed passes.
 
     Returns:
-        per entry, ``{"<batch>": summarize(...)}`` with ``"rounds"`` added.
+        per entry, ``{"<batch>": summarize(...)}`` with ``rounds`` set.
     """
     per_round = max(1, math.ceil(max(repeats, 3) / rounds))
     round_budget = None if max_seconds is None else max_seconds / 2 / rounds
@@ -149,7 +151,7 @@ def time_interleaved(
                             return _timed(model, x, per_round, round_budget, min_passes=1)
 
                         samples[i][b] += passes() if energy is None else energy.around(i, b, passes)
-    return [{b: {**summarize(s), "rounds": rounds} for b, s in per_model.items()} for per_model in samples]
+    return [{b: replace(summarize(s), rounds=rounds) for b, s in per_model.items()} for per_model in samples]
 
 
 def quick_latency_ms(model: nn.Module, example_input: Batch, budget_s: float = 1.0, max_calls: int = 30) -> float:
@@ -176,19 +178,19 @@ def median_call_seconds(fn: Callable[[], object], budget_s: float, max_calls: in
     return sorted(times)[len(times) // 2]
 
 
-def summarize(samples_ms: list[float]) -> dict[str, float]:
+def summarize(samples_ms: list[float]) -> LatencyStats:
     """p10/p50/p90 (nearest-rank on the sorted samples), mean, std, min and count of timings in ms."""
     s = sorted(samples_ms)
     n = len(s)
-    return {
-        "p50": round(statistics.median(s), 4),
-        "p10": round(s[max(0, math.ceil(0.1 * n) - 1)], 4),
-        "p90": round(s[max(0, math.ceil(0.9 * n) - 1)], 4),
-        "mean": round(statistics.fmean(s), 4),
-        "std": round(statistics.pstdev(s), 4),
-        "min": round(s[0], 4),
-        "repeats": n,
-    }
+    return LatencyStats(
+        p50=round(statistics.median(s), 4),
+        p10=round(s[max(0, math.ceil(0.1 * n) - 1)], 4),
+        p90=round(s[max(0, math.ceil(0.9 * n) - 1)], 4),
+        mean=round(statistics.fmean(s), 4),
+        std=round(statistics.pstdev(s), 4),
+        min=round(s[0], 4),
+        repeats=n,
+    )
 
 
 @contextmanager

@@ -21,6 +21,7 @@ import numpy as np
 
 from slimtorch.errors import MissingExtraError
 from slimtorch.measure.config import LLMEvalConfig
+from slimtorch.measure.measurement import LlamaCppFacts, LlamaCppThreads
 
 Spans = list[tuple[int, int, int]]  # (begin, end, first_scored) per window: slimtorch.measure.llm.windows
 
@@ -61,7 +62,7 @@ def perplexity(llm: Any, ids: list[int], spans: Spans) -> dict[str, float]:
     return {"perplexity": round(math.exp(mean), 4), "nll": round(mean, 5), "scored_tokens": int(sum(len(n) for n in nll))}
 
 
-def speed(llm: Any, prompt: list[int], new_tokens: int, repeats: int) -> dict[str, float]:
+def speed(llm: Any, prompt: list[int], new_tokens: int, repeats: int) -> LlamaCppThreads:
     """Prefill tokens/s over ``prompt`` and greedy decode tokens/s of ``new_tokens`` after it (medians of ``repeats``)."""
     prefill, decode = [], []
     for _ in range(max(repeats, 1)):
@@ -75,11 +76,12 @@ def speed(llm: Any, prompt: list[int], new_tokens: int, repeats: int) -> dict[st
             llm.eval([token])
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         decode.append(new_tokens / (time.perf_counter() - t0))
-    return {"prefill_tokens_per_s": round(float(np.median(prefill)), 2), "decode_tokens_per_s": round(float(np.median(decode)), 2)}
+    return LlamaCppThreads(prefill_tokens_per_s=round(float(np.median(prefill)), 2),
+                           decode_tokens_per_s=round(float(np.median(decode)), 2))
 
 
 def measure_gguf(path: str | Path, ids: list[int], spans: Spans, cfg: LLMEvalConfig,
-                 threads: list[int] | None = None) -> dict[str, Any]:
+                 threads: list[int] | None = None) -> LlamaCppFacts:
     """llama.cpp's perplexity on ``ids`` over ``spans`` and its speed at each thread count (default: 1 and all cores).
 
     Raises:
@@ -90,24 +92,26 @@ def measure_gguf(path: str | Path, ids: list[int], spans: Spans, cfg: LLMEvalCon
     counts = threads or sorted({1, cores})
     prompt = (ids * (cfg.prefill_tokens // max(len(ids), 1) + 1))[: cfg.prefill_tokens]
     n_ctx = max(max((end - begin for begin, end, _ in spans), default=1), cfg.prefill_tokens + cfg.decode_tokens + 1)
-    result: dict[str, Any] = {"file": path.name, "gguf_bytes": path.stat().st_size, "llama_cpp": _version(),
-                              "prefill_tokens": len(prompt), "decode_new_tokens": cfg.decode_tokens, "threads": {}}
+    scores: dict[str, float] = {}
+    speeds: dict[str, LlamaCppThreads] = {}
     for i, count in enumerate(counts):
         llm = _llama(path, n_ctx, count)
         if i == 0:  # the scores do not depend on the thread count: computed once
-            result.update(perplexity(llm, ids, spans))
-        result["threads"][str(count)] = speed(llm, prompt, cfg.decode_tokens, cfg.decode_repeats)
+            scores = perplexity(llm, ids, spans)
+        speeds[str(count)] = speed(llm, prompt, cfg.decode_tokens, cfg.decode_repeats)
         llm.close() if hasattr(llm, "close") else None
-    return result
+    return LlamaCppFacts(file=path.name, gguf_bytes=path.stat().st_size, llama_cpp=_version(), prefill_tokens=len(prompt),
+                         decode_new_tokens=cfg.decode_tokens, threads=speeds, perplexity=scores.get("perplexity"),
+                         nll=scores.get("nll"), scored_tokens=int(scores["scored_tokens"]) if "scored_tokens" in scores else None)
 
 
-def llamacpp_figures(model: Any, ids: list[int], spans: Spans, cfg: LLMEvalConfig, threads: int) -> dict[str, Any]:
+def llamacpp_figures(model: Any, ids: list[int], spans: Spans, cfg: LLMEvalConfig, threads: int) -> LlamaCppFacts:
     """llama.cpp's figures for a model saved as GGUF (``slimtorch_format == "gguf"``, its bytes on ``gguf_bytes``).
 
-    Timed at ``threads`` (the report card's count) and on all cores. Without the extra: ``{"skipped": <how to get it>}``.
+    Timed at ``threads`` (the report card's count) and on all cores. Without the extra: only ``skipped`` (how to get it).
     """
     if not available():
-        return {"skipped": INSTALL_HINT}
+        return LlamaCppFacts(skipped=INSTALL_HINT)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="slimtorch-gguf-") as tmp:

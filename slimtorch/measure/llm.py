@@ -38,6 +38,7 @@ from slimtorch.data.bundle import dataset_len
 from slimtorch.errors import DataError
 from slimtorch.measure import llamacpp
 from slimtorch.measure.latency import pinned_threads, time_latency
+from slimtorch.measure.measurement import LLMFacts, LLMSetup
 
 if TYPE_CHECKING:
     from slimtorch.data.bundle import DataBundle
@@ -78,10 +79,7 @@ class LLMResult:
 
     metrics: dict[str, float]
     decode_tokens_per_s: dict[str, float]
-    prefill_ms: dict[str, float]
-    samples: dict[str, str]
-    setup: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)  # compiled decode: eager tokens/s and compile seconds
+    facts: LLMFacts  # prefill, samples, setup; llama.cpp's figures and the eager decode beside a compiled one
 
 
 def eval_token_ids(lm: HFModel, data: DataBundle, split: str, max_tokens: int) -> Tensor:
@@ -255,18 +253,20 @@ def measure_llm(model: nn.Module, data: DataBundle, config: EvaluateConfig, refe
         compiled = {str(b): decode_timing(lm, decode_prompt, b, cfg.decode_tokens, cfg.decode_repeats, compiled=True)
                     for b in cfg.decode_batch_sizes} if cfg.compile else {}
         samples = greedy_samples(lm, cfg.sample_tokens)
-    extra: dict[str, Any] = {}
+    cpp = None
     if getattr(model, "slimtorch_format", None) == "gguf":  # the file is scored and timed where it will run, too
         spans = windows(len(ids), cfg.window, cfg.stride)
-        extra["llamacpp"] = llamacpp.llamacpp_figures(model, ids.tolist(), spans, cfg, config.latency.threads)
-    setup = {"scored_tokens": len(nll), "window": cfg.window, "stride": cfg.stride, "split": config.split,
-             "prefill_tokens": cfg.prefill_tokens, "decode_new_tokens": cfg.decode_tokens,
-             "decode_prompt_tokens": cfg.decode_prompt_tokens, "kl_tokens": len(logprobs),
-             "decode": "compiled" if cfg.compile else "eager"}
-    if compiled:  # the headline figure is the compiled one; the eager one stays beside it
-        extra.update({"decode_eager_tokens_per_s": eager, "compile_s": {b: s for b, (_, s) in compiled.items()}})
+        cpp = llamacpp.llamacpp_figures(model, ids.tolist(), spans, cfg, config.latency.threads)
+    setup = LLMSetup(scored_tokens=len(nll), window=cfg.window, stride=cfg.stride, split=config.split,
+                     prefill_tokens=cfg.prefill_tokens, decode_new_tokens=cfg.decode_tokens,
+                     decode_prompt_tokens=cfg.decode_prompt_tokens, kl_tokens=len(logprobs),
+                     decode="compiled" if cfg.compile else "eager")
+    # the headline figure is the compiled one; the eager one stays beside it
+    facts = LLMFacts(prefill_ms=prefill, samples=samples, setup=setup, llamacpp=cpp,
+                     decode_eager_tokens_per_s=eager if compiled else None,
+                     compile_s={b: s for b, (_, s) in compiled.items()} if compiled else None)
     decode = {b: tps for b, (tps, _) in compiled.items()} if compiled else eager
-    return LLMResult(metrics=metrics, decode_tokens_per_s=decode, prefill_ms=prefill, samples=samples, setup=setup, extra=extra)
+    return LLMResult(metrics=metrics, decode_tokens_per_s=decode, facts=facts)
 
 
 def _compare(top1: Tensor, logprobs: Tensor, reference: LLMReference) -> dict[str, float]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from slimtorch.errors import ArtifactError
+from slimtorch.measure.keyed import Reader, count, mapping_of, number, object_of, read_keyed, text, write_keyed
 
 
 def primary_metric(metrics: dict[str, Any] | None) -> tuple[str, float | None]:
@@ -19,16 +21,13 @@ def primary_metric(metrics: dict[str, Any] | None) -> tuple[str, float | None]:
     return "accuracy", None
 
 
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 @dataclass(frozen=True)
 class LatencyStats:
     """One timed batch size in milliseconds (``latency_ms["<batch>"]`` in report.json).
 
-    ``p10`` is None in reports written before side-by-side timing; ``mean``/``std``/``min``/``repeats`` may be absent
-    from hand-made entries.
+    ``p10`` is None in reports written before side-by-side timing; ``rounds`` only on timings taken side by side
+    (:func:`~slimtorch.measure.latency.time_interleaved`); ``mean``/``std``/``min``/``repeats`` may be absent from
+    hand-made entries. ``extra`` and ``key_order`` write a report's entry back as it was (:mod:`slimtorch.measure.keyed`).
     """
 
     p50: float
@@ -38,12 +37,35 @@ class LatencyStats:
     std: float | None = None
     min: float | None = None
     repeats: int | None = None
+    rounds: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    key_order: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    READERS: ClassVar[dict[str, Reader]] = {"p50": number, "p10": number, "p90": number, "mean": number, "std": number,
+                                            "min": number, "repeats": count, "rounds": count}
+
+    def __getitem__(self, key: str) -> Any:
+        """``stats["p50"]``, as timings read when they were dicts. Transitional, for code not yet moved to attributes
+        (``slimtorch/quantize/``); new code reads ``stats.p50``."""
+        return self.to_json()[key]
+
+    def to_json(self) -> dict[str, Any]:
+        """The statistics in report.json's order: p50, p10, p90, mean, std, min, repeats, rounds."""
+        return write_keyed({"p50": self.p50, "p10": self.p10, "p90": self.p90, "mean": self.mean, "std": self.std,
+                            "min": self.min, "repeats": self.repeats, "rounds": self.rounds}, self.extra, self.key_order)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> LatencyStats:
-        repeats = d.get("repeats")
-        return cls(p50=float(d["p50"]), p90=float(d["p90"]), p10=_float(d.get("p10")), mean=_float(d.get("mean")),
-                   std=_float(d.get("std")), min=_float(d.get("min")), repeats=int(repeats) if repeats is not None else None)
+    def from_json(cls, d: dict[str, Any], where: str = "a timing") -> LatencyStats:
+        """Type one timing; numbers stay as they were written (an int stays an int).
+
+        Raises:
+            ArtifactError: ``d`` is not an object with numeric ``p50`` and ``p90``.
+        """
+        typed, extra = read_keyed(d, cls.READERS) if isinstance(d, dict) else ({}, {})
+        if "p50" not in typed or "p90" not in typed:
+            raise ArtifactError(f"{where} must be an object with numbers p50 and p90 (ms); got {str(d)[:80]}. "
+                                "The report is corrupted: re-run the measurement to rebuild it.")
+        return cls(**typed, extra=extra, key_order=tuple(d))
 
 
 @dataclass(frozen=True)
@@ -56,7 +78,23 @@ class LLMSetup:
     split: str = "test"
     prefill_tokens: int | None = None
     decode_new_tokens: int | None = None
+    decode_prompt_tokens: int | None = None
+    kl_tokens: int | None = None
     decode: str = "eager"
+    extra: dict[str, Any] = field(default_factory=dict)
+    key_order: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    READERS: ClassVar[dict[str, Reader]] = {"scored_tokens": count, "window": count, "stride": count, "split": text,
+                                            "prefill_tokens": count, "decode_new_tokens": count,
+                                            "decode_prompt_tokens": count, "kl_tokens": count, "decode": text}
+
+    def to_json(self) -> dict[str, Any]:
+        return write_keyed({k: getattr(self, k) for k in self.READERS}, self.extra, self.key_order)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LLMSetup:
+        typed, extra = read_keyed(d, cls.READERS)
+        return cls(**typed, extra=extra, key_order=tuple(d))
 
 
 @dataclass(frozen=True)
@@ -65,53 +103,97 @@ class LlamaCppThreads:
 
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+    key_order: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    READERS: ClassVar[dict[str, Reader]] = {"prefill_tokens_per_s": number, "decode_tokens_per_s": number}
+
+    def to_json(self) -> dict[str, Any]:
+        return write_keyed({"prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s},
+                           self.extra, self.key_order)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LlamaCppThreads:
+        """Raises ValueError where ``d`` lacks a speed (the ``threads`` object is then kept as read)."""
+        typed, extra = read_keyed(d, cls.READERS)
+        if set(typed) != set(cls.READERS):
+            raise ValueError(f"a llama.cpp speed needs numbers prefill_tokens_per_s and decode_tokens_per_s; got {str(d)[:80]}")
+        return cls(**typed, extra=extra, key_order=tuple(d))
 
 
 @dataclass(frozen=True)
 class LlamaCppFacts:
-    """A GGUF model as llama.cpp ran it (``llm["llamacpp"]``): its perplexity and speed per thread count, or why it was skipped."""
+    """A GGUF model as llama.cpp ran it (``llm["llamacpp"]``): its perplexity and speed per thread count, or why it was
+    skipped (then only ``skipped`` is set). ``threads`` maps a thread count (``"1"``) to its speed."""
 
     skipped: str | None = None
-    perplexity: float | None = None
-    threads: dict[str, LlamaCppThreads] = field(default_factory=dict)
-    llama_cpp: str = "?"
+    file: str | None = None
+    gguf_bytes: int | None = None
+    llama_cpp: str | None = None
     prefill_tokens: int | None = None
     decode_new_tokens: int | None = None
+    threads: dict[str, LlamaCppThreads] | None = None
+    perplexity: float | None = None
+    nll: float | None = None
+    scored_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    key_order: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    READERS: ClassVar[dict[str, Reader]] = {
+        "skipped": text, "file": text, "gguf_bytes": count, "llama_cpp": text, "prefill_tokens": count,
+        "decode_new_tokens": count, "threads": mapping_of(object_of(LlamaCppThreads.from_json)), "perplexity": number, "nll": number,
+        "scored_tokens": count}
+
+    def to_json(self) -> dict[str, Any]:
+        fields = {k: getattr(self, k) for k in self.READERS}
+        fields["threads"] = None if self.threads is None else {t: s.to_json() for t, s in self.threads.items()}
+        return write_keyed(fields, self.extra, self.key_order)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LlamaCppFacts:
-        threads = {str(t): LlamaCppThreads(float(v["prefill_tokens_per_s"]), float(v["decode_tokens_per_s"]))
-                   for t, v in (d.get("threads") or {}).items()}
-        return cls(skipped=d.get("skipped"), perplexity=_float(d.get("perplexity")), threads=threads,
-                   llama_cpp=str(d.get("llama_cpp", "?")), prefill_tokens=d.get("prefill_tokens"),
-                   decode_new_tokens=d.get("decode_new_tokens"))
+        typed, extra = read_keyed(d, cls.READERS)
+        return cls(**typed, extra=extra, key_order=tuple(d))
 
 
 @dataclass(frozen=True)
 class LLMFacts:
-    """A causal LM's facts beyond its metrics (``llm`` in report.json), typed for the renderers."""
+    """A causal LM's facts beyond its metrics (``llm`` in report.json; see :mod:`slimtorch.measure.llm`).
 
-    setup: LLMSetup = field(default_factory=LLMSetup)
+    Attributes:
+        prefill_ms: the prefill of ``setup.prefill_tokens`` tokens at batch 1.
+        samples: prompt → greedy continuation.
+        setup: how it was scored and timed (window, stride, scored tokens, decode).
+        llamacpp: a GGUF model's figures in llama.cpp; None for other models.
+        decode_eager_tokens_per_s, compile_s: with compiled decoding (``setup.decode == "compiled"``), the eager
+            tokens/s and the seconds of the first (compiling) call per batch size; None otherwise.
+    """
+
     prefill_ms: LatencyStats | None = None
     samples: dict[str, str] = field(default_factory=dict)
-    compile_s: dict[str, float] = field(default_factory=dict)
-    decode_eager_tokens_per_s: dict[str, float] = field(default_factory=dict)
+    setup: LLMSetup = field(default_factory=LLMSetup)
     llamacpp: LlamaCppFacts | None = None
+    decode_eager_tokens_per_s: dict[str, float] | None = None
+    compile_s: dict[str, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    key_order: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    READERS: ClassVar[dict[str, Reader]] = {
+        "prefill_ms": object_of(LatencyStats.from_json), "samples": mapping_of(text), "setup": object_of(LLMSetup.from_json),
+        "llamacpp": object_of(LlamaCppFacts.from_json),
+        "decode_eager_tokens_per_s": mapping_of(number), "compile_s": mapping_of(number)}
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json's ``llm`` object: prefill_ms, samples, setup, then llamacpp and the compiled-decode figures if any."""
+        return write_keyed({
+            "prefill_ms": None if self.prefill_ms is None else self.prefill_ms.to_json(), "samples": dict(self.samples),
+            "setup": self.setup.to_json(), "llamacpp": None if self.llamacpp is None else self.llamacpp.to_json(),
+            "decode_eager_tokens_per_s": self.decode_eager_tokens_per_s, "compile_s": self.compile_s,
+        }, self.extra, self.key_order)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LLMFacts:
-        setup = d.get("setup") or {}
-        known = {f.name for f in dataclasses.fields(LLMSetup)}
-        prefill = d.get("prefill_ms") or {}
-        llamacpp = d.get("llamacpp")
-        return cls(
-            setup=LLMSetup(**{k: v for k, v in setup.items() if k in known}),
-            prefill_ms=LatencyStats.from_json(prefill) if "p50" in prefill and "p90" in prefill else None,
-            samples={str(k): str(v) for k, v in (d.get("samples") or {}).items()},
-            compile_s={str(k): float(v) for k, v in (d.get("compile_s") or {}).items()},
-            decode_eager_tokens_per_s={str(k): float(v) for k, v in (d.get("decode_eager_tokens_per_s") or {}).items()},
-            llamacpp=LlamaCppFacts.from_json(llamacpp) if isinstance(llamacpp, dict) else None,
-        )
+        typed, extra = read_keyed(d, cls.READERS)
+        return cls(**typed, extra=extra, key_order=tuple(d))
 
 
 @dataclass
@@ -130,16 +212,15 @@ class Measurement:
         device: where the model was measured (``cpu``, ``cuda:0``, ...; see ``evaluate.device``).
         peak_memory_bytes: on a GPU, the peak memory the model's measurement allocated (weights moved
             there, activations of the largest batch); None on the CPU.
-        latency_ms: ``{"<batch>": {"p50", "p90", "mean", "std", "min", "repeats"}}`` in milliseconds.
+        latency_ms: ``{"<batch>": LatencyStats}`` (p50, p90, ... in milliseconds) per timed batch size.
         metrics: ``accuracy`` and ``per_class_accuracy`` (classification) or ``cosine`` (embedding).
         agreement: argmax agreement with the baseline (classification) or mean cosine (embedding).
         robustness: ``{"noise_<level>": metric}`` under Gaussian input noise of std ``level × input std``.
         notes: honest caveats found while measuring; seconds: how long the measurement took.
         cost_s: seconds per part of the measurement (params, size, macs, latency, accuracy, robustness).
         decode_tokens_per_s: causal LMs: ``{"<batch>": tokens/s}`` of greedy decoding with the KV cache.
-        llm: causal LMs: ``prefill_ms`` (batch 1; p50/p90/...), ``samples`` (prompt → greedy continuation) and
-            ``setup`` (window, stride, scored tokens); their ``metrics`` hold ``perplexity``, ``nll``,
-            ``token_agreement`` and ``kl_to_original`` (see :mod:`slimtorch.measure.llm`).
+        llm: causal LMs: :class:`LLMFacts` (prefill, greedy samples, setup, llama.cpp); None for other models. Their
+            ``metrics`` hold ``perplexity``, ``nll``, ``token_agreement`` and ``kl_to_original`` (see :mod:`slimtorch.measure.llm`).
         energy: joules per call and per example from the machine's counter, timed in the interleaved latency rounds
             (``counter``, ``measured``, ``notes``; ``estimated`` with its ``method`` only when asked; see
             :mod:`slimtorch.measure.energy`); empty when not timed side by side or ``evaluate.energy.mode: off``.
@@ -154,7 +235,7 @@ class Measurement:
     macs: int | None
     runtime: str
     threads: int
-    latency_ms: dict[str, dict[str, float]]
+    latency_ms: dict[str, LatencyStats]
     metrics: dict[str, Any]
     agreement: float | None
     robustness: dict[str, float]
@@ -162,7 +243,7 @@ class Measurement:
     seconds: float = 0.0
     cost_s: dict[str, float] = field(default_factory=dict)
     decode_tokens_per_s: dict[str, float] = field(default_factory=dict)
-    llm: dict[str, Any] = field(default_factory=dict)
+    llm: LLMFacts | None = None
     device: str = "cpu"
     peak_memory_bytes: int | None = None
     energy: dict[str, Any] = field(default_factory=dict)
@@ -172,25 +253,18 @@ class Measurement:
         """``("accuracy", value)`` for classifiers, ``("cosine", value)`` for encoders."""
         return primary_metric(self.metrics)
 
-    def latency(self, batch: str) -> LatencyStats | None:
-        """The timing of batch size ``batch`` (``"1"``, ``"64"``...), None where that batch was not timed."""
-        stats = self.latency_ms.get(batch)
-        return LatencyStats.from_json(stats) if stats else None
-
-    @property
-    def llm_facts(self) -> LLMFacts:
-        """The causal-LM facts (setup, prefill, samples, llama.cpp), typed; empty for other models."""
-        return LLMFacts.from_json(self.llm)
-
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """report.json's model entry: every field in declared order (``llm`` is ``{}`` for a model that is not a causal LM)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["latency_ms"] = {b: t.to_json() for b, t in self.latency_ms.items()}
+        out["llm"] = {} if self.llm is None else self.llm.to_json()
+        return copy.deepcopy(out)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Measurement:
-        """Rebuild from :meth:`to_json` output; unknown keys are ignored, missing required ones raise."""
+    def check_entry(cls, d: Any) -> None:
+        """Raise :class:`ArtifactError` unless ``d`` is an object with every required key of a model entry."""
         if not isinstance(d, dict):
             raise ArtifactError(f"a model entry in the report must be an object; got {type(d).__name__}.")
-        names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = sorted(required - d.keys())
@@ -199,4 +273,22 @@ class Measurement:
                 f"model entry {d.get('name', '?')!r} in the report lacks {', '.join(missing)}; "
                 "the report is corrupted or from another tool. Re-run the measurement to rebuild it."
             )
-        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Measurement:
+        """Rebuild from :meth:`to_json` output; unknown keys are ignored, missing required ones raise.
+
+        Raises:
+            ArtifactError: ``d`` is not an object, lacks a required key, or a timing lacks p50/p90.
+        """
+        cls.check_entry(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: copy.deepcopy(v) for k, v in d.items() if k in names}
+        who = f"model {d.get('name', '?')!r}"
+        latency = values["latency_ms"]
+        if not isinstance(latency, dict):
+            raise ArtifactError(f"{who}: latency_ms must be an object of timings per batch size; got {type(latency).__name__}.")
+        values["latency_ms"] = {b: LatencyStats.from_json(t, f"{who} latency_ms[{b!r}]") for b, t in latency.items()}
+        llm = values.get("llm")
+        values["llm"] = LLMFacts.from_json(llm) if isinstance(llm, dict) and llm else None
+        return cls(**values)

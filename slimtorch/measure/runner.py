@@ -20,7 +20,7 @@ from slimtorch.measure.energy import EnergyMeter
 from slimtorch.measure.evaluate import check_outputs_cover_labels, eval_batches, robustness, run_batches, task_metrics
 from slimtorch.measure.latency import pinned_threads, time_interleaved, time_latency
 from slimtorch.measure.macs import count_macs_noted
-from slimtorch.measure.measurement import Measurement
+from slimtorch.measure.measurement import LatencyStats, Measurement
 from slimtorch.measure.onnx_graph import duplicated_tables, onnx_model_of, runs_onnx_graph
 from slimtorch.measure.params import count_nonzero, count_params
 from slimtorch.measure.placement import measuring_device, peak_memory, placed_on
@@ -114,7 +114,7 @@ def measure(
         **common, metrics=result.metrics, agreement=result.metrics.get("token_agreement"), robustness={},
         notes=[*notes, "causal LM: robustness to input noise does not apply to token ids; see perplexity, agreement and KL."],
         seconds=round(time.perf_counter() - start, 3), decode_tokens_per_s=result.decode_tokens_per_s,
-        llm={"prefill_ms": result.prefill_ms, "samples": result.samples, "setup": result.setup, **result.extra},
+        llm=result.facts,
     )
 
 
@@ -175,15 +175,15 @@ def retime_side_by_side(pairs: list[tuple[Measurement, nn.Module]], data: DataBu
         m.latency_ms = latency
         m.energy = meter.result(i)
         m.notes = [n for n in m.notes if not n.startswith(("batch-", "timed side by side"))] + _latency_notes(latency)
-        m.notes.append(f"timed side by side with the run's other models in {latency[next(iter(latency))]['rounds']} "
+        m.notes.append(f"timed side by side with the run's other models in {next(iter(latency.values())).rounds} "
                        "interleaved rounds at the end of the run")
         m.cost_s["latency"] = share
 
 
-def _latency_notes(latency: dict[str, dict[str, float]]) -> list[str]:
+def _latency_notes(latency: dict[str, LatencyStats]) -> list[str]:
     notes = []
     for batch, t in latency.items():
-        if t["p50"] > 0 and t["p90"] / t["p50"] > NOISY_SPREAD:
-            notes.append(f"batch-{batch} latency is noisy: p90 is {t['p90'] / t['p50']:.1f}× p50 "
+        if t.p50 > 0 and t.p90 / t.p50 > NOISY_SPREAD:
+            notes.append(f"batch-{batch} latency is noisy: p90 is {t.p90 / t.p50:.1f}× p50 "
                          "(shared CPU or per-op overhead); compare p50s with care.")
     return notes

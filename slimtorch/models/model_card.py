@@ -122,11 +122,11 @@ def measured_figures(measurement: Any) -> dict[str, Any]:
     figures.update({k: v for k, v in (measurement.metrics or {}).items() if isinstance(v, (int, float))})
     if measurement.agreement is not None:
         figures["agreement_with_original"] = measurement.agreement
-    llm = getattr(measurement, "llm", None) or {}
-    figures.update({k: v for k, v in llm.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    llm = getattr(measurement, "llm", None)  # a causal LM's LLMFacts: its scalar figures are those a report kept unnamed
+    figures.update({k: v for k, v in (llm.extra if llm is not None else {}).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
     for batch, stats in (measurement.latency_ms or {}).items():
-        if "p50" in stats:
-            figures[f"latency_p50_ms (batch {batch}, {measurement.runtime}, {measurement.threads} threads)"] = stats["p50"]
+        figures[f"latency_p50_ms (batch {batch}, {measurement.runtime}, {measurement.threads} threads)"] = stats.p50
     return figures
 
 

@@ -209,10 +209,10 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
     # The original and every candidate timed together in interleaved rounds: a ratio (and a budget near the baseline)
     # then compares models, not moments of a shared machine.
     timings = time_interleaved([(m, {"b": example}) for m in [model, *models]], warmup=10, repeats=target.repeats, threads=threads)
-    baseline_ms = timings[0]["b"]["p50"]
+    baseline_ms = timings[0]["b"].p50
     rows = []
     for b, timing in zip(built, timings[1:]):
-        latency_ms = timing["b"]["p50"]
+        latency_ms = timing["b"].p50
         achieved, budget = _budget_value(target, latency_ms, b.size_bytes, baseline_ms)
         rows.append(Candidate(b.sparsity, b.quantize, b.size_bytes, b.val_metric, latency_ms, achieved <= budget))
         log.info("plan candidate sparsity=%.2f quantize=%s: %.4f ms, %d bytes, val %.4f", b.sparsity, b.quantize,

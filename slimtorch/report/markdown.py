@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from slimtorch.measure.measurement import LLMFacts, Measurement
 from slimtorch.report.card import Report
 from slimtorch.report.energy import energy_lines
 from slimtorch.report.table import (
@@ -22,9 +22,6 @@ from slimtorch.report.table import (
     p50,
     with_ratio,
 )
-
-if TYPE_CHECKING:
-    from slimtorch.measure.measurement import LLMFacts, Measurement
 
 
 def _text(value: object) -> str:
@@ -85,7 +82,7 @@ def latency_rows(report: Report) -> list[list[str]]:
     out = []
     for m in report.models:
         for b in batches(report.models):
-            t = m.latency(b)
+            t = m.latency_ms.get(b)
             if t is None:
                 continue
             spread = t.p90 / t.p50 if t.p50 else None
@@ -148,7 +145,7 @@ def llm_lines(report: Report) -> list[str]:
     lms = [m for m in report.models if m.decode_tokens_per_s]
     if not lms:
         return []
-    facts = {m.name: m.llm_facts for m in lms}
+    facts = {m.name: m.llm or LLMFacts() for m in lms}
     decode = sorted({b for m in lms for b in m.decode_tokens_per_s}, key=int)
     base = next((m for m in lms if m.name == report.baseline), lms[0])
     compiled = any(f.setup.decode == "compiled" for f in facts.values())
@@ -157,7 +154,7 @@ def llm_lines(report: Report) -> list[str]:
              fmt_pct(m.metrics.get("token_agreement")), _fmt_kl(m.metrics.get("kl_to_original")),
              fmt_ms(prefill.p50 if (prefill := facts[m.name].prefill_ms) else None),
              *[f"{m.decode_tokens_per_s.get(b, float('nan')):.2f}" for b in decode],
-             *[f"{facts[m.name].decode_eager_tokens_per_s.get(b, float('nan')):.2f}" for b in decode if compiled]]
+             *[f"{(facts[m.name].decode_eager_tokens_per_s or {}).get(b, float('nan')):.2f}" for b in decode if compiled]]
             for m in lms]
     setup = facts[base.name].setup
     kind = "compiled" if compiled else "eager"
@@ -184,17 +181,17 @@ def llamacpp_lines(lms: list[Measurement], facts: dict[str, LLMFacts]) -> list[s
     if not runs:
         return []
     skipped = [f"{m.name}: {cpp.skipped}" for m, cpp in runs if cpp.skipped is not None]
-    measured = [(m, cpp) for m, cpp in runs if cpp.threads]
+    measured = [(m, cpp, cpp.threads) for m, cpp in runs if cpp.threads]
     lines = ["", "### In llama.cpp", ""]
     if measured:
-        counts = sorted({t for _, cpp in measured for t in cpp.threads}, key=int)
+        counts = sorted({t for _, _, speeds in measured for t in speeds}, key=int)
         rows = [[m.name, f"{cpp.perplexity:.3f}" if cpp.perplexity is not None else "—", f"{m.metrics['perplexity']:.3f}",
-                 *[f"{cpp.threads[t].prefill_tokens_per_s:.1f} / {cpp.threads[t].decode_tokens_per_s:.1f}"
-                   if t in cpp.threads else "—" for t in counts]] for m, cpp in measured]
+                 *[f"{speeds[t].prefill_tokens_per_s:.1f} / {speeds[t].decode_tokens_per_s:.1f}"
+                   if t in speeds else "—" for t in counts]] for m, cpp, speeds in measured]
         lines += _table(["model", "perplexity (llama.cpp)", "perplexity (torch)",
                          *[f"prefill / decode tok/s, {t} thread{'s' if t != '1' else ''}" for t in counts]], rows)
         first = measured[0][1]
-        lines += ["", (f"The GGUF file run by llama-cpp-python {first.llama_cpp} on the same token ids and windows; prefill of "
+        lines += ["", (f"The GGUF file run by llama-cpp-python {first.llama_cpp or '?'} on the same token ids and windows; prefill of "
                       f"{first.prefill_tokens} tokens, then {first.decode_new_tokens} greedy tokens with its KV cache.")]
     if skipped:
         lines += ["", *[f"- {line}" for line in skipped]]

@@ -63,7 +63,7 @@ def validate_report(report: Any, where: str = "report") -> None:
         _check_stage_row(row, where)
     if "machine" in report and not isinstance(report["machine"], dict):
         raise ArtifactError(f"{where}: 'machine' must be an object; got {type(report['machine']).__name__}. The report is corrupted.")
-    names = [Measurement.from_json(m).name for m in report["models"]]
+    names = [m["name"] for m in report["models"]]
     for role in ("baseline", "final"):
         if report[role] not in names:
             raise ArtifactError(f"{where}: {role} {report[role]!r} is not among its models {names}; the report is corrupted.")
@@ -80,7 +80,7 @@ _MODEL_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 
 
 def _check_model_entry(m: Any, where: str) -> None:
-    Measurement.from_json(m)  # an object with every required key
+    Measurement.check_entry(m)  # an object with every required key
     name = m.get("name", "?")
     for key, (types, nullable) in _MODEL_FIELDS.items():
         value = m.get(key)
@@ -103,6 +103,8 @@ def _check_model_entry(m: Any, where: str) -> None:
             raise bad("latency_ms keys must be batch sizes such as '1'", batch)
         if not isinstance(stats, dict) or not all(_finite(v) and v >= 0 for v in stats.values()):
             raise bad(f"latency_ms[{batch!r}] must map statistics to numbers (finite, >= 0)", stats)
+        if not {"p50", "p90"} <= stats.keys():
+            raise bad(f"latency_ms[{batch!r}] must hold p50 and p90", stats)
     for metric, value in m["metrics"].items():
         if metric == "per_class_accuracy":
             if not (isinstance(value, dict) and all(_finite_or_none(v) for v in value.values())):

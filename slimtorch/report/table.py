@@ -25,7 +25,7 @@ def metric_of(m: Measurement) -> tuple[str, float | None]:
 
 
 def p50(m: Measurement, batch: str) -> float | None:
-    t = m.latency(batch)
+    t = m.latency_ms.get(batch)
     return None if t is None else t.p50
 
 
@@ -34,7 +34,7 @@ def within_spread(base: Measurement, m: Measurement, batch: str) -> bool:
 
     Timings without a p10 (reports written before side-by-side timing) never count as overlapping.
     """
-    a, b = base.latency(batch), m.latency(batch)
+    a, b = base.latency_ms.get(batch), m.latency_ms.get(batch)
     if a is None or b is None or a.p10 is None or b.p10 is None:
         return False
     return a.p10 <= b.p50 <= a.p90 and b.p10 <= a.p50 <= b.p90

@@ -98,7 +98,8 @@ def _plan(recipe: Recipe, model: nn.Module, ctx: RunContext, target: TargetConfi
 def _check_target(target: TargetConfig, plan: Plan, final: Measurement) -> list[str]:
     """Compare the final model with the budget and the accuracy floor; say plainly what was missed."""
     warnings = []
-    latency = final.latency_ms.get(str(target.batch), {}).get("p50")
+    timing = final.latency_ms.get(str(target.batch))
+    latency = None if timing is None else timing.p50
     if target.size_mb is not None and final.size_bytes is not None and final.size_bytes / MB > target.size_mb:
         warnings.append(f"target size_mb≤{target.size_mb} missed: the final artifact is {final.size_bytes / MB:.3f} MB.")
     if target.latency_ms is not None and latency is not None and latency > target.latency_ms:

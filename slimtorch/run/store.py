@@ -139,7 +139,7 @@ class RunStore:
 
     def retime(self) -> None:
         """Time every model of the run side by side in interleaved rounds (ratios free of machine drift)."""
-        pairs = [(m, self.load(m.name)) for m in self._measurements if not m.llm]
+        pairs = [(m, self.load(m.name)) for m in self._measurements if m.llm is None]
         if pairs:
             self.events(f"timing {len(pairs)} models side by side")
             retime_side_by_side(pairs, self.data, self._evaluate)

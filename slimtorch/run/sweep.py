@@ -148,7 +148,7 @@ def sweep(
 def _retime(base: dict[str, Any], models: list[Measurement], dirs: list[Path]) -> None:
     """Variants finish minutes apart; time their final models (and the baseline) together so ratios compare models."""
     recipe = load_recipe(base)
-    if any(m.llm for m in models):
+    if any(m.llm is not None for m in models):
         return  # causal LMs are timed by their own decode measurements
     d = recipe.data
     data = build_data(d.source, args=d.args, seed=recipe.seed, batch_size=d.batch_size, labeled_fraction=d.labeled_fraction,

@@ -164,9 +164,9 @@ def model_figures(m: Measurement) -> dict[str, float]:
         if _is_number(value):
             out[key] = float(value)
     for batch, timing in m.latency_ms.items():
-        for stat in ("p50", "p90"):
-            if _is_number(timing.get(stat)):
-                out[f"latency_ms_{stat}_b{batch}"] = float(timing[stat])
+        for stat, value in (("p50", timing.p50), ("p90", timing.p90)):
+            if _is_number(value):
+                out[f"latency_ms_{stat}_b{batch}"] = float(value)
     out.update({k: float(v) for k, v in m.metrics.items() if _is_number(v)})
     out.update({f"robustness_{k}": float(v) for k, v in m.robustness.items() if _is_number(v)})
     out.update({f"decode_tokens_per_s_b{k}": float(v) for k, v in m.decode_tokens_per_s.items() if _is_number(v)})

@@ -100,4 +100,4 @@ def test_llama_cpp_scores_the_k_quant_file_as_torch_scores_its_weights(tiny256, 
     facts = llamacpp.measure_gguf(path, ids.tolist(), windows(len(ids), cfg.window, cfg.stride), cfg, [1])
     # llama.cpp multiplies K-quant blocks with 8-bit activations: close to, not exactly, torch on the dequantized weights
     # (the random tiny model's perplexity is in the thousands: its mean NLL is compared).
-    assert facts["nll"] == pytest.approx(nll.mean().item(), rel=0.01)
+    assert facts.nll == pytest.approx(nll.mean().item(), rel=0.01)

@@ -12,6 +12,7 @@ from torch import nn
 
 from slimtorch.measure import time_latency
 from slimtorch.measure.latency import summarize
+from slimtorch.measure.measurement import LatencyStats
 
 KEYS = {"p10", "p50", "p90", "mean", "std", "min", "repeats"}
 
@@ -20,9 +21,9 @@ def test_latency_statistics_are_ordered_and_threads_restored():
     model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).train()
     before = torch.get_num_threads()
     t = time_latency(model, torch.randn(8, 32), warmup=2, repeats=20, threads=2)
-    assert set(t) == KEYS
-    assert 0 < t["min"] <= t["p10"] <= t["p50"] <= t["p90"]
-    assert t["repeats"] == 20
+    assert set(t.to_json()) == KEYS
+    assert t.min is not None and t.p10 is not None and 0 < t.min <= t.p10 <= t.p50 <= t.p90
+    assert t.repeats == 20
     assert torch.get_num_threads() == before
     assert model.training  # restored
 
@@ -30,19 +31,20 @@ def test_latency_statistics_are_ordered_and_threads_restored():
 def test_time_budget_stops_early():
     model = nn.Linear(4, 4)
     t = time_latency(model, torch.randn(1, 4), warmup=0, repeats=100_000, threads=1, max_seconds=0.01)
-    assert 3 <= t["repeats"] < 100_000
+    assert t.repeats is not None and 3 <= t.repeats < 100_000
 
 
 @given(st.lists(st.floats(0.01, 1000.0), min_size=1, max_size=60))
 def test_summary_percentiles_lie_within_samples(samples):
     s = summarize(samples)
-    assert min(samples) == pytest.approx(s["min"], abs=1e-4)
-    assert s["min"] <= s["p50"] + 1e-4 and s["p50"] <= s["p90"] + 1e-4 and s["p90"] <= max(samples) + 1e-4
+    assert s.min is not None and min(samples) == pytest.approx(s.min, abs=1e-4)
+    assert s.min <= s.p50 + 1e-4 and s.p50 <= s.p90 + 1e-4 and s.p90 <= max(samples) + 1e-4
 
 
 def test_summary_known_answer():
     s = summarize([float(i) for i in range(1, 11)])
-    assert s["p50"] == 5.5 and s["p90"] == 9.0 and s["mean"] == 5.5 and s["repeats"] == 10
+    assert s.p50 == 5.5 and s.p90 == 9.0 and s.mean == 5.5 and s.repeats == 10
+    assert list(s.to_json()) == ["p50", "p10", "p90", "mean", "std", "min", "repeats"]  # report.json's order
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -68,8 +70,8 @@ def test_interleaved_timing_ranks_models_and_restores_modes():
     inputs_small, inputs_big = {"16": torch.randn(16, 64)}, {"16": torch.randn(16, 512)}
     before = torch.get_num_threads()
     fast, slow = time_interleaved([(small, inputs_small), (big, inputs_big)], warmup=2, repeats=20, threads=1, rounds=4)
-    assert fast["16"]["repeats"] == slow["16"]["repeats"] == 20 and fast["16"]["rounds"] == 4
-    assert fast["16"]["p50"] * 5 < slow["16"]["p50"]  # 6 layers of 512² against one 64×8 layer
+    assert fast["16"].repeats == slow["16"].repeats == 20 and fast["16"].rounds == 4
+    assert fast["16"].p50 * 5 < slow["16"].p50  # 6 layers of 512² against one 64×8 layer
     assert small.training and not big.training and torch.get_num_threads() == before
 
 
@@ -79,7 +81,7 @@ def test_timings_inside_each_others_spread_are_not_a_speedup():
 
     def timed(**stats):
         return Measurement(name="m", stage="s", params=1, nonzero_params=1, size_bytes=None, compressed_bytes=None, macs=None,
-                           runtime="torch", threads=1, latency_ms={"1": stats}, metrics={}, agreement=None, robustness={})
+                           runtime="torch", threads=1, latency_ms={"1": LatencyStats(**stats)}, metrics={}, agreement=None, robustness={})
 
     def m(p10, p50, p90):
         return timed(p10=p10, p50=p50, p90=p90)
@@ -108,8 +110,8 @@ def test_the_budget_bounds_warm_up_and_timed_passes_of_a_slow_model():
     slow = _Sleepy(0.05)
     t = time_latency(slow, torch.randn(1, 4), warmup=20, repeats=50, threads=1, max_seconds=0.2)
     # 0.1 s of warm-up (2-3 passes) and 0.1 s of timing (3 passes minimum), instead of 70 passes (3.5 s)
-    assert t["repeats"] == 3 and slow.calls <= 7
-    assert t["p50"] >= 50
+    assert t.repeats == 3 and slow.calls <= 7
+    assert t.p50 >= 50
 
 
 def test_the_budget_bounds_interleaved_rounds_too():
@@ -118,8 +120,8 @@ def test_the_budget_bounds_interleaved_rounds_too():
     slow, fast = _Sleepy(0.05), nn.Linear(4, 4)
     x = {"1": torch.randn(1, 4)}
     slow_t, fast_t = time_interleaved([(slow, x), (fast, x)], warmup=20, repeats=50, threads=1, rounds=5, max_seconds=0.2)
-    assert slow_t["1"]["repeats"] == 5 and slow.calls <= 5 + 5 + 3  # one timed pass a round, its re-warm pass, warm-up
-    assert fast_t["1"]["repeats"] == 50  # a fast model still gets every pass asked for
+    assert slow_t["1"].repeats == 5 and slow.calls <= 5 + 5 + 3  # one timed pass a round, its re-warm pass, warm-up
+    assert fast_t["1"].repeats == 50  # a fast model still gets every pass asked for
 
 
 def test_a_causal_lm_is_timed_at_batch_1_unless_the_recipe_names_batch_sizes():

@@ -23,10 +23,10 @@ def test_llamacpp_scores_the_file_as_torch_scores_the_same_weights(tmp_path):
     ids = torch.tensor((list(range(3, 250)) * 2)[:300])
     nll, _, _ = scored_logprobs(causal_lm_of(model), ids, cfg)
     facts = llamacpp.measure_gguf(tmp_path / "tiny.gguf", ids.tolist(), windows(len(ids), cfg.window, cfg.stride), cfg, [1, 2])
-    assert facts["scored_tokens"] == len(nll) == 299
-    assert facts["perplexity"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-3)
+    assert facts.scored_tokens == len(nll) == 299 and facts.threads is not None
+    assert facts.perplexity == pytest.approx(math.exp(nll.mean().item()), rel=1e-3)
     for count in ("1", "2"):
-        assert facts["threads"][count]["prefill_tokens_per_s"] > 0 and facts["threads"][count]["decode_tokens_per_s"] > 0
+        assert facts.threads[count].prefill_tokens_per_s > 0 and facts.threads[count].decode_tokens_per_s > 0
 
 
 @pytest.mark.parametrize("installed", [True, False])
@@ -48,13 +48,16 @@ def test_a_gguf_run_reports_llamacpp_rows_or_says_how_to_get_them(tmp_path, monk
                                    "decode_repeats": 1, "decode_batch_sizes": [1], "sample_tokens": 4}}}
     report = compress(recipe, tmp_path / "run").report
     final = report.final_model
-    facts = final.llm["llamacpp"]
+    assert final.llm is not None and final.llm.llamacpp is not None
+    facts = final.llm.llamacpp
     markdown = render_markdown(report)
     assert "### In llama.cpp" in markdown
-    assert "llamacpp" not in report.models[0].llm  # the torch teacher is not a GGUF file
+    teacher = report.models[0].llm
+    assert teacher is not None and teacher.llamacpp is None  # the torch teacher is not a GGUF file
     if not installed:
-        assert "pip install 'slimtorch[llamacpp]'" in facts["skipped"] and facts["skipped"] in markdown
+        assert facts.skipped is not None and "pip install 'slimtorch[llamacpp]'" in facts.skipped and facts.skipped in markdown
+        assert facts.to_json() == {"skipped": facts.skipped}  # report.json: only why
         return
     # q8_0 rounding: llama.cpp's perplexity of the file is close to torch's of the same file read back
-    assert facts["perplexity"] == pytest.approx(final.metrics["perplexity"], rel=0.02)
-    assert set(facts["threads"]) >= {"1"} and "prefill / decode tok/s, 1 thread" in markdown
+    assert facts.perplexity == pytest.approx(final.metrics["perplexity"], rel=0.02)
+    assert facts.threads is not None and set(facts.threads) >= {"1"} and "prefill / decode tok/s, 1 thread" in markdown

@@ -63,8 +63,8 @@ def test_llm_report_card_against_the_original_and_int4(setup, tmp_path):
     same = measure(model, name="original", stage="teacher", data=data, config=CONFIG, baseline_outputs=reference)
     assert same.metrics["token_agreement"] == 1.0 and abs(same.metrics["kl_to_original"]) < 1e-3
     assert same.metrics["perplexity"] > 1 and set(same.decode_tokens_per_s) == {"1", "8"}
-    assert all(v > 0 for v in same.decode_tokens_per_s.values()) and same.llm["prefill_ms"]["p50"] > 0
-    assert same.llm["samples"] == reference.samples
+    assert all(v > 0 for v in same.decode_tokens_per_s.values()) and same.llm is not None
+    assert same.llm.prefill_ms is not None and same.llm.prefill_ms.p50 > 0 and same.llm.samples == reference.samples
 
     quantized = _int4_copy(model)
     q = measure(quantized, name="int4", stage="quantize", data=data, config=CONFIG, baseline_outputs=reference)

@@ -75,9 +75,10 @@ def test_report_card_keeps_compiled_and_eager_decode_apart(tiny):
     model, data = tiny
     reference = outputs_on(model, data, CONFIG)
     m = measure(model, name="original", stage="teacher", data=data, config=CONFIG, baseline_outputs=reference)
-    assert m.llm["setup"]["decode"] == "compiled"
-    assert m.decode_tokens_per_s["1"] > 0 and m.llm["decode_eager_tokens_per_s"]["1"] > 0
-    assert m.llm["compile_s"]["1"] > 0
+    assert m.llm is not None and m.llm.setup.decode == "compiled"
+    assert m.llm.decode_eager_tokens_per_s is not None and m.llm.compile_s is not None
+    assert m.decode_tokens_per_s["1"] > 0 and m.llm.decode_eager_tokens_per_s["1"] > 0
+    assert m.llm.compile_s["1"] > 0
     report = Report.create(recipe={"name": "llm"}, baseline="original", final="original", models=[m]).to_json()
     card = Report.from_json(json.loads(json.dumps(report)))
     md = render_markdown(card)

@@ -58,7 +58,7 @@ def test_gpu_measurement_matches_the_cpu_and_moves_the_model_back(digits, mlp):
     assert gpu.agreement is not None and gpu.agreement > 0.99
     # weights (2.4k params) and the batch-32 activations at least, well under a MB for this MLP
     assert 4 * cpu.params <= gpu.peak_memory_bytes < 10**6
-    assert all(t["p50"] > 0 for t in gpu.latency_ms.values())
+    assert all(t.p50 > 0 for t in gpu.latency_ms.values())
 
 
 @CUDA
@@ -69,7 +69,7 @@ def test_cuda_latency_times_the_kernels_not_the_launches():
     x = torch.randn(512, 4096, device="cuda")
     t = time_latency(model, x, warmup=3, repeats=5, threads=1)
     flops = 2 * 512 * 4096 * 4096 * 16
-    assert t["p50"] > flops / 1e15 * 1e3  # 1 PFLOP/s in fp32 is beyond any GPU; 16 launches take ~0.1 ms
+    assert t.p50 > flops / 1e15 * 1e3  # 1 PFLOP/s in fp32 is beyond any GPU; 16 launches take ~0.1 ms
 
 
 @CUDA

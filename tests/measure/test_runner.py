@@ -35,7 +35,7 @@ def test_measure_fills_every_field(digits, mlp, tmp_path):
     assert m.size_bytes == sum(f.stat().st_size for f in (tmp_path / "m").rglob("*") if f.is_file())
     assert 0 < m.compressed_bytes <= m.size_bytes
     assert m.macs == 64 * 32 + 32 * 10
-    assert set(m.latency_ms) == {"1", "16"} and m.latency_ms["1"]["repeats"] == 5
+    assert set(m.latency_ms) == {"1", "16"} and m.latency_ms["1"].repeats == 5
     assert 0 <= m.metrics["accuracy"] <= 1 and set(m.metrics["per_class_accuracy"]) == {str(c) for c in range(10)}
     assert m.agreement == 1.0  # the baseline agrees with itself
     assert set(m.cost_s) == {"params", "size", "macs", "latency", "accuracy", "robustness"}

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 
 from slimtorch.measure import Measurement
+from slimtorch.measure.measurement import LatencyStats
 
 
 def make(name, stage, params, nonzero, size, macs, lat1, lat64, acc, agreement=None, compressed=None, runtime="torch"):
     return Measurement(
         name=name, stage=stage, params=params, nonzero_params=nonzero, size_bytes=size,
         compressed_bytes=compressed or size, macs=macs, runtime=runtime, threads=1,
-        latency_ms={"1": {"p50": lat1, "p90": lat1 * 1.1, "mean": lat1, "std": 0.01, "repeats": 50},
-                    "64": {"p50": lat64, "p90": lat64 * 1.1, "mean": lat64, "std": 0.01, "repeats": 50}},
+        latency_ms={"1": LatencyStats(p50=lat1, p90=lat1 * 1.1, mean=lat1, std=0.01, repeats=50),
+                    "64": LatencyStats(p50=lat64, p90=lat64 * 1.1, mean=lat64, std=0.01, repeats=50)},
         metrics={"accuracy": acc, "per_class_accuracy": {"0": acc, "1": acc - 0.02, "2": min(1.0, acc + 0.01)}},
         agreement=agreement, robustness={"noise_0.1": acc - 0.01, "noise_0.3": acc - 0.05}, notes=[], seconds=0.5,
     )

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from slimtorch.errors import ArtifactError
 from slimtorch.measure import Measurement
+from slimtorch.measure.measurement import LatencyStats
 from slimtorch.report import REPORT_SCHEMA_VERSION, load_report, write_report
 from slimtorch.report.card import Report
 from slimtorch.version import __version__
@@ -115,10 +116,10 @@ def test_typed_report_round_trips_report_json_and_reads_like_it(tmp_path):
     import json
 
     models = [Measurement(name="teacher", stage="teacher", params=100, nonzero_params=100, size_bytes=400, compressed_bytes=380,
-                          macs=100, runtime="torch", threads=1, latency_ms={"1": {"p50": 1.0, "p90": 1.2}},
+                          macs=100, runtime="torch", threads=1, latency_ms={"1": LatencyStats(p50=1.0, p90=1.2)},
                           metrics={"accuracy": 0.9}, agreement=1.0, robustness={}),
               Measurement(name="small", stage="prune", params=50, nonzero_params=25, size_bytes=200, compressed_bytes=100,
-                          macs=50, runtime="torch", threads=1, latency_ms={"1": {"p50": 0.5, "p90": 0.6}},
+                          macs=50, runtime="torch", threads=1, latency_ms={"1": LatencyStats(p50=0.5, p90=0.6)},
                           metrics={"accuracy": 0.88}, agreement=0.97, robustness={})]
     card = Report.create(recipe={"name": "r"}, baseline="teacher", final="small", models=models, stages=[{"name": "prune"}],
                         extra={"data": {"source": "digits"}})

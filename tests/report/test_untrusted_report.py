@@ -23,6 +23,7 @@ def _model(r, i=0):
 CASES = {
     "latency-key-not-a-batch": (lambda r: _model(r)["latency_ms"].update({"abc": {"p50": 1.0}}), r"latency_ms keys must be batch sizes"),
     "latency-nan": (lambda r: _model(r)["latency_ms"]["1"].update({"p50": float("nan")}), r"latency_ms\['1'\] must map statistics to numbers \(finite"),
+    "latency-without-p90": (lambda r: _model(r)["latency_ms"]["1"].pop("p90"), r"latency_ms\['1'\] must hold p50 and p90"),
     "latency-infinite": (lambda r: _model(r)["latency_ms"]["1"].update({"p90": float("inf")}), r"numbers \(finite, >= 0\)"),
     "accuracy-nan": (lambda r: _model(r)["metrics"].update({"accuracy": float("nan")}), r"metric 'accuracy' must be a finite number"),
     "negative-size": (lambda r: _model(r).update({"size_bytes": -5}), r"'size_bytes' must be a count >= 0; got -5"),

@@ -58,7 +58,7 @@ def test_mlflow_store_holds_params_curves_figures_and_reports(tracked_run):
     final = report.final_model
     assert run.data.metrics["final/accuracy"] == pytest.approx(final.metrics["accuracy"])
     assert run.data.metrics[f"model/{final.name}/nonzero_params"] == final.nonzero_params
-    assert run.data.metrics["model/teacher/latency_ms_p50_b1"] == pytest.approx(report.baseline_model.latency_ms["1"]["p50"])
+    assert run.data.metrics["model/teacher/latency_ms_p50_b1"] == pytest.approx(report.baseline_model.latency_ms["1"].p50)
     files = {f.path for folder in ("report", "plots") for f in client.list_artifacts(run.info.run_id, folder)}
     assert {"report/report.md", "report/report.json", "report/recipe.yaml", "plots/pareto.png"} <= files
     stored = Path(client.download_artifacts(run.info.run_id, "report/report.json", str(out / "dl")))
