@@ -44,11 +44,6 @@ class LatencyStats:
     READERS: ClassVar[dict[str, Reader]] = {"p50": number, "p10": number, "p90": number, "mean": number, "std": number,
                                             "min": number, "repeats": count, "rounds": count}
 
-    def __getitem__(self, key: str) -> Any:
-        """``stats["p50"]``, as timings read when they were dicts. Transitional, for code not yet moved to attributes
-        (``slimtorch/quantize/``); new code reads ``stats.p50``."""
-        return self.to_json()[key]
-
     def to_json(self) -> dict[str, Any]:
         """The statistics in report.json's order: p50, p10, p90, mean, std, min, repeats, rounds."""
         return write_keyed({"p50": self.p50, "p10": self.p10, "p90": self.p90, "mean": self.mean, "std": self.std,

@@ -182,7 +182,7 @@ class Evaluator:
         """p50 latency (ms) of one batch of ``batch_size`` test inputs, onnxruntime at ``threads``."""
         example = self.data.example_batch(batch_size)
         return time_latency(OrtModule(onnx_bytes, threads=self.threads), example, warmup=5, repeats=30,
-                            threads=self.threads)["p50"]
+                            threads=self.threads).p50
 
 
 def scan(quantize: QuantizeFn, layers: list[str], evaluate: Evaluator, base: Evaluation) -> list[LayerCost]:

@@ -118,8 +118,8 @@ def _fastest_runtime(cfg: QuantizeConfig, model: nn.Module, ctx: RunContext) -> 
     float_model = plain_copy(model).to("cpu").eval()
     timings = time_interleaved([(float_model, inputs), *[(out, inputs) for _, out, _, _ in built]], warmup=5, repeats=15,
                                threads=lat.threads, rounds=3, max_seconds=min(lat.max_seconds or 4.0, 4.0))
-    float_p50 = {b: timings[0][b]["p50"] for b in inputs}
-    p50 = [{b: stats[b]["p50"] for b in inputs} for stats in timings[1:]]
+    float_p50 = {b: timings[0][b].p50 for b in inputs}
+    p50 = [{b: stats[b].p50 for b in inputs} for stats in timings[1:]]
     metric = "argmax_agreement" if ctx.task == "classification" else "output_cosine"
 
     def log_time(i: int) -> float:  # the geometric mean over batch sizes: each batch size counts the same

@@ -92,9 +92,3 @@ def test_fresh_llm_facts_write_report_json_order():
 def test_a_timing_without_p50_or_p90_is_refused():
     with pytest.raises(ArtifactError, match=r"model 'lm' latency_ms\['1'\] must be an object with numbers p50 and p90"):
         Measurement.from_json(_entry(latency_ms={"1": {"p50": 1.0}}))
-
-
-def test_timings_still_read_by_key_for_code_not_yet_typed():
-    assert LatencyStats(p50=1.0, p90=2.0, rounds=3)["p50"] == 1.0
-    with pytest.raises(KeyError):
-        LatencyStats(p50=1.0, p90=2.0)["p10"]  # absent, as it was from a dict
