@@ -32,7 +32,8 @@ from slimtorch.io import atomic_dir, atomic_write_json, read_json
 from slimtorch.models.architecture import build_architecture, is_safe_ref
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.builtin import MODELS
-from slimtorch.models.hf import HFModel
+from slimtorch.models.hf import HFModel, load_hf
+from slimtorch.models.model_card import write_hf_card
 from slimtorch.models.weights import Shapes, check_fits_weights, safetensors_shapes
 from slimtorch.registry import Registry
 from slimtorch.version import ARTIFACT_FORMAT_VERSION, __version__
@@ -90,8 +91,6 @@ def save(model: nn.Module, directory: str | Path, **meta: Any) -> Path:
         atomic_write_json(tmp / SPEC_FILE, spec)
         hf = _hf_of(model)
         if hf is not None:
-            from slimtorch.models.model_card import write_hf_card
-
             write_hf_card(tmp, fmt, hf, card)
     return directory
 
@@ -346,8 +345,6 @@ def _save_hf(model: nn.Module, directory: Path) -> None:
 
 
 def _load_hf(directory: Path, spec: dict[str, Any]) -> nn.Module:
-    from slimtorch.models.hf import load_hf
-
     info = read_json(directory / "hf_kind.json", MAX_JSON_BYTES, ArtifactError, "re-run the stage that wrote it")
     kind = info.get("kind") if isinstance(info, dict) else None
     if kind not in ("encoder", "classifier", "causal_lm"):

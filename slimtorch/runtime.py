@@ -17,7 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from slimtorch.errors import MissingExtraError, ShapeMismatchError
+from slimtorch.artifact import FORMATS, ArtifactFormat
+from slimtorch.errors import ArtifactError, MissingExtraError, ShapeMismatchError
+from slimtorch.io import atomic_write_bytes, atomic_write_json
+from slimtorch.models.onnx_file import check_self_contained
 from slimtorch.optional import import_optional
 
 log = logging.getLogger(__name__)
@@ -276,8 +279,6 @@ class OpenVINOModule(nn.Module):
 
 
 def _save_onnx(model: nn.Module, directory: Any) -> None:
-    from slimtorch.io import atomic_write_bytes, atomic_write_json
-
     if not isinstance(model, OrtModule):
         raise TypeError(f"the onnx artifact format saves an OrtModule; got {type(model).__name__}.")
     atomic_write_bytes(directory / "model.onnx", model.onnx_bytes)
@@ -286,8 +287,6 @@ def _save_onnx(model: nn.Module, directory: Any) -> None:
 
 def _load_onnx(directory: Any, spec: dict[str, Any]) -> nn.Module:
     import json
-
-    from slimtorch.errors import ArtifactError
 
     path = directory / "model.onnx"
     if not path.is_file():
@@ -299,7 +298,6 @@ def _load_onnx(directory: Any, spec: dict[str, Any]) -> nn.Module:
         raise ArtifactError(f"{meta_path} is corrupted ({exc}); re-run the stage that wrote it.") from exc
     if not isinstance(info, dict) or not isinstance(info.get("threads", 1), int) or not isinstance(info.get("meta") or {}, dict):
         raise ArtifactError(f"{meta_path} is corrupted: expected {{\"threads\": int, \"meta\": {{...}}}}; re-run the stage that wrote it.")
-    from slimtorch.models.onnx_file import check_self_contained
 
     onnx_bytes = path.read_bytes()
     check_self_contained(onnx_bytes, path)  # no tensor may make onnxruntime read a file outside model.onnx
@@ -312,8 +310,6 @@ def _load_onnx(directory: Any, spec: dict[str, Any]) -> nn.Module:
 
 
 def _save_openvino(model: nn.Module, directory: Any) -> None:
-    from slimtorch.io import atomic_write_bytes, atomic_write_json
-
     if not isinstance(model, OpenVINOModule):
         raise TypeError(f"the openvino artifact format saves an OpenVINOModule; got {type(model).__name__}.")
 
@@ -323,8 +319,6 @@ def _save_openvino(model: nn.Module, directory: Any) -> None:
 
 def _load_openvino(directory: Any, spec: dict[str, Any]) -> nn.Module:
     import json
-
-    from slimtorch.errors import ArtifactError
 
     path, meta_path = directory / "model.onnx", directory / "openvino_meta.json"
     if not path.is_file():
@@ -350,8 +344,6 @@ def _load_openvino(directory: Any, spec: dict[str, Any]) -> nn.Module:
 
 
 def _register_format() -> None:
-    from slimtorch.artifact import FORMATS, ArtifactFormat
-
     if not FORMATS.registered("onnx"):
         FORMATS.register("onnx")(ArtifactFormat(_save_onnx, _load_onnx))
     if not FORMATS.registered("openvino"):

@@ -115,7 +115,7 @@ def function_level_imports() -> list[str]:
 
 
 # A ceiling, lowered as deferred imports go: one only dodging a cycle should become a module-level import.
-MAX_FUNCTION_LEVEL_IMPORTS = 65
+MAX_FUNCTION_LEVEL_IMPORTS = 35
 
 
 def test_function_level_imports_do_not_creep_back():

@@ -13,6 +13,7 @@ from slimtorch.data.bundle import UNLABELED, DataBundle, dataset_len
 from slimtorch.data.checks import check_same_shapes, check_split, class_labels, transfer_split
 from slimtorch.data.registry import DATA_SOURCES, unknown_args_message
 from slimtorch.errors import DataError, ModelRefError, RecipeError
+from slimtorch.models.refs import import_object
 from slimtorch.optional import import_optional
 
 
@@ -105,8 +106,6 @@ def split_labeled(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
 
 
 def _call_user_source(ref: str, args: dict[str, Any]) -> dict[str, Any]:
-    from slimtorch.models.refs import import_object
-
     try:
         factory = import_object(ref, "data")
     except ModelRefError as exc:

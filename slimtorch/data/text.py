@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from slimtorch.data.corpora import corpus_sentences, dedup_key, split_sentences
 from slimtorch.data.registry import DATA_SOURCES
 from slimtorch.errors import DataError
+from slimtorch.models.hf import resolve_hf_path
 
 __all__ = ["SentenceDataset", "TextCollate", "split_sentences", "text"]
 
@@ -132,7 +133,6 @@ def text(
         split: ``random`` (seeded shuffle) or ``hash`` (held-out sentences fixed by their text; see the module doc).
         max_held_out: at most this many val and this many test sentences (``None``: the fractions decide).
     """
-    from slimtorch.models.hf import resolve_hf_path
 
     if padding not in ("longest", "max_length"):
         raise DataError(f"data.args.padding must be 'longest' or 'max_length'; got {padding!r}.")

@@ -16,8 +16,10 @@ from typing import Any
 from torch import nn
 
 from slimtorch.errors import RecipeError, UnsupportedModuleError
+from slimtorch.models import build_model
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.builtin import MLP, ConvNet, ResNet
+from slimtorch.models.hf import HFModel
 
 SUPPORTED = "slimtorch's mlp, cnn and resnet built-ins and Hugging Face encoders (hf:...)"
 
@@ -82,8 +84,6 @@ def _layer_list(hf: nn.Module, n: int) -> tuple[nn.Module, str, nn.ModuleList]:
 
 
 def _derive_hf(teacher: nn.Module, width: float, depth: float) -> nn.Module:
-    from slimtorch.models.hf import HFModel
-
     if width != 1.0:
         raise UnsupportedModuleError(
             f"auto-student for a Hugging Face model changes depth only; got width={width}. "
@@ -132,8 +132,6 @@ def derive_student(teacher: nn.Module, width: float = 0.5, depth: float = 1.0) -
     for name, value in (("width", width), ("depth", depth)):
         if not 0 < value <= 1:
             raise RecipeError(f"student.auto.{name} must be in (0, 1]; got {value}. It is the fraction of the teacher's {name} kept.")
-    from slimtorch.models import build_model
-    from slimtorch.models.hf import HFModel
 
     if isinstance(teacher, HFModel):
         return _derive_hf(teacher, width, depth)

@@ -30,7 +30,9 @@ from torch import nn
 from slimtorch.core import RunContext
 from slimtorch.data.bundle import DataBundle
 from slimtorch.distill.config import DDPSpec, DistillConfig, FeatureSpec
+from slimtorch.distill.engine import train_hop
 from slimtorch.errors import TrainingError
+from slimtorch.io import atomic_write_json
 from slimtorch.train.loop import convergence_note
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,6 @@ class HopJob:
 
 def _worker(rank: int, world_size: int, backend: str, port: int | None, job: HopJob, out_dir: str) -> None:
     from safetensors.torch import save_file
-
-    from slimtorch.distill.engine import train_hop
-    from slimtorch.io import atomic_write_json
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     if port is None:

@@ -21,6 +21,7 @@ from slimtorch.distill.token_hop import train_token_hop
 from slimtorch.distributed import world_size
 from slimtorch.errors import RecipeError
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.models import build_model
 from slimtorch.models.hf import causal_lm_inner
 from slimtorch.train.config import FinetuneConfig
 from slimtorch.train.loop import convergence_note, fit, train_fields
@@ -87,8 +88,6 @@ class DistillStage(Stage[DistillConfig], kind="distill"):
         hops: list[dict[str, Any]] = []
         source, source_name = teachers, "teacher" if len(teachers) == 1 else f"{len(teachers)} teachers"
         if config.assistant is not None:
-            from slimtorch.models import build_model
-
             spec = config.assistant
             assistant = build_model(spec.model, spec.args, input_shape=data.input_shape, num_classes=data.num_classes)
             hops.append(self._hop(assistant, teachers, weights, ctx, epochs=spec.epochs, pairs=(), names=(source_name, "assistant"),

@@ -40,6 +40,7 @@ from slimtorch.models.hf import HFModel
 from slimtorch.quantize._torch import WeightOnlyEmbedding, WeightOnlyLinear
 from slimtorch.quantize.ggml_blocks import block_grid, quantize_blocks
 from slimtorch.quantize.gguf_plan import SizePlan, allocate, candidates, mix_plan
+from slimtorch.quantize.gptq import calibration_inputs, input_hessians
 
 if TYPE_CHECKING:
     from slimtorch.data.bundle import DataBundle
@@ -313,7 +314,6 @@ def matrix_shapes(lm: HFModel) -> dict[str, tuple[int, int]]:
 
 def gguf_hessians(lm: HFModel, batches: list[Any]) -> dict[str, Tensor]:
     """``H = 2XXᵀ/n`` of each float matrix's inputs by gguf tensor name (a tied table: the ``lm_head``'s inputs)."""
-    from slimtorch.quantize.gptq import input_hessians
 
     fqn_of = {id(module): fqn for fqn, module in lm.named_modules()}
     names: dict[str, str] = {}
@@ -463,8 +463,6 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
     source = source_gguf(model)
     hessians, plan, size = None, None, None
     if calibration.needs_inputs:
-        from slimtorch.quantize.gptq import calibration_inputs
-
         hessians = gguf_hessians(lm, calibration_inputs(lm, data, calibration.split, calibration.examples))
     if quant not in LEGACY_QUANTS or calibration.needs_inputs or recover is not None:
         plan, size = tensor_plan(lm, quant, table, hessians, budget_bytes(lm, calibration, source))

@@ -39,6 +39,7 @@ from slimtorch.errors import DataError
 from slimtorch.measure import llamacpp
 from slimtorch.measure.latency import pinned_threads, time_latency
 from slimtorch.measure.measurement import LLMFacts, LLMSetup
+from slimtorch.models.hf import causal_lm_inner
 
 if TYPE_CHECKING:
     from slimtorch.data.bundle import DataBundle
@@ -52,7 +53,6 @@ def causal_lm_of(model: nn.Module) -> HFModel | None:
     """The Hugging Face causal LM with a tokenizer inside ``model`` (itself, or the inner model of a bf16
     wrapper), else None. A causal LM without a tokenizer (a random-init config) is measured like any other
     model: cosine of its logits to the baseline's."""
-    from slimtorch.models.hf import causal_lm_inner
 
     lm = causal_lm_inner(model)
     return lm if lm is not None and lm.tokenizer is not None else None

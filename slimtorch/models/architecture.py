@@ -21,6 +21,8 @@ from torch import nn
 from slimtorch.errors import MissingExtraError, ModelRefError
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.builtin import MODELS
+from slimtorch.models.gguf import converted_dir
+from slimtorch.models.hf import load_hf
 
 
 def import_object(ref: str, what: str) -> Callable[..., Any]:
@@ -56,13 +58,8 @@ def build_architecture(
     """
     args = dict(args or {})
     if ref.startswith("hf:"):
-        from slimtorch.models.hf import load_hf
-
         model: nn.Module = load_hf(ref[3:], **args)
     elif ref.startswith("gguf:"):
-        from slimtorch.models.gguf import converted_dir
-        from slimtorch.models.hf import load_hf
-
         if set(args) - {"kind"} or args.get("kind", "causal_lm") != "causal_lm":
             raise ModelRefError(f"{ref!r}: a GGUF file holds a causal language model; its only arg is kind: causal_lm (got {args}).")
         model = load_hf(str(converted_dir(ref[5:])), kind="causal_lm")

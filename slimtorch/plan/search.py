@@ -17,7 +17,7 @@ import logging
 import tempfile
 from dataclasses import asdict, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic.dataclasses import dataclass
@@ -32,11 +32,9 @@ from slimtorch.measure.latency import time_interleaved
 from slimtorch.plan.config import QuantizeOption, TargetConfig
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
+from slimtorch.recipe.schema import StageSpec
 from slimtorch.run.loop import run_stages
 from slimtorch.units import MB
-
-if TYPE_CHECKING:
-    from slimtorch.recipe.schema import StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +99,6 @@ class Plan:
 
     def stages(self, recovery: list[StageSpec]) -> list[StageSpec]:
         """prune → recovery (the recipe's own stages, or a short fine-tune) → quantize."""
-        # Imported here, not at the top: importing slimtorch.recipe.schema imports slimtorch.plan (the
-        # recipe's `target:` block), which imports this module before StageSpec exists.
-        from slimtorch.recipe.schema import StageSpec
-
         out: list[StageSpec] = []
         if self.prune is not None:
             out.append(StageSpec(kind="prune", config=self.prune))

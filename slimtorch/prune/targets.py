@@ -13,6 +13,7 @@ from slimtorch.errors import RecipeError
 from slimtorch.measure.modes import eval_mode
 from slimtorch.prune.config import LayersConfig
 from slimtorch.prune.details import SkippedLayer
+from slimtorch.prune.masks import group_layout
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -148,7 +149,6 @@ def select_mask_targets(
     model: nn.Module, layers: LayersConfig, example: Batch | None, granularity: str, vector_size: int
 ) -> tuple[dict[str, nn.Module], list[SkippedLayer]]:
     """:func:`select_layers`, minus the layers a mask granularity does not fit (each skipped with its reason)."""
-    from slimtorch.prune.masks import group_layout
 
     targets, skipped = select_layers(model, layers, example)
     for fqn in list(targets):

@@ -38,10 +38,13 @@ from torch.nn import functional as F
 from slimtorch.batch import forward
 from slimtorch.distill.losses import distillation_loss
 from slimtorch.errors import UnsupportedModuleError
-from slimtorch.export.onnx import bake_parametrizations_
+from slimtorch.export.onnx import bake_parametrizations_, export_onnx
+from slimtorch.measure.accuracy import task_metric
 from slimtorch.models.attrs import set_attrs_
 from slimtorch.prune.masks import mask_of, rearm_masks_
 from slimtorch.quantize._torch import bias_of
+from slimtorch.quantize.int8_arithmetic import int16_pair_excess, u8s8_saturates
+from slimtorch.train.loop import TrainConfig, fit
 from slimtorch.train.losses import labeled_cross_entropy
 
 if TYPE_CHECKING:
@@ -143,7 +146,6 @@ def _saturation_excess(x: Tensor, quant: ActivationFakeQuant, weight: Tensor, w_
     Without VNNI onnxruntime turns int8 activations into uint8 (code + 128) for MLAS's u8·s8 kernel, whose pairs
     of products saturate at int16 (see :func:`slimtorch.quantize.int8_arithmetic.int16_pair_excess`).
     """
-    from slimtorch.quantize.int8_arithmetic import int16_pair_excess
 
     x2 = x.detach().reshape(-1, x.shape[-1]).float()
     qx = torch.clamp(torch.round(x2 / quant.scale) + quant.zero_point, QMIN, QMAX) + 128
@@ -219,8 +221,6 @@ def prepare_qat(model: nn.Module, saturate: bool | None = None) -> fx.GraphModul
 
         node.replace_all_uses_with(fq, delete_user_cb=is_not_fq)
     if saturate is None:
-        from slimtorch.quantize.int8_arithmetic import u8s8_saturates
-
         saturate = u8s8_saturates()
     if saturate:
         _link_saturating_inputs(gm)
@@ -314,9 +314,6 @@ class QATResult:
 
 def train_qat(model: nn.Module, ctx: RunContext, cfg: QATConfig, calibration: list[Any], example: Any, opset: int = 17) -> QATResult:
     """Fake-quantize ``model`` (a copy), calibrate, train with the recipe's loss through ``fit``, export int8 QDQ ONNX."""
-    from slimtorch.export.onnx import export_onnx
-    from slimtorch.measure.accuracy import task_metric
-    from slimtorch.train.loop import TrainConfig, fit
 
     gm = calibrate_(prepare_qat(model), calibration)
 

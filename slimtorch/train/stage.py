@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from slimtorch.core import RunContext, Stage, StageRecord
+from slimtorch.errors import UnsupportedModuleError
 from slimtorch.measure.accuracy import task_metric
 from slimtorch.train.config import FinetuneConfig
 from slimtorch.train.loop import convergence_note, fit
@@ -18,8 +19,6 @@ class FinetuneStage(Stage[FinetuneConfig], kind="finetune"):
 
     def apply(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, StageRecord]:
         if ctx.data.task != "classification":
-            from slimtorch.errors import UnsupportedModuleError
-
             raise UnsupportedModuleError("finetune trains on class labels; for an embedding model use `distill` (cosine to the teacher) instead.")
         loader = ctx.data.loader("train", self.config.batch_size, shuffle=True, seed=ctx.seed)
         result = fit(
