@@ -87,6 +87,14 @@ def test_recovery_brings_the_written_file_closer_to_the_original_than_rounding_a
     assert plain.details["recovery"] is None
 
 
+def test_recovery_trains_each_matrix_in_the_type_the_mix_gives_it_and_the_file_holds_those_types(tiny256):
+    _, record = _export(tiny256, "recover_k", quant="q4_k_m", recover={**RECOVER, "max_steps": 8})
+    done = record.details["recovery"]
+    # every matrix trained in the type the file stores it as (llama.cpp's Q4_K_M rule: Q6_K for some attn_v/ffn_down and the output)
+    assert done["types"] == {"q4_k": 13, "q6_k": 3} and record.details["tensor_types"] == {"f32": 5, **done["types"]}
+    assert done["codes_moved_at_write"] < 0.05
+
+
 def test_recover_is_refused_where_it_cannot_reach_the_file(tiny256):
     with pytest.raises(ValidationError, match="add format: gguf"):
         ExportConfig(recover={})
