@@ -9,7 +9,9 @@ same order with the same values, so a report card re-renders to the byte. A fact
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from typing_extensions import Self
 
 Reader = Callable[[Any], Any]  # a JSON value -> the typed value; raises TypeError/ValueError on a value of another type
 
@@ -75,3 +77,36 @@ def write_keyed(fields: Mapping[str, Any], extra: Mapping[str, Any], key_order: 
     if key_order is None:
         return {**{k: v for k, v in fields.items() if v is not None}, **extra}
     return {k: extra[k] if k in extra else fields[k] for k in key_order if k in extra or k in fields}
+
+
+def _json_value(value: Any) -> Any:
+    """A typed field as report.json holds it: nested facts through their ``to_json``, mappings of them value by value."""
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
+
+
+FactsT = TypeVar("FactsT", bound="KeyedFacts")
+
+
+class KeyedFacts:
+    """What a frozen dataclass of report.json facts shares: its fields are named by ``READERS`` (in report.json's
+    order), and it carries ``extra`` and ``key_order`` to write back key for key."""
+
+    READERS: ClassVar[dict[str, Reader]]
+    extra: dict[str, Any]
+    key_order: tuple[str, ...] | None
+
+    if TYPE_CHECKING:
+        def __init__(self, **fields: Any) -> None: ...  # each subclass is a dataclass with its own
+
+    def to_json(self) -> dict[str, Any]:
+        return write_keyed({k: _json_value(getattr(self, k)) for k in self.READERS}, self.extra, self.key_order)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Self:
+        typed, extra = read_keyed(d, cls.READERS)
+        return cls(**typed, extra=extra, key_order=tuple(d))
+

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from slimtorch.errors import ArtifactError
-from slimtorch.measure.keyed import Reader, count, mapping_of, number, object_of, read_keyed, text, write_keyed
+from slimtorch.measure.keyed import KeyedFacts, Reader, count, mapping_of, number, object_of, read_keyed, text
 
 
 def primary_metric(metrics: dict[str, Any] | None) -> tuple[str, float | None]:
@@ -22,7 +22,7 @@ def primary_metric(metrics: dict[str, Any] | None) -> tuple[str, float | None]:
 
 
 @dataclass(frozen=True)
-class LatencyStats:
+class LatencyStats(KeyedFacts):
     """One timed batch size in milliseconds (``latency_ms["<batch>"]`` in report.json).
 
     ``p10`` is None in reports written before side-by-side timing; ``rounds`` only on timings taken side by side
@@ -44,11 +44,6 @@ class LatencyStats:
     READERS: ClassVar[dict[str, Reader]] = {"p50": number, "p10": number, "p90": number, "mean": number, "std": number,
                                             "min": number, "repeats": count, "rounds": count}
 
-    def to_json(self) -> dict[str, Any]:
-        """The statistics in report.json's order: p50, p10, p90, mean, std, min, repeats, rounds."""
-        return write_keyed({"p50": self.p50, "p10": self.p10, "p90": self.p90, "mean": self.mean, "std": self.std,
-                            "min": self.min, "repeats": self.repeats, "rounds": self.rounds}, self.extra, self.key_order)
-
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str = "a timing") -> LatencyStats:
         """Type one timing; numbers stay as they were written (an int stays an int).
@@ -64,7 +59,7 @@ class LatencyStats:
 
 
 @dataclass(frozen=True)
-class LLMSetup:
+class LLMSetup(KeyedFacts):
     """How a causal LM was scored and timed (``llm["setup"]``); None where an entry lacks a figure."""
 
     scored_tokens: int | None = None
@@ -83,17 +78,9 @@ class LLMSetup:
                                             "prefill_tokens": count, "decode_new_tokens": count,
                                             "decode_prompt_tokens": count, "kl_tokens": count, "decode": text}
 
-    def to_json(self) -> dict[str, Any]:
-        return write_keyed({k: getattr(self, k) for k in self.READERS}, self.extra, self.key_order)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> LLMSetup:
-        typed, extra = read_keyed(d, cls.READERS)
-        return cls(**typed, extra=extra, key_order=tuple(d))
-
 
 @dataclass(frozen=True)
-class LlamaCppThreads:
+class LlamaCppThreads(KeyedFacts):
     """llama.cpp's speed at one thread count."""
 
     prefill_tokens_per_s: float
@@ -102,10 +89,6 @@ class LlamaCppThreads:
     key_order: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     READERS: ClassVar[dict[str, Reader]] = {"prefill_tokens_per_s": number, "decode_tokens_per_s": number}
-
-    def to_json(self) -> dict[str, Any]:
-        return write_keyed({"prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s},
-                           self.extra, self.key_order)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LlamaCppThreads:
@@ -117,7 +100,7 @@ class LlamaCppThreads:
 
 
 @dataclass(frozen=True)
-class LlamaCppFacts:
+class LlamaCppFacts(KeyedFacts):
     """A GGUF model as llama.cpp ran it (``llm["llamacpp"]``): its perplexity and speed per thread count, or why it was
     skipped (then only ``skipped`` is set). ``threads`` maps a thread count (``"1"``) to its speed."""
 
@@ -139,19 +122,9 @@ class LlamaCppFacts:
         "decode_new_tokens": count, "threads": mapping_of(object_of(LlamaCppThreads.from_json)), "perplexity": number, "nll": number,
         "scored_tokens": count}
 
-    def to_json(self) -> dict[str, Any]:
-        fields = {k: getattr(self, k) for k in self.READERS}
-        fields["threads"] = None if self.threads is None else {t: s.to_json() for t, s in self.threads.items()}
-        return write_keyed(fields, self.extra, self.key_order)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> LlamaCppFacts:
-        typed, extra = read_keyed(d, cls.READERS)
-        return cls(**typed, extra=extra, key_order=tuple(d))
-
 
 @dataclass(frozen=True)
-class LLMFacts:
+class LLMFacts(KeyedFacts):
     """A causal LM's facts beyond its metrics (``llm`` in report.json; see :mod:`slimtorch.measure.llm`).
 
     Attributes:
@@ -176,19 +149,6 @@ class LLMFacts:
         "prefill_ms": object_of(LatencyStats.from_json), "samples": mapping_of(text), "setup": object_of(LLMSetup.from_json),
         "llamacpp": object_of(LlamaCppFacts.from_json),
         "decode_eager_tokens_per_s": mapping_of(number), "compile_s": mapping_of(number)}
-
-    def to_json(self) -> dict[str, Any]:
-        """report.json's ``llm`` object: prefill_ms, samples, setup, then llamacpp and the compiled-decode figures if any."""
-        return write_keyed({
-            "prefill_ms": None if self.prefill_ms is None else self.prefill_ms.to_json(), "samples": dict(self.samples),
-            "setup": self.setup.to_json(), "llamacpp": None if self.llamacpp is None else self.llamacpp.to_json(),
-            "decode_eager_tokens_per_s": self.decode_eager_tokens_per_s, "compile_s": self.compile_s,
-        }, self.extra, self.key_order)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> LLMFacts:
-        typed, extra = read_keyed(d, cls.READERS)
-        return cls(**typed, extra=extra, key_order=tuple(d))
 
 
 @dataclass
