@@ -25,12 +25,11 @@ import torch
 
 from slimtorch.core import RunContext
 from slimtorch.export import ExportConfig, ExportStage
-from slimtorch.export.gguf import export_gguf, matrix_bits_per_weight
-from slimtorch.measure import llamacpp
+from slimtorch.export.gguf import export_gguf
 from slimtorch.measure.machine import probe
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llamacpp_smollm2 import held_out_text, skipped_without_llamacpp
+from llamacpp_smollm2 import held_out_text, scored_file, skipped_without_llamacpp
 
 
 def main() -> None:
@@ -53,9 +52,9 @@ def main() -> None:
     rows: dict[str, dict] = {}
 
     def score(label: str, path: Path, seconds: float, extra: dict | None = None) -> None:
-        facts = llamacpp.perplexity(llamacpp._llama(path, 256, 1), ids.tolist(), spans)
-        rows[label] = {"mb": round(path.stat().st_size / 1e6, 2), "bits_per_weight": round(matrix_bits_per_weight(path), 3),
-                       "export_s": round(seconds, 1), **facts, **(extra or {})}
+        row = scored_file(path, ids, spans)
+        rows[label] = {"mb": row.pop("mb"), "bits_per_weight": row.pop("bits_per_weight"), "export_s": round(seconds, 1), **row,
+                       **(extra or {})}
         print(f"{label}: {json.dumps(rows[label])}", flush=True)
 
     def export(label: str, **cfg_args: object) -> None:

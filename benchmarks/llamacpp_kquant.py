@@ -24,14 +24,14 @@ import torch
 
 from slimtorch.core import RunContext
 from slimtorch.export import ExportConfig, ExportStage
-from slimtorch.export.gguf import gguf_hessians, matrix_bits_per_weight
+from slimtorch.export.gguf import gguf_hessians
 from slimtorch.measure import llamacpp
 from slimtorch.measure.llm import windows
 from slimtorch.measure.machine import probe
 from slimtorch.quantize.gptq import calibration_inputs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llamacpp_smollm2 import held_out_text, llama_quantize, skipped_without_llamacpp
+from llamacpp_smollm2 import held_out_text, llama_quantize, scored_file, skipped_without_llamacpp
 
 
 def main() -> None:
@@ -49,9 +49,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
 
     def score(label: str, path: Path) -> None:
-        facts = llamacpp.perplexity(llamacpp._llama(path, 256, 1), ids.tolist(), spans)
-        rows[label] = {"path": str(path), "mb": round(path.stat().st_size / 1e6, 2),
-                       "bits_per_weight": round(matrix_bits_per_weight(path), 3), **facts}
+        rows[label] = {"path": str(path), **scored_file(path, ids, spans)}
         print(f"ppl {label}: {json.dumps(rows[label])}", flush=True)
 
     def export(label: str, **cfg_args: object) -> Path:

@@ -33,6 +33,7 @@ import torch
 from slimtorch.core import RunContext
 from slimtorch.data import build_data
 from slimtorch.export import ExportConfig, ExportStage
+from slimtorch.export.gguf import matrix_bits_per_weight
 from slimtorch.measure import llamacpp
 from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.latency import pinned_threads
@@ -80,6 +81,12 @@ def held_out_text(model_ref: str, max_tokens: int, repeats: int) -> tuple[Any, A
     cfg = LLMEvalConfig(max_tokens=max_tokens, decode_repeats=repeats)
     ids = eval_token_ids(lm, data, "test", cfg.max_tokens)
     return original, data, lm, cfg, ids, windows(len(ids), cfg.window, cfg.stride)
+
+
+def scored_file(path: Path, ids: torch.Tensor, spans: Any) -> dict[str, Any]:
+    """A GGUF file's size, bits per weight over its matrices, and llama.cpp's perplexity on the held-out ``ids``."""
+    facts = llamacpp.perplexity(llamacpp._llama(path, 256, 1), ids.tolist(), spans)
+    return {"mb": round(path.stat().st_size / 1e6, 2), "bits_per_weight": round(matrix_bits_per_weight(path), 3), **facts}
 
 
 def skipped_without_llamacpp(benchmark: str) -> bool:
