@@ -10,26 +10,13 @@ import torch
 from pydantic import ValidationError
 
 from slimtorch.core import RunContext
-from slimtorch.data import build_data
 from slimtorch.export import ExportConfig, ExportStage
 from slimtorch.export.gguf import permute_rows
 from slimtorch.measure import llamacpp
 from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.llm import causal_lm_of, scored_logprobs, windows
-from slimtorch.models import build_model
-from tests.tiny_llm import write_text, write_tiny_gguf
 
 gguf = pytest.importorskip("gguf")
-
-
-@pytest.fixture(scope="module")
-def tiny256(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gguf_kquant")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLIMTORCH_CACHE", str(root / "cache"))
-        model = build_model(f"gguf:{write_tiny_gguf(root / 'tiny.gguf', hidden=256, ffn=512, heads=4, kv_heads=2)}")
-        data = build_data("text", args={"path": str(write_text(root / "text.txt", repeat=3))})
-        yield model, data, root
 
 
 def _export(tiny, name, **cfg):

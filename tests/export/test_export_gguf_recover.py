@@ -9,30 +9,17 @@ import torch
 from pydantic import ValidationError
 
 from slimtorch.core import RunContext
-from slimtorch.data import build_data
 from slimtorch.errors import RecipeError
 from slimtorch.export import ExportConfig, ExportStage
 from slimtorch.export.gguf import check_ids
 from slimtorch.export.gguf_recovery import GGUFFakeQuant, fake_quantized
 from slimtorch.measure.llm import causal_lm_of
-from slimtorch.models import build_model
 from slimtorch.quantize.ggml_blocks import block_grid
-from tests.tiny_llm import write_text, write_tiny_gguf
 
 gguf = pytest.importorskip("gguf")
 
 RECOVER = {"max_steps": 40, "lr": 3e-4, "epochs": 20, "patience": None, "tokens": {"seq_tokens": 32, "heldout_sequences": 4},
            "batch_size": 4}
-
-
-@pytest.fixture(scope="module")
-def tiny256(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gguf_recover")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLIMTORCH_CACHE", str(root / "cache"))
-        model = build_model(f"gguf:{write_tiny_gguf(root / 'tiny.gguf', hidden=256, ffn=512, heads=4, kv_heads=2)}")
-        data = build_data("text", args={"path": str(write_text(root / "text.txt", repeat=3))})
-        yield model, data, root
 
 
 def _export(tiny, name, teacher=True, **cfg):
