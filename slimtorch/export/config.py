@@ -4,13 +4,30 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slimtorch.distill.config import DistillConfig, TokenSpec
 from slimtorch.stage_tags import Handoff, StageConfig, StageTags
 
 # How a GGUF file stores a weight matrix (llama.cpp's names).
 GGUFQuant = Literal["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"]
+
+
+# A recovery's learning rate when it trains LoRA adapters (B starts at zero, so a rate of full fine-tuning barely moves them).
+LORA_LR = 5e-4
+
+
+class RecoverLora(BaseModel):
+    """``export.recover.lora``: train low-rank adapters on the rounded model instead of every weight, then merge them into
+    the file's codes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: int = Field(16, ge=1, description="rank r of each matrix's update B·A")
+    lora_alpha: float = Field(32.0, gt=0, description="scaling numerator: the update is (lora_alpha / rank)·B·A")
+    through_rounding: bool = Field(True, description="true: each matrix computes with round(W + s·B·A) on its fixed grid "
+                                   "(straight-through), so the merge is exact; false: peft's adapter beside the frozen rounded "
+                                   "weights (QLoRA's way), merged and re-quantized afterwards")
 
 
 class RecoverConfig(DistillConfig):
@@ -23,6 +40,9 @@ class RecoverConfig(DistillConfig):
     batch_size: int | None = Field(4, gt=0, description="sequences per step")
     tokens: TokenSpec = Field(default_factory=lambda: TokenSpec(max_sequences=256), description="the distillation text as "
                               "sequences (default: the first 256 of 128 tokens, what 64 steps of 4 use)")
+    lora: RecoverLora | None = Field(None, description="train LoRA adapters on the rounded matrices (the base frozen at its "
+                                     "codes) instead of every weight, and merge them into the codes; lr defaults to "
+                                     f"{LORA_LR:g} then")
 
 
 class ExportConfig(StageConfig):
@@ -41,7 +61,8 @@ class ExportConfig(StageConfig):
                                       "model (a wrong layout gives chance level)")
     check_tokens: int = Field(256, ge=8, description="gguf: tokens of the test text the read-back logits are compared on")
     method: Literal["rtn", "gptq"] = Field("rtn", description="gguf block types: rtn (round to nearest on each block's best "
-                                           "range) or gptq (codes chosen by GPTQ on the exact stored grid; needs calibration text)")
+                                           "range) or gptq (codes chosen by GPTQ on the exact stored grid; needs calibration text); with recover, the "
+                                           "codes training starts from (then on a grid fixed from the start)")
     calibration_examples: int = Field(128, ge=1, description="gguf, with method: gptq or a size target: calibration sentences")
     calibration_split: Literal["train", "val", "transfer"] = Field("train", description="gguf: split the calibration text comes from")
     bits_per_weight: float | None = Field(None, gt=2, le=16, description="gguf size target: bits per weight over the weight "
@@ -77,9 +98,6 @@ class ExportConfig(StageConfig):
         if self.recover is not None:
             if self.format != "gguf":
                 raise ValueError("export.recover trains the model in GGUF blocks; add format: gguf, or remove recover.")
-            if self.method != "rtn":
-                raise ValueError("export.recover trains the weights for round-to-nearest on the file's grid; GPTQ would choose other "
-                                 "codes after training. Use method: rtn with recover, or remove recover.")
             if (self.quant or "q8_0") in ("f16", "f32"):
                 raise ValueError(f"export.recover recovers from block rounding; quant {self.quant} stores floats. Pick a block type "
                                  "(q4_k_m, q4_0, ...), or remove recover.")

@@ -38,7 +38,7 @@ from slimtorch.models.attrs import set_attrs_
 from slimtorch.models.gguf import INSTALL_HINT, PACKAGED_GGUF, check_gguf_file, packaged_gguf
 from slimtorch.models.hf import HFModel
 from slimtorch.quantize._torch import WeightOnlyEmbedding, WeightOnlyLinear
-from slimtorch.quantize.ggml_blocks import block_grid, quantize_blocks
+from slimtorch.quantize.ggml_blocks import BlockGrid, block_grid, quantize_blocks
 from slimtorch.quantize.gguf_plan import SizePlan, allocate, candidates, mix_plan
 from slimtorch.quantize.gptq import calibration_inputs, input_hessians
 
@@ -176,11 +176,12 @@ def _int4_layer(module: nn.Module, quant: str) -> WeightOnlyLinear | None:
 
 
 def _tensor(gguf: Any, module: nn.Module, quant: str, heads: int | None, hessian: Tensor | None = None,
-            use_gptq: bool = False, block_rounding: bool = False) -> tuple[np.ndarray, Any, str]:
+            use_gptq: bool = False, block_rounding: bool = False, grid: BlockGrid | None = None) -> tuple[np.ndarray, Any, str]:
     """The array to write for ``module``, its GGML type, and how it was made (``exact_int4``, ``fallback``, ``gptq`` or ``""``).
 
     ``hessian`` (K, K) of the module's inputs picks each group's range by importance (and GPTQ's codes with
-    ``use_gptq``) for the block types; without it the legacy types use the gguf package's own rounding.
+    ``use_gptq``) for the block types; without it the legacy types use the gguf package's own rounding. A ``grid``
+    (the one a recovery trained on, in the model's row order) is used as it is, codes rounded to nearest on it.
     """
     types = gguf.GGMLQuantizationType
     layer = _int4_layer(module, quant)
@@ -195,6 +196,9 @@ def _tensor(gguf: Any, module: nn.Module, quant: str, heads: int | None, hessian
     if quant == "f16" or array.shape[-1] % BLOCK:
         return array.astype(np.float16), types.F16, "" if quant == "f16" else "fallback"
     qtype = getattr(types, quant.upper())
+    if grid is not None:
+        data, _ = quantize_blocks(weight, quant, grid=grid.map_rows(lambda t: permute_rows(t, heads)) if heads else grid)
+        return data, qtype, ""
     if quant in LEGACY_QUANTS and hessian is None and not block_rounding:
         return gguf.quants.quantize(array, qtype), qtype, ""
     data, _ = quantize_blocks(weight, quant, hessian, use_gptq=use_gptq and hessian is not None)
@@ -228,7 +232,7 @@ def copy_tokenizer_(writer: Any, source: Path, vocab_size: int) -> None:
 
 def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None, table: GGUFQuant | None = None,
                plan: dict[str, str] | None = None, hessians: dict[str, Tensor] | None = None, use_gptq: bool = False,
-               block_rounding: bool = False) -> GGUFFile:
+               block_rounding: bool = False, grids: dict[str, BlockGrid] | None = None) -> GGUFFile:
     """Write ``model`` (a LLaMA causal LM) to ``path`` with matrices stored as ``quant``.
 
     Args:
@@ -240,6 +244,8 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
             GPTQ codes with ``use_gptq``.
         block_rounding: round the legacy types (q8_0, q4_0, q4_1) on slimtorch's block grid too, not the gguf package's
             own rounding: the grid a recovery trained with (:mod:`slimtorch.export.gguf_recovery`).
+        grids: a fixed grid per gguf tensor name (a recovery's, in the model's row order): those matrices are rounded to
+            nearest on it, neither re-chosen nor solved by GPTQ.
 
     Raises:
         UnsupportedModuleError: not LLaMA, or no source GGUF file to take the tokenizer from.
@@ -283,7 +289,7 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
             if plan is not None and name in plan:
                 kind = plan[name]
             hessian = (hessians or {}).get(name)
-            array, qtype, how = _tensor(gguf, module, kind, heads, hessian, use_gptq, block_rounding)
+            array, qtype, how = _tensor(gguf, module, kind, heads, hessian, use_gptq, block_rounding, (grids or {}).get(name))
             if how:
                 getattr(out, how).append(name)
             writer.add_tensor(f"{name}.weight", array, raw_dtype=qtype)
@@ -448,7 +454,8 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
         calibration: solve the block types on calibration text (GPTQ codes, importance-chosen ranges) and/or meet a size
             target; default: llama.cpp's mix for ``quant`` with round-to-nearest.
         recover: token-distil the model first with its matrices in the blocks the plan gives them
-            (:mod:`slimtorch.export.gguf_recovery`); the file then holds the trained weights rounded the same way.
+            (:mod:`slimtorch.export.gguf_recovery`), from the codes of ``calibration.method``; the file then holds the
+            trained weights rounded the same way.
 
     Returns:
         The model as the file holds it (an fp32 :class:`HFModel` tagged ``slimtorch_format="gguf"``,
@@ -466,12 +473,12 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
         hessians = gguf_hessians(lm, calibration_inputs(lm, data, calibration.split, calibration.examples))
     if quant not in LEGACY_QUANTS or calibration.needs_inputs or recover is not None:
         plan, size = tensor_plan(lm, quant, table, hessians, budget_bytes(lm, calibration, source))
-    recovery = None
+    recovery, grids = None, None
     if recover is not None:
         assert plan is not None  # planned above
-        recovery = recover(lm, _trainable_matrices(lm, plan), hessians)
+        recovery, grids = recover(lm, _trainable_matrices(lm, plan), hessians, calibration.method)
     written = write_gguf(lm, directory / GGUF_FILE, quant, source, table, plan, hessians, calibration.method == "gptq",
-                         block_rounding=recover is not None)
+                         block_rounding=recover is not None, grids=grids)
     back = read_back(written.path, lm.tokenizer)
     expected, got = architecture_of(lm.hf.config), architecture_of(back.hf.config)
     if expected != got:
@@ -493,8 +500,10 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
     return out, details
 
 
-# Trains the model in place with {gguf name: (Linear, block type)} in their blocks; returns the facts for the record.
-Recovery = Callable[[HFModel, dict[str, tuple[nn.Module, str]], "dict[str, Tensor] | None"], dict[str, Any]]
+# Trains the model in place with {gguf name: (Linear, block type)} in their blocks, starting from the export's method's codes
+# (rtn or gptq); returns the facts for the record and the grids the writer must keep (None: it chooses them again).
+Recovery = Callable[[HFModel, dict[str, tuple[nn.Module, str]], "dict[str, Tensor] | None", str],
+                    "tuple[dict[str, Any], dict[str, BlockGrid] | None]"]
 
 
 def _trainable_matrices(lm: HFModel, plan: dict[str, str]) -> dict[str, tuple[nn.Module, str]]:

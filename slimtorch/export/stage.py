@@ -14,6 +14,7 @@ from slimtorch.export.gguf import GGUFCalibration, export_gguf
 from slimtorch.export.gguf_recovery import recover_in_blocks
 from slimtorch.export.onnx import max_abs_diff, resize_batch, to_ort
 from slimtorch.models.attrs import set_attrs_
+from slimtorch.quantize.ggml_blocks import BlockGrid
 
 
 def parity_check(model: nn.Module, ort_model: nn.Module, ctx: RunContext, batch_size: int) -> dict[str, float]:
@@ -22,6 +23,26 @@ def parity_check(model: nn.Module, ort_model: nn.Module, ctx: RunContext, batch_
     for n in sorted({batch_size, 1, 2 * batch_size + 1}):
         diffs[f"batch_{n}"] = max_abs_diff(model, ort_model, resize_batch(ctx.data.example_batch(n), n))
     return diffs
+
+
+def recovery_note(done: dict[str, Any]) -> str:
+    """One line on what ``export.recover`` did: what trained, from which codes, and the held-out KL it reached."""
+    kl = done["heldout_kl_to_teacher"]
+    lora = done.get("lora")
+    what = (f"LoRA rank {lora['rank']} on {lora['matrices']} matrices ({lora['trainable_params']:,} parameters, "
+            + ("trained through the rounding)" if lora["through_rounding"] else "beside the rounded weights, merged and re-quantized)")
+            if lora else f"{done['matrices']} matrices trained through their rounding")
+    start = {"gptq": " from GPTQ's codes", "rtn_fixed": " from round-to-nearest codes"}.get(done["start"], "")
+    note = (f"recovered in the file's blocks{start}: {what} for {done['tokens_seen']:,} tokens; held-out KL to the original "
+            f"{kl['before']:.4f} → {kl['after']:.4f} nats (" + ("rounded → with the float adapter" if lora and not lora["through_rounding"]
+                                                           else "rounded, before → after training") + ")")
+    if "rejected_kl" in done:
+        return note + (f"; as written it scored {done['rejected_kl']:.4f}, worse than its start codes, so the start codes "
+                       f"({done['heldout_kl_shipped']:.4f}) were written instead: lower the rate or train longer.")
+    if "codes_moved_from_start" in done:
+        return note + (f", {done['heldout_kl_shipped']:.4f} as written; {100 * done['codes_moved_from_start']:.2f} % of the codes "
+                       "moved from the start (grid fixed).")
+    return note + f"; the writer's grid changed {100 * done['codes_moved_at_write']:.2f} % of the codes."
 
 
 class ExportStage(Stage[ExportConfig], kind="export"):
@@ -89,19 +110,15 @@ class ExportStage(Stage[ExportConfig], kind="export"):
                                   "teacher (the model to compress), or remove recover.")
             settings, teacher = cfg.recover, ctx.teacher
 
-            def recover(lm: nn.Module, matrices: dict[str, tuple[nn.Module, str]], hessians: dict[str, Tensor] | None) -> dict[str, Any]:
-                facts, hop = recover_in_blocks(lm, matrices, hessians, teacher, settings, ctx)
-                return {**facts.to_json(), **hop}
+            def recover(lm: nn.Module, matrices: dict[str, tuple[nn.Module, str]], hessians: dict[str, Tensor] | None,
+                        method: str) -> tuple[dict[str, Any], dict[str, BlockGrid] | None]:
+                facts, hop, grids = recover_in_blocks(lm, matrices, hessians, teacher, settings, ctx, method)
+                return {**facts.to_json(), **hop}, grids
 
         out, details = export_gguf(model, ctx.data, ctx.stage_dir("export"), quant, cfg.check_tokens, cfg.table, calibration, recover)
         record = self.record(details=details)
         if details["recovery"]:
-            done = details["recovery"]
-            kl = done["heldout_kl_to_teacher"]
-            record.notes.append(f"recovered in the file's blocks: {done['matrices']} matrices trained through their rounding for "
-                                f"{done['tokens_seen']:,} tokens; held-out KL to the original {kl['before']:.4f} → {kl['after']:.4f} "
-                                f"nats (rounded, before → after training); the writer's grid changed {100 * done['codes_moved_at_write']:.2f} % "
-                                "of the codes.")
+            record.notes.append(recovery_note(details["recovery"]))
         parity = details["parity"]
         table = f", embedding table {details['table_quant']}" if details["table_quant"] not in (None, quant) else ""
         record.notes.append(f"GGUF {quant}{table} ({details['gguf_bytes'] / 1e6:.1f} MB) read back by transformers: top-1 agreement "

@@ -104,3 +104,23 @@ def merge_lora_(peft_model: PeftModel) -> nn.Module:
         if hasattr(module, MASK_ATTR):
             delattr(module, MASK_ATTR)
     return plain
+
+
+def inject_lora_(model: nn.Module, targets: list[str], rank: int, lora_alpha: float) -> int:
+    """Put LoRA layers into ``model`` itself at ``targets`` (no :class:`PeftModel` wrapper, so the model keeps its type);
+    returns the adapter parameter count."""
+    peft = _peft()
+    config = peft.LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+    peft.inject_adapter_in_model(config, model)
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+
+
+def merge_injected_(model: nn.Module) -> None:
+    """Fold every injected LoRA layer into its base layer and put the base layer back in its place."""
+    from peft.tuners.lora import LoraLayer
+
+    for fqn, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge(safe_merge=True)
+            parent, _, name = fqn.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, name, module.get_base_layer())

@@ -24,8 +24,10 @@ llama.cpp itself (tests). The layouts follow ggml's ``block_q4_K`` etc. (ggml-co
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -102,6 +104,13 @@ class BlockGrid:
 
     def dequantize(self, codes: Tensor) -> Tensor:
         return codes * expand(self.scale, self.qtype.sub) + expand(self.offset, self.qtype.sub)
+
+    def map_rows(self, fn: Callable[[Tensor], Tensor]) -> BlockGrid:
+        """This grid with every per-row tensor passed through ``fn`` (rows reordered with their weights: llama.cpp's
+        query/key order)."""
+        fields = ("scale", "offset", "d", "dmin", "sub_scale", "sub_min")
+        moved: dict[str, Any] = {f: fn(getattr(self, f)) for f in fields if getattr(self, f) is not None}
+        return dataclasses.replace(self, **moved)
 
 
 def expand(per_group: Tensor, sub: int) -> Tensor:
@@ -303,13 +312,14 @@ def _need(x: Tensor | None) -> Tensor:
 
 
 def quantize_blocks(weight: Tensor, qtype: BlockType | str, hessian: Tensor | None = None,
-                    use_gptq: bool = False) -> tuple[np.ndarray, Tensor]:
+                    use_gptq: bool = False, grid: BlockGrid | None = None) -> tuple[np.ndarray, Tensor]:
     """``weight`` (N, K) in ``qtype``: ``(bytes (N, K/block · block_bytes), dequantized weight (N, K))``.
 
-    The grid is chosen with ``diag(hessian)`` as importance when given; ``use_gptq`` picks the codes by GPTQ
-    on that grid (needs ``hessian``), else by rounding to nearest.
+    The grid is ``grid`` when given (one a recovery trained on), else chosen with ``diag(hessian)`` as importance
+    when given; ``use_gptq`` picks the codes by GPTQ on that grid (needs ``hessian``), else by rounding to nearest.
     """
-    grid = block_grid(weight, qtype, None if hessian is None else torch.diag(hessian))
+    if grid is None:
+        grid = block_grid(weight, qtype, None if hessian is None else torch.diag(hessian))
     if use_gptq:
         if hessian is None:
             raise ValueError("GPTQ codes need the layer's input Hessian (calibration data)")

@@ -85,8 +85,10 @@ def test_recovery_trains_each_matrix_in_the_type_the_mix_gives_it_and_the_file_h
 def test_recover_is_refused_where_it_cannot_reach_the_file(tiny256):
     with pytest.raises(ValidationError, match="add format: gguf"):
         ExportConfig(recover={})
-    with pytest.raises(ValidationError, match="Use method: rtn with recover"):
-        ExportConfig(format="gguf", method="gptq", recover={})
+    with pytest.raises(ValidationError, match="rank"):
+        ExportConfig(format="gguf", recover={"lora": {"rank": 0}})
+    with pytest.raises(ValidationError, match="extra"):
+        ExportConfig(format="gguf", recover={"lora": {"r": 8}})
     with pytest.raises(ValidationError, match="stores floats"):
         ExportConfig(format="gguf", quant="f16", recover={})
     with pytest.raises(RecipeError, match="has none; give the recipe a teacher"):
@@ -123,3 +125,90 @@ def test_the_cli_runs_a_recipe_whose_export_recovers_in_blocks(tiny256, tmp_path
                              check=False, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "add format: gguf" in refused.stderr + refused.stdout
     assert "Traceback" not in refused.stderr
+
+
+def test_a_recovery_from_gptq_codes_keeps_their_grid_and_the_file_holds_exactly_the_rounding_trained_through(tiny256):
+    _, record = _export(tiny256, "recover_gptq", quant="q4_k_m", method="gptq", calibration_examples=16,
+                          recover={**RECOVER, "max_steps": 8})
+    done = record.details["recovery"]
+    assert done["start"] == "gptq" and done["codes_moved_at_write"] == 0.0
+    assert 0 < done["codes_moved_from_start"] < 0.2
+    kl = done["heldout_kl_to_teacher"]
+    # trained and written through one fixed grid: the held-out KL after training is the KL of the weights as written
+    assert done["heldout_kl_shipped"] == pytest.approx(kl["after"], rel=1e-3)
+    assert kl["after"] < kl["before"]
+    assert any("from GPTQ's codes" in note for note in record.notes)
+
+
+def test_the_writer_rounds_on_the_grids_it_is_given_so_weights_on_them_read_back_unchanged(tiny256):
+    from slimtorch.export.gguf import _trainable_matrices, read_back, source_gguf, tensor_plan, write_gguf
+    from slimtorch.export.gguf_recovery import round_onto_grids_, start_on_grids
+
+    model, _, root = tiny256
+    lm = causal_lm_of(copy.deepcopy(model))
+    plan, _ = tensor_plan(lm, "q4_k_m", None, None, None)
+    matrices = _trainable_matrices(lm, plan)
+    grids, start = start_on_grids(matrices, None, "rtn")
+    with torch.no_grad():
+        q = lm.hf.model.layers[0].self_attn.q_proj.weight  # a permuted (query) matrix: its grid rows move with it
+        q.add_(0.3 * q.std() * torch.randn_like(q))
+    moved = round_onto_grids_(matrices, grids, start)
+    assert 0 < moved < 0.5
+    written = write_gguf(lm, root / "on_grids.gguf", "q4_k_m", source_gguf(model), plan=plan, grids=grids)
+    back = read_back(written.path, lm.tokenizer)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        mine = getattr(lm.hf.model.layers[0].self_attn, name).weight
+        theirs = getattr(back.hf.model.layers[0].self_attn, name).weight
+        torch.testing.assert_close(theirs, mine, rtol=0, atol=1e-6)
+    torch.testing.assert_close(back.hf.model.layers[1].mlp.down_proj.weight, lm.hf.model.layers[1].mlp.down_proj.weight,
+                               rtol=0, atol=1e-6)
+
+
+def test_a_low_rank_update_inside_the_rounding_merges_exactly_into_codes_on_the_fixed_grid():
+    from slimtorch.export.config import RecoverLora
+    from slimtorch.export.gguf_recovery import low_rank_through_rounding
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 16, bias=False)
+    grid = block_grid(layer.weight, "q4_0")
+    with torch.no_grad():
+        layer.weight.copy_(grid.dequantize(grid.codes(layer.weight)))
+    base = layer.weight.detach().clone()
+    with low_rank_through_rounding({"blk.0.attn_q": (layer, "q4_0")}, {"blk.0.attn_q": grid}, RecoverLora(rank=2, lora_alpha=4)) as n:
+        assert n == 2 * (64 + 16)
+        update = layer.parametrizations["weight"][0]
+        torch.testing.assert_close(layer.weight, base)  # B starts at zero: the start codes
+        with torch.no_grad():
+            update.lora_B.normal_(0, 0.5)
+        trained = layer.weight.detach().clone()
+        layer(torch.randn(3, 64)).sum().backward()
+        assert update.lora_B.grad is not None and update.lora_A.grad is not None  # straight through the rounding
+    merged = base + update.scaling * update.lora_B.detach() @ update.lora_A.detach()
+    torch.testing.assert_close(layer.weight, grid.dequantize(grid.codes(merged)))  # round(W + s·B·A) on the start's grid
+    torch.testing.assert_close(layer.weight, trained)
+    assert not torch.equal(layer.weight, base) and not hasattr(layer, "parametrizations")
+
+
+# The tiny model's weights are ~10x wider than a trained LM's (std 0.2), so are its rounding steps: adapters starting at zero
+# move no code at a trained LM's rate, and through the rounding they flip many at once at a larger one. The record and the
+# guard (a file never worse than its start codes) are what these check; docs/LLM.md has the SmolLM2 figures.
+@pytest.mark.parametrize("through_rounding", [True, False])
+def test_lora_recovery_trains_adapters_only_and_merges_them_into_the_codes(tiny256, through_rounding):
+    torch.manual_seed(0)
+    lora = {"rank": 8, "lora_alpha": 32, "through_rounding": through_rounding}
+    _, record = _export(tiny256, f"recover_lora_{through_rounding}", quant="q4_0",
+                          recover={**RECOVER, "max_steps": 30, "lr": 5e-3, "lora": lora})
+    done = record.details["recovery"]
+    facts = done["lora"]
+    # 14 layer matrices (7 per block) adapted: rank 8 · (in + out) each; the table and output keep their start codes
+    hidden, ffn, kv = 256, 512, 128
+    shapes = [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (ffn, hidden), (ffn, hidden), (hidden, ffn)]
+    assert facts["matrices"] == 14 and facts["trainable_params"] == 2 * sum(8 * (o + i) for o, i in shapes)
+    assert done["start"] == "rtn_fixed" and facts["through_rounding"] is through_rounding
+    kl = done["heldout_kl_to_teacher"]
+    assert done["heldout_kl_shipped"] <= kl["before"]  # never worse than the start codes
+    if through_rounding:  # the merge is exact: the model as written is the model trained (or, if that was worse, the start)
+        assert done.get("rejected_kl", done["heldout_kl_shipped"]) == pytest.approx(kl["after"], rel=1e-3)
+    else:  # the float adapter learns; the record keeps its KL beside the KL as written
+        assert facts["heldout_kl_with_adapter"] == kl["after"] < kl["before"]
+    assert any("LoRA rank 8 on 14 matrices" in note for note in record.notes)
