@@ -55,6 +55,9 @@ class ArtifactFormat:
     save: Callable[[nn.Module, Path], None]
     load: Callable[[Path, dict[str, Any]], nn.Module]
     rebuilds: bool = False  # True when ``load`` builds the architecture from the spec's model reference
+    # The one file the runtime loads, whose bytes are the model's size (a GGUF file holds its tokenizer; the folder beside it
+    # is for slimtorch.load); None: the whole directory.
+    shipped: str | None = None
 
 
 FORMATS: Registry[ArtifactFormat] = Registry("artifact format", _FORMAT_MODULES)

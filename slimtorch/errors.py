@@ -15,6 +15,10 @@ class RecipeError(SlimtorchError, ValueError):
     """A recipe (YAML file or config object) is malformed or has an invalid value."""
 
 
+class SizeTargetError(RecipeError):
+    """A size target (GGUF ``size_mb``/``bits_per_weight``) is below what the cheapest storage types need."""
+
+
 class DataError(SlimtorchError, ValueError):
     """A dataset is missing, empty, or has inputs/labels that cannot be used."""
 

@@ -544,4 +544,4 @@ def _load_gguf(directory: Path, spec: dict[str, Any]) -> nn.Module:
 
 
 if not FORMATS.registered("gguf"):
-    FORMATS.register("gguf")(ArtifactFormat(_save_gguf, _load_gguf))
+    FORMATS.register("gguf")(ArtifactFormat(_save_gguf, _load_gguf, shipped=GGUF_FILE))

@@ -158,7 +158,8 @@ class Measurement:
     Attributes:
         name, stage: model name in the report and the stage that produced it.
         params: parameter count; nonzero_params: parameters that are not zero (masks count as zeros).
-        size_bytes: bytes on disk of the saved artifact directory (None when not saved).
+        size_bytes: bytes on disk of the saved artifact directory, or of the one file its runtime loads (a GGUF file) (None when
+            not saved).
         compressed_bytes: bytes of the artifact's weight files after zlib — where unstructured
             sparsity shows up, since dense formats store zeros at full width.
         macs: multiply-accumulates of one forward pass on ONE example (batch 1); None if not countable.

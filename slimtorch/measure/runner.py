@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from slimtorch.artifact import FORMATS, format_of
 from slimtorch.device import to_device
 from slimtorch.errors import ShapeMismatchError
 from slimtorch.measure import llm
@@ -85,7 +86,7 @@ def measure(
         if graph is not None and (twice := duplicated_tables(graph)):
             notes.append(f"the ONNX graph stores a tied table twice ({'; '.join(twice)}): once for the embedding lookup and once, "
                          "transposed, for the output layer, so its params and bytes count it twice.")
-    size, packed = timed("size", lambda: _sizes(artifact_dir))
+    size, packed = timed("size", lambda: _sizes(artifact_dir, model))
     macs, mac_notes = timed("macs", lambda: count_macs_noted(model, data.example_batch(1, split=config.split)))
     notes += mac_notes
     lat = config.latency
@@ -145,10 +146,13 @@ def _task_metrics(model: nn.Module, name: str, data: DataBundle, config: Evaluat
     return metrics, agree, robust
 
 
-def _sizes(artifact_dir: Path | None) -> tuple[int | None, int | None]:
+def _sizes(artifact_dir: Path | None, model: nn.Module) -> tuple[int | None, int | None]:
+    """Bytes of the saved model (raw, compressed): the file its runtime loads where the format names one, else the folder."""
     if artifact_dir is None:
         return None, None
-    return dir_size_bytes(artifact_dir), compressed_bytes(artifact_dir)
+    shipped = FORMATS.get(format_of(model)).shipped
+    path = artifact_dir / shipped if shipped is not None else artifact_dir
+    return dir_size_bytes(path), compressed_bytes(path)
 
 
 def retime_side_by_side(pairs: list[tuple[Measurement, nn.Module]], data: DataBundle, config: EvaluateConfig) -> None:

@@ -19,16 +19,20 @@ from dataclasses import asdict, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel
 from pydantic.dataclasses import dataclass
 from torch import nn
 
 from slimtorch import artifact
 from slimtorch.core import RunContext, Stage
-from slimtorch.export import ExportConfig, to_ort
+from slimtorch.errors import RecipeError, SizeTargetError, UnsupportedModuleError
+from slimtorch.export import ExportConfig, ExportStage, to_ort
 from slimtorch.measure import dir_size_bytes
 from slimtorch.measure.accuracy import task_metric
+from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.latency import time_interleaved
+from slimtorch.measure.llm import causal_lm_of, eval_token_ids, scored_logprobs
 from slimtorch.plan.config import QuantizeOption, TargetConfig
 from slimtorch.prune import PruneConfig, PruneStage
 from slimtorch.quantize import QuantizeConfig, QuantizeStage
@@ -61,7 +65,7 @@ class Candidate:
     quantize: str
     size_bytes: int
     val_metric_before_recovery: float
-    latency_ms: float
+    latency_ms: float | None  # None: not timed by the planner (a llama.cpp file: its card times it in llama.cpp)
     meets_budget: bool
     chosen: bool = False
 
@@ -124,7 +128,7 @@ def _candidate_stages(sparsity: float, quant: QuantizeOption, target: TargetConf
     """The stages that build one candidate (one-shot pruning, then int8), and their configs."""
     prune_cfg = quant_cfg = None
     if sparsity > 0:
-        prune_cfg = PruneConfig(sparsity=sparsity, granularity=target.granularity, round_to=target.round_to, recover="none",
+        prune_cfg = PruneConfig(sparsity=sparsity, granularity=target.search_granularity, round_to=target.round_to, recover="none",
                                 criterion=target.prune_criterion)
     if quant != "none":
         quant_cfg = QuantizeConfig(mode=quant, runtime="onnxruntime", **target.quantize_args)
@@ -161,7 +165,7 @@ def _build(model: nn.Module, ctx: RunContext, target: TargetConfig, sparsity: fl
 def _choose(target: TargetConfig, rows: list[Candidate], baseline_ms: float) -> tuple[int, bool, str]:
     """(index of the chosen candidate, whether it meets the budget, the plan's message)."""
     def achieved(r: Candidate) -> float:
-        return _budget_value(target, r.latency_ms, r.size_bytes, baseline_ms)[0]
+        return _budget_value(target, r.latency_ms or 0.0, r.size_bytes, baseline_ms)[0]
 
     floor = target.min_accuracy
     feasible = [r for r in rows if r.meets_budget]
@@ -171,7 +175,7 @@ def _choose(target: TargetConfig, rows: list[Candidate], baseline_ms: float) -> 
     unit = {"latency_ms": "ms", "size_mb": "MB", "speedup": "ms"}[target.kind]
     budget = _budget_value(target, 0.0, 0, baseline_ms)[1]
     if feasible:
-        best = max(feasible, key=lambda r: (r.val_metric_before_recovery, -r.latency_ms))
+        best = max(feasible, key=lambda r: (r.val_metric_before_recovery, -(r.latency_ms or 0.0)))
         message = (f"budget {target.kind}≤{budget:.4g} {unit} met by sparsity {best.sparsity} + quantize {best.quantize}: "
                    f"{achieved(best):.4g} {unit} measured, val {best.val_metric_before_recovery:.4f} before recovery.")
     else:
@@ -190,6 +194,8 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
     Raises:
         slimtorch.errors.RecipeError: (from the stages) when the model cannot be pruned structurally.
     """
+    if target.runtime == "llama.cpp":
+        return _plan_gguf(model, ctx, target)
     example = ctx.data.example_batch(target.batch)
     built: list[_Built] = []
     models: list[nn.Module] = []
@@ -217,3 +223,58 @@ def plan(model: nn.Module, ctx: RunContext, target: TargetConfig, threads: int =
     export = ExportConfig() if target.runtime == "onnxruntime" and best.quant_cfg is None else None
     return Plan(prune=best.prune_cfg, quantize=best.quant_cfg, export=export, is_feasible=is_feasible, message=message,
                 baseline_latency_ms=baseline_ms, candidates=rows)
+
+
+# --- a GGUF file of a given size: layers (or heads, FFN channels) dropped against bits per weight -------------
+
+
+def _perplexity(model: nn.Module, ctx: RunContext, max_tokens: int = 1024) -> float:
+    """Perplexity of a causal LM on (at most ``max_tokens`` of) the val split, windowed as the report card does."""
+    lm = causal_lm_of(model)
+    if lm is None:
+        raise UnsupportedModuleError(f"a runtime: llama.cpp target plans a GGUF file of a causal LM; got a {type(model).__name__}. "
+                                     "Use runtime: onnxruntime for other models.")
+    llm = ctx.evaluate.llm if ctx.evaluate is not None else LLMEvalConfig()
+    ids = eval_token_ids(lm, ctx.data, "val", min(llm.max_tokens, max_tokens))
+    nll, _, _ = scored_logprobs(lm, ids, llm)
+    return float(torch.exp(nll.mean()))
+
+
+def _plan_gguf(model: nn.Module, ctx: RunContext, target: TargetConfig) -> Plan:
+    """For each pruning ratio, prune one-shot and write the GGUF file at ``size_mb`` (its size target giving each matrix a
+    type); the file read back is scored by val perplexity against the original's (the ratio original / candidate, so
+    higher is better, 1 = no loss). Bytes saved by pruning buy bits for the rest: the plan says which trade won."""
+    # A candidate is judged by its perplexity, not refused for agreement (the chosen export keeps what export_args say).
+    export_cfg = ExportConfig(**{"format": "gguf", "size_mb": target.size_mb, "min_top1_agreement": 0.0, **target.export_args})
+    reference = _perplexity(model, ctx)
+    rows: list[Candidate] = []
+    configs: list[PruneConfig | None] = []
+    too_small: list[str] = []
+    for sparsity in target.search_sparsities:
+        stages, prune_cfg, _ = _candidate_stages(sparsity, "none", target)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = dataclasses.replace(ctx, work_dir=Path(tmp))
+            pruned = run_stages(copy.deepcopy(model), stages, work, reseed=False).model
+            try:
+                written, record = ExportStage(export_cfg).apply(pruned, work)
+            except SizeTargetError as exc:  # the size target is below the cheapest types of this candidate
+                too_small.append(f"sparsity {sparsity}: {exc}")
+                continue
+        metric = reference / _perplexity(written, ctx)
+        size = int(record.details["gguf_bytes"])
+        rows.append(Candidate(sparsity, "gguf", size, metric, None, size / MB <= float(target.size_mb or 0)))
+        configs.append(prune_cfg)
+        log.info("plan candidate sparsity=%.2f: GGUF %d bytes, val perplexity ratio %.4f", sparsity, size, metric)
+    if not rows:
+        raise RecipeError(f"target size_mb={target.size_mb} cannot hold any candidate's GGUF file: {' '.join(too_small)} Raise "
+                          "size_mb, or add larger target.sparsities.")
+    chosen, is_feasible, _ = _choose(target, rows, 0.0)
+    rows = [replace(r, chosen=i == chosen) for i, r in enumerate(rows)]
+    best = rows[chosen]
+    pruned = f"{target.search_granularity} sparsity {best.sparsity}" if best.sparsity else "nothing pruned"
+    message = (f"budget size_mb≤{target.size_mb:g} MB in llama.cpp: {pruned}, GGUF types by the size target: {best.size_bytes / MB:.4g} MB, "
+               f"val perplexity {1 / best.val_metric_before_recovery:.4f}× the original's (before recovery)."
+               + ("" if is_feasible else " No candidate met the budget; this one is the closest.")
+               + "".join(f" Not written, {line}" for line in too_small))
+    return Plan(prune=configs[chosen], quantize=None, export=export_cfg, is_feasible=is_feasible, message=message,
+                baseline_latency_ms=0.0, candidates=rows)

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from slimtorch.errors import SizeTargetError
 from slimtorch.quantize.ggml_blocks import BLOCK_TYPES, QK_K, block_type
 
 MixName = Literal["q4_k_m", "q5_k_m"]
@@ -115,7 +116,7 @@ def allocate(errors: dict[str, dict[str, float]], shapes: dict[str, tuple[int, i
     """Types for the matrices of ``errors`` (name → {type: output error}) within ``budget_bytes`` for all matrices.
 
     ``fixed`` matrices keep their type (their bytes count against the budget). Raises ``ValueError`` when even the
-    cheapest types do not fit.
+    cheapest types do not fit (a :class:`~slimtorch.errors.SizeTargetError`).
     """
     fixed = fixed or {}
     options = {name: sorted(errs, key=lambda t: tensor_bytes(t, *shapes[name])) for name, errs in errors.items()}
@@ -124,7 +125,7 @@ def allocate(errors: dict[str, dict[str, float]], shapes: dict[str, tuple[int, i
     total = sum(size.values())
     weights = sum(r * c for r, c in shapes.values())
     if total > budget_bytes:
-        raise ValueError(f"the size target allows {budget_bytes / 1e6:.2f} MB for the weight matrices, but the cheapest types "
+        raise SizeTargetError(f"the size target allows {budget_bytes / 1e6:.2f} MB for the weight matrices, but the cheapest types "
                          f"need {total / 1e6:.2f} MB ({total * 8 / weights:.2f} bits per weight); raise the target.")
 
     def best_step(name: str) -> tuple[float, str] | None:

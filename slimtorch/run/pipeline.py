@@ -74,7 +74,8 @@ def _plan(recipe: Recipe, model: nn.Module, ctx: RunContext, target: TargetConfi
     its ``evaluate`` also times the target's batch size.
     """
     def search() -> StepOutput:
-        events(f"plan: measuring {len(target.sparsities) * len(target.quantize)} candidates for {target.kind}")
+        count = len(target.search_sparsities) * (1 if target.runtime == "llama.cpp" else len(target.quantize))
+        events(f"plan: measuring {count} candidates for {target.kind}")
         # Candidates are timed: latencies differ between processes, so rank 0 alone chooses and tells the others.
         with local_only():
             chosen = main_then_all(lambda: plan(model, ctx, target, threads=recipe.evaluate.latency.threads))
