@@ -271,8 +271,8 @@ def _plan_gguf(model: nn.Module, ctx: RunContext, target: TargetConfig) -> Plan:
     chosen, is_feasible, _ = _choose(target, rows, 0.0)
     rows = [replace(r, chosen=i == chosen) for i, r in enumerate(rows)]
     best = rows[chosen]
-    pruned = f"{target.search_granularity} sparsity {best.sparsity}" if best.sparsity else "nothing pruned"
-    message = (f"budget size_mb≤{target.size_mb:g} MB in llama.cpp: {pruned}, GGUF types by the size target: {best.size_bytes / MB:.4g} MB, "
+    what = f"{target.search_granularity} sparsity {best.sparsity}" if best.sparsity else "nothing pruned"
+    message = (f"budget size_mb≤{target.size_mb:g} MB in llama.cpp: {what}, GGUF types by the size target: {best.size_bytes / MB:.4g} MB, "
                f"val perplexity {1 / best.val_metric_before_recovery:.4f}× the original's (before recovery)."
                + ("" if is_feasible else " No candidate met the budget; this one is the closest.")
                + "".join(f" Not written, {line}" for line in too_small))
