@@ -1,0 +1,86 @@
+"""Decode speed in llama.cpp of slimtorch's SmolLM2-135M Q4_K_M file against llama-quantize's, in interleaved rounds.
+
+Both files have the same tensor types, tensor for tensor (docs/LLM.md), so they should decode at the same speed; this
+measures it the way a speed claim must be made on a shared machine: both models loaded at once, one decode of each per
+round, alternating, at 1 thread and at every core, and the ratio taken per round (its median and spread printed).
+
+    .venv/bin/python benchmarks/llamacpp_decode_parity.py [--ours FILE --reference FILE] [--rounds 15] [--tokens 64]
+
+Without ``--ours``/``--reference`` the files are made first: the fp32 file and slimtorch's ``q4_k_m`` with ``method: gptq``
+(a few CPU-minutes), and llama-quantize's Q4_K_M from the fp32 file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from slimtorch.core import RunContext
+from slimtorch.export import ExportConfig, ExportStage
+from slimtorch.measure import llamacpp
+from slimtorch.measure.machine import probe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llamacpp_smollm2 import held_out_text, llama_quantize, skipped_without_llamacpp
+
+
+def _files(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
+    if args.ours and args.reference:
+        return args.ours, args.reference
+    original, data, *_ = held_out_text("hf:smollm2", 256, 1)
+
+    def export(label: str, **settings: object) -> Path:
+        ExportStage(ExportConfig(format="gguf", min_top1_agreement=0.0, **settings)).apply(
+            copy.deepcopy(original), RunContext(data=data, work_dir=out / label))
+        return out / label / "00_export" / "model.gguf"
+
+    ours = export("q4_k_m_gptq", quant="q4_k_m", method="gptq")
+    return ours, llama_quantize(export("f32", quant="f32"), out / "Q4_K_M.gguf", "Q4_K_M")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ours", type=Path, help="slimtorch's Q4_K_M file")
+    parser.add_argument("--reference", type=Path, help="llama-quantize's Q4_K_M file of the same model")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--tokens", type=int, default=64, help="greedy tokens decoded per round, after a 128-token prompt")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/llamacpp_decode_parity"))
+    args = parser.parse_args()
+    if skipped_without_llamacpp("llamacpp_decode_parity"):
+        return
+    print(f"machine: {probe().summary()}", flush=True)
+    ours, reference = _files(args, args.out)
+    prompt = list(range(100, 228))  # token ids: speed does not depend on which
+    results: dict[str, dict] = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        models = {"slimtorch": llamacpp._llama(ours, 512, threads), "llama-quantize": llamacpp._llama(reference, 512, threads)}
+        for llm in models.values():  # warm-up
+            llamacpp.speed(llm, prompt, 8, 1)
+        decode: dict[str, list[float]] = {name: [] for name in models}
+        for i in range(args.rounds):
+            order = list(models) if i % 2 == 0 else list(reversed(models))  # neither always goes first
+            for name in order:
+                decode[name].append(llamacpp.speed(models[name], prompt, args.tokens, 1).decode_tokens_per_s)
+        ratios = [a / b for a, b in zip(decode["slimtorch"], decode["llama-quantize"])]
+        results[str(threads)] = {
+            "decode_tokens_per_s": {name: round(statistics.median(v), 2) for name, v in decode.items()},
+            "ratio_median": round(statistics.median(ratios), 4),
+            "ratio_quartiles": [round(q, 4) for q in statistics.quantiles(ratios, n=4)],
+            "rounds": args.rounds,
+        }
+        print(f"{threads} thread(s): {json.dumps(results[str(threads)])}", flush=True)
+        del models
+    print(json.dumps({"machine": probe().to_json(), "benchmark": "llamacpp_decode_parity", "ours": str(ours),
+                      "reference": str(reference), "tokens": args.tokens, "threads": results}))
+
+
+if __name__ == "__main__":
+    main()
