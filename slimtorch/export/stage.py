@@ -27,15 +27,17 @@ def parity_check(model: nn.Module, ort_model: nn.Module, ctx: RunContext, batch_
 
 def recovery_note(done: dict[str, Any]) -> str:
     """One line on what ``export.recover`` did: what trained, from which codes, and the held-out KL it reached."""
-    kl = done["heldout_kl_to_teacher"]
-    lora = done.get("lora")
-    what = (f"LoRA rank {lora['rank']} on {lora['matrices']} matrices ({lora['trainable_params']:,} parameters, "
-            + ("trained through the rounding)" if lora["through_rounding"] else "beside the rounded weights, merged and re-quantized)")
-            if lora else f"{done['matrices']} matrices trained through their rounding")
+    kl, lora = done["heldout_kl_to_teacher"], done.get("lora")
+    beside = lora is not None and not lora["through_rounding"]
+    if lora is None:
+        what = f"{done['matrices']} matrices trained through their rounding"
+    else:
+        how = "beside the rounded weights, merged and re-quantized" if beside else "trained through the rounding"
+        what = f"LoRA rank {lora['rank']} on {lora['matrices']} matrices ({lora['trainable_params']:,} parameters, {how})"
     start = {"gptq": " from GPTQ's codes", "rtn_fixed": " from round-to-nearest codes"}.get(done["start"], "")
+    measured = "rounded → with the float adapter" if beside else "rounded, before → after training"
     note = (f"recovered in the file's blocks{start}: {what} for {done['tokens_seen']:,} tokens; held-out KL to the original "
-            f"{kl['before']:.4f} → {kl['after']:.4f} nats (" + ("rounded → with the float adapter" if lora and not lora["through_rounding"]
-                                                           else "rounded, before → after training") + ")")
+            f"{kl['before']:.4f} → {kl['after']:.4f} nats ({measured})")
     if "rejected_kl" in done:
         return note + (f"; as written it scored {done['rejected_kl']:.4f}, worse than its start codes, so the start codes "
                        f"({done['heldout_kl_shipped']:.4f}) were written instead: lower the rate or train longer.")
