@@ -108,3 +108,15 @@ def test_the_cli_plans_a_gguf_file_of_the_target_size_and_reports_it(tiny, tmp_p
                              check=False, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
     assert refused.returncode == 2 and "cannot hold any candidate's GGUF file" in refused.stderr + refused.stdout
     assert "Traceback" not in refused.stderr
+
+
+def test_a_llamacpp_target_for_a_model_that_is_no_causal_lm_says_what_to_use(tmp_path):
+    import torch
+
+    from slimtorch.errors import UnsupportedModuleError
+
+    data = build_data("digits")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    ctx = RunContext(data=data, work_dir=tmp_path, teacher=model)
+    with pytest.raises(UnsupportedModuleError, match="plans a GGUF file of a causal LM; got a Sequential. Use runtime: onnxruntime"):
+        plan(model, ctx, TargetConfig(size_mb=1, runtime="llama.cpp"))
