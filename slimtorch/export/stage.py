@@ -123,7 +123,11 @@ class ExportStage(Stage[ExportConfig], kind="export"):
             record.notes.append(recovery_note(details["recovery"]))
         parity = details["parity"]
         table = f", embedding table {details['table_quant']}" if details["table_quant"] not in (None, quant) else ""
-        record.notes.append(f"GGUF {quant}{table} ({details['gguf_bytes'] / 1e6:.1f} MB) read back by transformers: top-1 agreement "
+        if details["size_plan"] and cfg.quant is None:  # the size target chose every type; q8_0 only names the file type
+            quant_label, table = "with the size target's types", ""
+        else:
+            quant_label = quant
+        record.notes.append(f"GGUF {quant_label}{table} ({details['gguf_bytes'] / 1e6:.1f} MB) read back by transformers: top-1 agreement "
                             f"{parity['top1_agreement']:.3f}, max |Δ logit| {parity['max_abs_diff']:.3g}, KL {parity['kl_nats']:.4f} "
                             f"nats on {parity['tokens']} tokens; the report card measures its weights dequantized to fp32 in torch "
                             "(llama.cpp runs the file itself).")
