@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from slimtorch.core import RunContext
+from slimtorch.data.corpora import fortune_sentences
 from slimtorch.export import ExportConfig, ExportStage
 from slimtorch.measure import llamacpp
 from slimtorch.measure.machine import probe
@@ -58,10 +59,12 @@ def main() -> None:
         return
     print(f"machine: {probe().summary()}", flush=True)
     ours, reference = _files(args, args.out)
-    prompt = list(range(100, 228))  # token ids: speed does not depend on which
+    # A real English prompt: a model's activations (and so its float work) depend on the text, garbage ids can mislead.
+    text = " ".join(fortune_sentences()[:40]).encode()
     results: dict[str, dict] = {}
     for threads in sorted({1, os.cpu_count() or 1}):
         models = {"slimtorch": llamacpp._llama(ours, 512, threads), "llama-quantize": llamacpp._llama(reference, 512, threads)}
+        prompt = models["slimtorch"].tokenize(text, add_bos=False)[:128]
         for llm in models.values():  # warm-up
             llamacpp.speed(llm, prompt, 8, 1)
         decode: dict[str, list[float]] = {name: [] for name in models}
