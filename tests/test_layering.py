@@ -38,12 +38,14 @@ def test_a_recipe_with_any_stage_loads_in_a_fresh_interpreter(tmp_path: Path, ki
     assert out.strip() == STAGES.get(kind).config_cls.__name__
 
 
-def test_the_recipe_schema_imports_only_config_leaves_about_20_slimtorch_modules_and_no_torch():
+def test_the_recipe_schema_imports_only_config_leaves_about_24_slimtorch_modules_and_no_torch():
     out = _fresh("import sys, json, slimtorch.recipe.schema; "
                  "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('slimtorch', 'torch'))))")
     loaded = json.loads(out)
     assert "torch" not in loaded, loaded  # the schema checks spellings; torch is for the run
-    assert len(loaded) <= 20, loaded  # 104 before the config leaves; the tracking block added track + track.config
+    # 104 before the config leaves; the tracking block added track + track.config; a llama.cpp target's export_args added
+    # export + export.config and, through export.recover, distill + distill.config: leaves all, none loads torch
+    assert len(loaded) <= 24, loaded
     assert not [m for m in loaded if m.endswith((".stage", ".loop", ".search"))], loaded
 
 
