@@ -141,6 +141,13 @@ def _modules(lm: HFModel) -> Iterator[tuple[str, nn.Module, int | None]]:
     yield "output", hf.lm_head, None
 
 
+def file_order(name: str) -> tuple[int, str]:
+    """Where a tensor goes in the file: llama-quantize's order (the tensors outside the layers, then layer by layer, each
+    by name). Decoding slimtorch's Q4_K_M file in it measured 3-5 % faster than in convert_hf_to_gguf's (docs/LLM.md)."""
+    layer = re.match(r"blk\.(\d+)\.", name)
+    return (-1 if layer is None else int(layer.group(1)), name)
+
+
 def effective_weight(module: nn.Module) -> Tensor:
     """The float weight a module computes with: dequantized from slimtorch's int8/int4 layers."""
     if isinstance(module, WeightOnlyEmbedding):
@@ -281,7 +288,7 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
     embedding = effective_weight(model.hf.model.embed_tokens)
     out.is_tied = torch.equal(effective_weight(model.hf.lm_head), embedding)
     with torch.no_grad():
-        for name, module, heads in _modules(model):
+        for name, module, heads in sorted(_modules(model), key=lambda entry: file_order(entry[0])):
             if name == "output" and out.is_tied:
                 continue
             exact_table = name in TABLES and _int4_layer(module, quant) is not None
