@@ -68,6 +68,9 @@ class TargetConfig(BaseModel):
         if self.kind != "size_mb":
             raise ValueError(f"a runtime: llama.cpp target is a GGUF file size: give size_mb instead of {self.kind} (the report "
                              "card measures the file's tokens/s in llama.cpp).")
+        if self.min_accuracy is not None:
+            raise ValueError("min_accuracy is a floor on accuracy or cosine; a runtime: llama.cpp target ranks its candidates by "
+                             "perplexity. Remove min_accuracy.")
         if "quantize" in self.model_fields_set:
             raise ValueError("with runtime: llama.cpp the size target chooses each matrix's GGUF type; remove target.quantize "
                              "(export_args: {method: gptq} calibrates the codes).")

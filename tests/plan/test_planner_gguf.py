@@ -67,6 +67,7 @@ def test_a_size_no_candidate_reaches_is_an_error_that_names_each_candidates_need
     ("kwargs", "match"),
     [({"latency_ms": 5}, "give size_mb instead of latency_ms"),
      ({"size_mb": 1, "quantize": ["dynamic_int8"]}, "remove target.quantize"),
+     ({"size_mb": 1, "min_accuracy": 0.9}, "ranks its candidates by perplexity"),
      ({"size_mb": 1, "granularity": "channel"}, "granularity 'channel' is for other models"),
      ({"size_mb": 1, "export_args": {"size_mb": 2}}, "size_mb come"),
      ({"size_mb": 1, "export_args": {"method": "awq"}}, "does not make a valid GGUF export: method"),
