@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from slimtorch.distill.freeze import frozen
 from slimtorch.distill.token_hop import TokenHopResult, heldout_kl, train_token_hop
 from slimtorch.export.config import LORA_LR, RecoverLora
 from slimtorch.lora import _peft
@@ -69,8 +70,9 @@ class GGUFFakeQuant(nn.Module):
         return self.grid
 
     def forward(self, weight: Tensor) -> Tensor:
-        keep = self.grid is not None and (self.fixed or self.calls % self.every)
-        grid = self.grid if keep and self.grid is not None else self.choose_grid(weight)
+        grid = self.grid
+        if grid is None or not (self.fixed or self.calls % self.every):
+            grid = self.choose_grid(weight)
         self.calls += 1
         with torch.no_grad():
             rounded = grid.dequantize(grid.codes(weight.detach().float())).to(weight.dtype)
@@ -219,17 +221,9 @@ def adapted(matrices: Matrices) -> Matrices:
     return {name: (module, qtype) for name, (module, qtype) in matrices.items() if name.startswith("blk.") and isinstance(module, nn.Linear)}
 
 
-@contextmanager
-def only_trainable(model: nn.Module, names: set[str]) -> Iterator[None]:
-    """Only the parameters whose name has a part in ``names`` require grad while inside."""
-    was = {p: p.requires_grad for p in model.parameters()}
-    for n, p in model.named_parameters():
-        p.requires_grad_(any(part in names for part in n.split(".")))
-    try:
-        yield
-    finally:
-        for p, flag in was.items():
-            p.requires_grad_(flag)
+def non_adapter_names(model: nn.Module) -> list[str]:
+    """Every parameter of ``model`` but the LoRA adapters' (``lora_A``/``lora_B``): what a LoRA recovery keeps frozen."""
+    return [n for n, _ in model.named_parameters() if not {"lora_A", "lora_B"} & set(n.split("."))]
 
 
 @contextmanager
@@ -268,15 +262,15 @@ def _lora(lm: nn.Module, matrices: Matrices, grids: dict[str, BlockGrid], teache
     facts: dict[str, Any] = {"rank": lora.rank, "lora_alpha": lora.lora_alpha, "through_rounding": lora.through_rounding,
                              "matrices": len(adapted(matrices)), "lr": config.lr}
     if lora.through_rounding:
-        with low_rank_through_rounding(matrices, grids, lora) as trainable, only_trainable(lm, {"lora_A", "lora_B"}):
+        with low_rank_through_rounding(matrices, grids, lora) as trainable, frozen(lm, non_adapter_names(lm)):
             hop = _train(lm, teacher, config, ctx)
         return hop, {**facts, "trainable_params": trainable, "backend": "torch parametrizations (round(W + s·B·A))"}
     hf = getattr(lm, "hf", lm)
     fqns = {id(m): fqn for fqn, m in hf.named_modules()}
-    was = {p: p.requires_grad for p in lm.parameters()}
+    was = {p: p.requires_grad for p in lm.parameters()}  # peft freezes the base layers as it injects the adapters
     trainable = _peft.inject_lora_(hf, [fqns[id(m)] for m, _ in adapted(matrices).values()], lora.rank, lora.lora_alpha)
     try:
-        with only_trainable(lm, {"lora_A", "lora_B"}):
+        with frozen(lm, non_adapter_names(lm)):
             hop = _train(lm, teacher, config, ctx)
     finally:
         _peft.merge_injected_(hf)  # the base layers (the matrices' own modules) back in place, W + s·B·A in float

@@ -244,7 +244,8 @@ def _plan_gguf(model: nn.Module, ctx: RunContext, target: TargetConfig) -> Plan:
     """For each pruning ratio, prune one-shot and write the GGUF file at ``size_mb`` (its size target giving each matrix a
     type); the file read back is scored by val perplexity against the original's (the ratio original / candidate, so
     higher is better, 1 = no loss). Bytes saved by pruning buy bits for the rest: the plan says which trade won."""
-    # A candidate is judged by its perplexity, not refused for agreement (the chosen export keeps what export_args say).
+    # Candidates, and the chosen export, are judged by perplexity, not refused for top-1 agreement (unless export_args set
+    # min_top1_agreement).
     export_cfg = ExportConfig(**{"format": "gguf", "size_mb": target.size_mb, "min_top1_agreement": 0.0, **target.export_args})
     reference = _perplexity(model, ctx)
     rows: list[Candidate] = []
