@@ -1,0 +1,68 @@
+"""Draw the perplexity-against-KD-tokens curves that ``benchmarks/llm_structure.py --json-out`` wrote.
+
+    .venv/bin/python benchmarks/llm_structure_plot.py width.json depth.json -o curve.png
+
+Each curve is labelled with its pruning stages and parameter ratio; the y axis is perplexity over the original's
+(log scale), the x axis KD tokens (log scale; the pruned model before KD is drawn at the first checkpoint's half).
+Needs matplotlib (``pip install 'slimtorch[plots]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def label(result: dict) -> str:
+    parts = []
+    for stage in result["stages"]:
+        if stage["granularity"] == "ffn":
+            parts.append(f"FFN {stage['ffn_before']}→{stage['ffn_per_layer']}")
+        elif stage["granularity"] == "layer":
+            parts.append(f"{len(stage['dropped_layers'])} layers dropped")
+        elif stage["granularity"] == "head":
+            parts.append("KV groups cut")
+    return f"{' + '.join(parts)} ({result['params_ratio']:.3f}× params)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--goal", type=float, default=1.15, help="draw this perplexity ratio as a dashed line")
+    args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    devices = set()
+    for path in args.results:
+        result = json.loads(path.read_text())
+        devices.add(result.get("device", "cpu"))
+        curve = result["curve"]
+        first = next((row["kd_tokens"] for row in curve if row["kd_tokens"] > 0), 1)
+        xs = [row["kd_tokens"] or first / 2 for row in curve]
+        ys = [row["perplexity"] / result["perplexity_fp32"] for row in curve]
+        ax.plot(xs, ys, marker="o", markersize=3, label=label(result))
+    ax.axhline(args.goal, color="grey", linestyle="--", linewidth=1, label=f"goal {args.goal}×")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("KD tokens (0 drawn at the left end)")
+    ax.set_ylabel("held-out perplexity / original's")
+    ax.set_title(f"SmolLM2-135M, 25 % fewer parameters, token KD ({', '.join(sorted(devices))})", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(args.output)
+    print(args.output)
+
+
+if __name__ == "__main__":
+    main()
