@@ -239,7 +239,7 @@ def copy_tokenizer_(writer: Any, source: Path, vocab_size: int) -> None:
 
 def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None, table: GGUFQuant | None = None,
                plan: dict[str, str] | None = None, hessians: dict[str, Tensor] | None = None, use_gptq: bool = False,
-               block_rounding: bool = False, grids: dict[str, BlockGrid] | None = None) -> GGUFFile:
+               block_rounding: bool = False, grids: dict[str, BlockGrid] | None = None, file_type: str | None = None) -> GGUFFile:
     """Write ``model`` (a LLaMA causal LM) to ``path`` with matrices stored as ``quant``.
 
     Args:
@@ -253,6 +253,8 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
             own rounding: the grid a recovery trained with (:mod:`slimtorch.export.gguf_recovery`).
         grids: a fixed grid per gguf tensor name (a recovery's, in the model's row order): those matrices are rounded to
             nearest on it, neither re-chosen nor solved by GPTQ.
+        file_type: the type llama.cpp's file-type label names (``general.file_type``, "mostly ..."); default ``quant``.
+            A size target's plan passes its :func:`dominant_type`.
 
     Raises:
         UnsupportedModuleError: not LLaMA, or no source GGUF file to take the tokenizer from.
@@ -282,7 +284,7 @@ def write_gguf(model: HFModel, path: Path, quant: GGUFQuant, source: Path | None
     writer.add_rope_freq_base(float(_rope(config).get("rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(FILE_TYPES[quant])
+    writer.add_file_type(FILE_TYPES.get(file_type or quant, FILE_TYPES[quant]))
     writer.add_quantization_version(GGML_QUANT_VERSION)
     copy_tokenizer_(writer, source, config.vocab_size)
     embedding = effective_weight(model.hf.model.embed_tokens)
@@ -349,6 +351,17 @@ def output_error(weight: Tensor, qtype: str, hessian: Tensor | None) -> float:
     if hessian is None:
         return float((delta**2).sum())
     return float(((delta @ hessian) * delta).sum())
+
+
+def dominant_type(plan: dict[str, str], shapes: dict[str, tuple[int, int]]) -> str:
+    """The type that stores the most weights of the layers' matrices (the table's own type decides only without them):
+    what llama.cpp's "mostly ..." file-type label of a planned mix should name."""
+    weights: dict[str, int] = {}
+    stored = [name for name in plan if name in shapes]  # a tied ``output`` is not stored
+    for name in [n for n in stored if n not in TABLES] or stored:
+        rows, cols = shapes[name]
+        weights[plan[name]] = weights.get(plan[name], 0) + rows * cols
+    return max(sorted(weights), key=weights.__getitem__)
 
 
 def tensor_plan(lm: HFModel, quant: GGUFQuant, table: GGUFQuant | None, hessians: dict[str, Tensor] | None,
@@ -484,8 +497,9 @@ def export_gguf(model: nn.Module, data: DataBundle, directory: Path, quant: GGUF
     if recover is not None:
         assert plan is not None  # planned above
         recovery, grids = recover(lm, _trainable_matrices(lm, plan), hessians, calibration.method)
+    label = dominant_type(plan, matrix_shapes(lm)) if plan is not None and size is not None else None
     written = write_gguf(lm, directory / GGUF_FILE, quant, source, table, plan, hessians, calibration.method == "gptq",
-                         block_rounding=recover is not None, grids=grids)
+                         block_rounding=recover is not None, grids=grids, file_type=label)
     back = read_back(written.path, lm.tokenizer)
     expected, got = architecture_of(lm.hf.config), architecture_of(back.hf.config)
     if expected != got:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from slimtorch.core import RunContext
 from slimtorch.export import ExportConfig, ExportStage
-from slimtorch.export.gguf import permute_rows
+from slimtorch.export.gguf import FILE_TYPES, permute_rows
 from slimtorch.measure import llamacpp
 from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.llm import causal_lm_of, scored_logprobs, windows
@@ -64,8 +64,24 @@ def test_a_bits_per_weight_target_allocates_types_within_the_budget(tiny256):
     assert len(plan["tensors_by_type"]) >= 2 and set(plan["tensors_by_type"]) <= {"q4_k", "q5_k", "q6_k", "q8_0"}
     assert {t.name: t.tensor_type.name.lower() for t in _tensors(path).values() if len(t.shape) == 2} == {
         f"{name}.weight": kind for name, kind in plan["types"].items()}
+    assert _file_type_label(path) == FILE_TYPES["q4_k"]  # most of the layers' weights stay q4_k here
     with pytest.raises(ValueError, match="raise the target"):
         _export(tiny256, "too_small", quant="q4_k", bits_per_weight=3.0)
+
+
+def _file_type_label(path):
+    return gguf.GGUFReader(str(path)).fields["general.file_type"].contents()
+
+
+def test_a_size_target_s_file_type_label_names_the_type_holding_most_layer_weights(tiny256):
+    _, _, path = _export(tiny256, "bpw_high", quant="q4_k", bits_per_weight=6.6)
+    weights: dict[str, int] = {}
+    for t in _tensors(path).values():
+        if len(t.shape) == 2 and not t.name.startswith(("token_embd", "output")):
+            weights[t.tensor_type.name.lower()] = weights.get(t.tensor_type.name.lower(), 0) + int(np.prod(t.shape))
+    dominant = max(weights, key=weights.__getitem__)
+    assert dominant != "q4_k"  # the target moved most weights off the quant option, so the label must follow them
+    assert _file_type_label(path) == FILE_TYPES[dominant]
 
 
 def test_gguf_only_options_are_refused_elsewhere_and_targets_are_exclusive():
