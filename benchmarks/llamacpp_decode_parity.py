@@ -55,18 +55,6 @@ def _files(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
     return ours, llama_quantize(export("f32", quant="f32"), out / "Q4_K_M.gguf", "Q4_K_M")
 
 
-def drop_from_page_cache(path: Path) -> None:
-    """Write ``path`` back and drop its pages, so the next load reads it from disk like any other file (Linux)."""
-    if not hasattr(os, "posix_fadvise"):
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def spread(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 4), "quartiles": [round(q, 4) for q in statistics.quantiles(values, n=4)]}
 
@@ -95,7 +83,7 @@ def main() -> None:
         for load in range(args.loads):
             names = list(files)[load % len(files):] + list(files)[: load % len(files)]  # who is loaded first rotates
             for name in names:
-                drop_from_page_cache(files[name])
+                llamacpp.drop_from_page_cache(files[name])
             models = {name: llamacpp._llama(files[name], 512, threads) for name in names}
             prompt = models["slimtorch"].tokenize(text, add_bos=False)[:128]
             for llm in models.values():  # warm-up

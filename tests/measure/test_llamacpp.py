@@ -61,3 +61,24 @@ def test_a_gguf_run_reports_llamacpp_rows_or_says_how_to_get_them(tmp_path, monk
     # q8_0 rounding: llama.cpp's perplexity of the file is close to torch's of the same file read back
     assert facts.perplexity == pytest.approx(final.metrics["perplexity"], rel=0.02)
     assert facts.threads is not None and set(facts.threads) >= {"1"} and "prefill / decode tok/s, 1 thread" in markdown
+
+
+def test_a_file_is_dropped_from_the_page_cache_before_llama_cpp_reads_it_and_keeps_its_bytes(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.gguf"
+    payload = bytes(range(256)) * 4096 * 4  # 4 MiB, just written: in the page cache
+    path.write_bytes(payload)
+    llamacpp.drop_from_page_cache(path)
+    assert path.read_bytes() == payload
+    if not sys.platform.startswith("linux") or shutil.which("fincore") is None:
+        return
+    filesystem = subprocess.run(["stat", "-f", "-c", "%T", str(path)], check=False, capture_output=True, text=True).stdout.strip()
+    if filesystem in ("tmpfs", "ramfs"):  # memory is the file's only home there: nothing to drop
+        return
+    llamacpp.drop_from_page_cache(path)  # the read above cached it again
+    resident = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], check=True, capture_output=True,
+                              text=True)
+    assert int(resident.stdout.strip()) < len(payload)
