@@ -94,6 +94,12 @@ class TargetConfig(BaseModel):
         return self.sparsities
 
     @property
+    def candidate_count(self) -> int:
+        """Candidates the search measures: each ratio with each quantize mode, or each ratio once for llama.cpp (its
+        candidates are GGUF files at the size target, with no quantize stage)."""
+        return len(self.search_sparsities) * (1 if self.runtime == "llama.cpp" else len(self.quantize))
+
+    @property
     def search_granularity(self) -> str:
         return "layer" if self.runtime == "llama.cpp" and "granularity" not in self.model_fields_set else self.granularity
 

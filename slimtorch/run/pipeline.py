@@ -74,8 +74,7 @@ def _plan(recipe: Recipe, model: nn.Module, ctx: RunContext, target: TargetConfi
     its ``evaluate`` also times the target's batch size.
     """
     def search() -> StepOutput:
-        count = len(target.search_sparsities) * (1 if target.runtime == "llama.cpp" else len(target.quantize))
-        events(f"plan: measuring {count} candidates for {target.kind}")
+        events(f"plan: measuring {target.candidate_count} candidates for {target.kind}")
         # Candidates are timed: latencies differ between processes, so rank 0 alone chooses and tells the others.
         with local_only():
             chosen = main_then_all(lambda: plan(model, ctx, target, threads=recipe.evaluate.latency.threads))

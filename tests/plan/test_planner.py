@@ -95,6 +95,13 @@ def test_layer_candidates_rank_layers_by_block_influence_unless_told_otherwise()
     assert TargetConfig(speedup=3, granularity="layer", criterion="magnitude").prune_criterion == "magnitude"
 
 
+def test_the_candidate_count_is_ratios_times_quantize_modes_except_for_llama_cpp():
+    assert TargetConfig(speedup=2, sparsities=[0.0, 0.3, 0.5], quantize=["none", "dynamic_int8"]).candidate_count == 6
+    llamacpp = TargetConfig(size_mb=75, runtime="llama.cpp")
+    assert llamacpp.candidate_count == len(llamacpp.search_sparsities) == 4  # GGUF files at the size: no quantize modes
+    assert TargetConfig(size_mb=75, runtime="llama.cpp", sparsities=[0.0, 0.2]).candidate_count == 2
+
+
 @pytest.mark.parametrize(
     "quantize_args, match",
     [({"smooth": 1.5}, r"quantize_args does not make a valid quantize stage for mode dynamic_int8: smooth: Input should be less than 1"),
