@@ -6,8 +6,9 @@ matrix computing in its blocks, then round to nearest (``recover``, at each ``--
 Perplexity is llama.cpp's own on held-out text (the ``text`` test split); the recovery trains on the train split.
 
 Variants of the recovery (``--variants``): ``full`` (every weight, from round to nearest), ``full_gptq`` (every weight,
-from GPTQ's codes on a fixed grid), ``lora_through`` (LoRA adapters computed inside the rounding, merged exactly) and
-``lora_beside`` (QLoRA's way: peft's adapters beside the frozen rounded weights, merged and re-quantized).
+from GPTQ's codes on a fixed grid), ``lora_through`` (LoRA adapters computed inside the rounding, merged exactly),
+``lora_through_gptq`` (the same from GPTQ's codes) and ``lora_beside`` (QLoRA's way: peft's adapters beside the frozen
+rounded weights, merged and re-quantized).
 
     .venv/bin/python benchmarks/gguf_recover.py [--quant q4_0] [--steps 64 192] [--variants full lora_through]
                                                 [--out runs/bench/gguf_recover]
@@ -42,6 +43,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "full_gptq": ({"method": "gptq"}, {}),
     "lora_through": ({}, {"lora": {"through_rounding": True}}),
     "lora_beside": ({}, {"lora": {"through_rounding": False}}),
+    "lora_through_gptq": ({"method": "gptq"}, {"lora": {"through_rounding": True}}),
 }
 
 
