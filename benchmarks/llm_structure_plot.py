@@ -23,7 +23,7 @@ def label(result: dict) -> str:
             parts.append(f"{len(stage['dropped_layers'])} layers dropped")
         elif stage["granularity"] == "head":
             parts.append("KV groups cut")
-    return f"{' + '.join(parts)} ({result['params_ratio']:.3f}× params)"
+    return f"{' + '.join(parts)} ({result['params_after'] / result['params_before']:.3f}× params)"
 
 
 def main() -> None:
@@ -36,9 +36,10 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    devices = set()
+    devices, top = set(), args.goal
     for path in args.results:
         result = json.loads(path.read_text())
         devices.add(result.get("device", "cpu"))
@@ -47,10 +48,15 @@ def main() -> None:
         xs = [row["kd_tokens"] or first / 2 for row in curve]
         ys = [row["perplexity"] / result["perplexity_fp32"] for row in curve]
         ax.plot(xs, ys, marker="o", markersize=3, label=label(result))
+        top = max(top, *ys)
     ax.axhline(args.goal, color="grey", linestyle="--", linewidth=1, label=f"goal {args.goal}×")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_ylim(0.95, top * 1.1)
+    ax.set_yticks([t for t in (1, 1.15, 1.5, 2, 3, 5, 10, 20, 50, 100) if t <= top * 1.1])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}×"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("KD tokens (0 drawn at the left end)")
     ax.set_ylabel("held-out perplexity / original's")
     ax.set_title(f"SmolLM2-135M, 25 % fewer parameters, token KD ({', '.join(sorted(devices))})", fontsize=9)
