@@ -111,8 +111,8 @@ def measure_gguf(path: str | Path, ids: list[int], spans: Spans, cfg: LLMEvalCon
     n_ctx = max(max((end - begin for begin, end, _ in spans), default=1), cfg.prefill_tokens + cfg.decode_tokens + 1)
     scores: dict[str, float] = {}
     speeds: dict[str, LlamaCppThreads] = {}
+    drop_from_page_cache(path)  # once: the perplexity pass then reads it in, and later loads find it cached
     for i, count in enumerate(counts):
-        drop_from_page_cache(path)
         llm = _llama(path, n_ctx, count)
         if i == 0:  # the scores do not depend on the thread count: computed once
             scores = perplexity(llm, ids, spans)
