@@ -52,10 +52,15 @@ def drop_from_page_cache(path: Path) -> None:
     """
     if not hasattr(os, "posix_fadvise"):
         return
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # unreadable here: llama.cpp's own open will say why
     try:
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass  # e.g. a read-only filesystem refuses fsync: time the file as it is cached
     finally:
         os.close(fd)
 
