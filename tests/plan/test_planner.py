@@ -66,8 +66,13 @@ def test_impossible_budget_is_reported_honestly_end_to_end(tmp_path):
     assert report["plan"]["is_feasible"] is False
     assert any("cannot be met by any candidate" in w for w in report["warnings"])
     assert any("target latency_ms≤1e-06 at batch 1 missed" in w for w in report["warnings"])
-    # the closest point is still built and reported: pruned, fine-tuned, exported to onnxruntime
-    assert [s["name"] for s in report["stages"]] == ["train_teacher", "prune", "finetune", "export"]
+    # The closest point (the lowest measured latency) is still built and reported, exported to onnxruntime. Which
+    # candidate that is depends on timings: a tiny CNN at batch 1 can time alike pruned or not on a busy machine.
+    candidates = report["plan"]["candidates"]
+    chosen = next(c for c in candidates if c["chosen"])
+    assert chosen["latency_ms"] == min(c["latency_ms"] for c in candidates)
+    built = ["train_teacher", "prune", "finetune", "export"] if chosen["sparsity"] > 0 else ["train_teacher", "export"]
+    assert [s["name"] for s in report["stages"]] == built
     assert report["models"][-1]["runtime"] == "onnxruntime"
 
 
