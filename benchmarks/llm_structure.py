@@ -47,6 +47,7 @@ from slimtorch.distill.sequences import pack_text, text_lines
 from slimtorch.distill.token_hop import token_loss
 from slimtorch.distill.top_k import teacher_log_probs
 from slimtorch.export import ExportConfig, ExportStage
+from slimtorch.io import atomic_write_json
 from slimtorch.measure import llamacpp
 from slimtorch.measure.config import LLMEvalConfig
 from slimtorch.measure.llm import causal_lm_of, eval_token_ids, scored_logprobs, windows, with_model_tokens
@@ -90,9 +91,7 @@ def learning_rate(peak: float, schedule: str, step: int, warmup: int, elapsed: f
 def write_json(path: Path | None, result: dict) -> None:
     """Write ``result`` atomically (a run cut short leaves the last complete curve)."""
     if path is not None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, path)
+        atomic_write_json(path, result)
 
 
 def n_params(model: nn.Module) -> int:

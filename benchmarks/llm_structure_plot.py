@@ -10,8 +10,11 @@ Needs matplotlib (``pip install 'slimtorch[plots]'``).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
+
+from slimtorch.io import atomic_write_bytes
 
 
 def label(result: dict) -> str:
@@ -63,10 +66,9 @@ def main() -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(args.output)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(args.output, buf.getvalue())
     print(args.output)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,10 +67,6 @@ def test_a_gguf_run_reports_llamacpp_rows_or_says_how_to_get_them(tmp_path, monk
 
 
 def test_a_file_is_dropped_from_the_page_cache_before_llama_cpp_reads_it_and_keeps_its_bytes(tmp_path):
-    import shutil
-    import subprocess
-    import sys
-
     path = tmp_path / "model.gguf"
     payload = bytes(range(256)) * 4096 * 4  # 4 MiB, just written: in the page cache
     path.write_bytes(payload)
